@@ -1,0 +1,15 @@
+// Each subcommand lives in its own file and registers itself on the root app; main() runs the
+// action of the subcommand that was parsed. Adding a command = one file + one line in main.cpp.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace diffuse::cli {
+
+using Action = std::function<int()>;
+
+void add_schedule_command(CLI::App& app, Action& action);
+
+}  // namespace diffuse::cli

@@ -1,0 +1,48 @@
+// The `diffuse` binary: parse argv, call the library, map errors to exit codes
+// (0 ok, 1 runtime failure, 2 bad usage / bad input, 130 interrupted).
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "diffuse/error.h"
+#include "diffuse/runtime.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"diffuse: train, sample and evaluate diffusion models from the shell"};
+  app.require_subcommand(0, 1);
+  bool show_version = false;
+  app.add_flag("--version", show_version, "Print diffuse and LibTorch versions and the CUDA devices");
+
+  diffuse::cli::Action action;
+  diffuse::cli::add_schedule_command(app, action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "diffuse: error: " << e.what() << "\n";
+    std::cerr << "Run 'diffuse --help' (or 'diffuse COMMAND --help') for usage.\n";
+    return 2;
+  }
+  try {
+    if (show_version) {
+      std::cout << diffuse::version_report();
+      return 0;
+    }
+    if (!action) {
+      std::cout << app.help();
+      return 0;
+    }
+    return action();
+  } catch (const diffuse::UsageError& e) {
+    std::cerr << "diffuse: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "diffuse: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,149 @@
+#include "diffuse/losses.h"
+
+#include <cmath>
+
+#include "diffuse/error.h"
+
+namespace diffuse {
+
+namespace {
+constexpr double kLn2 = 0.69314718055994530942;
+constexpr double kSqrtHalf = 0.70710678118654752440;
+}  // namespace
+
+torch::Tensor mean_flat(const torch::Tensor& x) {
+  if (x.dim() <= 1) return x;
+  return x.reshape({x.size(0), -1}).mean(1);
+}
+
+torch::Tensor normal_kl(const torch::Tensor& mean1, const torch::Tensor& logvar1, const torch::Tensor& mean2,
+                        const torch::Tensor& logvar2) {
+  return 0.5 * (-1.0 + logvar2 - logvar1 + (logvar1 - logvar2).exp() + (mean1 - mean2).pow(2) * (-logvar2).exp());
+}
+
+torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const torch::Tensor& mean,
+                                                  const torch::Tensor& log_scale) {
+  TORCH_CHECK(x.sizes() == mean.sizes(), "x and mean differ in shape");
+  auto centered = x - mean;
+  auto inv_std = (-log_scale).exp();
+  auto plus_in = inv_std * (centered + 1.0 / 255.0);
+  auto min_in = inv_std * (centered - 1.0 / 255.0);
+  // log Phi(plus) for the lowest bin and log(1 - Phi(min)) = log Phi(-min) for the highest.
+  auto log_cdf_plus = torch::special::log_ndtr(plus_in);
+  auto log_one_minus_cdf_min = torch::special::log_ndtr(-min_in);
+  // Phi(plus) - Phi(min) without cancellation: use the lower tail on the left of the mean and
+  // the upper tail on its right (erfc keeps full relative precision in its tail).
+  auto upper = 0.5 * (torch::erfc(min_in * kSqrtHalf) - torch::erfc(plus_in * kSqrtHalf));
+  auto lower = 0.5 * (torch::erfc(-plus_in * kSqrtHalf) - torch::erfc(-min_in * kSqrtHalf));
+  auto delta = torch::where(centered > 0, upper, lower);
+  auto log_delta = delta.clamp_min(1e-300).log();
+  // A Gaussian very narrow relative to the bin would underflow delta; the log-CDF terms take over.
+  return torch::where(x < -0.999, log_cdf_plus, torch::where(x > 0.999, log_one_minus_cdf_min, log_delta));
+}
+
+torch::Tensor prior_bpd(const GaussianDiffusion& diffusion, const torch::Tensor& x0) {
+  const auto T = diffusion.num_timesteps();
+  auto t = torch::full({x0.size(0)}, T - 1, torch::TensorOptions().dtype(torch::kLong).device(x0.device()));
+  auto q = diffusion.q_mean_variance(x0, t);
+  auto zeros = torch::zeros_like(x0);
+  return mean_flat(normal_kl(q.mean, q.log_variance, zeros, zeros)) / kLn2;
+}
+
+VlbTerm vlb_term_bpd(const GaussianDiffusion& diffusion, const torch::Tensor& model_output, const torch::Tensor& x0,
+                     const torch::Tensor& x_t, const torch::Tensor& t, const ReverseOptions& opts) {
+  auto post = diffusion.q_posterior(x0, x_t, t);
+  auto p = diffusion.p_mean_variance(model_output, x_t, t, opts);
+  auto kl = mean_flat(normal_kl(post.mean, post.log_variance, p.mean, p.log_variance)) / kLn2;
+  // L_0: the decoder's NLL; its scale is exp(log_var / 2).
+  auto nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)) / kLn2;
+  auto is_zero = (t.to(kl.device()) == 0);
+  return {torch::where(is_zero, nll, kl), p.x0_pred, p.eps_pred};
+}
+
+std::vector<std::string> loss_type_names() { return {"simple", "hybrid", "kl"}; }
+LossType parse_loss_type(const std::string& name) {
+  if (name == "simple" || name == "mse") return LossType::Simple;
+  if (name == "hybrid") return LossType::Hybrid;
+  if (name == "kl") return LossType::Kl;
+  throw_not_one_of("loss", name, loss_type_names());
+}
+std::string to_string(LossType v) {
+  switch (v) {
+    case LossType::Simple: return "simple";
+    case LossType::Hybrid: return "hybrid";
+    case LossType::Kl: return "kl";
+  }
+  return "?";
+}
+
+std::vector<std::string> loss_weighting_names() { return {"none", "min_snr", "snr"}; }
+LossWeighting parse_loss_weighting(const std::string& name) {
+  if (name == "none") return LossWeighting::None;
+  if (name == "min_snr" || name == "min-snr") return LossWeighting::MinSnr;
+  if (name == "snr") return LossWeighting::Snr;
+  throw_not_one_of("loss weighting", name, loss_weighting_names());
+}
+std::string to_string(LossWeighting v) {
+  switch (v) {
+    case LossWeighting::None: return "none";
+    case LossWeighting::MinSnr: return "min_snr";
+    case LossWeighting::Snr: return "snr";
+  }
+  return "?";
+}
+
+torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& cfg, const torch::Tensor& t,
+                          const torch::Tensor& like) {
+  const auto& s = diffusion.schedule();
+  auto snr = s.gather(s.snr(), t, like).reshape({-1}).to(torch::kFloat64);
+  const auto pred = diffusion.prediction();
+  torch::Tensor w;
+  switch (cfg.weighting) {
+    case LossWeighting::None: return torch::ones({like.size(0)}, like.options());
+    case LossWeighting::MinSnr: {
+      auto m = torch::clamp_max(snr, cfg.min_snr_gamma);
+      // eps-MSE = snr * x0-MSE and v-MSE = (snr + 1) * x0-MSE, so express min(snr, gamma) per target.
+      if (pred == Prediction::Epsilon || pred == Prediction::Score)
+        w = torch::where(snr > 0, m / snr.clamp_min(1e-300), torch::ones_like(snr));
+      else if (pred == Prediction::X0) w = m;
+      else w = m / (snr + 1.0);
+      break;
+    }
+    case LossWeighting::Snr:
+      if (pred == Prediction::X0) w = snr;
+      else if (pred == Prediction::V) w = snr / (snr + 1.0);
+      else w = torch::ones_like(snr);
+      break;
+  }
+  return w.to(like.scalar_type());
+}
+
+TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfig& cfg,
+                             const torch::Tensor& model_output, const torch::Tensor& x0, const torch::Tensor& x_t,
+                             const torch::Tensor& t, const torch::Tensor& noise) {
+  TrainingLoss out;
+  const double T = static_cast<double>(diffusion.num_timesteps());
+  auto [pred, var_values] = diffusion.split_output(model_output);
+  if (cfg.type != LossType::Simple) {
+    // The VLB term only trains the variance when the mean has its own (MSE) loss.
+    auto frozen = cfg.type == LossType::Hybrid && var_values.defined()
+                      ? torch::cat({pred.detach(), var_values}, 1)
+                      : model_output;
+    auto vb = vlb_term_bpd(diffusion, frozen.to(torch::kFloat32), x0.to(torch::kFloat32),
+                           x_t.to(torch::kFloat32), t, ReverseOptions{false, 0.0})
+                  .bpd;
+    out.vb = vb * (cfg.type == LossType::Hybrid ? cfg.hybrid_lambda * T : T);
+  }
+  if (cfg.type != LossType::Kl) {
+    const auto n = diffusion.level(t, x0);
+    auto target = training_target(diffusion.prediction(), x0, noise, n);
+    auto mse = mean_flat((pred.to(torch::kFloat32) - target.to(torch::kFloat32)).pow(2));
+    out.mse = mse * loss_weight(diffusion, cfg, t, mse);
+  }
+  if (cfg.type == LossType::Simple) out.loss = out.mse;
+  else if (cfg.type == LossType::Kl) out.loss = out.vb;
+  else out.loss = out.mse + out.vb;
+  return out;
+}
+
+}  // namespace diffuse

@@ -1,0 +1,89 @@
+#include "diffuse/parameterization.h"
+
+#include "diffuse/error.h"
+#include "diffuse/schedule.h"
+
+namespace diffuse {
+
+std::vector<std::string> prediction_names() { return {"epsilon", "x0", "v", "score"}; }
+
+Prediction parse_prediction(const std::string& name) {
+  if (name == "epsilon" || name == "eps") return Prediction::Epsilon;
+  if (name == "x0" || name == "sample" || name == "x_start") return Prediction::X0;
+  if (name == "v" || name == "v_prediction") return Prediction::V;
+  if (name == "score") return Prediction::Score;
+  throw_not_one_of("prediction", name, prediction_names());
+}
+
+std::string to_string(Prediction p) {
+  switch (p) {
+    case Prediction::Epsilon: return "epsilon";
+    case Prediction::X0: return "x0";
+    case Prediction::V: return "v";
+    case Prediction::Score: return "score";
+  }
+  return "?";
+}
+
+NoiseLevel noise_level(const NoiseSchedule& schedule, const torch::Tensor& t, const torch::Tensor& like) {
+  return {schedule.gather(schedule.sqrt_alpha_bar(), t, like),
+          schedule.gather(schedule.sqrt_one_minus_alpha_bar(), t, like)};
+}
+
+torch::Tensor x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& eps, const NoiseLevel& n) {
+  return (x_t - n.s * eps) / n.a;
+}
+torch::Tensor eps_from_x0(const torch::Tensor& x_t, const torch::Tensor& x0, const NoiseLevel& n) {
+  return (x_t - n.a * x0) / n.s;
+}
+torch::Tensor v_from_x0_eps(const torch::Tensor& x0, const torch::Tensor& eps, const NoiseLevel& n) {
+  return n.a * eps - n.s * x0;
+}
+torch::Tensor x0_from_v(const torch::Tensor& x_t, const torch::Tensor& v, const NoiseLevel& n) {
+  return n.a * x_t - n.s * v;
+}
+torch::Tensor eps_from_v(const torch::Tensor& x_t, const torch::Tensor& v, const NoiseLevel& n) {
+  return n.s * x_t + n.a * v;
+}
+torch::Tensor score_from_eps(const torch::Tensor& eps, const NoiseLevel& n) { return -eps / n.s; }
+torch::Tensor eps_from_score(const torch::Tensor& score, const NoiseLevel& n) { return -n.s * score; }
+
+Predictions convert(Prediction p, const torch::Tensor& output, const torch::Tensor& x_t, const NoiseLevel& n) {
+  Predictions out;
+  switch (p) {
+    case Prediction::Epsilon:
+      out.eps = output;
+      out.x0 = x0_from_eps(x_t, output, n);
+      break;
+    case Prediction::X0:
+      out.x0 = output;
+      out.eps = eps_from_x0(x_t, output, n);
+      break;
+    case Prediction::V:
+      out.v = output;
+      out.x0 = x0_from_v(x_t, output, n);
+      out.eps = eps_from_v(x_t, output, n);
+      break;
+    case Prediction::Score:
+      out.score = output;
+      out.eps = eps_from_score(output, n);
+      // Tweedie: a E[x0|x_t] = x_t + s^2 score.
+      out.x0 = (x_t + n.s * n.s * output) / n.a;
+      break;
+  }
+  if (!out.v.defined()) out.v = v_from_x0_eps(out.x0, out.eps, n);
+  if (!out.score.defined()) out.score = score_from_eps(out.eps, n);
+  return out;
+}
+
+torch::Tensor training_target(Prediction p, const torch::Tensor& x0, const torch::Tensor& eps, const NoiseLevel& n) {
+  switch (p) {
+    case Prediction::Epsilon: return eps;
+    case Prediction::X0: return x0;
+    case Prediction::V: return v_from_x0_eps(x0, eps, n);
+    case Prediction::Score: return score_from_eps(eps, n);
+  }
+  throw std::logic_error("unknown prediction");
+}
+
+}  // namespace diffuse

@@ -1,0 +1,72 @@
+#include "diffuse/runtime.h"
+
+#include <dlfcn.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "diffuse/error.h"
+
+// Device names need the CUDA runtime headers, present only in CUDA builds of LibTorch.
+#if defined(DIFFUSE_WITH_CUDA) && __has_include(<ATen/cuda/CUDAContext.h>) && __has_include(<cuda_runtime_api.h>)
+#include <ATen/cuda/CUDAContext.h>
+#define DIFFUSE_CUDA_NAMES 1
+#endif
+
+namespace diffuse {
+
+int configure_threads(int threads) {
+  if (threads < 0) throw UsageError("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
+  const int n = threads == 0 ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : threads;
+  torch::set_num_threads(n);
+  // OpenBLAS (and some other BLAS builds) expose this; resolve it at run time so the binary
+  // does not depend on which BLAS LibTorch was linked against.
+  using SetThreads = void (*)(int);
+  for (const char* name : {"openblas_set_num_threads", "goto_set_num_threads"}) {
+    if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, name))) {
+      fn(1);
+      break;
+    }
+  }
+  return n;
+}
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  if (name == "cpu") return torch::Device(torch::kCPU);
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available())
+      throw UsageError("device '" + name + "' was asked for, but CUDA is not available in this build/machine "
+                       "(use device: auto or cpu)");
+    torch::Device d(name == "cuda" ? std::string("cuda:0") : name);
+    if (d.index() >= static_cast<int>(torch::cuda::device_count()))
+      throw UsageError("device '" + name + "': only " + std::to_string(torch::cuda::device_count()) +
+                       " CUDA device(s) present");
+    return d;
+  }
+  throw_not_one_of("device", name, {"auto", "cpu", "cuda", "cuda:N"});
+}
+
+std::string version_report() {
+  std::string out = fmt::format("diffuse {}\nLibTorch {}\n", DIFFUSE_VERSION, TORCH_VERSION);
+  const bool cuda = torch::cuda::is_available();
+  out += fmt::format("CUDA available: {}\n", cuda ? "yes" : "no");
+  if (cuda) {
+    const auto n = torch::cuda::device_count();
+    for (size_t i = 0; i < n; ++i) {
+#ifdef DIFFUSE_CUDA_NAMES
+      out += fmt::format("  cuda:{} {}\n", i, at::cuda::getDeviceProperties(static_cast<int>(i))->name);
+#else
+      out += fmt::format("  cuda:{}\n", i);
+#endif
+    }
+  }
+  out += fmt::format("CPU threads: {} (hardware: {})\n", torch::get_num_threads(), std::thread::hardware_concurrency());
+  return out;
+}
+
+}  // namespace diffuse

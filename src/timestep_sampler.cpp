@@ -1,0 +1,106 @@
+#include "diffuse/timestep_sampler.h"
+
+#include <cmath>
+
+#include "diffuse/error.h"
+
+namespace diffuse {
+
+std::vector<std::string> timestep_sampler_names() { return {"uniform", "importance"}; }
+TimestepSamplerKind parse_timestep_sampler(const std::string& name) {
+  if (name == "uniform") return TimestepSamplerKind::Uniform;
+  if (name == "importance" || name == "loss-second-moment") return TimestepSamplerKind::Importance;
+  throw_not_one_of("timestep sampler", name, timestep_sampler_names());
+}
+std::string to_string(TimestepSamplerKind k) { return k == TimestepSamplerKind::Uniform ? "uniform" : "importance"; }
+
+TimestepDraw TimestepSampler::sample(int64_t batch, const torch::Device& device, torch::Generator gen) const {
+  auto p = probabilities();
+  auto t = torch::multinomial(p, batch, /*replacement=*/true, gen);
+  auto w = 1.0 / (static_cast<double>(num_timesteps_) * p.index_select(0, t));
+  return {t.to(device), w.to(torch::kFloat32).to(device)};
+}
+
+torch::Tensor UniformTimestepSampler::probabilities() const {
+  return torch::full({num_timesteps()}, 1.0 / static_cast<double>(num_timesteps()), torch::kFloat64);
+}
+
+ImportanceTimestepSampler::ImportanceTimestepSampler(int64_t T, int64_t history, double uniform_prob)
+    : TimestepSampler(T), history_(history), uniform_prob_(uniform_prob),
+      losses_(static_cast<size_t>(T), std::vector<double>(static_cast<size_t>(history), 0.0)),
+      counts_(static_cast<size_t>(T), 0) {
+  if (history < 1) throw UsageError("importance sampler history must be >= 1");
+  if (uniform_prob < 0 || uniform_prob > 1) throw UsageError("importance sampler uniform_prob must be in [0, 1]");
+}
+
+bool ImportanceTimestepSampler::warmed_up() const {
+  for (auto c : counts_)
+    if (c < history_) return false;
+  return true;
+}
+
+torch::Tensor ImportanceTimestepSampler::probabilities() const {
+  const auto T = num_timesteps();
+  if (!warmed_up()) return torch::full({T}, 1.0 / static_cast<double>(T), torch::kFloat64);
+  auto w = torch::empty({T}, torch::kFloat64);
+  auto* wp = w.data_ptr<double>();
+  double total = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    double sq = 0.0;
+    for (double l : losses_[static_cast<size_t>(t)]) sq += l * l;
+    wp[t] = std::sqrt(sq / static_cast<double>(history_));
+    total += wp[t];
+  }
+  if (!(total > 0.0) || !std::isfinite(total)) return torch::full({T}, 1.0 / static_cast<double>(T), torch::kFloat64);
+  w = w / total * (1.0 - uniform_prob_) + uniform_prob_ / static_cast<double>(T);
+  return w;
+}
+
+void ImportanceTimestepSampler::update(const torch::Tensor& t, const torch::Tensor& losses) {
+  auto tc = t.to(torch::kCPU, torch::kLong).contiguous();
+  auto lc = losses.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const auto* tp = tc.data_ptr<int64_t>();
+  const auto* lp = lc.data_ptr<double>();
+  for (int64_t i = 0; i < tc.numel(); ++i) {
+    const auto k = static_cast<size_t>(tp[i]);
+    if (!std::isfinite(lp[i])) continue;
+    auto& ring = losses_.at(k);
+    if (counts_[k] < history_) {
+      ring[static_cast<size_t>(counts_[k])] = lp[i];
+      ++counts_[k];
+    } else {
+      // Drop the oldest: shift left and append (history is small).
+      std::rotate(ring.begin(), ring.begin() + 1, ring.end());
+      ring.back() = lp[i];
+    }
+  }
+}
+
+torch::Tensor ImportanceTimestepSampler::state() const {
+  const auto T = num_timesteps();
+  auto s = torch::zeros({T, history_ + 1}, torch::kFloat64);
+  auto a = s.accessor<double, 2>();
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t h = 0; h < history_; ++h) a[t][h] = losses_[static_cast<size_t>(t)][static_cast<size_t>(h)];
+    a[t][history_] = static_cast<double>(counts_[static_cast<size_t>(t)]);
+  }
+  return s;
+}
+
+void ImportanceTimestepSampler::load_state(const torch::Tensor& state) {
+  if (!state.defined() || state.dim() != 2 || state.size(0) != num_timesteps() || state.size(1) != history_ + 1)
+    throw std::runtime_error("importance sampler state has the wrong shape");
+  auto s = state.to(torch::kCPU, torch::kFloat64).contiguous();
+  auto a = s.accessor<double, 2>();
+  for (int64_t t = 0; t < num_timesteps(); ++t) {
+    for (int64_t h = 0; h < history_; ++h) losses_[static_cast<size_t>(t)][static_cast<size_t>(h)] = a[t][h];
+    counts_[static_cast<size_t>(t)] = static_cast<int64_t>(a[t][history_]);
+  }
+}
+
+std::unique_ptr<TimestepSampler> make_timestep_sampler(TimestepSamplerKind kind, int64_t T) {
+  if (kind == TimestepSamplerKind::Uniform) return std::make_unique<UniformTimestepSampler>(T);
+  return std::make_unique<ImportanceTimestepSampler>(T);
+}
+
+}  // namespace diffuse
