@@ -1,0 +1,172 @@
+// The run configuration: one YAML file with sections model, diffusion, data, train, sample,
+// eval, mapped onto these plain structs. Every key has a default here; load_config validates
+// types, ranges and allowed values, and names the key path in every error.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "diffuse/diffusion.h"
+#include "diffuse/losses.h"
+#include "diffuse/schedule.h"
+#include "diffuse/timestep_sampler.h"
+
+namespace diffuse {
+
+enum class ModelType { UNet, Mlp };
+ModelType parse_model_type(const std::string& name);  // unet, mlp
+std::string to_string(ModelType v);
+std::vector<std::string> model_type_names();
+
+enum class DatasetKind { FashionMnist, Mnist, Cifar10, ImageFolder, Toy2d };
+DatasetKind parse_dataset_kind(const std::string& name);  // fashion-mnist, mnist, cifar10, folder, toy2d
+std::string to_string(DatasetKind v);
+std::vector<std::string> dataset_kind_names();
+
+enum class ToyKind { SwissRoll, TwoMoons, EightGaussians, Checkerboard };
+ToyKind parse_toy_kind(const std::string& name);  // swiss_roll, two_moons, 8gaussians, checkerboard
+std::string to_string(ToyKind v);
+std::vector<std::string> toy_kind_names();
+
+struct ModelConfig {
+  ModelType type = ModelType::UNet;
+  // UNet: names and meaning as improved-diffusion's UNetModel / script flags.
+  int64_t model_channels = 64;
+  std::vector<int64_t> channel_mult = {1, 2, 2};
+  int64_t num_res_blocks = 2;
+  // Resolutions (feature-map sizes, e.g. [7] for the 7x7 level of a 28x28 input) that get
+  // self-attention, as improved-diffusion's --attention_resolutions flag (not downsample factors).
+  std::vector<int64_t> attention_resolutions = {};
+  int64_t num_heads = 4;
+  int64_t num_head_channels = -1;  // > 0 overrides num_heads with channels / num_head_channels
+  double dropout = 0.0;
+  bool use_scale_shift_norm = true;
+  bool resblock_updown = false;
+  bool conv_resample = true;
+  bool learn_sigma = false;  // 2x output channels; the variance type becomes learned_range
+  // Class conditioning: a label embedding added to the time embedding. num_classes = 0 takes
+  // the dataset's class count. Labels are replaced by the null label with probability p_uncond
+  // during training, so classifier-free guidance works at sampling time.
+  bool class_cond = false;
+  int64_t num_classes = 0;
+  double p_uncond = 0.1;
+  // MLP (2-D toy data): residual blocks of width hidden.
+  int64_t hidden = 256;
+  int64_t num_blocks = 3;
+};
+
+struct DiffusionConfig {
+  ScheduleKind schedule = ScheduleKind::Linear;
+  int64_t timesteps = 1000;
+  double beta_start = -1.0;  // < 0: the schedule's published default
+  double beta_end = -1.0;
+  double cosine_s = 0.008;
+  std::vector<double> betas;  // schedule: custom
+  std::string betas_file;
+  bool zero_terminal_snr = false;
+  Prediction prediction = Prediction::Epsilon;
+  // fixed_small, fixed_large, learned, learned_range; model.learn_sigma forces a learned type.
+  VarianceType variance = VarianceType::FixedSmall;
+  LossType loss = LossType::Simple;
+  double hybrid_lambda = 0.001;
+  LossWeighting loss_weighting = LossWeighting::None;
+  double min_snr_gamma = 5.0;
+  TimestepSamplerKind timestep_sampler = TimestepSamplerKind::Uniform;
+};
+
+struct DataConfig {
+  DatasetKind dataset = DatasetKind::FashionMnist;
+  std::string path = "/usr/share/datasets/fashion-mnist";  // directory (or file for some kinds)
+  std::string split = "train";                             // train | test
+  int64_t image_size = 0;     // 0 = the dataset's native size; else center-crop + resize
+  int64_t channels = 0;       // 0 = native; 1 = grey, 3 = RGB
+  bool random_flip = false;   // random horizontal flip
+  bool class_labels = true;   // read labels where the dataset has them (folder: class-per-subfolder)
+  bool skip_bad_files = false;  // folder: skip unreadable images (counted in the log) instead of failing
+  int64_t limit = 0;          // use only the first N examples (0 = all)
+  int64_t workers = 2;        // background loading/decoding threads
+  int64_t prefetch = 4;       // batches prepared ahead
+  ToyKind toy = ToyKind::SwissRoll;  // dataset: toy2d
+  int64_t toy_size = 100000;  // toy2d: points per epoch
+};
+
+struct TrainConfig {
+  int64_t steps = 10000;
+  int64_t batch_size = 64;
+  double lr = 2e-4;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  double weight_decay = 0.0;
+  int64_t warmup_steps = 0;
+  std::string lr_schedule = "constant";  // constant | cosine
+  double min_lr = 0.0;                   // cosine decays to this
+  double grad_clip = 1.0;                // max global grad norm; 0 = off
+  int64_t grad_accum = 1;                // micro-batches per optimizer step
+  double ema_decay = 0.9999;
+  bool ema_warmup = true;                // decay = min(ema_decay, (1 + step) / (10 + step))
+  uint64_t seed = 0;
+  std::string device = "auto";           // auto | cpu | cuda | cuda:N
+  int64_t threads = 0;                   // CPU threads; 0 = all cores
+  bool channels_last = false;
+  std::string precision = "fp32";        // fp32 | bf16 | fp16 (mixed precision, CUDA; bf16 also CPU)
+  int64_t log_every = 100;
+  int64_t checkpoint_every = 1000;
+  int64_t sample_every = 1000;           // 0 = never
+  int64_t sample_num = 64;               // images in the periodic grid
+  int64_t sample_steps = 50;             // sampler steps for the periodic grid
+  int64_t keep_checkpoints = 3;          // keep the last K (plus `latest`)
+  std::string on_nonfinite = "error";    // error | skip
+};
+
+struct SampleConfig {
+  std::string sampler = "ddim";  // ddpm, ddim, dpmpp-2m, euler, euler-ancestral, heun
+  int64_t steps = 50;
+  std::string spacing = "";      // respacing spec (see schedule.h); "" = the sampler's default
+  double eta = 0.0;              // DDIM
+  int64_t num = 64;
+  int64_t batch_size = 64;
+  uint64_t seed = 0;
+  bool use_ema = true;
+  bool clip_x0 = true;
+  double dynamic_threshold = 0.0;
+  double guidance_scale = 1.0;   // classifier-free guidance (1 = off)
+  std::vector<int64_t> labels;   // class labels to sample (cycled); empty = random / unconditional
+  std::string sigmas = "karras";  // euler/heun: karras | model
+  double rho = 7.0;
+};
+
+struct EvalConfig {
+  std::vector<std::string> metrics = {"bpd"};  // bpd, bpd-mc, fid, kid, toy
+  std::string split = "test";
+  int64_t num_images = 1000;     // held-out images for bpd (0 = all)
+  int64_t batch_size = 64;
+  int64_t mc_timesteps = 8;      // bpd-mc: random t per image
+  std::string feature_extractor = "";  // TorchScript file for FID/KID features
+  std::string reference = "";    // image folder or cached statistics file for FID/KID
+  int64_t num_samples = 1000;    // generated samples for FID/KID/toy metrics
+};
+
+struct Config {
+  ModelConfig model;
+  DiffusionConfig diffusion;
+  DataConfig data;
+  TrainConfig train;
+  SampleConfig sample;
+  EvalConfig eval;
+};
+
+// Parse a YAML file into a Config. Errors name the file and the key path (and, for an unknown
+// key, the closest valid key).
+Config load_config(const std::string& path);
+// Parse YAML text (for tests and checkpoints); `origin` names it in errors.
+Config parse_config(const std::string& yaml_text, const std::string& origin = "<config>");
+// Apply "section.key=VALUE" (VALUE read as YAML, so lists are written [1,2,2]).
+void apply_override(Config& cfg, const std::string& assignment);
+// The whole config, every key, as YAML that parse_config reads back to an equal Config.
+std::string to_yaml(const Config& cfg);
+// Cross-field checks (e.g. image_size divisible by 2^(levels-1), learn_sigma vs variance).
+void validate(const Config& cfg);
+
+}  // namespace diffuse
