@@ -1,0 +1,187 @@
+// ELBO pieces against independent truth: Monte Carlo KL, normalisation of the discretised
+// likelihood, zero KL at the true posterior, the prior term's size, and loss weights.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "diffuse/losses.h"
+
+using namespace diffuse;
+
+namespace {
+GaussianDiffusion make(ScheduleKind kind, int64_t T, VarianceType v = VarianceType::FixedSmall,
+                       Prediction p = Prediction::Epsilon) {
+  ScheduleSpec s;
+  s.kind = kind;
+  s.timesteps = T;
+  return GaussianDiffusion(NoiseSchedule::from_spec(s), p, v);
+}
+}  // namespace
+
+TEST(Losses, GaussianKlMatchesMonteCarlo) {
+  torch::manual_seed(0);
+  const int64_t n = 400000;
+  for (auto [m1, lv1, m2, lv2] : {std::tuple{0.3, -1.0, -0.2, 0.5}, std::tuple{1.0, 0.2, 1.0, 0.2},
+                                  std::tuple{-2.0, -4.0, 0.0, 0.0}}) {
+    auto x = m1 + std::exp(0.5 * lv1) * torch::randn({n}, torch::kFloat64);
+    auto logp1 = -0.5 * (lv1 + (x - m1).pow(2) / std::exp(lv1));
+    auto logp2 = -0.5 * (lv2 + (x - m2).pow(2) / std::exp(lv2));
+    auto diff = logp1 - logp2;
+    const double mc = diff.mean().item<double>(), se = diff.std().item<double>() / std::sqrt(double(n));
+    auto t = [](double v) { return torch::tensor({v}, torch::kFloat64); };
+    const double kl = normal_kl(t(m1), t(lv1), t(m2), t(lv2)).item<double>();
+    EXPECT_NEAR(kl, mc, 5 * se + 1e-12);
+    EXPECT_GE(kl, 0.0);
+  }
+}
+
+TEST(Losses, DiscretizedLikelihoodSumsToOneOverAllBins) {
+  auto bins = torch::arange(256, torch::kFloat64) / 127.5 - 1.0;  // the 256 values of 8-bit data
+  for (double mean : {-1.2, -0.5, 0.0, 0.013, 0.9, 1.0}) {
+    for (double log_scale : {-7.0, -4.0, -1.0, 0.0, 1.5}) {
+      auto m = torch::full_like(bins, mean);
+      auto ls = torch::full_like(bins, log_scale);
+      auto lp = discretized_gaussian_log_likelihood(bins, m, ls);
+      EXPECT_NEAR(lp.exp().sum().item<double>(), 1.0, 1e-9) << mean << " " << log_scale;
+      EXPECT_TRUE(torch::all(lp <= 1e-12).item<bool>());
+    }
+  }
+  // An interior bin equals Phi(upper) - Phi(lower) written out with std::erf.
+  auto x = torch::tensor({0.2}, torch::kFloat64);
+  const double mean = 0.1, sd = 0.05;
+  auto lp = discretized_gaussian_log_likelihood(x, torch::tensor({mean}, torch::kFloat64),
+                                                torch::tensor({std::log(sd)}, torch::kFloat64));
+  auto Phi = [](double z) { return 0.5 * (1 + std::erf(z / std::sqrt(2.0))); };
+  const double want = Phi((0.2 + 1 / 255.0 - mean) / sd) - Phi((0.2 - 1 / 255.0 - mean) / sd);
+  EXPECT_NEAR(lp.item<double>(), std::log(want), 1e-10);
+}
+
+// Every denoising-matching term vanishes when the model's reverse distribution is the true
+// posterior (the model is handed x_0), and is positive otherwise.
+TEST(Losses, KlTermsZeroAtTruePosteriorPositiveOtherwise) {
+  for (auto kind : {ScheduleKind::Linear, ScheduleKind::Cosine}) {
+    for (auto var : {VarianceType::FixedSmall, VarianceType::Learned}) {
+      auto d = make(kind, 1000, var);
+      torch::manual_seed(2);
+      const int64_t B = 64;
+      auto x0 = torch::rand({B, 1, 2, 2}, torch::kFloat64) * 2 - 1;
+      auto eps = torch::randn_like(x0);
+      auto t = torch::randint(1, 1000, {B}, torch::kLong);
+      auto x_t = d.q_sample(x0, t, eps);
+      auto out = eps.clone();
+      if (var == VarianceType::Learned) {
+        auto logv = d.schedule().gather(d.schedule().posterior_log_variance_clipped(), t, x0).expand_as(x0);
+        out = torch::cat({eps, logv}, 1);
+      }
+      auto term = vlb_term_bpd(d, out, x0, x_t, t, ReverseOptions{false, 0.0});
+      EXPECT_LT(term.bpd.abs().max().item<double>(), 1e-9) << to_string(kind);
+      auto wrong = out.clone();
+      wrong.slice(1, 0, 1).add_(0.1);
+      auto bad = vlb_term_bpd(d, wrong, x0, x_t, t, ReverseOptions{false, 0.0});
+      EXPECT_GT(bad.bpd.min().item<double>(), 0.0);
+    }
+  }
+}
+
+// For the linear schedule this holds with DDPM's fixed betas 1e-4..0.02; improved-diffusion's
+// default rescales them by 1000/T, which keeps sum(beta) and hence alpha_bar_T nearly constant.
+TEST(Losses, PriorTermSmallAtT1000AndGrowsAsTShrinks) {
+  auto x0 = torch::linspace(-1, 1, 16, torch::kFloat64).reshape({2, 8});
+  for (auto kind : {ScheduleKind::Linear, ScheduleKind::Cosine}) {
+    double prev = -1;
+    for (int64_t T : {1000, 200, 50}) {
+      ScheduleSpec spec;
+      spec.kind = kind;
+      spec.timesteps = T;
+      if (kind == ScheduleKind::Linear) {
+        spec.beta_start = 1e-4;
+        spec.beta_end = 0.02;
+      }
+      GaussianDiffusion d(NoiseSchedule::from_spec(spec));
+      const double p = prior_bpd(d, x0).max().item<double>();
+      // Independent: KL(N(a x0, 1-a^2) || N(0,1)) = 0.5 (a^2 x0^2 - a^2 - log(1 - a^2)) per dim.
+      const double ab = d.schedule().alpha_bar().back();
+      double want = 0;
+      for (int i = 8; i < 16; ++i) {
+        const double xv = x0.view({-1})[i].item<double>();
+        want += 0.5 * (ab * xv * xv - ab - std::log1p(-ab));
+      }
+      want /= 8 * std::log(2.0);
+      EXPECT_NEAR(p, want, 1e-12 + 1e-9 * want);
+      if (T == 1000) EXPECT_LT(p, 1e-4) << to_string(kind);
+      EXPECT_GT(p, prev) << to_string(kind) << " T=" << T;
+      prev = p;
+    }
+  }
+}
+
+TEST(Losses, DecoderTermAtTZero) {
+  auto d = make(ScheduleKind::Linear, 1000);
+  auto x0 = torch::tensor({{-1.0, 0.0, 1.0}}, torch::kFloat64);
+  auto t = torch::zeros({1}, torch::kLong);
+  auto eps = torch::zeros_like(x0);
+  auto x_t = d.q_sample(x0, t, eps);
+  auto term = vlb_term_bpd(d, eps, x0, x_t, t, ReverseOptions{false, 0.0});
+  // The decoder mean is x0 itself here; its scale is sqrt of the clipped posterior variance.
+  const double sd = std::exp(0.5 * d.schedule().posterior_log_variance_clipped()[0]);
+  auto Phi = [](double z) { return 0.5 * (1 + std::erf(z / std::sqrt(2.0))); };
+  const double edge = Phi((1 / 255.0) / sd), mid = Phi((1 / 255.0) / sd) - Phi((-1 / 255.0) / sd);
+  const double want = -(2 * std::log(edge) + std::log(mid)) / 3 / std::log(2.0);
+  EXPECT_NEAR(term.bpd.item<double>(), want, 1e-9);
+}
+
+TEST(Losses, TrainingLossesSimpleHybridKl) {
+  auto d = make(ScheduleKind::Cosine, 100, VarianceType::LearnedRange);
+  torch::manual_seed(4);
+  auto x0 = torch::rand({8, 1, 2, 2}) * 2 - 1;
+  auto eps = torch::randn_like(x0);
+  auto t = torch::randint(0, 100, {8}, torch::kLong);
+  auto x_t = d.q_sample(x0, t, eps);
+  auto out = torch::cat({eps + 0.1 * torch::randn_like(eps), torch::zeros_like(eps)}, 1).requires_grad_(true);
+  LossConfig cfg;
+  cfg.type = LossType::Simple;
+  auto simple = training_losses(d, cfg, out, x0, x_t, t, eps);
+  auto want = (out.slice(1, 0, 1) - eps).pow(2).reshape({8, -1}).mean(1);
+  EXPECT_TRUE(torch::allclose(simple.mse, want));
+  // Hybrid: the VLB term sees the mean detached, so it sends no gradient to the mean channels.
+  cfg.type = LossType::Hybrid;
+  auto hyb = training_losses(d, cfg, out, x0, x_t, t, eps);
+  auto g = torch::autograd::grad({hyb.vb.sum()}, {out})[0];
+  EXPECT_EQ(g.slice(1, 0, 1).abs().max().item<float>(), 0.0f);
+  EXPECT_GT(g.slice(1, 1, 2).abs().max().item<float>(), 0.0f);
+  EXPECT_TRUE(torch::allclose(hyb.loss, hyb.mse + hyb.vb));
+  // KL: T times the VLB term.
+  cfg.type = LossType::Kl;
+  auto kl = training_losses(d, cfg, out, x0, x_t, t, eps);
+  auto vb = vlb_term_bpd(d, out.detach(), x0, x_t, t, ReverseOptions{false, 0.0}).bpd;
+  EXPECT_TRUE(torch::allclose(kl.loss, vb * 100.0, 1e-4, 1e-5));
+}
+
+// Weighted MSE on x0 or v equals the eps-MSE (weighting "snr"), and min-SNR-gamma caps it.
+TEST(Losses, SnrWeightsExpressLossesInEpsilonUnits) {
+  torch::manual_seed(5);
+  auto x0 = torch::rand({6, 1, 3, 3}, torch::kFloat64) * 2 - 1;
+  auto eps = torch::randn_like(x0);
+  auto t = torch::tensor({0, 5, 50, 200, 700, 999}, torch::kLong);
+  auto base = make(ScheduleKind::Linear, 1000);
+  auto x_t = base.q_sample(x0, t, eps);
+  auto err_x0 = 0.05 * torch::randn_like(x0);  // the same mistake on x0, seen by each parameterisation
+  auto n = base.level(t, x0);
+  auto eps_mse = mean_flat((eps_from_x0(x_t, x0 + err_x0, n) - eps).pow(2));
+  for (auto p : {Prediction::X0, Prediction::V}) {
+    auto d = make(ScheduleKind::Linear, 1000, VarianceType::FixedSmall, p);
+    auto wrong_x0 = x0 + err_x0;
+    auto out = p == Prediction::X0 ? wrong_x0 : v_from_x0_eps(wrong_x0, eps_from_x0(x_t, wrong_x0, n), n);
+    LossConfig cfg;
+    cfg.weighting = LossWeighting::Snr;
+    auto l = training_losses(d, cfg, out, x0, x_t, t, eps);
+    EXPECT_TRUE(torch::allclose(l.mse.to(torch::kFloat64), eps_mse, 1e-4, 1e-6)) << to_string(p);
+    cfg.weighting = LossWeighting::MinSnr;
+    cfg.min_snr_gamma = 5.0;
+    auto m = training_losses(d, cfg, out, x0, x_t, t, eps);
+    // min-SNR: the eps-equivalent loss times min(snr, gamma) / snr.
+    auto snr = d.schedule().gather(d.schedule().snr(), t, eps_mse);
+    EXPECT_TRUE(torch::allclose(m.mse.to(torch::kFloat64), eps_mse * torch::clamp_max(snr, 5.0) / snr, 1e-4, 1e-6));
+  }
+}
