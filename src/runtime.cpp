@@ -1,6 +1,7 @@
 #include "diffuse/runtime.h"
 
 #include <dlfcn.h>
+#include <sys/resource.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -49,6 +50,12 @@ torch::Device resolve_device(const std::string& name) {
     return d;
   }
   throw_not_one_of("device", name, {"auto", "cpu", "cuda", "cuda:N"});
+}
+
+double peak_rss_mib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
 std::string version_report() {

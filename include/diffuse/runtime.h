@@ -16,6 +16,9 @@ int configure_threads(int threads);
 // asked for and absent, or for an unknown name.
 torch::Device resolve_device(const std::string& name);
 
+// Peak resident memory of this process so far, in MiB (getrusage).
+double peak_rss_mib();
+
 // Lines for `diffuse --version`: diffuse and LibTorch versions, CUDA availability and devices.
 std::string version_report();
 

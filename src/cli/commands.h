@@ -11,5 +11,8 @@ namespace diffuse::cli {
 using Action = std::function<int()>;
 
 void add_schedule_command(CLI::App& app, Action& action);
+void add_train_command(CLI::App& app, Action& action);
+void add_sample_command(CLI::App& app, Action& action);
+void add_bench_command(CLI::App& app, Action& action);
 
 }  // namespace diffuse::cli

@@ -15,7 +15,10 @@ int main(int argc, char** argv) {
   app.add_flag("--version", show_version, "Print diffuse and LibTorch versions and the CUDA devices");
 
   diffuse::cli::Action action;
+  diffuse::cli::add_train_command(app, action);
+  diffuse::cli::add_sample_command(app, action);
   diffuse::cli::add_schedule_command(app, action);
+  diffuse::cli::add_bench_command(app, action);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,30 @@
+// Small factories from config structs to the objects they describe. Data flows one way:
+// YAML -> Config -> (dataset, network, diffusion) -> trainer / sampler / evaluator.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "diffuse/config.h"
+#include "diffuse/diffusion.h"
+
+namespace diffuse {
+
+class Network;
+
+ScheduleSpec schedule_spec(const DiffusionConfig& cfg);
+NoiseSchedule make_schedule(const DiffusionConfig& cfg);
+// The variance type in effect: model.learn_sigma with a fixed type means learned_range.
+VarianceType effective_variance(const Config& cfg);
+GaussianDiffusion make_diffusion(const Config& cfg);
+
+// What a network needs to know about its data; stored in checkpoints so a model can be rebuilt
+// without the dataset.
+struct DataShape {
+  std::vector<int64_t> shape;  // per example: [C, H, W] or [D]
+  int64_t num_classes = 0;     // 0 = unlabelled
+};
+
+std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data);
+
+}  // namespace diffuse

@@ -1,0 +1,46 @@
+// Turning a network into samples: batches, per-sample reproducible noise, class labels and
+// classifier-free guidance, over any registered sampler. Used by `diffuse sample`, the
+// trainer's periodic grids and the evaluators.
+#pragma once
+
+#include <torch/types.h>
+
+#include <functional>
+
+#include "diffuse/config.h"
+#include "diffuse/factory.h"
+
+namespace diffuse {
+
+class Network;
+struct StepInfo;
+
+struct GenerateRequest {
+  SampleConfig sample;          // sampler, steps, spacing, eta, clipping, guidance, labels, seed, num, batch_size
+  int64_t first_index = 0;      // global index of the first sample: sample i depends only on (seed, i)
+  torch::Device device = torch::kCPU;
+  // After each batch: samples done so far, total.
+  std::function<void(int64_t done, int64_t total)> on_batch;
+  // Before each sampler step of each batch (trajectories); `first` is the batch's first index.
+  std::function<void(const StepInfo& info, int64_t first)> on_step;
+};
+
+struct GenerateResult {
+  torch::Tensor samples;  // [num, ...] float32 on the CPU, in [-1, 1] when clipping
+  torch::Tensor labels;   // [num] int64 (-1 = unconditional)
+  int64_t nfe = 0;        // network evaluations in all (a guided call counts once per batch)
+  double seconds = 0.0;
+};
+
+// The labels sample i gets: sample.labels cycled when given, else i mod num_classes.
+torch::Tensor labels_for(const SampleConfig& s, int64_t first, int64_t count, int64_t num_classes);
+
+GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                                const GenerateRequest& request);
+// Just the samples.
+inline torch::Tensor generate(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                              const GenerateRequest& request) {
+  return generate_samples(net, diffusion, shape, request).samples;
+}
+
+}  // namespace diffuse

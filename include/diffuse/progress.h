@@ -1,0 +1,36 @@
+// Progress reporting for long jobs: a redrawn bar when stderr is a terminal, nothing on the
+// bar's behalf otherwise (callers log plain periodic lines, which go to log files cleanly).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace diffuse {
+
+bool stderr_is_terminal();
+
+class ProgressBar {
+ public:
+  // `start` lets a resumed job show its true position; rate and ETA count only new work.
+  ProgressBar(std::string label, int64_t total, int64_t start = 0, bool enabled = stderr_is_terminal());
+  ~ProgressBar();
+  // Redraws at most ~8 times a second (and always at the end).
+  void update(int64_t done, const std::string& suffix = "");
+  void finish();  // leaves the last state on its own line
+  bool enabled() const { return enabled_; }
+  double elapsed_seconds() const;
+
+ private:
+  std::string label_;
+  int64_t total_, start_, done_ = 0;
+  bool enabled_, finished_ = false;
+  std::chrono::steady_clock::time_point t0_, last_draw_;
+  std::string last_suffix_;
+  void draw();
+};
+
+// "1h02m", "3m12s", "45s".
+std::string format_duration(double seconds);
+
+}  // namespace diffuse

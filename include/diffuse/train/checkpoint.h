@@ -1,0 +1,76 @@
+// Checkpoints: one self-describing file per save, holding the resolved config, the data shape,
+// model + EMA weights, optimizer state, step, data-order position, RNG states and the
+// timestep-sampler history. Written atomically; a run directory keeps the last K plus `latest.pt`.
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "diffuse/factory.h"
+
+namespace torch::nn {
+class Module;
+}
+namespace torch::optim {
+class Optimizer;
+}
+namespace torch::serialize {
+class InputArchive;
+}
+
+namespace diffuse {
+
+// Everything in a checkpoint but the weights and optimizer state.
+struct CheckpointMeta {
+  int64_t step = 0;
+  std::string config_yaml;   // the fully resolved config
+  DataShape data;
+  int64_t data_epoch = 0;    // position of the next batch in the data order
+  int64_t data_offset = 0;
+  torch::Tensor cpu_rng_state;     // CPU default generator
+  torch::Tensor device_rng_state;  // the training device's generator (CUDA), undefined on CPU
+  torch::Tensor timestep_sampler_state;
+  double loss_scale = 0.0;   // fp16 dynamic loss scale (0 = unused)
+  double elapsed_seconds = 0.0;
+};
+
+constexpr int64_t kCheckpointFormat = 1;
+
+// Writes the checkpoint atomically (temp file, fsync, rename). `ema` and `optimizer` may be null.
+void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
+                     torch::nn::Module* ema, torch::optim::Optimizer* optimizer);
+
+// Opens a checkpoint once; the parts are then loaded on demand. A missing, truncated or foreign
+// file is refused with an error naming it.
+class CheckpointReader {
+ public:
+  // Tensors are mapped onto `device` as they are read (weights, optimizer state).
+  explicit CheckpointReader(const std::string& path, const torch::Device& device = torch::kCPU);
+  ~CheckpointReader();
+  const CheckpointMeta& meta() const { return meta_; }
+  const std::string& path() const { return path_; }
+  bool has_ema() const { return has_ema_; }
+  // Loads weights into a network of the same architecture ("model" or "ema").
+  void load_weights(torch::nn::Module& module, bool ema) const;
+  void load_optimizer(torch::optim::Optimizer& optimizer) const;
+
+ private:
+  std::string path_;
+  CheckpointMeta meta_;
+  bool has_ema_ = false;
+  std::unique_ptr<torch::serialize::InputArchive> archive_;
+};
+
+// A checkpoint file, or a run directory (its checkpoints/latest.pt), or a checkpoints/ folder.
+// Throws UsageError naming what was looked for.
+std::string resolve_checkpoint(const std::string& path_or_run_dir);
+
+// Saves into run_dir/checkpoints/ckpt_<step>.pt, points latest.pt at it and removes all but the
+// newest `keep` step checkpoints. Returns the path written.
+std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,
+                                torch::nn::Module& model, torch::nn::Module* ema, torch::optim::Optimizer* optimizer);
+
+}  // namespace diffuse

@@ -1,0 +1,50 @@
+// The training loop: data -> noise -> loss -> AdamW step -> EMA, with logging, periodic
+// sample grids and atomic checkpoints in a run directory, resumable bit-for-bit on CPU.
+//
+// Distributed data parallel (a later step) slots in through TrainRequest::rank/world_size:
+// the loader already shards by rank, and only rank 0 logs, samples and checkpoints.
+#pragma once
+
+#include <string>
+
+#include "diffuse/config.h"
+
+namespace diffuse {
+
+struct TrainRequest {
+  Config config;
+  std::string run_dir;      // created if missing
+  std::string resume_from;  // "" = a fresh run; else a checkpoint file or a run directory
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  // Benchmarks: steady-state speed is measured after this many steps, and the final
+  // checkpoint / sample grid can be skipped.
+  int64_t timing_warmup_steps = 0;
+  bool save_final = true;
+};
+
+struct TrainSummary {
+  int64_t start_step = 0;
+  int64_t end_step = 0;
+  double seconds = 0.0;
+  double final_loss = 0.0;       // mean loss over the last logging window
+  double images_per_second = 0.0;
+  double steady_images_per_second = 0.0;  // after timing_warmup_steps
+  int64_t parameters = 0;
+  int threads = 0;
+  std::string device;
+  int64_t skipped_steps = 0;     // non-finite steps skipped (train.on_nonfinite: skip)
+  int stop_signal = 0;           // SIGINT/SIGTERM number if the run was stopped early
+  std::string run_dir, checkpoint, grid, metrics, log, config;
+};
+
+// Runs (or resumes) training. Throws UsageError for bad configuration / inputs and
+// std::runtime_error for failures during the run (e.g. a non-finite loss, naming the step).
+TrainSummary train(const TrainRequest& request);
+
+// Asks a running train() to stop after the current step (it then checkpoints and returns).
+// Async-signal-safe: meant to be called from a SIGINT/SIGTERM handler.
+void request_stop(int signal) noexcept;
+void clear_stop_request() noexcept;
+
+}  // namespace diffuse

@@ -1,0 +1,151 @@
+// `diffuse bench`: speed figures as JSON lines (no assertions; scripts/bench.sh drives it).
+//   train:  images/s of the real training loop for a config, FLOPs per image, and the fraction of
+//           this machine's measured matmul throughput that the step achieves;
+//   sample: images/s per sampler at a given step count (random weights: speed does not depend on them).
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "diffuse/error.h"
+#include "diffuse/factory.h"
+#include "diffuse/flops.h"
+#include "diffuse/generate.h"
+#include "diffuse/models/network.h"
+#include "diffuse/runtime.h"
+#include "diffuse/samplers/registry.h"
+#include "diffuse/train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse::cli {
+
+namespace {
+
+struct BenchOptions {
+  std::string what = "train";
+  std::vector<std::string> configs;
+  std::vector<std::string> overrides;
+  std::vector<std::string> samplers;
+  int64_t steps = 20, warmup = 3, batch = 0, num = 16;
+  std::string name;
+};
+
+std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{:.6g}", v) : "null"; }
+
+double forward_flops_per_example(Network& net, const DataShape& shape, int64_t batch, const torch::Device& device) {
+  std::vector<int64_t> dims{batch};
+  dims.insert(dims.end(), shape.shape.begin(), shape.shape.end());
+  auto x = torch::randn(dims, torch::TensorOptions().device(device));
+  auto t = torch::full({batch}, 500.0, torch::TensorOptions().device(device));
+  torch::NoGradGuard ng;
+  const double f = count_flops([&] { net.forward(x, t); });
+  return f / static_cast<double>(batch);
+}
+
+int bench_train(const BenchOptions& o) {
+  const double matmul = measure_matmul_gflops(1024, 1.0, false);
+  for (const auto& path : o.configs) {
+    Config cfg = resolve_config(path, o.overrides);
+    if (o.batch > 0) cfg.train.batch_size = o.batch;
+    cfg.train.steps = o.steps + o.warmup;
+    cfg.train.log_every = cfg.train.steps;
+    cfg.train.checkpoint_every = 0;
+    cfg.train.sample_every = 0;
+    const auto dir = fs::temp_directory_path() / fmt::format("diffuse_bench_{}", ::getpid());
+    TrainRequest req;
+    req.config = cfg;
+    req.run_dir = dir.string();
+    req.timing_warmup_steps = o.warmup;
+    req.save_final = false;
+    auto s = train(req);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    const auto device = resolve_device(cfg.train.device);
+    DataShape shape;
+    {
+      auto ds = make_dataset(cfg.data);
+      shape = {ds->shape(), cfg.data.class_labels ? ds->num_classes() : 0};
+    }
+    auto net = make_model(cfg, shape);
+    net->to(device);
+    // FLOPs per image: one forward traced op by op; a training step is ~3x (forward + backward).
+    const double fwd = forward_flops_per_example(*net, shape, 4, device);
+    const double train_flops = 3.0 * fwd;
+    const double achieved = train_flops * s.steady_images_per_second / 1e9;
+    std::cout << fmt::format(
+        "{{\"bench\": \"train\", \"name\": \"{}\", \"config\": \"{}\", \"batch\": {}, \"threads\": {}, "
+        "\"device\": \"{}\", \"precision\": \"{}\", \"channels_last\": {}, \"parameters\": {}, \"steps\": {}, "
+        "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"fwd_gflops_per_image\": {}, "
+        "\"train_gflops_per_image\": {}, \"achieved_gflops\": {}, \"matmul_gflops\": {}, \"fraction_of_matmul\": {}}}\n",
+        o.name.empty() ? fs::path(path).stem().string() : o.name, path, cfg.train.batch_size, s.threads, s.device,
+        cfg.train.precision, cfg.train.channels_last ? "true" : "false", s.parameters, o.steps,
+        jnum(s.steady_images_per_second), jnum(1000.0 * cfg.train.batch_size / s.steady_images_per_second),
+        jnum(peak_rss_mib()), jnum(fwd / 1e9), jnum(train_flops / 1e9), jnum(achieved), jnum(matmul),
+        jnum(achieved / matmul));
+  }
+  return 0;
+}
+
+int bench_sample(const BenchOptions& o) {
+  for (const auto& path : o.configs) {
+    Config cfg = resolve_config(path, o.overrides);
+    configure_threads(static_cast<int>(cfg.train.threads));
+    const auto device = resolve_device(cfg.train.device);
+    DataShape shape;
+    {
+      auto ds = make_dataset(cfg.data);
+      shape = {ds->shape(), cfg.data.class_labels ? ds->num_classes() : 0};
+    }
+    torch::manual_seed(0);
+    auto net = make_model(cfg, shape);
+    net->to(device);
+    auto diffusion = make_diffusion(cfg);
+    const auto samplers = o.samplers.empty() ? sampler_names() : o.samplers;
+    for (const auto& name : samplers) {
+      GenerateRequest req;
+      req.sample = cfg.sample;
+      req.sample.sampler = name;
+      req.sample.steps = o.steps;
+      req.sample.num = o.num;
+      req.sample.batch_size = o.batch > 0 ? o.batch : o.num;
+      req.device = device;
+      auto warm = req;
+      warm.sample.num = std::min<int64_t>(2, o.num);
+      warm.sample.steps = std::min<int64_t>(2, o.steps);
+      generate_samples(*net, diffusion, shape, warm);  // one-time kernel/primitive set-up
+      auto r = generate_samples(*net, diffusion, shape, req);
+      std::cout << fmt::format(
+          "{{\"bench\": \"sample\", \"config\": \"{}\", \"sampler\": \"{}\", \"steps\": {}, \"nfe_per_batch\": {}, "
+          "\"num\": {}, \"batch\": {}, \"device\": \"{}\", \"images_per_sec\": {}, \"seconds\": {}}}\n",
+          path, name, o.steps, r.nfe / std::max<int64_t>(1, (o.num + req.sample.batch_size - 1) / req.sample.batch_size),
+          o.num, req.sample.batch_size, device.str(), jnum(o.num / r.seconds), jnum(r.seconds));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<BenchOptions>();
+  auto* cmd = app.add_subcommand("bench", "Measure training or sampling speed; prints JSON lines");
+  cmd->add_option("what", o->what, "train or sample")->check(CLI::IsMember({"train", "sample"}))->capture_default_str();
+  cmd->add_option("--config,-c", o->configs, "Config(s) to measure (repeatable)")->required();
+  cmd->add_option("--set", o->overrides, "Override a config key (repeatable)");
+  cmd->add_option("--steps", o->steps, "Timed training steps, or sampler steps")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", o->warmup, "Untimed training steps first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch", o->batch, "Batch size (0 = the config's)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--num", o->num, "Samples per sampler (sample)")->check(CLI::PositiveNumber);
+  cmd->add_option("--sampler", o->samplers, "Samplers to time (default: all)");
+  cmd->add_option("--name", o->name, "Name for the JSON line");
+  cmd->callback([o, &action] {
+    action = [o] { return o->what == "train" ? bench_train(*o) : bench_sample(*o); };
+  });
+}
+
+}  // namespace diffuse::cli

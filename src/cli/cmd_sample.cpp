@@ -1,0 +1,198 @@
+// `diffuse sample`: images (or points) from a checkpoint with any registered sampler.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "diffuse/error.h"
+#include "diffuse/factory.h"
+#include "diffuse/generate.h"
+#include "diffuse/image_io.h"
+#include "diffuse/models/network.h"
+#include "diffuse/progress.h"
+#include "diffuse/runtime.h"
+#include "diffuse/samplers/registry.h"
+#include "diffuse/train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse::cli {
+
+namespace {
+
+struct SampleOptions {
+  std::string checkpoint;
+  std::string out = "samples";
+  std::vector<std::string> overrides;
+  int64_t num = 64, batch_size = 64, steps = 50, trajectory = 0, nrow = 0, first_index = 0;
+  uint64_t seed = 0;
+  std::string sampler = "ddim", spacing, weights = "ema", device = "auto", sigmas = "karras";
+  double eta = 0.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0;
+  std::vector<int64_t> labels;
+  bool no_clip = false, save_tensor = false, no_images = false;
+  int threads = 0;
+  CLI::App* cmd = nullptr;
+};
+
+// Flags given on the command line win over the checkpoint's sample.* section.
+void apply_flags(const SampleOptions& o, SampleConfig& s) {
+  auto given = [&](const char* name) { return o.cmd->count(name) > 0; };
+  if (given("--num")) s.num = o.num;
+  if (given("--batch-size")) s.batch_size = o.batch_size;
+  if (given("--steps")) s.steps = o.steps;
+  if (given("--seed")) s.seed = o.seed;
+  if (given("--sampler")) s.sampler = o.sampler;
+  if (given("--spacing")) s.spacing = o.spacing;
+  if (given("--eta")) s.eta = o.eta;
+  if (given("--guidance-scale")) s.guidance_scale = o.guidance_scale;
+  if (given("--dynamic-threshold")) s.dynamic_threshold = o.dynamic_threshold;
+  if (given("--sigmas")) s.sigmas = o.sigmas;
+  if (given("--rho")) s.rho = o.rho;
+  if (given("--label")) s.labels = o.labels;
+  if (given("--no-clip")) s.clip_x0 = false;
+  if (given("--weights")) s.use_ema = o.weights == "ema";
+}
+
+int run_sample(const SampleOptions& o) {
+  const auto path = resolve_checkpoint(o.checkpoint);
+  CheckpointReader reader(path);
+  Config cfg = config_from_checkpoint_yaml(reader.meta().config_yaml, path, o.overrides);
+  apply_flags(o, cfg.sample);
+  const auto& s = cfg.sample;
+  const int threads = configure_threads(o.threads);
+  const auto device = resolve_device(o.device);
+  const auto& shape = reader.meta().data;
+
+  auto net = make_model(cfg, shape);
+  bool ema = s.use_ema;
+  if (ema && !reader.has_ema()) {
+    std::cerr << "diffuse: " << path << " has no EMA weights; using the raw weights\n";
+    ema = false;
+  }
+  reader.load_weights(*net, ema);
+  net->to(device);
+  auto diffusion = make_diffusion(cfg);
+
+  const bool images = shape.shape.size() == 3;
+  fs::create_directories(o.out);
+  GenerateRequest req;
+  req.sample = s;
+  req.device = device;
+  req.first_index = o.first_index;
+  const int64_t batches = (s.num + s.batch_size - 1) / s.batch_size;
+  ProgressBar bar("sample", batches, 0);
+  req.on_batch = [&](int64_t done, int64_t total) {
+    bar.update((done + s.batch_size - 1) / s.batch_size, fmt::format("{}/{} samples", done, total));
+    if (!bar.enabled()) std::cerr << fmt::format("sampled {}/{}\n", done, total);
+  };
+  // Trajectory: x_t and the predicted x0 at `trajectory` evenly spaced steps, first batch only.
+  std::vector<torch::Tensor> traj_xt, traj_x0;
+  const int64_t traj_rows = std::min<int64_t>(8, s.num);
+  if (o.trajectory > 0 && images) {
+    req.on_step = [&](const StepInfo& info, int64_t first) {
+      if (first != o.first_index) return;
+      const int64_t every = std::max<int64_t>(1, info.total / o.trajectory);
+      if (info.step % every != 0 && info.step != info.total - 1) return;
+      traj_xt.push_back(info.x_t.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));
+      traj_x0.push_back(info.x0_pred.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));
+    };
+  }
+  auto r = generate_samples(*net, diffusion, shape, req);
+  bar.finish();
+
+  std::map<std::string, std::string> meta{{"diffuse-checkpoint", fs::absolute(path).string()},
+                                          {"sampler", s.sampler},
+                                          {"steps", std::to_string(s.steps)},
+                                          {"seed", std::to_string(s.seed)},
+                                          {"weights", ema ? "ema" : "raw"},
+                                          {"eta", fmt::format("{}", s.eta)},
+                                          {"clip_x0", s.clip_x0 ? "true" : "false"},
+                                          {"guidance_scale", fmt::format("{}", s.guidance_scale)}};
+  if (!s.spacing.empty()) meta["spacing"] = s.spacing;
+  std::vector<std::string> written;
+  if (images) {
+    if (!o.no_images) {
+      for (int64_t i = 0; i < s.num; ++i) {
+        auto m = meta;
+        m["index"] = std::to_string(o.first_index + i);
+        const auto label = r.labels[i].item<int64_t>();
+        if (label >= 0) m["label"] = std::to_string(label);
+        save_png((fs::path(o.out) / fmt::format("{:06d}.png", o.first_index + i)).string(), r.samples[i], m);
+      }
+      written.push_back(fmt::format("{} PNGs {}/{:06d}.png ..", s.num, o.out, o.first_index));
+    }
+    const auto grid_path = (fs::path(o.out) / "grid.png").string();
+    auto gm = meta;
+    gm["index"] = fmt::format("{}-{}", o.first_index, o.first_index + s.num - 1);
+    save_png(grid_path, make_grid(r.samples, o.nrow), gm);
+    written.push_back("grid " + grid_path);
+    if (!traj_xt.empty()) {
+      // Rows: for each sample, x_t then x0_pred; columns: the captured steps, noisy to clean.
+      std::vector<torch::Tensor> rows;
+      for (int64_t i = 0; i < traj_rows; ++i) {
+        for (auto* seq : {&traj_xt, &traj_x0})
+          for (auto& t : *seq) rows.push_back(t[i]);
+      }
+      const auto tpath = (fs::path(o.out) / "trajectory.png").string();
+      auto tm = meta;
+      tm["layout"] = "rows: x_t then predicted x0 per sample; columns: sampler steps from noise to data";
+      save_png(tpath, make_grid(torch::stack(rows), static_cast<int64_t>(traj_xt.size())), tm);
+      written.push_back("trajectory " + tpath);
+    }
+  }
+  if (o.save_tensor || !images) {
+    const auto tpath = (fs::path(o.out) / "samples.pt").string();
+    torch::save(r.samples, tpath);
+    written.push_back("tensor " + tpath + " (torch::save of [N, ...] float32)");
+  }
+  std::cout << fmt::format("sampled {} with {} ({} steps, {} network evaluations) in {:.1f}s ({:.2f} samples/s, {} threads, {})\n",
+                           s.num, s.sampler, s.steps, r.nfe, r.seconds, s.num / std::max(r.seconds, 1e-9), threads,
+                           device.str());
+  for (const auto& w : written) std::cout << "  " << w << "\n";
+  return 0;
+}
+
+}  // namespace
+
+void add_sample_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<SampleOptions>();
+  auto* cmd = app.add_subcommand("sample", "Generate samples from a checkpoint");
+  o->cmd = cmd;
+  cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint file or run directory")->required();
+  cmd->add_option("--out,-o", o->out, "Output directory")->capture_default_str();
+  cmd->add_option("--num,-n", o->num, "Number of samples")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", o->batch_size, "Samples per batch (does not change the samples)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--sampler", o->sampler, "Sampler")->check(CLI::IsMember(sampler_names()));
+  cmd->add_option("--steps", o->steps, "Sampling steps")->check(CLI::PositiveNumber);
+  cmd->add_option("--spacing", o->spacing,
+                  "Timestep spacing: leading, trailing, linspace, ddim, or a respacing spec ('ddim50', '10,15,20')");
+  cmd->add_option("--seed", o->seed, "Seed: sample i depends only on (seed, i)");
+  cmd->add_option("--first-index", o->first_index, "Global index of the first sample (to split work)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--eta", o->eta, "DDIM / Euler-ancestral stochasticity (DDIM: 0 = deterministic)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}));
+  cmd->add_option("--label", o->labels, "Class label(s) for a class-conditional model (cycled)");
+  cmd->add_option("--guidance-scale", o->guidance_scale, "Classifier-free guidance scale (1 = off)");
+  cmd->add_flag("--no-clip", o->no_clip, "Do not clip the predicted x0 to [-1, 1]");
+  cmd->add_option("--dynamic-threshold", o->dynamic_threshold, "Imagen dynamic thresholding percentile (0 = off)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--sigmas", o->sigmas, "Noise levels for euler/heun")->check(CLI::IsMember({"karras", "model"}));
+  cmd->add_option("--rho", o->rho, "Karras rho");
+  cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
+  cmd->add_option("--trajectory", o->trajectory, "Save a strip of x_t and predicted x0 at this many steps")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--nrow", o->nrow, "Images per grid row (0 = square)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--save-tensor", o->save_tensor, "Also write samples.pt (raw float tensor)");
+  cmd->add_flag("--no-images", o->no_images, "Write only the grid, not one PNG per sample");
+  cmd->callback([o, &action] { action = [o] { return run_sample(*o); }; });
+}
+
+}  // namespace diffuse::cli

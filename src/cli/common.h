@@ -1,0 +1,22 @@
+// Helpers shared by the subcommands: config resolution (file / checkpoint + --set overrides)
+// and signal handling.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "diffuse/config.h"
+
+namespace diffuse::cli {
+
+// Config from a YAML file (or the defaults when path is empty), then each "key=value".
+Config resolve_config(const std::string& path, const std::vector<std::string>& overrides);
+// Config stored in a checkpoint, then each "key=value".
+Config config_from_checkpoint_yaml(const std::string& yaml, const std::string& origin,
+                                   const std::vector<std::string>& overrides);
+
+// SIGINT/SIGTERM ask the library to stop cleanly (diffuse::request_stop); a second signal
+// kills the process the default way.
+void install_stop_handlers();
+
+}  // namespace diffuse::cli

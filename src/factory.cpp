@@ -1,0 +1,50 @@
+#include "diffuse/factory.h"
+
+#include "diffuse/error.h"
+#include "diffuse/models/network.h"
+
+namespace diffuse {
+
+ScheduleSpec schedule_spec(const DiffusionConfig& cfg) {
+  ScheduleSpec s;
+  s.kind = cfg.schedule;
+  s.timesteps = cfg.timesteps;
+  s.beta_start = cfg.beta_start;
+  s.beta_end = cfg.beta_end;
+  s.cosine_s = cfg.cosine_s;
+  s.betas = cfg.betas;
+  s.betas_file = cfg.betas_file;
+  s.zero_terminal_snr = cfg.zero_terminal_snr;
+  return s;
+}
+
+NoiseSchedule make_schedule(const DiffusionConfig& cfg) { return NoiseSchedule::from_spec(schedule_spec(cfg)); }
+
+VarianceType effective_variance(const Config& cfg) {
+  if (cfg.model.learn_sigma && !is_learned(cfg.diffusion.variance)) return VarianceType::LearnedRange;
+  return cfg.diffusion.variance;
+}
+
+GaussianDiffusion make_diffusion(const Config& cfg) {
+  return GaussianDiffusion(make_schedule(cfg.diffusion), cfg.diffusion.prediction, effective_variance(cfg));
+}
+
+std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
+  const auto diffusion_channels = [&](int64_t c) { return is_learned(effective_variance(cfg)) ? 2 * c : c; };
+  const int64_t num_classes = cfg.model.class_cond ? (cfg.model.num_classes > 0 ? cfg.model.num_classes : data.num_classes) : 0;
+  if (cfg.model.class_cond && num_classes <= 0)
+    throw UsageError("model.class_cond is set but the dataset has no labels and model.num_classes is 0");
+  if (cfg.model.type == ModelType::Mlp) {
+    if (data.shape.size() != 1)
+      throw UsageError("model.type 'mlp' needs vector data (data.dataset: toy2d), got examples of rank " +
+                       std::to_string(data.shape.size()));
+    return make_network(cfg.model, 0, data.shape[0], diffusion_channels(data.shape[0]), num_classes);
+  }
+  if (data.shape.size() != 3)
+    throw UsageError("model.type 'unet' needs image data [C, H, W]; use model.type: mlp for data.dataset: toy2d");
+  if (data.shape[1] != data.shape[2])
+    throw UsageError("the UNet needs square images; set data.image_size");
+  return make_network(cfg.model, data.shape[1], data.shape[0], diffusion_channels(data.shape[0]), num_classes);
+}
+
+}  // namespace diffuse

@@ -1,0 +1,83 @@
+#include "diffuse/generate.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+
+#include "diffuse/error.h"
+#include "diffuse/models/network.h"
+#include "diffuse/samplers/guidance.h"
+#include "diffuse/samplers/registry.h"
+
+namespace diffuse {
+
+torch::Tensor labels_for(const SampleConfig& s, int64_t first, int64_t count, int64_t num_classes) {
+  auto out = torch::empty({count}, torch::kLong);
+  auto* p = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t g = first + i;
+    if (!s.labels.empty()) p[i] = s.labels[static_cast<size_t>(g % static_cast<int64_t>(s.labels.size()))];
+    else p[i] = num_classes > 0 ? g % num_classes : -1;
+  }
+  return out;
+}
+
+GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                                const GenerateRequest& req) {
+  const auto& s = req.sample;
+  if (s.num < 1) throw UsageError("sample.num must be >= 1");
+  if (s.batch_size < 1) throw UsageError("sample.batch_size must be >= 1");
+  const bool cond = net.class_conditional();
+  if (!cond && !s.labels.empty()) throw UsageError("class labels were given, but the model is not class-conditional");
+  if (!cond && s.guidance_scale != 1.0)
+    throw UsageError("sample.guidance_scale needs a class-conditional model (trained with model.class_cond)");
+  for (auto l : s.labels)
+    if (l < 0 || l >= net.num_classes())
+      throw UsageError("class label " + std::to_string(l) + " is outside [0, " + std::to_string(net.num_classes() - 1) + "]");
+  find_sampler(s.sampler);  // unknown names fail before any work
+
+  SamplerOptions opts;
+  opts.steps = s.steps;
+  opts.spacing = s.spacing;
+  if (s.eta != 0.0 || s.sampler == "ddim") opts.eta = s.eta;
+  opts.clip_x0 = s.clip_x0;
+  opts.dynamic_threshold = s.dynamic_threshold;
+  opts.sigmas = s.sigmas;
+  opts.rho = s.rho;
+
+  const bool was_training = net.is_training();
+  net.eval();
+  const bool learned = is_learned(diffusion.variance_type());
+  auto raw = [&net](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    return net.forward(x, t, y);
+  };
+  GenerateResult result;
+  result.labels = labels_for(s, req.first_index, s.num, cond ? net.num_classes() : 0);
+  std::vector<torch::Tensor> parts;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t done = 0; done < s.num; done += s.batch_size) {
+    const int64_t n = std::min(s.batch_size, s.num - done);
+    const int64_t first = req.first_index + done;
+    ModelFn fn;
+    if (cond) {
+      auto y = result.labels.slice(0, done, done + n).to(req.device);
+      fn = s.guidance_scale == 1.0 ? with_labels(raw, y)
+                                   : classifier_free_guidance(raw, y, net.null_label(), s.guidance_scale, learned);
+    } else {
+      fn = [&net](const torch::Tensor& x, const torch::Tensor& t) { return net.forward(x, t); };
+    }
+    Denoiser denoiser(fn, diffusion);
+    auto noise = NoiseSource::range(s.seed, first, n, shape.shape, req.device);
+    if (req.on_step) opts.on_step = [&](const StepInfo& info) { req.on_step(info, first); };
+    auto x = run_sampler(s.sampler, denoiser, noise, opts);
+    result.nfe += denoiser.nfe();
+    parts.push_back(x.to(torch::kCPU, torch::kFloat32));
+    if (req.on_batch) req.on_batch(done + n, s.num);
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.samples = torch::cat(parts, 0);
+  if (was_training) net.train();
+  return result;
+}
+
+}  // namespace diffuse

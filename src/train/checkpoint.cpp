@@ -1,0 +1,166 @@
+#include "diffuse/train/checkpoint.h"
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <regex>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "diffuse/atomic_file.h"
+#include "diffuse/error.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+namespace {
+constexpr int64_t kMagic = 0x646966667573;  // "diffus"
+
+torch::Tensor int_tensor(const std::vector<int64_t>& v) {
+  return torch::tensor(v.empty() ? std::vector<int64_t>{} : v, torch::kLong);
+}
+}  // namespace
+
+void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn::Module& model,
+                     torch::nn::Module* ema, torch::optim::Optimizer* optimizer) {
+  torch::serialize::OutputArchive ar;
+  ar.write("diffuse_checkpoint", c10::IValue(kMagic));
+  ar.write("format", c10::IValue(kCheckpointFormat));
+  ar.write("step", c10::IValue(m.step));
+  ar.write("config", c10::IValue(m.config_yaml));
+  ar.write("data_shape", int_tensor(m.data.shape));
+  ar.write("num_classes", c10::IValue(m.data.num_classes));
+  ar.write("data_epoch", c10::IValue(m.data_epoch));
+  ar.write("data_offset", c10::IValue(m.data_offset));
+  ar.write("loss_scale", c10::IValue(m.loss_scale));
+  ar.write("elapsed_seconds", c10::IValue(m.elapsed_seconds));
+  if (m.cpu_rng_state.defined()) ar.write("cpu_rng_state", m.cpu_rng_state);
+  if (m.device_rng_state.defined()) ar.write("device_rng_state", m.device_rng_state.cpu());
+  if (m.timestep_sampler_state.defined()) ar.write("timestep_sampler_state", m.timestep_sampler_state);
+  torch::serialize::OutputArchive model_ar;
+  model.save(model_ar);
+  ar.write("model", model_ar);
+  if (ema) {
+    torch::serialize::OutputArchive ema_ar;
+    ema->save(ema_ar);
+    ar.write("ema", ema_ar);
+  }
+  if (optimizer) {
+    torch::serialize::OutputArchive opt_ar;
+    optimizer->save(opt_ar);
+    ar.write("optimizer", opt_ar);
+  }
+  std::ostringstream bytes;
+  ar.save_to(bytes);
+  write_file_atomic(path, bytes.str());
+}
+
+CheckpointReader::~CheckpointReader() = default;
+
+CheckpointReader::CheckpointReader(const std::string& path, const torch::Device& device)
+    : path_(path), archive_(std::make_unique<torch::serialize::InputArchive>()) {
+  if (!fs::exists(path)) throw UsageError("checkpoint '" + path + "' does not exist");
+  if (fs::is_directory(path)) throw UsageError("checkpoint '" + path + "' is a directory, not a checkpoint file");
+  try {
+    archive_->load_from(path, device);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    throw UsageError("checkpoint '" + path + "' is corrupt or not a checkpoint (" + what + ")");
+  }
+  c10::IValue v;
+  if (!archive_->try_read("diffuse_checkpoint", v) || !v.isInt() || v.toInt() != kMagic)
+    throw UsageError("'" + path + "' is a LibTorch archive but not a diffuse checkpoint");
+  auto read_int = [&](const char* key) {
+    c10::IValue iv;
+    if (!archive_->try_read(key, iv) || !iv.isInt())
+      throw UsageError("checkpoint '" + path_ + "' lacks '" + key + "' (corrupt or from another version)");
+    return iv.toInt();
+  };
+  const int64_t format = read_int("format");
+  if (format != kCheckpointFormat)
+    throw UsageError(fmt::format("checkpoint '{}' has format {}, this diffuse reads format {}", path, format,
+                                 kCheckpointFormat));
+  meta_.step = read_int("step");
+  meta_.data.num_classes = read_int("num_classes");
+  meta_.data_epoch = read_int("data_epoch");
+  meta_.data_offset = read_int("data_offset");
+  c10::IValue cfg;
+  if (!archive_->try_read("config", cfg) || !cfg.isString())
+    throw UsageError("checkpoint '" + path + "' lacks its config");
+  meta_.config_yaml = cfg.toStringRef();
+  c10::IValue d;
+  if (archive_->try_read("loss_scale", d) && d.isDouble()) meta_.loss_scale = d.toDouble();
+  if (archive_->try_read("elapsed_seconds", d) && d.isDouble()) meta_.elapsed_seconds = d.toDouble();
+  torch::Tensor shape;
+  archive_->read("data_shape", shape);
+  shape = shape.cpu();
+  meta_.data.shape.assign(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + shape.numel());
+  torch::Tensor t;
+  if (archive_->try_read("cpu_rng_state", t)) meta_.cpu_rng_state = t.cpu();
+  if (archive_->try_read("device_rng_state", t)) meta_.device_rng_state = t.cpu();
+  if (archive_->try_read("timestep_sampler_state", t)) meta_.timestep_sampler_state = t.cpu();
+  torch::serialize::InputArchive probe;
+  has_ema_ = archive_->try_read("ema", probe);
+}
+
+void CheckpointReader::load_weights(torch::nn::Module& module, bool ema) const {
+  torch::serialize::InputArchive sub;
+  const char* key = ema ? "ema" : "model";
+  if (!archive_->try_read(key, sub))
+    throw UsageError(fmt::format("checkpoint '{}' has no {} weights", path_, key));
+  try {
+    module.load(sub);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    throw UsageError(fmt::format("checkpoint '{}': its {} weights do not fit this model ({})", path_, key, what));
+  }
+}
+
+void CheckpointReader::load_optimizer(torch::optim::Optimizer& optimizer) const {
+  torch::serialize::InputArchive sub;
+  if (!archive_->try_read("optimizer", sub))
+    throw UsageError("checkpoint '" + path_ + "' has no optimizer state (it cannot resume training)");
+  optimizer.load(sub);
+}
+
+std::string resolve_checkpoint(const std::string& p) {
+  if (fs::is_regular_file(p)) return p;
+  if (fs::is_directory(p)) {
+    for (const auto& cand : {fs::path(p) / "checkpoints" / "latest.pt", fs::path(p) / "latest.pt"})
+      if (fs::exists(cand)) return cand.string();
+    throw UsageError("'" + p + "' is a directory without checkpoints/latest.pt (not a run directory?)");
+  }
+  throw UsageError("checkpoint or run directory '" + p + "' does not exist");
+}
+
+std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,
+                                torch::nn::Module& model, torch::nn::Module* ema, torch::optim::Optimizer* optimizer) {
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  fs::create_directories(dir);
+  const std::string name = fmt::format("ckpt_{:08d}.pt", meta.step);
+  const fs::path path = dir / name;
+  save_checkpoint(path.string(), meta, model, ema, optimizer);
+  // latest.pt: a relative symlink, swapped in atomically.
+  const fs::path tmp_link = dir / ".latest.pt.tmp";
+  std::error_code ec;
+  fs::remove(tmp_link, ec);
+  fs::create_symlink(name, tmp_link);
+  fs::rename(tmp_link, dir / "latest.pt");
+  // Keep the newest `keep` step checkpoints.
+  std::vector<fs::path> ckpts;
+  static const std::regex pattern(R"(ckpt_\d{8,}\.pt)");
+  for (const auto& e : fs::directory_iterator(dir))
+    if (std::regex_match(e.path().filename().string(), pattern)) ckpts.push_back(e.path());
+  std::sort(ckpts.begin(), ckpts.end());
+  if (keep > 0 && static_cast<int64_t>(ckpts.size()) > keep)
+    for (size_t i = 0; i + static_cast<size_t>(keep) < ckpts.size(); ++i) fs::remove(ckpts[i], ec);
+  return path.string();
+}
+
+}  // namespace diffuse

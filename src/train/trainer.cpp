@@ -1,0 +1,443 @@
+#include "diffuse/train/trainer.h"
+
+#include <torch/torch.h>
+#include <ATen/autocast_mode.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "diffuse/atomic_file.h"
+#include "diffuse/data/dataset.h"
+#include "diffuse/data/loader.h"
+#include "diffuse/error.h"
+#include "diffuse/factory.h"
+#include "diffuse/generate.h"
+#include "diffuse/image_io.h"
+#include "diffuse/losses.h"
+#include "diffuse/models/network.h"
+#include "diffuse/progress.h"
+#include "diffuse/runtime.h"
+#include "diffuse/timestep_sampler.h"
+#include "diffuse/train/checkpoint.h"
+#include "diffuse/train/ema.h"
+#include "diffuse/train/lr_schedule.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+
+// Mixed precision for the forward pass, undone when the guard leaves scope.
+class AutocastGuard {
+ public:
+  AutocastGuard(const std::string& precision, const torch::Device& device) {
+    if (precision == "fp32") return;
+    const auto dtype = precision == "bf16" ? at::kBFloat16 : at::kHalf;
+    cuda_ = device.is_cuda();
+    if (!cuda_ && dtype != at::kBFloat16) throw UsageError("train.precision 'fp16' needs CUDA; use bf16 or fp32 on CPU");
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    const auto type = cuda_ ? at::kCUDA : at::kCPU;
+    at::autocast::set_autocast_enabled(type, true);
+    at::autocast::set_autocast_dtype(type, dtype);
+#else
+    if (cuda_) {
+      at::autocast::set_enabled(true);
+      at::autocast::set_autocast_gpu_dtype(dtype);
+    } else {
+      at::autocast::set_cpu_enabled(true);
+      at::autocast::set_autocast_cpu_dtype(dtype);
+    }
+#endif
+    active_ = true;
+  }
+  ~AutocastGuard() {
+    if (!active_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(cuda_ ? at::kCUDA : at::kCPU, false);
+#else
+    if (cuda_) at::autocast::set_enabled(false);
+    else at::autocast::set_cpu_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool active_ = false, cuda_ = false;
+};
+
+std::shared_ptr<spdlog::logger> make_logger(const std::string& log_path, bool console_is_tty) {
+  auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  // On a terminal the bar carries progress; the console shows warnings and errors, clearing
+  // the bar's line first. In a log, every info line is printed.
+  if (console_is_tty) {
+    console->set_level(spdlog::level::warn);
+    console->set_pattern("\r\033[K[%H:%M:%S] %^%l%$: %v");
+  } else {
+    console->set_pattern("[%Y-%m-%d %H:%M:%S] %^%l%$: %v");
+  }
+  std::vector<spdlog::sink_ptr> sinks{console};
+  if (!log_path.empty()) {
+    auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_path, /*truncate=*/false);
+    file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l: %v");
+    sinks.push_back(file);
+  }
+  auto logger = std::make_shared<spdlog::logger>("train", sinks.begin(), sinks.end());
+  logger->set_level(spdlog::level::info);
+  logger->flush_on(spdlog::level::info);
+  return logger;
+}
+
+// Keep only metrics lines up to `step` (a resume from an older checkpoint replays later steps).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const auto pos = line.find("\"step\": ");
+    if (pos == std::string::npos) continue;
+    if (std::stoll(line.substr(pos + 8)) <= step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+std::string json_double(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
+
+// Running sums over one logging window.
+struct Window {
+  double loss = 0, mse = 0, vb = 0, grad_norm = 0;
+  int64_t steps = 0, images = 0;
+  double q_sum[4] = {0, 0, 0, 0};
+  int64_t q_count[4] = {0, 0, 0, 0};
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+void request_stop(int signal) noexcept { g_stop_signal.store(signal); }
+void clear_stop_request() noexcept { g_stop_signal.store(0); }
+
+TrainSummary train(const TrainRequest& req) {
+  Config cfg = req.config;
+  const bool main_rank = req.rank == 0;
+  TrainSummary summary;
+  if (req.run_dir.empty()) throw UsageError("a run directory is needed (--run-dir)");
+  summary.run_dir = req.run_dir;
+  fs::create_directories(req.run_dir);
+
+  // Resuming: the checkpoint carries the config it was trained with; the caller's config
+  // (checkpoint config + overrides) decides the rest (e.g. more steps).
+  std::unique_ptr<CheckpointReader> ckpt;
+  const auto device = resolve_device(cfg.train.device);
+  if (!req.resume_from.empty()) ckpt = std::make_unique<CheckpointReader>(resolve_checkpoint(req.resume_from), device);
+  validate(cfg);
+  const int threads = configure_threads(static_cast<int>(cfg.train.threads));
+
+  summary.log = (fs::path(req.run_dir) / "train.log").string();
+  summary.metrics = (fs::path(req.run_dir) / "metrics.jsonl").string();
+  summary.config = (fs::path(req.run_dir) / "config.yaml").string();
+  const bool tty = stderr_is_terminal();
+  auto log = make_logger(main_rank ? summary.log : "", tty);
+
+  const std::string config_yaml = to_yaml(cfg);
+  if (main_rank) write_file_atomic(summary.config, config_yaml);
+
+  torch::manual_seed(cfg.train.seed);
+
+  // Data.
+  auto dataset = make_dataset(cfg.data);
+  DataShape shape{dataset->shape(), cfg.data.class_labels ? dataset->num_classes() : 0};
+  if (ckpt && ckpt->meta().data.shape != shape.shape)
+    throw UsageError("checkpoint '" + ckpt->path() + "' was trained on data of another shape than data.* gives now");
+  LoaderOptions lo;
+  lo.batch_size = cfg.train.batch_size;
+  lo.seed = cfg.train.seed;
+  lo.workers = cfg.data.workers;
+  lo.prefetch = cfg.data.prefetch;
+  lo.random_flip = cfg.data.random_flip;
+  lo.rank = req.rank;
+  lo.world_size = req.world_size;
+  LoaderPosition start_pos{0, 0};
+  if (ckpt) start_pos = {ckpt->meta().data_epoch, ckpt->meta().data_offset};
+  DataLoader loader(dataset, lo, start_pos);
+
+  // Model, EMA, optimizer (built on CPU, weights loaded, then moved).
+  auto diffusion = make_diffusion(cfg);
+  auto model = make_model(cfg, shape);
+  auto ema_model = make_model(cfg, shape);
+  if (ckpt) {
+    model->to(torch::kCPU);
+    ckpt->load_weights(*model, false);
+  }
+  model->to(device);
+  ema_model->to(device);
+  if (cfg.train.channels_last && shape.shape.size() == 3) {
+    convert_to_channels_last(*model);
+    convert_to_channels_last(*ema_model);
+  }
+  Ema ema(model, ema_model, cfg.train.ema_decay, cfg.train.ema_warmup);
+  if (ckpt && ckpt->has_ema()) ckpt->load_weights(*ema_model, true);
+  ema_model->eval();
+
+  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(cfg.train.lr)
+                                                         .betas({cfg.train.adam_beta1, cfg.train.adam_beta2})
+                                                         .eps(cfg.train.adam_eps)
+                                                         .weight_decay(cfg.train.weight_decay));
+  auto tsampler = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps());
+  int64_t step = 0;
+  double loss_scale = cfg.train.precision == "fp16" ? 65536.0 : 0.0;
+  double prior_elapsed = 0.0;
+  if (ckpt) {
+    const auto& m = ckpt->meta();
+    ckpt->load_optimizer(optimizer);
+    step = m.step;
+    if (m.cpu_rng_state.defined()) at::detail::getDefaultCPUGenerator().set_state(m.cpu_rng_state);
+    if (device.is_cuda() && m.device_rng_state.defined())
+      at::globalContext().defaultGenerator(device).set_state(m.device_rng_state);
+    if (m.timestep_sampler_state.defined()) tsampler->load_state(m.timestep_sampler_state);
+    if (m.loss_scale > 0) loss_scale = m.loss_scale;
+    prior_elapsed = m.elapsed_seconds;
+    log->info("resumed from {} at step {}", ckpt->path(), step);
+  }
+  if (main_rank) {
+    if (ckpt) truncate_metrics(summary.metrics, step);
+    else if (fs::exists(summary.metrics)) fs::remove(summary.metrics);
+  }
+  ckpt.reset();  // release the archive's memory
+
+  LrSchedule lrs{cfg.train.lr, cfg.train.warmup_steps, cfg.train.lr_schedule, cfg.train.min_lr, cfg.train.steps};
+  LossConfig loss_cfg{cfg.diffusion.loss, cfg.diffusion.hybrid_lambda, cfg.diffusion.loss_weighting,
+                      cfg.diffusion.min_snr_gamma};
+  const int64_t T = diffusion.num_timesteps();
+  auto cpu_gen = at::detail::getDefaultCPUGenerator();
+  const bool class_cond = model->class_conditional();
+
+  log->info("diffuse train: {} parameters, data {} ({} examples), device {}, {} threads, batch {} x {} accum",
+            count_parameters(*model), dataset->describe(), dataset->size(), device.str(), threads,
+            cfg.train.batch_size, cfg.train.grad_accum);
+  log->info("run directory {}", req.run_dir);
+
+  std::ofstream metrics;
+  if (main_rank) metrics.open(summary.metrics, std::ios::app);
+
+  auto checkpoint = [&](double elapsed) {
+    if (!main_rank) return;
+    CheckpointMeta meta;
+    meta.step = step;
+    meta.config_yaml = config_yaml;
+    meta.data = shape;
+    const auto pos = loader.position();
+    meta.data_epoch = pos.epoch;
+    meta.data_offset = pos.offset;
+    meta.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
+    if (device.is_cuda()) meta.device_rng_state = at::globalContext().defaultGenerator(device).get_state();
+    meta.timestep_sampler_state = tsampler->state();
+    meta.loss_scale = loss_scale;
+    meta.elapsed_seconds = elapsed;
+    summary.checkpoint = save_run_checkpoint(req.run_dir, cfg.train.keep_checkpoints, meta, *model, ema_model.get(),
+                                             &optimizer);
+    log->info("step {}: checkpoint {}", step, summary.checkpoint);
+  };
+  auto sample_grid = [&]() {
+    if (!main_rank || cfg.train.sample_every <= 0 || cfg.train.sample_num <= 0) return;
+    GenerateRequest g;
+    g.sample = cfg.sample;
+    g.sample.steps = std::min<int64_t>(cfg.train.sample_steps, T);
+    g.sample.num = cfg.train.sample_num;
+    g.sample.sampler = "ddim";
+    g.sample.spacing = "";
+    g.sample.seed = cfg.train.seed;  // the same noise every time, so grids are comparable
+    g.device = device;
+    auto images = generate(*ema_model, diffusion, shape, g);
+    if (shape.shape.size() != 3) return;  // toy data: no image grid
+    const auto path = (fs::path(req.run_dir) / "samples" / fmt::format("step_{:08d}.png", step)).string();
+    fs::create_directories(fs::path(path).parent_path());
+    save_png(path, make_grid(images.cpu()),
+             {{"diffuse", "training sample grid"}, {"step", std::to_string(step)}, {"sampler", "ddim"},
+              {"steps", std::to_string(g.sample.steps)}, {"seed", std::to_string(g.sample.seed)}, {"weights", "ema"}});
+    summary.grid = path;
+    log->info("step {}: sample grid {}", step, path);
+  };
+
+  summary.start_step = step;
+  summary.parameters = count_parameters(*model);
+  summary.threads = threads;
+  summary.device = device.str();
+  const int64_t steady_from = step + req.timing_warmup_steps;
+  std::chrono::steady_clock::time_point steady_t0;
+  int64_t steady_images = 0;
+  ProgressBar bar("train", cfg.train.steps, step, tty && main_rank);
+  Window win;
+  const auto t0 = std::chrono::steady_clock::now();
+  steady_t0 = t0;  // replaced at the end of the last warm-up step, if any
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  double last_loss = std::numeric_limits<double>::quiet_NaN();
+  int64_t images_total = 0;
+  int64_t good_fp16_steps = 0;
+  clear_stop_request();
+  model->train();
+
+  while (step < cfg.train.steps) {
+    if (g_stop_signal.load() != 0) break;
+    // One optimizer step over grad_accum micro-batches.
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
+    torch::Tensor mse_sum = torch::zeros({}, torch::TensorOptions().device(device));
+    torch::Tensor vb_sum = torch::zeros({}, torch::TensorOptions().device(device));
+    std::vector<torch::Tensor> step_t, step_losses;
+    for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
+      auto batch = loader.next();
+      auto x0 = batch.x.to(device, /*non_blocking=*/true);
+      if (cfg.train.channels_last && x0.dim() == 4) x0 = x0.contiguous(torch::MemoryFormat::ChannelsLast);
+      const int64_t B = x0.size(0);
+      auto draw = tsampler->sample(B, device, cpu_gen);
+      auto noise = torch::randn_like(x0);
+      auto x_t = diffusion.q_sample(x0, draw.t, noise);
+      torch::Tensor y;
+      if (class_cond) {
+        y = batch.y.to(device);
+        // Classifier-free guidance training: replace labels by the null label with prob p_uncond.
+        if (cfg.model.p_uncond > 0) {
+          auto drop = torch::rand({B}, torch::TensorOptions().device(device)) < cfg.model.p_uncond;
+          y = torch::where(drop, torch::full_like(y, model->null_label()), y);
+        }
+      }
+      torch::Tensor out;
+      {
+        AutocastGuard ac(cfg.train.precision, device);
+        out = model->forward(x_t, draw.t.to(torch::kFloat32), y);
+      }
+      auto losses = training_losses(diffusion, loss_cfg, out.to(torch::kFloat32), x0, x_t, draw.t, noise);
+      auto loss = (losses.loss * draw.weights).mean() / static_cast<double>(cfg.train.grad_accum);
+      (loss_scale > 0 ? loss * loss_scale : loss).backward();
+      loss_sum += loss.detach();
+      if (losses.mse.defined()) mse_sum += losses.mse.detach().mean() / static_cast<double>(cfg.train.grad_accum);
+      if (losses.vb.defined()) vb_sum += losses.vb.detach().mean() / static_cast<double>(cfg.train.grad_accum);
+      step_t.push_back(draw.t);
+      step_losses.push_back(losses.loss.detach());
+      images_total += B;
+      win.images += B;
+    }
+    if (loss_scale > 0) {
+      for (auto& p : model->parameters())
+        if (p.grad().defined()) p.grad().div_(loss_scale);
+    }
+    // clip_grad_norm_ returns the norm before clipping; with grad_clip = 0 it only measures.
+    const double max_norm = cfg.train.grad_clip > 0 ? cfg.train.grad_clip : std::numeric_limits<double>::infinity();
+    const double grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm);
+    const double loss_value = loss_sum.item<double>();
+    const bool finite = std::isfinite(loss_value) && std::isfinite(grad_norm);
+    ++step;
+    if (step == steady_from) steady_t0 = std::chrono::steady_clock::now();
+    if (step > steady_from) steady_images += cfg.train.batch_size * cfg.train.grad_accum;
+    if (!finite) {
+      optimizer.zero_grad();
+      if (loss_scale > 0 && std::isfinite(loss_value)) {
+        // fp16 overflow in the gradients: lower the scale and try the next batch.
+        loss_scale /= 2.0;
+        good_fp16_steps = 0;
+        log->warn("step {}: gradient overflow in fp16, loss scale now {}", step, loss_scale);
+        continue;
+      }
+      if (cfg.train.on_nonfinite == "skip") {
+        ++summary.skipped_steps;
+        log->warn("step {}: non-finite {} ({}), step skipped", step, std::isfinite(loss_value) ? "gradient" : "loss",
+                  std::isfinite(loss_value) ? grad_norm : loss_value);
+        continue;
+      }
+      // The last good checkpoint stays untouched: nothing is saved after a bad step.
+      throw std::runtime_error(fmt::format(
+          "step {}: non-finite {} ({}); stopping. The last good checkpoint is kept. Lower train.lr, "
+          "check the data, or set train.on_nonfinite: skip",
+          step, std::isfinite(loss_value) ? "gradient norm" : "loss", std::isfinite(loss_value) ? grad_norm : loss_value));
+    }
+    const double lr = lrs.at(step);
+    for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    optimizer.step();
+    optimizer.zero_grad();
+    ema.update(step);
+    if (loss_scale > 0 && ++good_fp16_steps % 2000 == 0) loss_scale *= 2.0;
+    for (size_t i = 0; i < step_t.size(); ++i) tsampler->update(step_t[i], step_losses[i]);
+
+    // Window statistics (the quarter breakdown as improved-diffusion logs it).
+    win.loss += loss_value;
+    win.mse += mse_sum.item<double>();
+    win.vb += vb_sum.item<double>();
+    win.grad_norm += grad_norm;
+    ++win.steps;
+    for (size_t i = 0; i < step_t.size(); ++i) {
+      auto q = (step_t[i].cpu() * 4 / T).clamp(0, 3);
+      auto l = step_losses[i].cpu().to(torch::kFloat64);
+      for (int k = 0; k < 4; ++k) {
+        auto mask = q == k;
+        win.q_count[k] += mask.sum().item<int64_t>();
+        win.q_sum[k] += l.masked_select(mask).sum().item<double>();
+      }
+    }
+    const double el = elapsed();
+    const double rate = static_cast<double>(images_total) / std::max(el, 1e-9);
+    bar.update(step, fmt::format("loss {:.4f} {:.1f} img/s", win.loss / win.steps, rate));
+
+    const bool last = step == cfg.train.steps;
+    if (step % cfg.train.log_every == 0 || last) {
+      const double wsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - win.start).count();
+      last_loss = win.loss / win.steps;
+      std::string quarters;
+      for (int k = 0; k < 4; ++k)
+        quarters += fmt::format(", \"loss_q{}\": {}", k,
+                                win.q_count[k] ? json_double(win.q_sum[k] / win.q_count[k]) : std::string("null"));
+      if (main_rank) {
+        metrics << fmt::format(
+            "{{\"step\": {}, \"loss\": {}, \"mse\": {}, \"vb\": {}{}, \"grad_norm\": {}, \"lr\": {}, "
+            "\"images_per_sec\": {}, \"elapsed\": {}}}\n",
+            step, json_double(last_loss), json_double(win.mse / win.steps), json_double(win.vb / win.steps), quarters,
+            json_double(win.grad_norm / win.steps), json_double(lr), json_double(win.images / std::max(wsec, 1e-9)),
+            json_double(prior_elapsed + el));
+        metrics.flush();
+      }
+      log->info("step {}/{} loss {:.5f} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step, cfg.train.steps,
+                last_loss, win.grad_norm / win.steps, lr, win.images / std::max(wsec, 1e-9),
+                format_duration(prior_elapsed + el));
+      win = Window{};
+    }
+    if (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && !last)
+      checkpoint(prior_elapsed + el);
+    if (cfg.train.sample_every > 0 && step % cfg.train.sample_every == 0 && !last) {
+      sample_grid();
+      model->train();
+    }
+  }
+  bar.finish();
+  summary.stop_signal = g_stop_signal.load();
+  summary.end_step = step;
+  summary.seconds = elapsed();
+  summary.images_per_second = static_cast<double>(images_total) / std::max(summary.seconds, 1e-9);
+  if (std::isnan(last_loss) && win.steps > 0) last_loss = win.loss / win.steps;
+  summary.final_loss = last_loss;
+  if (step > steady_from) {
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - steady_t0).count();
+    summary.steady_images_per_second = static_cast<double>(steady_images) / std::max(sec, 1e-9);
+  }
+  if (req.save_final && (step > summary.start_step || summary.stop_signal)) {
+    checkpoint(prior_elapsed + summary.seconds);
+    if (summary.stop_signal) {
+      log->warn("stopped by signal {} at step {}; resume with --resume {}", summary.stop_signal, step, req.run_dir);
+    } else if (cfg.train.sample_every > 0) {
+      sample_grid();
+    }
+  }
+  log->flush();
+  return summary;
+}
+
+}  // namespace diffuse
