@@ -44,7 +44,7 @@ struct ModelConfig {
   bool use_scale_shift_norm = true;
   bool resblock_updown = false;
   bool conv_resample = true;
-  bool learn_sigma = false;  // 2x output channels; the variance type becomes learned_range
+  bool learn_sigma = false;  // 2x output channels; validate() requires diffusion.variance learned*
   // Class conditioning: a label embedding added to the time embedding. num_classes = 0 takes
   // the dataset's class count. Labels are replaced by the null label with probability p_uncond
   // during training, so classifier-free guidance works at sampling time.
@@ -66,7 +66,8 @@ struct DiffusionConfig {
   std::string betas_file;
   bool zero_terminal_snr = false;
   Prediction prediction = Prediction::Epsilon;
-  // fixed_small, fixed_large, learned, learned_range; model.learn_sigma forces a learned type.
+  // fixed_small, fixed_large, learned, learned_range; validate() requires a learned type exactly
+  // when model.learn_sigma is true (the config sets both; nothing is changed behind its back).
   VarianceType variance = VarianceType::FixedSmall;
   LossType loss = LossType::Simple;
   double hybrid_lambda = 0.001;
@@ -157,16 +158,26 @@ struct Config {
   EvalConfig eval;
 };
 
-// Parse a YAML file into a Config. Errors name the file and the key path (and, for an unknown
-// key, the closest valid key).
+// Parse a YAML file into a Config. Errors (UsageError) name the file, line and key path (and,
+// for an unknown key, the closest valid key). Checks types, ranges and allowed values of each
+// key; cross-field rules are left to validate(), so that overrides can still fix them.
 Config load_config(const std::string& path);
-// Parse YAML text (for tests and checkpoints); `origin` names it in errors.
+// Parse YAML text (for tests and checkpoints); `origin` names it in errors. Empty text = defaults.
 Config parse_config(const std::string& yaml_text, const std::string& origin = "<config>");
-// Apply "section.key=VALUE" (VALUE read as YAML, so lists are written [1,2,2]).
+// Apply "section.key=VALUE" (VALUE read as YAML, so lists are written [1,2,2]). Errors start with
+// "--set <assignment>: "; on error cfg is unchanged.
 void apply_override(Config& cfg, const std::string& assignment);
 // The whole config, every key, as YAML that parse_config reads back to an equal Config.
 std::string to_yaml(const Config& cfg);
-// Cross-field checks (e.g. image_size divisible by 2^(levels-1), learn_sigma vs variance).
+// Every key's own rule plus cross-field checks (image_size divisible by 2^(levels-1),
+// learn_sigma vs variance vs loss, model vs dataset, ...). Throws one UsageError listing every
+// problem, each naming the key paths involved. Call it after load_config + overrides.
 void validate(const Config& cfg);
+
+// All key paths ("model.type", ..., "eval.num_samples"), in the order to_yaml writes them.
+std::vector<std::string> config_keys();
+// Markdown tables (one per section) of key, type (with the allowed range / values), default
+// and help: the generated part of docs/config.md.
+std::string config_reference_markdown();
 
 }  // namespace diffuse
