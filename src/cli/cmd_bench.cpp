@@ -68,7 +68,7 @@ int bench_train(const BenchOptions& o) {
     const auto device = resolve_device(cfg.train.device);
     DataShape shape;
     {
-      auto ds = make_dataset(cfg.data);
+      auto ds = make_dataset(cfg.data, cfg.train.seed);
       shape = {ds->shape(), cfg.data.class_labels ? ds->num_classes() : 0};
     }
     auto net = make_model(cfg, shape);
@@ -98,7 +98,7 @@ int bench_sample(const BenchOptions& o) {
     const auto device = resolve_device(cfg.train.device);
     DataShape shape;
     {
-      auto ds = make_dataset(cfg.data);
+      auto ds = make_dataset(cfg.data, cfg.train.seed);
       shape = {ds->shape(), cfg.data.class_labels ? ds->num_classes() : 0};
     }
     torch::manual_seed(0);

@@ -64,7 +64,7 @@ int run_train(const TrainOptions& o) {
     return 0;
   }
   if (o.print_model) {
-    auto dataset = make_dataset(req.config.data);
+    auto dataset = make_dataset(req.config.data, req.config.train.seed);
     DataShape shape{dataset->shape(), req.config.data.class_labels ? dataset->num_classes() : 0};
     auto model = make_model(req.config, shape);
     std::cout << model_summary(*model);

@@ -13,6 +13,7 @@ using Action = std::function<int()>;
 void add_schedule_command(CLI::App& app, Action& action);
 void add_train_command(CLI::App& app, Action& action);
 void add_sample_command(CLI::App& app, Action& action);
+void add_eval_command(CLI::App& app, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
 
 }  // namespace diffuse::cli

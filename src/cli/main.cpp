@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   diffuse::cli::Action action;
   diffuse::cli::add_train_command(app, action);
   diffuse::cli::add_sample_command(app, action);
+  diffuse::cli::add_eval_command(app, action);
   diffuse::cli::add_schedule_command(app, action);
   diffuse::cli::add_bench_command(app, action);
 

@@ -156,18 +156,12 @@ TrainSummary train(const TrainRequest& req) {
   torch::manual_seed(cfg.train.seed);
 
   // Data.
-  auto dataset = make_dataset(cfg.data);
+  auto dataset = make_dataset(cfg.data, cfg.train.seed);
   DataShape shape{dataset->shape(), cfg.data.class_labels ? dataset->num_classes() : 0};
   if (ckpt && ckpt->meta().data.shape != shape.shape)
     throw UsageError("checkpoint '" + ckpt->path() + "' was trained on data of another shape than data.* gives now");
-  LoaderOptions lo;
-  lo.batch_size = cfg.train.batch_size;
-  lo.seed = cfg.train.seed;
-  lo.workers = cfg.data.workers;
-  lo.prefetch = cfg.data.prefetch;
-  lo.random_flip = cfg.data.random_flip;
-  lo.rank = req.rank;
-  lo.world_size = req.world_size;
+  auto lo = loader_options(cfg.data, cfg.train.batch_size, cfg.train.seed, req.rank, req.world_size);
+  lo.pin_memory = device.is_cuda();
   LoaderPosition start_pos{0, 0};
   if (ckpt) start_pos = {ckpt->meta().data_epoch, ckpt->meta().data_offset};
   DataLoader loader(dataset, lo, start_pos);

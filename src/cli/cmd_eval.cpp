@@ -1,0 +1,119 @@
+// `diffuse eval`: the variational bound term by term (bits/dim), sample quality, sweeps.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "diffuse/error.h"
+#include "diffuse/eval/evaluator.h"
+#include "diffuse/factory.h"
+#include "diffuse/models/network.h"
+#include "diffuse/runtime.h"
+#include "diffuse/timestep_sampler.h"
+#include "diffuse/train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse::cli {
+
+namespace {
+
+struct EvalOptions {
+  std::string checkpoint, out, format = "text", weights = "ema", device = "auto", split, samples, reference,
+                          reference_stats, feature_extractor;
+  std::vector<std::string> metrics, overrides, sweep;
+  int64_t num_images = -1, batch_size = 0, mc_timesteps = 0, num_samples = 0;
+  bool importance = false;
+  uint64_t seed = 0;
+  int threads = 0;
+  CLI::App* cmd = nullptr;
+};
+
+int run_eval(const EvalOptions& o) {
+  const auto path = resolve_checkpoint(o.checkpoint);
+  CheckpointReader reader(path);
+  Config cfg = config_from_checkpoint_yaml(reader.meta().config_yaml, path, o.overrides);
+  auto& ev = cfg.eval;
+  if (!o.metrics.empty()) ev.metrics = o.metrics;
+  if (!o.split.empty()) ev.split = o.split;
+  if (o.num_images >= 0) ev.num_images = o.num_images;
+  if (o.batch_size > 0) ev.batch_size = o.batch_size;
+  if (o.mc_timesteps > 0) ev.mc_timesteps = o.mc_timesteps;
+  if (o.num_samples > 0) ev.num_samples = o.num_samples;
+  if (!o.reference.empty()) ev.reference = o.reference;
+  if (!o.feature_extractor.empty()) ev.feature_extractor = o.feature_extractor;
+  configure_threads(o.threads);
+
+  EvalRequest req;
+  req.config = cfg;
+  req.shape = reader.meta().data;
+  req.device = resolve_device(o.device);
+  req.out_dir = o.out.empty() ? (fs::path(path).parent_path().parent_path() / "eval").string() : o.out;
+  req.samples_dir = o.samples;
+  req.reference_stats = o.reference_stats;
+  req.seed = o.seed;
+  for (const auto& s : o.sweep) req.sweep.push_back(parse_sweep(s));
+  if (o.importance) {
+    const auto& st = reader.meta().timestep_sampler_state;
+    ImportanceTimestepSampler sampler(cfg.diffusion.timesteps);
+    if (!st.defined()) throw UsageError("--importance: the checkpoint has no timestep-sampler history");
+    sampler.load_state(st);
+    if (!sampler.warmed_up())
+      throw UsageError("--importance: the checkpoint's loss history is not warmed up (train with "
+                       "diffusion.timestep_sampler: importance for longer)");
+    req.timestep_probabilities = sampler.probabilities();
+  }
+
+  auto net = make_model(cfg, req.shape);
+  const bool ema = o.weights == "ema" && reader.has_ema();
+  reader.load_weights(*net, ema);
+  net->to(req.device);
+  auto diffusion = make_diffusion(cfg);
+  auto report = evaluate(*net, diffusion, req);
+
+  if (o.format == "json") {
+    std::cout << report.json << "\n";
+  } else {
+    std::cout << fmt::format("eval of {} ({} weights)\n", path, ema ? "EMA" : "raw");
+    for (const auto& [k, v] : report.values) std::cout << fmt::format("  {:<28} {:.6g}\n", k, v);
+    for (const auto& [what, p] : report.files) std::cout << fmt::format("  {:<28} {}\n", what, p);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<EvalOptions>();
+  auto* cmd = app.add_subcommand("eval", "Evaluate a checkpoint: bits/dim (ELBO terms), FID/KID, toy distances, sweeps");
+  o->cmd = cmd;
+  cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint file or run directory")->required();
+  cmd->add_option("--metrics", o->metrics, "Metrics: bpd, bpd-mc, fid, kid, toy (comma separated or repeated)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(eval_metric_names()));
+  cmd->add_option("--split", o->split, "Held-out split for bpd")->check(CLI::IsMember({"train", "test"}));
+  cmd->add_option("--num-images", o->num_images, "Held-out images for bpd (0 = all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch-size", o->batch_size, "Images per batch")->check(CLI::PositiveNumber);
+  cmd->add_option("--mc-timesteps", o->mc_timesteps, "bpd-mc: random t per image")->check(CLI::PositiveNumber);
+  cmd->add_flag("--importance", o->importance, "bpd-mc: draw t from the checkpoint's loss-aware sampler");
+  cmd->add_option("--num-samples", o->num_samples, "Generated samples for fid/kid/toy")->check(CLI::PositiveNumber);
+  cmd->add_option("--samples", o->samples, "fid/kid: an image folder to measure instead of generating");
+  cmd->add_option("--reference", o->reference, "fid/kid: reference image folder (default: the data split)");
+  cmd->add_option("--reference-stats", o->reference_stats, "fid: reference statistics cache (read if present, else written)");
+  cmd->add_option("--feature-extractor", o->feature_extractor, "fid/kid: TorchScript feature network (docs/fid.md)");
+  cmd->add_option("--sweep", o->sweep, "Sweep a sampler over step counts, e.g. ddim:10,20,50 (repeatable)");
+  cmd->add_option("--out,-o", o->out, "Output directory (default: <run>/eval)");
+  cmd->add_option("--format", o->format, "stdout format")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed for noise, timesteps and samples");
+  cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
+  cmd->callback([o, &action] { action = [o] { return run_eval(*o); }; });
+}
+
+}  // namespace diffuse::cli

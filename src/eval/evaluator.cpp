@@ -1,0 +1,333 @@
+#include "diffuse/eval/evaluator.h"
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "diffuse/atomic_file.h"
+#include "diffuse/data/dataset.h"
+#include "diffuse/data/toy2d.h"
+#include "diffuse/error.h"
+#include "diffuse/eval/bpd.h"
+#include "diffuse/eval/fid.h"
+#include "diffuse/eval/plot.h"
+#include "diffuse/eval/toy_metrics.h"
+#include "diffuse/generate.h"
+#include "diffuse/image_io.h"
+#include "diffuse/models/network.h"
+#include "diffuse/progress.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse {
+
+std::vector<std::string> eval_metric_names() { return {"bpd", "bpd-mc", "fid", "kid", "toy"}; }
+
+SweepEntry parse_sweep(const std::string& text) {
+  const auto colon = text.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= text.size())
+    throw UsageError("--sweep '" + text + "': expected SAMPLER:STEPS[,STEPS...], e.g. ddim:10,20,50");
+  SweepEntry e{text.substr(0, colon), {}};
+  std::stringstream ss(text.substr(colon + 1));
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t pos = 0;
+      const long long v = std::stoll(item, &pos);
+      if (pos != item.size() || v < 1) throw std::invalid_argument(item);
+      e.steps.push_back(v);
+    } catch (const std::exception&) {
+      throw UsageError("--sweep '" + text + "': '" + item + "' is not a positive step count");
+    }
+  }
+  return e;
+}
+
+namespace {
+
+std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
+
+// Images of a dataset, [N, ...], N = min(limit, size) (limit 0 = all), on the 8-bit grid.
+torch::Tensor load_examples(const Dataset& ds, int64_t limit) {
+  const int64_t n = limit > 0 ? std::min(limit, ds.size()) : ds.size();
+  std::vector<torch::Tensor> xs;
+  xs.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) xs.push_back(ds.get(i).x);
+  auto x = torch::stack(xs);
+  // The decoder term is a likelihood of 8-bit data: snap to the 256 levels (resizing may have
+  // moved pixels off them).
+  if (x.dim() == 4) x = torch::round((x + 1.0) * 127.5).clamp(0, 255) / 127.5 - 1.0;
+  return x;
+}
+
+ModelFn unconditional_fn(Network& net, const torch::Device& device) {
+  // A class-conditional network is evaluated with the null label: the unconditional model it
+  // also learned (p_uncond > 0), so the bound is of p(x), comparable across models.
+  return [&net, device](const torch::Tensor& x, const torch::Tensor& t) {
+    return net.forward(x, t.to(torch::kFloat32));
+  };
+}
+
+struct Reporter {
+  EvalReport report;
+  void value(const std::string& k, double v) { report.values.emplace_back(k, v); }
+  void file(const std::string& what, const std::string& path) { report.files.emplace_back(what, path); }
+};
+
+GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusion, const EvalRequest& req,
+                                 const std::string& sampler, int64_t steps) {
+  GenerateRequest g;
+  g.sample = req.config.sample;
+  g.sample.sampler = sampler;
+  g.sample.steps = steps;
+  g.sample.num = req.config.eval.num_samples;
+  g.sample.batch_size = req.config.eval.batch_size;
+  g.sample.seed = req.seed;
+  g.device = req.device;
+  ProgressBar bar(fmt::format("sample {} x{}", sampler, steps), g.sample.num);
+  g.on_batch = [&](int64_t done, int64_t) { bar.update(done); };
+  auto r = generate_samples(net, diffusion, req.shape, g);
+  bar.finish();
+  return r;
+}
+
+}  // namespace
+
+EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const EvalRequest& req) {
+  const auto& cfg = req.config;
+  const auto& ev = cfg.eval;
+  for (const auto& m : ev.metrics) {
+    const auto names = eval_metric_names();
+    if (std::find(names.begin(), names.end(), m) == names.end()) throw_not_one_of("eval metric", m, names);
+  }
+  auto wants = [&](const char* m) { return std::find(ev.metrics.begin(), ev.metrics.end(), m) != ev.metrics.end(); };
+  const bool images = req.shape.shape.size() == 3;
+  if ((wants("fid") || wants("kid")) && !images) throw UsageError("fid/kid need image data; use the 'toy' metric for toy2d");
+  if (wants("toy") && cfg.data.dataset != DatasetKind::Toy2d) throw UsageError("the 'toy' metric needs data.dataset: toy2d");
+  fs::create_directories(req.out_dir);
+  Reporter rep;
+  net.eval();
+  torch::NoGradGuard no_grad;
+  auto out = [&](const std::string& name) { return (fs::path(req.out_dir) / name).string(); };
+  std::string json_extra;
+
+  // --- the variational bound on held-out data -------------------------------------------------
+  if (wants("bpd") || wants("bpd-mc")) {
+    if (!images) throw UsageError("bpd is defined for 8-bit image data; use the 'toy' metric for toy2d");
+    DataConfig dc = cfg.data;
+    dc.split = ev.split;
+    dc.limit = 0;
+    auto ds = make_dataset(dc, cfg.train.seed);
+    auto x_all = load_examples(*ds, ev.num_images);
+    const int64_t N = x_all.size(0), T = diffusion.num_timesteps(), B = ev.batch_size;
+    auto fn = unconditional_fn(net, req.device);
+    auto gen = at::detail::createCPUGenerator(req.seed);
+    rep.value("num_images", static_cast<double>(N));
+    rep.value("timesteps", static_cast<double>(T));
+    if (wants("bpd")) {
+      BpdAccumulator acc;
+      ProgressBar bar("bpd", N * T);
+      const bool plain_log = !bar.enabled();
+      int64_t done = 0;
+      for (int64_t i = 0; i < N; i += B) {
+        auto x0 = x_all.slice(0, i, std::min(N, i + B)).to(req.device);
+        const int64_t b = x0.size(0);
+        BpdOptions opts;
+        int64_t k = 0;
+        opts.progress = [&](int64_t) { bar.update(done + (++k) * b); };
+        acc.add(calc_bpd_loop(diffusion, fn, x0, gen, opts));
+        done += b * T;
+        if (plain_log) std::cerr << fmt::format("bpd: {}/{} images\n", std::min(N, i + B), N);
+      }
+      bar.finish();
+      const auto s = acc.summary();
+      rep.value("total_bpd", s.total_bpd);
+      rep.value("total_bpd_std_error", s.total_bpd_std_error);
+      rep.value("prior_bpd", s.prior_bpd);
+      rep.value("decoder_bpd", s.decoder_bpd);
+      rep.value("diffusion_bpd", s.diffusion_bpd);
+      write_bpd_terms_csv(out("bpd_terms.csv"), s);
+      write_bpd_json(out("bpd.json"), s);
+      rep.file("per-t terms (CSV)", out("bpd_terms.csv"));
+      rep.file("bound (JSON)", out("bpd.json"));
+      std::vector<double> ts(static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t) ts[static_cast<size_t>(t)] = static_cast<double>(t);
+      PlotOptions po;
+      po.title = fmt::format("VLB terms, total {:.4f} bits/dim", s.total_bpd);
+      po.x_label = "t";
+      po.y_label = "bits/dim";
+      po.log_y = true;
+      save_png(out("bpd_terms.png"), plot_lines({Series{"L_t (bits/dim)", ts, s.vb_bpd}}, po));
+      PlotOptions pm = po;
+      pm.title = "denoising error per t";
+      pm.y_label = "MSE";
+      save_png(out("mse_terms.png"),
+               plot_lines({Series{"eps MSE", ts, s.eps_mse}, Series{"x0 MSE", ts, s.x0_mse}}, pm));
+      rep.file("per-t terms (plot)", out("bpd_terms.png"));
+      rep.file("per-t MSE (plot)", out("mse_terms.png"));
+    }
+    if (wants("bpd-mc")) {
+      std::vector<torch::Tensor> per_image;
+      BpdMcOptions mo;
+      mo.samples_per_image = ev.mc_timesteps;
+      mo.probabilities = req.timestep_probabilities;
+      ProgressBar bar("bpd-mc", N);
+      for (int64_t i = 0; i < N; i += B) {
+        auto x0 = x_all.slice(0, i, std::min(N, i + B)).to(req.device);
+        per_image.push_back(estimate_bpd_mc(diffusion, fn, x0, gen, mo).per_image.cpu());
+        bar.update(std::min(N, i + B));
+      }
+      bar.finish();
+      auto est = make_bpd_estimate(torch::cat(per_image), ev.mc_timesteps);
+      rep.value("bpd_mc", est.mean);
+      rep.value("bpd_mc_std_error", est.std_error);
+      rep.value("bpd_mc_timesteps_per_image", static_cast<double>(ev.mc_timesteps));
+    }
+  }
+
+  // --- sample quality ------------------------------------------------------------------------
+  std::unique_ptr<FeatureExtractor> extractor;
+  FeatureStats ref_stats;
+  torch::Tensor ref_feats;
+  auto ensure_reference = [&](bool need_features) {
+    if (!extractor) {
+      if (ev.feature_extractor.empty())
+        throw UsageError("fid/kid need eval.feature_extractor (a TorchScript feature network; see docs/fid.md)");
+      FeatureExtractorOptions fo;
+      fo.device = req.device;
+      extractor = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);
+    }
+    if (ref_stats.n > 0 && (!need_features || ref_feats.defined())) return;
+    if (!need_features && !req.reference_stats.empty() && fs::exists(req.reference_stats)) {
+      ref_stats = load_feature_stats(req.reference_stats);
+      return;
+    }
+    DataConfig dc = cfg.data;
+    if (!ev.reference.empty()) {
+      dc.dataset = DatasetKind::ImageFolder;
+      dc.path = ev.reference;
+      dc.image_size = req.shape.shape[1];
+      dc.channels = req.shape.shape[0];
+      dc.class_labels = false;
+    } else {
+      dc.split = ev.split;
+    }
+    dc.limit = 0;
+    auto ds = make_dataset(dc, cfg.train.seed);
+    auto x = load_examples(*ds, 0);
+    ref_feats = extractor->features(x).to(torch::kCPU, torch::kFloat64);
+    ref_stats = feature_stats(ref_feats);
+    if (!req.reference_stats.empty()) {
+      save_feature_stats(ref_stats, req.reference_stats);
+      rep.file("reference statistics", req.reference_stats);
+    }
+  };
+  auto quality = [&](const torch::Tensor& samples, const std::string& prefix) {
+    std::vector<std::pair<std::string, double>> q;
+    if (wants("toy")) {
+      auto truth = sample_toy(cfg.data.toy, samples.size(0), req.seed + 1);
+      SlicedWassersteinOptions so;
+      so.seed = req.seed;
+      q.emplace_back(prefix + "sliced_w2", sliced_wasserstein2(samples, truth, so));
+      MmdOptions mo;
+      mo.seed = req.seed;
+      q.emplace_back(prefix + "mmd2_rbf", mmd_rbf(samples, truth, mo).mmd2);
+    }
+    if (wants("fid") || wants("kid")) {
+      ensure_reference(wants("kid"));
+      auto feats = extractor->features(samples).to(torch::kCPU, torch::kFloat64);
+      if (wants("fid")) q.emplace_back(prefix + "fid", frechet_distance(feature_stats(feats), ref_stats));
+      if (wants("kid")) {
+        auto k = kid(feats, ref_feats, 100, 1000, req.seed);
+        q.emplace_back(prefix + "kid", k.mean);
+        q.emplace_back(prefix + "kid_std", k.std);
+      }
+    }
+    return q;
+  };
+
+  const bool sample_metrics = wants("fid") || wants("kid") || wants("toy");
+  if (sample_metrics) {
+    torch::Tensor samples;
+    if (!req.samples_dir.empty()) {
+      DataConfig dc;
+      dc.dataset = DatasetKind::ImageFolder;
+      dc.path = req.samples_dir;
+      dc.image_size = req.shape.shape.size() == 3 ? req.shape.shape[1] : 0;
+      dc.channels = req.shape.shape.size() == 3 ? req.shape.shape[0] : 0;
+      dc.class_labels = false;
+      samples = load_examples(*make_dataset(dc), 0);
+    } else {
+      auto r = generate_for_eval(net, diffusion, req, cfg.sample.sampler, cfg.sample.steps);
+      samples = r.samples;
+      rep.value("sample_seconds", r.seconds);
+    }
+    rep.value("num_samples", static_cast<double>(samples.size(0)));
+    for (auto& [k, v] : quality(samples, "")) rep.value(k, v);
+  }
+
+  // --- sweep: samplers x step counts -----------------------------------------------------------
+  if (!req.sweep.empty()) {
+    if (!sample_metrics) throw UsageError("--sweep needs a sample-quality metric (fid, kid or toy) in --metrics");
+    std::string csv = "sampler,steps,nfe_per_sample,seconds,samples_per_second";
+    std::vector<std::string> metric_names;
+    std::map<std::string, Series> curves;
+    std::string main_metric;
+    for (const auto& e : req.sweep) {
+      for (auto steps : e.steps) {
+        auto r = generate_for_eval(net, diffusion, req, e.sampler, steps);
+        auto q = quality(r.samples, "");
+        if (metric_names.empty()) {
+          for (auto& [k, v] : q) {
+            metric_names.push_back(k);
+            csv += "," + k;
+          }
+          csv += "\n";
+          main_metric = metric_names.front();
+        }
+        const int64_t batches = (r.samples.size(0) + cfg.eval.batch_size - 1) / cfg.eval.batch_size;
+        const double nfe_per_sample = static_cast<double>(r.nfe) / static_cast<double>(std::max<int64_t>(1, batches));
+        csv += fmt::format("{},{},{},{},{}", e.sampler, steps, nfe_per_sample, r.seconds,
+                           static_cast<double>(r.samples.size(0)) / r.seconds);
+        for (auto& [k, v] : q) csv += "," + jnum(v);
+        csv += "\n";
+        auto& c = curves[e.sampler];
+        c.label = e.sampler;
+        c.x.push_back(nfe_per_sample);
+        c.y.push_back(q.front().second);
+        c.markers = true;
+        std::cerr << fmt::format("sweep: {} {} steps: {} = {:.5g} ({:.1f}s)\n", e.sampler, steps, main_metric,
+                                 q.front().second, r.seconds);
+      }
+    }
+    write_file_atomic(out("sweep.csv"), csv);
+    rep.file("sweep table", out("sweep.csv"));
+    std::vector<Series> series;
+    for (auto& [k, s] : curves) series.push_back(s);
+    PlotOptions po;
+    po.title = "sample quality vs network evaluations";
+    po.x_label = "NFE per sample";
+    po.y_label = main_metric;
+    po.log_x = true;
+    save_png(out("sweep.png"), plot_lines(series, po));
+    rep.file("sweep plot", out("sweep.png"));
+  }
+
+  // --- one JSON object with every number --------------------------------------------------------
+  std::string json = "{";
+  for (size_t i = 0; i < rep.report.values.size(); ++i) {
+    const auto& [k, v] = rep.report.values[i];
+    json += fmt::format("{}\"{}\": {}", i ? ", " : "", k, jnum(v));
+  }
+  json += "}";
+  rep.report.json = json;
+  write_file_atomic(out("eval.json"), json + "\n");
+  rep.file("all numbers (JSON)", out("eval.json"));
+  return rep.report;
+}
+
+}  // namespace diffuse
