@@ -1,0 +1,26 @@
+// Reproducible random draws for the evaluation metrics (KID subsets, sliced-Wasserstein
+// projections): a seeded std::mt19937_64 with our own bounded-integer and normal transforms, so
+// a seed gives the same numbers on every platform and LibTorch version (std's distributions and
+// torch's generators both leave that unspecified).
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <random>
+
+namespace diffuse {
+
+// Uniform integer in [0, n), n >= 1 (rejection sampling: no modulo bias).
+uint64_t uniform_below(std::mt19937_64& rng, uint64_t n);
+
+// m distinct indices drawn uniformly from [0, n) (a partial Fisher-Yates shuffle), int64 [m] on
+// `device`. Requires 0 <= m <= n.
+torch::Tensor random_subset(std::mt19937_64& rng, int64_t n, int64_t m, const torch::Device& device = torch::kCPU);
+
+// count directions drawn uniformly from the unit sphere in `dim` dimensions: float64 [count, dim]
+// (normalised standard normal vectors; normals by Box-Muller).
+torch::Tensor random_unit_vectors(std::mt19937_64& rng, int64_t count, int64_t dim,
+                                  const torch::Device& device = torch::kCPU);
+
+}  // namespace diffuse

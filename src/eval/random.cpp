@@ -1,0 +1,57 @@
+#include "diffuse/eval/random.h"
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <vector>
+
+namespace diffuse {
+
+uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
+  if (n == 0) throw std::invalid_argument("uniform_below: n must be >= 1");
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  const uint64_t limit = kMax - kMax % n;  // a multiple of n: [0, limit) maps evenly onto [0, n)
+  uint64_t r;
+  do r = rng();
+  while (r >= limit);
+  return r % n;
+}
+
+torch::Tensor random_subset(std::mt19937_64& rng, int64_t n, int64_t m, const torch::Device& device) {
+  if (m < 0 || m > n) throw std::invalid_argument("random_subset: need 0 <= m <= n");
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), int64_t{0});
+  for (int64_t i = 0; i < m; ++i) {
+    const auto j = i + static_cast<int64_t>(uniform_below(rng, static_cast<uint64_t>(n - i)));
+    std::swap(idx[static_cast<size_t>(i)], idx[static_cast<size_t>(j)]);
+  }
+  idx.resize(static_cast<size_t>(m));
+  return torch::tensor(idx, torch::TensorOptions().dtype(torch::kLong)).to(device);
+}
+
+torch::Tensor random_unit_vectors(std::mt19937_64& rng, int64_t count, int64_t dim, const torch::Device& device) {
+  if (count < 0 || dim < 1) throw std::invalid_argument("random_unit_vectors: need count >= 0 and dim >= 1");
+  constexpr double kTwoPi = 6.283185307179586476925;
+  // A double in (0, 1] from the top 53 bits, so log() never sees 0.
+  auto uniform = [&rng]() { return (static_cast<double>(rng() >> 11) + 1.0) * 0x1.0p-53; };
+  std::vector<double> v(static_cast<size_t>(count * dim));
+  for (int64_t i = 0; i < count; ++i) {
+    double* row = v.data() + i * dim;
+    double norm2 = 0;
+    do {
+      norm2 = 0;
+      for (int64_t j = 0; j < dim; j += 2) {
+        const double r = std::sqrt(-2.0 * std::log(uniform())), a = kTwoPi * uniform();
+        row[j] = r * std::cos(a);
+        if (j + 1 < dim) row[j + 1] = r * std::sin(a);
+      }
+      for (int64_t j = 0; j < dim; ++j) norm2 += row[j] * row[j];
+    } while (norm2 < 1e-300);
+    const double inv = 1.0 / std::sqrt(norm2);
+    for (int64_t j = 0; j < dim; ++j) row[j] *= inv;
+  }
+  return torch::from_blob(v.data(), {count, dim}, torch::kFloat64).clone().to(device);
+}
+
+}  // namespace diffuse

@@ -1,0 +1,155 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "diffuse/error.h"
+#include "diffuse/eval/fid.h"
+#include "diffuse/eval/npz.h"
+#include "test_util.h"
+
+using namespace diffuse;
+
+namespace {
+
+void put16(std::string& s, uint16_t v) { s += char(v & 0xff), s += char(v >> 8); }
+void put32(std::string& s, uint32_t v) { put16(s, v & 0xffff), put16(s, v >> 16); }
+void put64(std::string& s, uint64_t v) { put32(s, v & 0xffffffffu), put32(s, v >> 32); }
+
+// A .npy v1.0 file as numpy writes it: magic, version, header dict padded with spaces to a
+// multiple of 64 bytes and ended by '\n', then the raw little-endian data.
+std::string npy(const std::string& descr, bool fortran, const std::vector<int64_t>& shape, const void* data,
+                size_t bytes) {
+  std::string sh;
+  for (auto d : shape) sh += std::to_string(d) + ", ";
+  if (shape.size() > 1) sh.resize(sh.size() - 2);
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+                       ", 'shape': (" + sh + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::string out = "\x93NUMPY";
+  out += char(1), out += char(0);
+  put16(out, static_cast<uint16_t>(header.size()));
+  out += header;
+  out.append(static_cast<const char*>(data), bytes);
+  return out;
+}
+
+std::string deflate_raw(const std::string& in) {
+  z_stream z{};
+  deflateInit2(&z, 6, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+  std::string out(deflateBound(&z, in.size()), '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  deflate(&z, Z_FINISH);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+// A zip archive laid out as Python's zipfile writes np.savez files (force_zip64: the 32-bit
+// size fields hold 0xFFFFFFFF and a ZIP64 extra field carries the sizes), with a central
+// directory at the end (which the reader does not need).
+std::string zip(const std::vector<std::pair<std::string, std::string>>& entries, bool deflate, bool corrupt_crc = false) {
+  std::string out, central;
+  for (const auto& [name, payload] : entries) {
+    const std::string data = deflate ? deflate_raw(payload) : payload;
+    uint32_t crc = crc32(0L, reinterpret_cast<const Bytef*>(payload.data()), static_cast<uInt>(payload.size()));
+    if (corrupt_crc) crc ^= 1;
+    const uint32_t offset = static_cast<uint32_t>(out.size());
+    put32(out, 0x04034b50u);
+    put16(out, 45), put16(out, 0), put16(out, deflate ? 8 : 0), put16(out, 0), put16(out, 0x21);
+    put32(out, crc), put32(out, 0xFFFFFFFFu), put32(out, 0xFFFFFFFFu);
+    put16(out, static_cast<uint16_t>(name.size())), put16(out, 20);
+    out += name;
+    put16(out, 1), put16(out, 16), put64(out, payload.size()), put64(out, data.size());
+    out += data;
+    put32(central, 0x02014b50u);
+    put16(central, 45), put16(central, 45), put16(central, 0), put16(central, deflate ? 8 : 0);
+    put16(central, 0), put16(central, 0x21), put32(central, crc);
+    put32(central, static_cast<uint32_t>(data.size())), put32(central, static_cast<uint32_t>(payload.size()));
+    put16(central, static_cast<uint16_t>(name.size())), put16(central, 0), put16(central, 0);
+    put16(central, 0), put16(central, 0), put32(central, 0), put32(central, offset);
+    central += name;
+  }
+  const uint32_t cd_offset = static_cast<uint32_t>(out.size());
+  out += central;
+  put32(out, 0x06054b50u);
+  put16(out, 0), put16(out, 0), put16(out, static_cast<uint16_t>(entries.size())),
+      put16(out, static_cast<uint16_t>(entries.size()));
+  put32(out, static_cast<uint32_t>(central.size())), put32(out, cd_offset), put16(out, 0);
+  return out;
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+}  // namespace
+
+TEST(EvalNpz, ParsesArraysInBothOrdersAndDtypes) {
+  const double d[6] = {1, 2, 3, 4, 5, 6};
+  auto c = parse_npy(npy("<f8", false, {2, 3}, d, sizeof d), "c");
+  EXPECT_TRUE(torch::equal(c, torch::tensor({1.0, 2.0, 3.0, 4.0, 5.0, 6.0}, torch::kFloat64).view({2, 3})));
+  // Fortran order: the same bytes are the columns.
+  auto f = parse_npy(npy("<f8", true, {2, 3}, d, sizeof d), "f");
+  EXPECT_TRUE(torch::equal(f, torch::tensor({1.0, 3.0, 5.0, 2.0, 4.0, 6.0}, torch::kFloat64).view({2, 3})));
+  const float g[3] = {0.5f, -1.5f, 2.0f};
+  auto v = parse_npy(npy("<f4", false, {3}, g, sizeof g), "v");
+  EXPECT_EQ(v.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(v, torch::tensor({0.5f, -1.5f, 2.0f})));
+  const int64_t n = 123;
+  auto s = parse_npy(npy("<i8", false, {}, &n, sizeof n), "s");
+  EXPECT_EQ(s.dim(), 0);
+  EXPECT_EQ(s.item<int64_t>(), 123);
+  EXPECT_THROW(parse_npy(npy(">f8", false, {2, 3}, d, sizeof d), "be"), UsageError);
+  EXPECT_THROW(parse_npy(npy("<f8", false, {2, 4}, d, sizeof d), "short"), UsageError);
+  EXPECT_THROW(parse_npy("not numpy", "junk"), UsageError);
+}
+
+// pytorch-fid's stats files (np.savez_compressed(mu=float32, sigma=float64)) load as FeatureStats.
+TEST(EvalNpz, LoadsPytorchFidStyleStats) {
+  test::TempDir dir;
+  auto x = torch::randn({40, 3}, at::make_generator<at::CPUGeneratorImpl>(1), torch::kFloat64);
+  auto ref = feature_stats(x);
+  auto mu32 = ref.mu.to(torch::kFloat32).contiguous();
+  auto sigma = ref.sigma.contiguous();
+  const auto mu_npy = npy("<f4", false, {3}, mu32.data_ptr(), 3 * 4);
+  const auto sigma_npy = npy("<f8", false, {3, 3}, sigma.data_ptr(), 9 * 8);
+  for (bool deflate : {true, false}) {
+    const auto path = dir.str() + (deflate ? "/stats_c.npz" : "/stats.npz");
+    write_file(path, zip({{"mu.npy", mu_npy}, {"sigma.npy", sigma_npy}}, deflate));
+    ASSERT_TRUE(is_npz_file(path));
+    auto arrays = read_npz(path);
+    ASSERT_EQ(arrays.size(), 2u);
+    auto s = load_feature_stats(path);
+    EXPECT_EQ(s.n, 0);
+    EXPECT_TRUE(torch::equal(s.mu, mu32.to(torch::kFloat64)));
+    EXPECT_TRUE(torch::equal(s.sigma, sigma));
+    EXPECT_LT(std::abs(frechet_distance(s, ref)), 1e-12);
+  }
+  // Our own cache file is a zip too, but not an .npz.
+  save_feature_stats(ref, dir.str() + "/ours.pt");
+  EXPECT_FALSE(is_npz_file(dir.str() + "/ours.pt"));
+
+  const auto bad = dir.str() + "/bad.npz";
+  write_file(bad, zip({{"mu.npy", mu_npy}, {"sigma.npy", sigma_npy}}, true, /*corrupt_crc=*/true));
+  try {
+    load_feature_stats(bad);
+    FAIL() << "expected UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find(bad), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("CRC"), std::string::npos);
+  }
+  const auto nomu = dir.str() + "/nomu.npz";
+  write_file(nomu, zip({{"sigma.npy", sigma_npy}}, false));
+  EXPECT_THROW(load_feature_stats(nomu), UsageError);
+  // Truncated archive.
+  const auto cut = dir.str() + "/cut.npz";
+  write_file(cut, zip({{"mu.npy", mu_npy}, {"sigma.npy", sigma_npy}}, false).substr(0, 150));
+  EXPECT_THROW(load_feature_stats(cut), UsageError);
+}
