@@ -1,0 +1,275 @@
+#include "diffuse/image_io.h"
+
+#include <zlib.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "diffuse/data/dataset.h"
+#include "diffuse/data/file_bytes.h"
+#include "diffuse/error.h"
+
+// stb's PNG writer compresses with zlib (faster and smaller than its built-in deflate).
+static unsigned char* diffuse_stbiw_zlib_compress(unsigned char* data, int data_len, int* out_len, int quality) {
+  uLongf size = compressBound(static_cast<uLong>(data_len));
+  auto* out = static_cast<unsigned char*>(std::malloc(size));
+  if (!out) return nullptr;
+  if (compress2(out, &size, data, static_cast<uLong>(data_len), std::clamp(quality, 1, 9)) != Z_OK) {
+    std::free(out);
+    return nullptr;
+  }
+  *out_len = static_cast<int>(size);
+  return out;
+}
+
+// This file owns the stb implementations for the whole program.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#define STBIW_ZLIB_COMPRESS diffuse_stbiw_zlib_compress
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image.h>
+#include <stb_image_write.h>
+#pragma GCC diagnostic pop
+
+namespace diffuse {
+
+namespace {
+
+constexpr unsigned char kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+
+void put_be32(std::string& out, uint32_t v) {
+  out.push_back(static_cast<char>(v >> 24));
+  out.push_back(static_cast<char>(v >> 16));
+  out.push_back(static_cast<char>(v >> 8));
+  out.push_back(static_cast<char>(v));
+}
+
+uint32_t get_be32(const std::string& b, size_t at) {
+  const auto* p = reinterpret_cast<const uint8_t*>(b.data() + at);
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
+}
+
+// length, type, data, CRC-32 of type + data (PNG spec, section 5.3).
+std::string png_chunk(const char type[4], const std::string& data) {
+  std::string c;
+  put_be32(c, static_cast<uint32_t>(data.size()));
+  c.append(type, 4);
+  c += data;
+  uLong crc = crc32(0L, reinterpret_cast<const Bytef*>(c.data() + 4), static_cast<uInt>(4 + data.size()));
+  put_be32(c, static_cast<uint32_t>(crc));
+  return c;
+}
+
+void check_keyword(const std::string& k) {
+  bool ok = !k.empty() && k.size() <= 79 && k.front() != ' ' && k.back() != ' ' && k.find("  ") == std::string::npos;
+  for (unsigned char c : k) ok = ok && c >= 32 && c <= 126;
+  if (!ok)
+    throw UsageError(fmt::format("PNG text keyword '{}' is invalid: keywords are 1-79 printable ASCII characters "
+                                 "without leading, trailing or double spaces",
+                                 k));
+}
+
+bool is_ascii(const std::string& s) {
+  for (unsigned char c : s)
+    if (c >= 0x80) return false;
+  return true;
+}
+
+std::string latin1_to_utf8(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c < 0x80) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back(static_cast<char>(0xc0 | (c >> 6)));
+      out.push_back(static_cast<char>(0x80 | (c & 0x3f)));
+    }
+  }
+  return out;
+}
+
+torch::Tensor to_hwc_u8(const torch::Tensor& image) {
+  if (image.dim() != 3 || image.size(0) < 1 || image.size(0) > 4 || image.size(1) < 1 || image.size(2) < 1)
+    throw UsageError(fmt::format("an image to save must be [C,H,W] with C in 1..4 and H, W >= 1, got {}",
+                                 shape_string(image.sizes().vec())));
+  if (image.size(1) > (1 << 24) || image.size(2) > (1 << 24))
+    throw UsageError(fmt::format("image {} is too large for PNG", shape_string(image.sizes().vec())));
+  return to_uint8(image).permute({1, 2, 0}).contiguous().cpu();
+}
+
+}  // namespace
+
+torch::Tensor to_uint8(const torch::Tensor& x) {
+  if (x.scalar_type() == torch::kUInt8) return x;
+  // floor((x + 1) * 127.5 + 0.5), clamped: round half up. The truncating cast is floor here
+  // because the value is already clamped to >= 0.
+  auto v = x.to(torch::kFloat32).add(1.0).mul_(127.5).add_(0.5).clamp_(0.0, 255.0);
+  v = torch::nan_to_num(v, 128.0);
+  return v.to(torch::kUInt8);
+}
+
+torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow, int64_t padding, double pad_value) {
+  if (images.dim() != 4 || images.size(0) < 1)
+    throw UsageError(fmt::format("make_grid needs images [N,C,H,W] with N >= 1, got {}", shape_string(images.sizes().vec())));
+  if (nrow < 0 || padding < 0)
+    throw UsageError(fmt::format("make_grid: nrow ({}) and padding ({}) must be >= 0", nrow, padding));
+  const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
+  const int64_t cols = std::min(n, nrow > 0 ? nrow : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n)))));
+  const int64_t rows = (n + cols - 1) / cols;
+  const int64_t cell_h = h + padding, cell_w = w + padding;
+  torch::Tensor grid;
+  if (images.scalar_type() == torch::kUInt8)
+    grid = torch::full({c, rows * cell_h + padding, cols * cell_w + padding},
+                       to_uint8(torch::tensor(pad_value)).item<uint8_t>(), images.options());
+  else
+    grid = torch::full({c, rows * cell_h + padding, cols * cell_w + padding}, pad_value, images.options());
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = i / cols, col = i % cols;
+    grid.narrow(1, r * cell_h + padding, h).narrow(2, col * cell_w + padding, w).copy_(images[i]);
+  }
+  return grid;
+}
+
+std::string encode_png(const torch::Tensor& image, const std::map<std::string, std::string>& text) {
+  for (const auto& [k, v] : text) {
+    check_keyword(k);
+    if (v.find('\0') != std::string::npos)
+      throw UsageError(fmt::format("PNG text value of '{}' contains a NUL byte", k));
+  }
+  const auto hwc = to_hwc_u8(image);
+  const int h = static_cast<int>(hwc.size(0)), w = static_cast<int>(hwc.size(1)), c = static_cast<int>(hwc.size(2));
+  int len = 0;
+  unsigned char* mem = stbi_write_png_to_mem(hwc.data_ptr<uint8_t>(), w * c, w, h, c, &len);
+  if (!mem) throw std::runtime_error(fmt::format("PNG encoding of a {}x{}x{} image failed", c, h, w));
+  std::string png(reinterpret_cast<const char*>(mem), static_cast<size_t>(len));
+  STBIW_FREE(mem);
+  // Text chunks go right after IHDR (signature 8 bytes + IHDR chunk 4 + 4 + 13 + 4 = 33).
+  if (png.size() < 33 || png.compare(12, 4, "IHDR") != 0 || get_be32(png, 8) != 13)
+    throw std::runtime_error("PNG encoder produced an unexpected layout");
+  std::string chunks;
+  for (const auto& [k, v] : text) {
+    if (is_ascii(v)) {
+      chunks += png_chunk("tEXt", k + '\0' + v);
+    } else {
+      // iTXt: keyword, NUL, compression flag 0, method 0, empty language tag and translated
+      // keyword (each NUL-terminated), then the UTF-8 text.
+      std::string data = k;
+      data.push_back('\0');
+      data.push_back('\0');
+      data.push_back('\0');
+      data.push_back('\0');
+      data.push_back('\0');
+      chunks += png_chunk("iTXt", data + v);
+    }
+  }
+  png.insert(33, chunks);
+  return png;
+}
+
+void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text) {
+  std::string png;
+  try {
+    png = encode_png(image, text);
+  } catch (const UsageError& e) {
+    throw UsageError(fmt::format("cannot save '{}': {}", path, e.what()));
+  }
+  write_file_atomic(path, png);
+}
+
+void save_grid(const std::string& path, const torch::Tensor& images, int64_t nrow,
+               const std::map<std::string, std::string>& text, int64_t padding) {
+  save_png(path, make_grid(images, nrow, padding), text);
+}
+
+std::map<std::string, std::string> read_png_text(const std::string& path) {
+  const std::string b = read_file_bytes(path);
+  if (b.size() < 8 || std::memcmp(b.data(), kPngSignature, 8) != 0)
+    throw UsageError(fmt::format("'{}' is not a PNG file (bad signature)", path));
+  std::map<std::string, std::string> out;
+  size_t pos = 8;
+  for (;;) {
+    if (pos + 12 > b.size()) throw UsageError(fmt::format("'{}' is truncated (no IEND chunk)", path));
+    const uint32_t len = get_be32(b, pos);
+    const std::string type = b.substr(pos + 4, 4);
+    if (len > b.size() - pos - 12)
+      throw UsageError(fmt::format("'{}' is truncated: chunk {} at byte {} claims {} bytes, {} remain", path, type,
+                                   pos, len, b.size() - pos - 12));
+    if (type == "IEND") break;
+    if (type == "tEXt" || type == "zTXt" || type == "iTXt") {
+      const uint32_t stored = get_be32(b, pos + 8 + len);
+      const uLong crc = crc32(0L, reinterpret_cast<const Bytef*>(b.data() + pos + 4), len + 4);
+      if (stored != static_cast<uint32_t>(crc))
+        throw UsageError(fmt::format("'{}': {} chunk at byte {} has a bad CRC", path, type, pos));
+      const std::string data = b.substr(pos + 8, len);
+      const size_t nul = data.find('\0');
+      if (nul == std::string::npos || nul == 0)
+        throw UsageError(fmt::format("'{}': {} chunk at byte {} has no keyword", path, type, pos));
+      const std::string key = latin1_to_utf8(data.substr(0, nul));
+      const std::string chunk_name = fmt::format("{} (the {} chunk '{}')", path, type, key);
+      if (type == "tEXt") {
+        out[key] = latin1_to_utf8(data.substr(nul + 1));
+      } else if (type == "zTXt") {
+        if (nul + 2 > data.size() || data[nul + 1] != 0)
+          throw UsageError(fmt::format("'{}': bad zTXt chunk", chunk_name));
+        out[key] = latin1_to_utf8(zlib_decompress(data.data() + nul + 2, data.size() - nul - 2, chunk_name));
+      } else {  // iTXt
+        if (nul + 3 > data.size()) throw UsageError(fmt::format("'{}': bad iTXt chunk", chunk_name));
+        const bool compressed = data[nul + 1] != 0;
+        const size_t lang_end = data.find('\0', nul + 3);
+        const size_t tkey_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
+        if (tkey_end == std::string::npos) throw UsageError(fmt::format("'{}': bad iTXt chunk", chunk_name));
+        const std::string body = data.substr(tkey_end + 1);
+        out[key] = compressed ? zlib_decompress(body.data(), body.size(), chunk_name) : body;
+      }
+    }
+    pos += 12 + len;
+  }
+  return out;
+}
+
+torch::Tensor decode_image(const std::string& bytes, const std::string& name, int64_t channels) {
+  if (channels < 0 || channels > 4)
+    throw std::invalid_argument(fmt::format("decode_image: channels must be 0..4, got {}", channels));
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+    throw UsageError(fmt::format("'{}' is too large to decode ({} bytes)", name, bytes.size()));
+  int w = 0, h = 0, c = 0;
+  unsigned char* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                                            static_cast<int>(bytes.size()), &w, &h, &c, static_cast<int>(channels));
+  if (!px) throw UsageError(fmt::format("cannot decode image '{}': {}", name, stbi_failure_reason()));
+  const int64_t cc = channels > 0 ? channels : c;
+  torch::Tensor out;
+  try {
+    // clone, not contiguous(): for one channel the permuted view is already contiguous and
+    // would still point into stb's buffer.
+    out = torch::from_blob(px, {h, w, cc}, torch::kUInt8).permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
+  } catch (...) {
+    stbi_image_free(px);
+    throw;
+  }
+  stbi_image_free(px);
+  return out;
+}
+
+torch::Tensor load_image(const std::string& path, int64_t channels) {
+  return decode_image(read_file_bytes(path), path, channels);
+}
+
+ImageInfo image_info(const std::string& path) {
+  int w = 0, h = 0, c = 0;
+  if (!stbi_info(path.c_str(), &w, &h, &c)) {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) throw UsageError(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+    std::fclose(f);
+    throw UsageError(fmt::format("'{}' is not a decodable image: {}", path, stbi_failure_reason()));
+  }
+  return {w, h, c};
+}
+
+}  // namespace diffuse

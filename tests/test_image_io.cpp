@@ -1,0 +1,274 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "diffuse/error.h"
+#include "diffuse/image_io.h"
+#include "test_util.h"
+
+using namespace diffuse;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void spew(const fs::path& p, const std::string& bytes) {
+  std::ofstream f(p, std::ios::binary);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Bitwise CRC-32 (ISO 3309 / PNG, reflected polynomial 0xEDB88320), independent of zlib.
+uint32_t crc32_bitwise(const std::string& s) {
+  uint32_t c = 0xffffffffu;
+  for (unsigned char b : s) {
+    c ^= b;
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+  }
+  return c ^ 0xffffffffu;
+}
+
+uint32_t be32(const std::string& b, size_t at) {
+  const auto* p = reinterpret_cast<const uint8_t*>(b.data() + at);
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
+}
+
+std::string be32_bytes(uint32_t v) {
+  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
+}
+
+struct Chunk {
+  std::string type, data;
+  uint32_t crc;
+};
+
+// Walks a PNG's chunks independently of the library.
+std::vector<Chunk> png_chunks(const std::string& png) {
+  std::vector<Chunk> out;
+  EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  size_t pos = 8;
+  while (pos + 12 <= png.size()) {
+    const uint32_t len = be32(png, pos);
+    Chunk c{png.substr(pos + 4, 4), png.substr(pos + 8, len), be32(png, pos + 8 + len)};
+    out.push_back(c);
+    pos += 12 + len;
+    if (c.type == "IEND") break;
+  }
+  EXPECT_EQ(pos, png.size());
+  return out;
+}
+
+std::string make_chunk(const std::string& type, const std::string& data) {
+  return be32_bytes(static_cast<uint32_t>(data.size())) + type + data + be32_bytes(crc32_bitwise(type + data));
+}
+
+torch::Tensor random_u8(std::vector<int64_t> shape, uint64_t seed) {
+  torch::manual_seed(seed);
+  return torch::randint(0, 256, shape, torch::kUInt8);
+}
+
+}  // namespace
+
+TEST(ImageIo, ToUint8ExactValuesRoundHalfUp) {
+  const auto x = torch::tensor({-1.0f, 1.0f, 0.0f, -3.0f, 2.0f, 0.5f, -0.5f, 1.0f / 255.0f});
+  const auto u = to_uint8(x);
+  ASSERT_EQ(u.scalar_type(), torch::kUInt8);
+  // 0 -> 127.5 exactly, a tie, rounded up to 128; 0.5 -> 191.25 -> 191; -0.5 -> 63.75 -> 64;
+  // 1/255 -> 128.0 -> 128; out-of-range values clamp.
+  const std::vector<int> expected = {0, 255, 128, 0, 255, 191, 64, 128};
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(u[i].item<int>(), expected[i]) << "x=" << x[i].item<float>();
+  EXPECT_EQ(to_uint8(torch::tensor({std::nanf("")}))[0].item<int>(), 128);
+  EXPECT_TRUE(torch::equal(to_uint8(u), u));  // uint8 passes through
+}
+
+TEST(ImageIo, ToUint8InvertsPixelScaling) {
+  // Every byte k maps to k / 127.5 - 1 in the datasets; to_uint8 must give k back, whether the
+  // float was computed in double or in float arithmetic.
+  auto k = torch::arange(256, torch::kFloat64);
+  EXPECT_TRUE(torch::equal(to_uint8((k / 127.5 - 1.0).to(torch::kFloat32)), k.to(torch::kUInt8)));
+  auto kf = torch::arange(256, torch::kFloat32);
+  EXPECT_TRUE(torch::equal(to_uint8(kf / 127.5f - 1.0f), k.to(torch::kUInt8)));
+  // Random values against floor((x + 1) * 127.5 + 0.5) computed in double, away from ties.
+  torch::manual_seed(3);
+  const auto x = torch::rand({4000}) * 2.4 - 1.2;
+  const auto v = (x.to(torch::kFloat64) + 1.0) * 127.5;
+  const auto ref = torch::floor(v + 0.5).clamp(0, 255);
+  const auto away_from_tie = (v - torch::floor(v) - 0.5).abs() > 1e-3;
+  const auto got = to_uint8(x).to(torch::kFloat64);
+  EXPECT_TRUE(torch::equal(got.masked_select(away_from_tie), ref.masked_select(away_from_tie)));
+  EXPECT_GT(away_from_tie.sum().item<int64_t>(), 3900);
+}
+
+TEST(ImageIo, MakeGridLayout) {
+  const int64_t n = 5, c = 2, h = 2, w = 3, p = 2;
+  const auto imgs = torch::rand({n, c, h, w});
+  auto check = [&](int64_t nrow, int64_t cols, int64_t rows) {
+    const auto g = make_grid(imgs, nrow, p, -1.0);
+    ASSERT_EQ(g.sizes().vec(), (std::vector<int64_t>{c, rows * (h + p) + p, cols * (w + p) + p}));
+    auto expected = torch::full({c, rows * (h + p) + p, cols * (w + p) + p}, -1.0f);
+    auto acc = expected.accessor<float, 3>();
+    auto src = imgs.accessor<float, 4>();
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t y = 0; y < h; ++y)
+          for (int64_t x = 0; x < w; ++x) acc[ch][p + (i / cols) * (h + p) + y][p + (i % cols) * (w + p) + x] = src[i][ch][y][x];
+    EXPECT_TRUE(torch::equal(g, expected)) << "nrow=" << nrow;
+  };
+  check(0, 3, 2);   // ceil(sqrt(5)) = 3 per row
+  check(2, 2, 3);
+  check(10, 5, 1);  // never more columns than images
+  const auto g0 = make_grid(imgs, 1, 0);
+  EXPECT_TRUE(torch::equal(g0, imgs.permute({1, 0, 2, 3}).reshape({c, n * h, w})));
+  EXPECT_THROW(make_grid(torch::rand({2, 3, 4})), UsageError);
+  // uint8 input keeps its dtype; the pad value goes through to_uint8.
+  const auto gu = make_grid(to_uint8(imgs), 0, 1, 1.0);
+  EXPECT_EQ(gu.scalar_type(), torch::kUInt8);
+  EXPECT_EQ(gu[0][0][0].item<int>(), 255);
+}
+
+TEST(ImageIo, PngRoundTripWithText) {
+  test::TempDir dir;
+  const std::map<std::string, std::string> text = {
+      {"Title", "diffuse samples"}, {"config", "model:\n  type: unet\n  channel_mult: [1,2,2]\n"}, {"step", "1234"}};
+  for (int64_t c = 1; c <= 4; ++c) {
+    const auto img = random_u8({c, 7, 5}, 10 + c);
+    const auto path = (dir.path() / ("img" + std::to_string(c) + ".png")).string();
+    save_png(path, img, text);
+    const auto back = load_image(path);  // stb_image decodes it
+    EXPECT_TRUE(torch::equal(back, img)) << "channels " << c;
+    EXPECT_EQ(read_png_text(path), text);
+
+    // Independent check of the file structure: every chunk's CRC (bitwise CRC-32), the text
+    // chunks right after IHDR and before IDAT, IEND last with its well-known CRC.
+    const auto chunks = png_chunks(slurp(path));
+    ASSERT_GE(chunks.size(), 6u);
+    for (const auto& ch : chunks) EXPECT_EQ(ch.crc, crc32_bitwise(ch.type + ch.data)) << ch.type;
+    EXPECT_EQ(chunks[0].type, "IHDR");
+    EXPECT_EQ(be32(chunks[0].data, 0), 5u);  // width
+    EXPECT_EQ(be32(chunks[0].data, 4), 7u);  // height
+    for (size_t i = 1; i <= 3; ++i) EXPECT_EQ(chunks[i].type, "tEXt");
+    EXPECT_EQ(chunks[1].data, std::string("Title\0diffuse samples", 21));
+    EXPECT_EQ(chunks[4].type, "IDAT");
+    EXPECT_EQ(chunks.back().type, "IEND");
+    EXPECT_EQ(chunks.back().crc, 0xAE426082u);
+  }
+  // Only the files: no temporaries left behind.
+  int64_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir.path())) {
+    ++files;
+    EXPECT_EQ(e.path().extension(), ".png") << e.path();
+  }
+  EXPECT_EQ(files, 4);
+}
+
+TEST(ImageIo, PngFromFloatAndGrid) {
+  test::TempDir dir;
+  torch::manual_seed(5);
+  const auto imgs = torch::rand({3, 3, 4, 6}) * 2 - 1;
+  const auto path = (dir.path() / "grid.png").string();
+  save_grid(path, imgs, 2, {{"k", "v"}});
+  EXPECT_TRUE(torch::equal(load_image(path), to_uint8(make_grid(imgs, 2))));
+  const auto single = (dir.path() / "one.png").string();
+  save_png(single, imgs[1]);
+  EXPECT_TRUE(torch::equal(load_image(single), to_uint8(imgs[1])));
+  EXPECT_TRUE(read_png_text(single).empty());
+  // Overwriting replaces the file.
+  save_png(single, imgs[2], {{"a", "b"}});
+  EXPECT_TRUE(torch::equal(load_image(single), to_uint8(imgs[2])));
+  EXPECT_EQ(read_png_text(single).at("a"), "b");
+  // Channel conversion on load (stb's).
+  EXPECT_EQ(load_image(single, 1).sizes().vec(), (std::vector<int64_t>{1, 4, 6}));
+  EXPECT_EQ(load_image(single, 4).sizes().vec(), (std::vector<int64_t>{4, 4, 6}));
+}
+
+TEST(ImageIo, PngTextNonAsciiAndOtherChunkKinds) {
+  test::TempDir dir;
+  const auto path = (dir.path() / "u.png").string();
+  const std::string utf8 = "\xcf\x83 = 0.5, na\xc3\xafve";  // "σ = 0.5, naïve"
+  save_png(path, random_u8({1, 2, 2}, 1), {{"Comment", utf8}});
+  const auto chunks = png_chunks(slurp(path));
+  EXPECT_EQ(chunks[1].type, "iTXt");
+  EXPECT_EQ(read_png_text(path).at("Comment"), utf8);
+
+  // Hand-made chunks: a Latin-1 tEXt (0xE9 = e acute) and a zTXt (zlib-compressed).
+  std::string png = slurp(path);
+  const std::string raw = "compressed text, compressed text, compressed text";
+  uLongf zlen = compressBound(raw.size());
+  std::string z(zlen, '\0');
+  ASSERT_EQ(compress(reinterpret_cast<Bytef*>(&z[0]), &zlen, reinterpret_cast<const Bytef*>(raw.data()), raw.size()), Z_OK);
+  z.resize(zlen);
+  const std::string extra = make_chunk("tEXt", std::string("Author\0Ren\xe9", 11)) +
+                            make_chunk("zTXt", std::string("Description\0\0", 13) + z);
+  png.insert(33, extra);
+  const auto path2 = (dir.path() / "hand.png").string();
+  spew(path2, png);
+  const auto t = read_png_text(path2);
+  EXPECT_EQ(t.at("Author"), "Ren\xc3\xa9");
+  EXPECT_EQ(t.at("Description"), raw);
+  EXPECT_EQ(t.at("Comment"), utf8);
+  EXPECT_EQ(load_image(path2).sizes().vec(), (std::vector<int64_t>{1, 2, 2}));
+}
+
+TEST(ImageIo, PngTextKeywordRules) {
+  const auto img = random_u8({1, 2, 2}, 2);
+  for (const std::string& bad : {std::string(""), std::string(" lead"), std::string("trail "), std::string("a  b"),
+                                std::string(80, 'k'), std::string("tab\there"), std::string("caf\xc3\xa9")})
+    EXPECT_THROW(encode_png(img, {{bad, "v"}}), UsageError) << "'" << bad << "'";
+  EXPECT_THROW(encode_png(img, {{"k", std::string("a\0b", 3)}}), UsageError);
+  EXPECT_NO_THROW(encode_png(img, {{std::string(79, 'k'), ""}, {"a b", "x"}}));
+  EXPECT_THROW(encode_png(torch::zeros({5, 2, 2}, torch::kUInt8)), UsageError);
+  EXPECT_THROW(encode_png(torch::zeros({2, 2}, torch::kUInt8)), UsageError);
+}
+
+TEST(ImageIo, ErrorsNameThePath) {
+  test::TempDir dir;
+  const auto img = random_u8({3, 16, 16}, 4);
+  const auto missing_dir = (dir.path() / "no_such_dir" / "x.png").string();
+  try {
+    save_png(missing_dir, img);
+    FAIL() << "no exception";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find(missing_dir), std::string::npos) << e.what();
+  }
+  const auto good = (dir.path() / "good.png").string();
+  save_png(good, img, {{"key", "value"}});
+  const std::string bytes = slurp(good);
+
+  auto expect_error = [](auto fn, const std::string& path, const std::string& what) {
+    try {
+      fn();
+      FAIL() << "no exception for " << path;
+    } catch (const UsageError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(path), std::string::npos) << msg;
+      EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    }
+  };
+  const auto notpng = (dir.path() / "notpng.png").string();
+  spew(notpng, "this is not an image at all, just some text");
+  expect_error([&] { read_png_text(notpng); }, notpng, "not a PNG");
+  expect_error([&] { load_image(notpng); }, notpng, "decode");
+  const auto truncated = (dir.path() / "truncated.png").string();
+  spew(truncated, bytes.substr(0, bytes.size() / 2));
+  expect_error([&] { read_png_text(truncated); }, truncated, "truncated");
+  expect_error([&] { load_image(truncated); }, truncated, "decode");
+  const auto badcrc = (dir.path() / "badcrc.png").string();
+  std::string corrupt = bytes;
+  corrupt[33 + 8 + 1] ^= 0x20;  // a byte of the tEXt keyword
+  spew(badcrc, corrupt);
+  expect_error([&] { read_png_text(badcrc); }, badcrc, "CRC");
+  const auto nofile = (dir.path() / "nofile.png").string();
+  expect_error([&] { load_image(nofile); }, nofile, "cannot open");
+  expect_error([&] { image_info(notpng); }, notpng, "not a decodable image");
+  const auto info = image_info(good);
+  EXPECT_EQ(info.width, 16);
+  EXPECT_EQ(info.height, 16);
+  EXPECT_EQ(info.channels, 3);
+}
