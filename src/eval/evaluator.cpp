@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "diffuse/atomic_file.h"
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/data/dataset.h"
 #include "diffuse/data/toy2d.h"
 #include "diffuse/error.h"

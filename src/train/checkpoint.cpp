@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-#include "diffuse/atomic_file.h"
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 
 namespace fs = std::filesystem;

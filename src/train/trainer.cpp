@@ -15,7 +15,7 @@
 
 #include <fmt/format.h>
 
-#include "diffuse/atomic_file.h"
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/data/dataset.h"
 #include "diffuse/data/loader.h"
 #include "diffuse/error.h"
