@@ -1,0 +1,35 @@
+// Samplers by name. Adding a sampler = its header/source pair + one line in registry.cpp.
+#pragma once
+
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+#include "diffuse/samplers/denoiser.h"
+#include "diffuse/samplers/noise_source.h"
+#include "diffuse/samplers/sampler_options.h"
+
+namespace diffuse {
+
+using SamplerFn = torch::Tensor (*)(const Denoiser&, NoiseSource&, const SamplerOptions&, const torch::Tensor&);
+
+struct SamplerEntry {
+  const char* name;
+  SamplerFn fn;
+  bool stochastic;      // may draw noise.next() during sampling (ddim only with eta > 0)
+  const char* summary;  // one line for --help
+};
+
+// ddpm, ddim, dpmpp-2m, euler, euler-ancestral, heun.
+const std::vector<SamplerEntry>& sampler_registry();
+std::vector<std::string> sampler_names();
+// Throws UsageError("sampler '<name>' is not one of: ...").
+const SamplerEntry& find_sampler(const std::string& name);
+
+// Runs sampler `name`; returns x_0 [B, ...]. `x_T` (VP variable), when defined, replaces
+// noise.initial(). Bad options throw UsageError naming the option.
+torch::Tensor run_sampler(const std::string& name, const Denoiser& denoiser, NoiseSource& noise,
+                          const SamplerOptions& opts, const torch::Tensor& x_T = {});
+
+}  // namespace diffuse

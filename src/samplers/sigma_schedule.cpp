@@ -1,0 +1,82 @@
+#include "diffuse/samplers/sigma_schedule.h"
+
+#include <cmath>
+
+#include "diffuse/error.h"
+#include "diffuse/samplers/denoiser.h"
+
+namespace diffuse {
+
+std::vector<std::string> sigma_schedule_names() { return {"karras", "exponential", "model"}; }
+
+SigmaSchedule parse_sigma_schedule(const std::string& name) {
+  if (name == "karras") return SigmaSchedule::Karras;
+  if (name == "exponential") return SigmaSchedule::Exponential;
+  if (name == "model") return SigmaSchedule::Model;
+  throw_not_one_of("sigmas", name, sigma_schedule_names());
+}
+
+std::string to_string(SigmaSchedule s) {
+  switch (s) {
+    case SigmaSchedule::Karras: return "karras";
+    case SigmaSchedule::Exponential: return "exponential";
+    case SigmaSchedule::Model: return "model";
+  }
+  return "?";
+}
+
+std::vector<double> karras_sigmas(int64_t n, double sigma_min, double sigma_max, double rho) {
+  std::vector<double> out(static_cast<size_t>(n) + 1, 0.0);
+  const double lo = std::pow(sigma_min, 1.0 / rho), hi = std::pow(sigma_max, 1.0 / rho);
+  for (int64_t i = 0; i < n; ++i) {
+    const double ramp = n == 1 ? 0.0 : static_cast<double>(i) / static_cast<double>(n - 1);
+    out[static_cast<size_t>(i)] = std::pow(hi + ramp * (lo - hi), rho);
+  }
+  // Exact ends: the karras ramp should start and stop on the schedule's own sigmas.
+  out[0] = sigma_max;
+  if (n > 1) out[static_cast<size_t>(n - 1)] = sigma_min;
+  return out;
+}
+
+std::vector<double> exponential_sigmas(int64_t n, double sigma_min, double sigma_max) {
+  std::vector<double> out(static_cast<size_t>(n) + 1, 0.0);
+  const double lo = std::log(sigma_min), hi = std::log(sigma_max);
+  for (int64_t i = 0; i < n; ++i) {
+    const double ramp = n == 1 ? 0.0 : static_cast<double>(i) / static_cast<double>(n - 1);
+    out[static_cast<size_t>(i)] = std::exp(hi + ramp * (lo - hi));
+  }
+  out[0] = sigma_max;
+  if (n > 1) out[static_cast<size_t>(n - 1)] = sigma_min;
+  return out;
+}
+
+std::vector<double> sampling_sigmas(const Denoiser& denoiser, const SamplerOptions& opts, const std::string& sampler) {
+  const SigmaSchedule kind = [&] {
+    try {
+      return parse_sigma_schedule(opts.sigmas);
+    } catch (const UsageError& e) {
+      throw UsageError("sampler '" + sampler + "': option " + e.what());
+    }
+  }();
+  const bool discrete = kind == SigmaSchedule::Model || !opts.spacing.empty();
+  validate_options(opts, discrete ? denoiser.num_timesteps() : 0, sampler);
+  if (!std::isfinite(denoiser.sigma_max()))
+    throw UsageError("sampler '" + sampler +
+                     "': the training schedule ends at alpha_bar = 0 (zero terminal SNR), so sigma_max is "
+                     "infinite; use ddpm or ddim");
+  if (kind == SigmaSchedule::Exponential && opts.spacing.empty())
+    return exponential_sigmas(opts.steps, denoiser.sigma_min(), denoiser.sigma_max());
+  if (kind == SigmaSchedule::Karras && opts.spacing.empty()) {
+    if (!(opts.rho > 0.0) || !std::isfinite(opts.rho))
+      throw UsageError("sampler '" + sampler + "': option 'rho' must be > 0, got " + std::to_string(opts.rho));
+    return karras_sigmas(opts.steps, denoiser.sigma_min(), denoiser.sigma_max(), opts.rho);
+  }
+  const auto kept = resolve_spacing(opts, denoiser.num_timesteps(), "linspace", sampler);
+  std::vector<double> out;
+  out.reserve(kept.size() + 1);
+  for (auto it = kept.rbegin(); it != kept.rend(); ++it) out.push_back(denoiser.sigmas()[static_cast<size_t>(*it)]);
+  out.push_back(0.0);
+  return out;
+}
+
+}  // namespace diffuse
