@@ -676,7 +676,7 @@ TEST(ConfigFiles, EveryShippedConfigLoadsAndValidates) {
   // tiny.yaml is the smoke-test config: small and quick by construction.
   const Config tiny = load_config((dir / "tiny.yaml").string());
   EXPECT_EQ(tiny.train.steps, 20);
-  EXPECT_LE(tiny.model.model_channels, 16);
+  EXPECT_LE(tiny.model.model_channels, 32);
   EXPECT_EQ(tiny.train.sample_every, 0);
   EXPECT_TRUE(tiny.model.attention_resolutions.empty());
 }

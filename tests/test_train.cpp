@@ -50,7 +50,7 @@ TEST(Train, LossDecreasesOnToyData) {
   test::TempDir dir;
   Config c = toy_config();
   c.train.steps = 300;
-  c.train.log_every = 50;
+  c.train.log_every = 1;
   c.train.batch_size = 256;
   c.train.lr = 1e-3;
   c.train.warmup_steps = 0;
@@ -58,11 +58,15 @@ TEST(Train, LossDecreasesOnToyData) {
   auto s = train(req);
   EXPECT_EQ(s.end_step, 300);
   auto rows = read_metrics(s.metrics);
-  ASSERT_EQ(rows.size(), 6u);
-  const double first = rows.front()["loss"].as<double>(), last = rows.back()["loss"].as<double>();
-  // An untrained zero-output network has eps-MSE ~1; the trained one must be well below it.
-  EXPECT_GT(first, 0.5);
-  EXPECT_LT(last, 0.75 * first) << "first " << first << " last " << last;
+  ASSERT_EQ(rows.size(), 300u);
+  // The untrained network outputs zeros (zero-initialised last layer), so its eps-MSE is
+  // E[eps^2] = 1: 512 squared normals give 1 +- 0.06 (SE), so > 0.7 holds.
+  const double first = rows.front()["loss"].as<double>();
+  double last = 0;
+  for (size_t i = 250; i < 300; ++i) last += rows[i]["loss"].as<double>() / 50;
+  EXPECT_GT(first, 0.7);
+  // A model that learned nothing stays near 1; the last 50 steps must average well below.
+  EXPECT_LT(last, 0.6 * first) << "first " << first << " last " << last;
   EXPECT_TRUE(fs::exists(s.checkpoint));
   EXPECT_TRUE(fs::exists(fs::path(dir.str()) / "checkpoints" / "latest.pt"));
   EXPECT_TRUE(fs::exists(s.config));

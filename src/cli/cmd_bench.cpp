@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "diffuse/data/dataset.h"
 #include "diffuse/error.h"
 #include "diffuse/factory.h"
 #include "diffuse/flops.h"

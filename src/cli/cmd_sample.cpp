@@ -91,7 +91,7 @@ int run_sample(const SampleOptions& o) {
   };
   // Trajectory: x_t and the predicted x0 at `trajectory` evenly spaced steps, first batch only.
   std::vector<torch::Tensor> traj_xt, traj_x0;
-  const int64_t traj_rows = std::min<int64_t>(8, s.num);
+  const int64_t traj_rows = std::min<int64_t>({8, s.num, s.batch_size});
   if (o.trajectory > 0 && images) {
     req.on_step = [&](const StepInfo& info, int64_t first) {
       if (first != o.first_index) return;

@@ -1,5 +1,7 @@
 // The `diffuse` binary: parse argv, call the library, map errors to exit codes
 // (0 ok, 1 runtime failure, 2 bad usage / bad input, 130 interrupted).
+#include <c10/util/Exception.h>
+
 #include <iostream>
 
 #include <fmt/format.h>
@@ -45,6 +47,10 @@ int main(int argc, char** argv) {
   } catch (const diffuse::UsageError& e) {
     std::cerr << "diffuse: error: " << e.what() << "\n";
     return 2;
+  } catch (const c10::Error& e) {
+    // LibTorch's own errors carry a C++ backtrace that means nothing to a user.
+    std::cerr << "diffuse: error: " << e.what_without_backtrace() << "\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "diffuse: error: " << e.what() << "\n";
     return 1;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
@@ -108,18 +109,39 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   has_ema_ = archive_->try_read("ema", probe);
 }
 
+namespace {
+// Module::load would silently replace parameters with tensors of another shape; copy each one
+// into place instead, checking names and shapes (this also moves them to the module's device).
+void load_into(torch::nn::Module& module, torch::serialize::InputArchive& ar, const std::string& prefix,
+               const std::string& file) {
+  torch::NoGradGuard ng;
+  auto copy = [&](const std::string& name, torch::Tensor& dst, bool buffer) {
+    torch::Tensor src;
+    if (!ar.try_read(name, src, buffer))
+      throw UsageError(fmt::format("checkpoint '{}' has no tensor '{}{}' that this model needs (another model "
+                                   "configuration?)", file, prefix, name));
+    if (src.sizes() != dst.sizes())
+      throw UsageError(fmt::format("checkpoint '{}': '{}{}' has shape {} but this model's is {} (another model "
+                                   "configuration?)", file, prefix, name, fmt::join(src.sizes(), "x"), fmt::join(dst.sizes(), "x")));
+    dst.copy_(src);
+  };
+  for (auto& p : module.named_parameters(/*recurse=*/false)) copy(p.key(), p.value(), false);
+  for (auto& b : module.named_buffers(/*recurse=*/false)) copy(b.key(), b.value(), true);
+  for (auto& c : module.named_children()) {
+    torch::serialize::InputArchive child;
+    if (!ar.try_read(c.key(), child))
+      throw UsageError(fmt::format("checkpoint '{}' lacks the submodule '{}{}'", file, prefix, c.key()));
+    load_into(*c.value(), child, prefix + c.key() + ".", file);
+  }
+}
+}  // namespace
+
 void CheckpointReader::load_weights(torch::nn::Module& module, bool ema) const {
   torch::serialize::InputArchive sub;
   const char* key = ema ? "ema" : "model";
   if (!archive_->try_read(key, sub))
     throw UsageError(fmt::format("checkpoint '{}' has no {} weights", path_, key));
-  try {
-    module.load(sub);
-  } catch (const std::exception& e) {
-    std::string what = e.what();
-    what = what.substr(0, what.find('\n'));
-    throw UsageError(fmt::format("checkpoint '{}': its {} weights do not fit this model ({})", path_, key, what));
-  }
+  load_into(module, sub, std::string(key) + ":", path_);
 }
 
 void CheckpointReader::load_optimizer(torch::optim::Optimizer& optimizer) const {

@@ -196,9 +196,14 @@ TrainSummary train(const TrainRequest& req) {
     const auto& m = ckpt->meta();
     ckpt->load_optimizer(optimizer);
     step = m.step;
-    if (m.cpu_rng_state.defined()) at::detail::getDefaultCPUGenerator().set_state(m.cpu_rng_state);
-    if (device.is_cuda() && m.device_rng_state.defined())
-      at::globalContext().defaultGenerator(device).set_state(m.device_rng_state);
+    if (m.cpu_rng_state.defined()) {
+      at::Generator g = at::detail::getDefaultCPUGenerator();  // shares the default's state
+      g.set_state(m.cpu_rng_state);
+    }
+    if (device.is_cuda() && m.device_rng_state.defined()) {
+      at::Generator g = at::globalContext().defaultGenerator(device);
+      g.set_state(m.device_rng_state);
+    }
     if (m.timestep_sampler_state.defined()) tsampler->load_state(m.timestep_sampler_state);
     if (m.loss_scale > 0) loss_scale = m.loss_scale;
     prior_elapsed = m.elapsed_seconds;
