@@ -18,11 +18,12 @@ echo "== sample (64 images, DDIM 50 steps)"
 "$DIFFUSE" sample --checkpoint "$RUN" --num 64 --sampler ddim --steps 50 --seed 1 --out "$RUN/final-samples" \
   --trajectory 10 --no-images
 
-echo "== eval (negative ELBO in bits/dim on held-out test images, Monte Carlo over t)"
-"$DIFFUSE" eval --checkpoint "$RUN" --metrics bpd-mc --num-images 256 --out "$RUN/eval"
+echo "== eval (negative ELBO in bits/dim on held-out test images: all T terms for 64 images, MC over t for 512)"
+"$DIFFUSE" eval --checkpoint "$RUN" --metrics bpd --num-images 64 --out "$RUN/eval"
+"$DIFFUSE" eval --checkpoint "$RUN" --metrics bpd-mc --num-images 512 --out "$RUN/eval-mc"
 
 echo
 echo "quickstart done:"
 echo "  samples:    $RUN/final-samples/grid.png (denoising strip: $RUN/final-samples/trajectory.png)"
 echo "  checkpoint: $RUN/checkpoints/latest.pt"
-echo "  metrics:    $RUN/metrics.jsonl, evaluation: $RUN/eval/"
+echo "  metrics:    $RUN/metrics.jsonl, evaluation: $RUN/eval/ (per-t terms: bpd_terms.png) and $RUN/eval-mc/"

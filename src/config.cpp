@@ -398,7 +398,7 @@ class SectionAdder {
   S Config::*sec_;
 };
 
-const std::vector<std::string> kPrecisions = {"fp32", "bf16", "fp16"};
+const std::vector<std::string> kPrecisions = {"fp32", "bf16", "fp16", "auto"};
 const std::vector<std::string> kLrSchedules = {"constant", "cosine"};
 const std::vector<std::string> kOnNonfinite = {"error", "skip"};
 const std::vector<std::string> kSamplers = {"ddpm", "ddim", "dpmpp-2m", "euler", "euler-ancestral", "heun"};
@@ -522,7 +522,7 @@ Table build_table() {
       ("device", &R::device, device_name(), "auto (CUDA when available), cpu, cuda or cuda:N")
       ("threads", &R::threads, at_least<int64_t>(0), "CPU threads; 0 = all cores")
       ("channels_last", &R::channels_last, any<bool>(), "channels-last memory format")
-      ("precision", &R::precision, one_of(kPrecisions), "mixed precision (CUDA; bf16 also on CPU)")
+      ("precision", &R::precision, one_of(kPrecisions), "mixed precision: fp32, bf16 (CUDA, or CPUs with avx512_bf16/amx), fp16 (CUDA, loss-scaled), auto (bf16 where the hardware has it, else fp32)")
       ("log_every", &R::log_every, at_least<int64_t>(1), "steps between log lines")
       ("checkpoint_every", &R::checkpoint_every, at_least<int64_t>(1), "steps between checkpoints")
       ("sample_every", &R::sample_every, at_least<int64_t>(0), "steps between sample grids; 0 = never")
@@ -647,7 +647,8 @@ int64_t native_image_size(DatasetKind d) {
   switch (d) {
     case DatasetKind::FashionMnist:
     case DatasetKind::Mnist: return 28;
-    case DatasetKind::Cifar10: return 32;
+    case DatasetKind::Cifar10:
+    case DatasetKind::Synthetic: return 32;
     default: return 0;  // folder: the images decide; toy2d: no images
   }
 }

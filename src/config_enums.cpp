@@ -12,13 +12,14 @@ ModelType parse_model_type(const std::string& n) {
 }
 std::string to_string(ModelType v) { return v == ModelType::UNet ? "unet" : "mlp"; }
 
-std::vector<std::string> dataset_kind_names() { return {"fashion-mnist", "mnist", "cifar10", "folder", "toy2d"}; }
+std::vector<std::string> dataset_kind_names() { return {"fashion-mnist", "mnist", "cifar10", "folder", "toy2d", "synthetic"}; }
 DatasetKind parse_dataset_kind(const std::string& n) {
   if (n == "fashion-mnist" || n == "fashion_mnist") return DatasetKind::FashionMnist;
   if (n == "mnist") return DatasetKind::Mnist;
   if (n == "cifar10" || n == "cifar-10") return DatasetKind::Cifar10;
   if (n == "folder" || n == "image-folder") return DatasetKind::ImageFolder;
   if (n == "toy2d" || n == "toy") return DatasetKind::Toy2d;
+  if (n == "synthetic") return DatasetKind::Synthetic;
   throw_not_one_of("dataset", n, dataset_kind_names());
 }
 std::string to_string(DatasetKind v) {
@@ -28,6 +29,7 @@ std::string to_string(DatasetKind v) {
     case DatasetKind::Cifar10: return "cifar10";
     case DatasetKind::ImageFolder: return "folder";
     case DatasetKind::Toy2d: return "toy2d";
+    case DatasetKind::Synthetic: return "synthetic";
   }
   return "?";
 }

@@ -40,8 +40,11 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   opts.steps = s.steps;
   opts.spacing = s.spacing;
   if (s.eta != 0.0 || s.sampler == "ddim") opts.eta = s.eta;
-  opts.clip_x0 = s.clip_x0;
-  opts.dynamic_threshold = s.dynamic_threshold;
+  // Clipping / thresholding x0 to [-1, 1] is for images; toy points are standardised to unit
+  // variance and would be cut off.
+  const bool images = shape.shape.size() == 3;
+  opts.clip_x0 = s.clip_x0 && images;
+  opts.dynamic_threshold = images ? s.dynamic_threshold : 0.0;
   opts.sigmas = s.sigmas;
   opts.rho = s.rho;
 

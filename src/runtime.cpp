@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <fstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -50,6 +51,25 @@ torch::Device resolve_device(const std::string& name) {
     return d;
   }
   throw_not_one_of("device", name, {"auto", "cpu", "cuda", "cuda:N"});
+}
+
+bool cpu_has_native_bf16() {
+  static const bool has = [] {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("flags", 0) != 0) continue;
+      return line.find(" avx512_bf16") != std::string::npos || line.find(" amx_bf16") != std::string::npos;
+    }
+    return false;
+  }();
+  return has;
+}
+
+std::string resolve_precision(const std::string& precision, const torch::Device& device) {
+  if (precision != "auto") return precision;
+  if (device.is_cuda()) return "bf16";
+  return cpu_has_native_bf16() ? "bf16" : "fp32";
 }
 
 double peak_rss_mib() {

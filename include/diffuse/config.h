@@ -19,8 +19,8 @@ ModelType parse_model_type(const std::string& name);  // unet, mlp
 std::string to_string(ModelType v);
 std::vector<std::string> model_type_names();
 
-enum class DatasetKind { FashionMnist, Mnist, Cifar10, ImageFolder, Toy2d };
-DatasetKind parse_dataset_kind(const std::string& name);  // fashion-mnist, mnist, cifar10, folder, toy2d
+enum class DatasetKind { FashionMnist, Mnist, Cifar10, ImageFolder, Toy2d, Synthetic };
+DatasetKind parse_dataset_kind(const std::string& name);  // fashion-mnist, mnist, cifar10, folder, toy2d, synthetic
 std::string to_string(DatasetKind v);
 std::vector<std::string> dataset_kind_names();
 
@@ -111,7 +111,7 @@ struct TrainConfig {
   std::string device = "auto";           // auto | cpu | cuda | cuda:N
   int64_t threads = 0;                   // CPU threads; 0 = all cores
   bool channels_last = false;
-  std::string precision = "fp32";        // fp32 | bf16 | fp16 (mixed precision, CUDA; bf16 also CPU)
+  std::string precision = "fp32";        // fp32 | bf16 | fp16 | auto (bf16 where the hardware has it)
   int64_t log_every = 100;
   int64_t checkpoint_every = 1000;
   int64_t sample_every = 1000;           // 0 = never
@@ -130,7 +130,7 @@ struct SampleConfig {
   int64_t batch_size = 64;
   uint64_t seed = 0;
   bool use_ema = true;
-  bool clip_x0 = true;
+  bool clip_x0 = true;            // images only (toy points are never clipped)
   double dynamic_threshold = 0.0;
   double guidance_scale = 1.0;   // classifier-free guidance (1 = off)
   std::vector<int64_t> labels;   // class labels to sample (cycled); empty = random / unconditional

@@ -16,6 +16,12 @@ int configure_threads(int threads);
 // asked for and absent, or for an unknown name.
 torch::Device resolve_device(const std::string& name);
 
+// True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX), from /proc/cpuinfo.
+bool cpu_has_native_bf16();
+
+// train.precision 'auto' -> bf16 on CUDA and on CPUs with native bf16, else fp32; others unchanged.
+std::string resolve_precision(const std::string& precision, const torch::Device& device);
+
 // Peak resident memory of this process so far, in MiB (getrusage).
 double peak_rss_mib();
 

@@ -55,7 +55,7 @@ int bench_train(const BenchOptions& o) {
     if (o.batch > 0) cfg.train.batch_size = o.batch;
     cfg.train.steps = o.steps + o.warmup;
     cfg.train.log_every = cfg.train.steps;
-    cfg.train.checkpoint_every = 0;
+    cfg.train.checkpoint_every = cfg.train.steps + 1;  // no checkpoints while timing
     cfg.train.sample_every = 0;
     const auto dir = fs::temp_directory_path() / fmt::format("diffuse_bench_{}", ::getpid());
     TrainRequest req;
@@ -84,7 +84,7 @@ int bench_train(const BenchOptions& o) {
         "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"fwd_gflops_per_image\": {}, "
         "\"train_gflops_per_image\": {}, \"achieved_gflops\": {}, \"matmul_gflops\": {}, \"fraction_of_matmul\": {}}}\n",
         o.name.empty() ? fs::path(path).stem().string() : o.name, path, cfg.train.batch_size, s.threads, s.device,
-        cfg.train.precision, cfg.train.channels_last ? "true" : "false", s.parameters, o.steps,
+        s.precision, cfg.train.channels_last ? "true" : "false", s.parameters, o.steps,
         jnum(s.steady_images_per_second), jnum(1000.0 * cfg.train.batch_size / s.steady_images_per_second),
         jnum(peak_rss_mib()), jnum(fwd / 1e9), jnum(train_flops / 1e9), jnum(achieved), jnum(matmul),
         jnum(achieved / matmul));

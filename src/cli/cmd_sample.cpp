@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "diffuse/error.h"
+#include "diffuse/eval/plot.h"
 #include "diffuse/factory.h"
 #include "diffuse/generate.h"
 #include "diffuse/image_io.h"
@@ -143,6 +144,11 @@ int run_sample(const SampleOptions& o) {
       save_png(tpath, make_grid(torch::stack(rows), static_cast<int64_t>(traj_xt.size())), tm);
       written.push_back("trajectory " + tpath);
     }
+  }
+  if (!images && shape.shape.size() == 1 && shape.shape[0] == 2) {
+    const auto ppath = (fs::path(o.out) / "scatter.png").string();
+    save_png(ppath, plot_points(r.samples), meta);
+    written.push_back("scatter " + ppath);
   }
   if (o.save_tensor || !images) {
     const auto tpath = (fs::path(o.out) / "samples.pt").string();

@@ -8,6 +8,7 @@
 #include "diffuse/data/cifar10.h"
 #include "diffuse/data/idx.h"
 #include "diffuse/data/image_folder.h"
+#include "diffuse/data/synthetic.h"
 #include "diffuse/data/toy2d.h"
 #include "diffuse/error.h"
 
@@ -80,6 +81,11 @@ std::shared_ptr<Dataset> make_dataset(const DataConfig& cfg, uint64_t seed) {
       // The test split is a different fixed draw from the training points.
       ds = std::make_shared<Toy2dDataset>(cfg.toy, cfg.toy_size, cfg.split == "test" ? ~seed : seed,
                                           cfg.class_labels);
+      break;
+    case DatasetKind::Synthetic:
+      // Random images for benchmarks: 32x32 RGB unless data.image_size / data.channels say otherwise.
+      ds = std::make_shared<SyntheticDataset>(10000, cfg.channels ? cfg.channels : 3, cfg.image_size ? cfg.image_size : 32,
+                                              cfg.class_labels ? 10 : 0, cfg.split == "test" ? ~seed : seed);
       break;
   }
   if (cfg.limit > 0 && cfg.limit < ds->size()) ds = std::make_shared<LimitedDataset>(ds, cfg.limit);

@@ -434,4 +434,36 @@ torch::Tensor plot_lines(const std::vector<Series>& series, const PlotOptions& o
   return c.tensor();
 }
 
+torch::Tensor plot_points(const torch::Tensor& points, int64_t size, double range) {
+  if (points.dim() != 2 || points.size(1) != 2)
+    throw std::invalid_argument("plot_points: expected [N, 2] points");
+  if (size < 8 || !(range > 0)) throw std::invalid_argument("plot_points: bad size or range");
+  auto p = points.to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* d = p.data_ptr<double>();
+  std::vector<double> counts(static_cast<size_t>(size * size), 0.0);
+  for (int64_t i = 0; i < p.size(0); ++i) {
+    const double x = d[2 * i], y = d[2 * i + 1];
+    const auto px = static_cast<int64_t>(std::floor((x + range) / (2 * range) * size));
+    const auto py = static_cast<int64_t>(std::floor((range - y) / (2 * range) * size));  // y up
+    if (px >= 0 && px < size && py >= 0 && py < size) counts[static_cast<size_t>(py * size + px)] += 1.0;
+  }
+  const double peak = std::log1p(*std::max_element(counts.begin(), counts.end()));
+  auto img = torch::full({3, size, size}, 255, torch::kUInt8);
+  auto a = img.accessor<uint8_t, 3>();
+  const int64_t mid = size / 2;
+  for (int64_t k = 0; k < size; ++k)
+    for (int64_t c = 0; c < 3; ++c) a[c][mid][k] = a[c][k][mid] = 220;  // axes
+  for (int64_t y = 0; y < size; ++y)
+    for (int64_t x = 0; x < size; ++x) {
+      const double n = counts[static_cast<size_t>(y * size + x)];
+      if (n <= 0) continue;
+      // Dark blue, stronger with log density so sparse regions stay visible.
+      const double t = peak > 0 ? 0.35 + 0.65 * std::log1p(n) / peak : 1.0;
+      a[0][y][x] = static_cast<uint8_t>(255 - t * 225);
+      a[1][y][x] = static_cast<uint8_t>(255 - t * 185);
+      a[2][y][x] = static_cast<uint8_t>(255 - t * 75);
+    }
+  return img;
+}
+
 }  // namespace diffuse

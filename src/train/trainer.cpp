@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 #include <ATen/autocast_mode.h>
+#include <torch/version.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -19,6 +20,7 @@
 #include "diffuse/data/dataset.h"
 #include "diffuse/data/loader.h"
 #include "diffuse/error.h"
+#include "diffuse/eval/plot.h"
 #include "diffuse/factory.h"
 #include "diffuse/generate.h"
 #include "diffuse/image_io.h"
@@ -143,6 +145,7 @@ TrainSummary train(const TrainRequest& req) {
   if (!req.resume_from.empty()) ckpt = std::make_unique<CheckpointReader>(resolve_checkpoint(req.resume_from), device);
   validate(cfg);
   const int threads = configure_threads(static_cast<int>(cfg.train.threads));
+  const std::string precision = resolve_precision(cfg.train.precision, device);
 
   summary.log = (fs::path(req.run_dir) / "train.log").string();
   summary.metrics = (fs::path(req.run_dir) / "metrics.jsonl").string();
@@ -190,7 +193,7 @@ TrainSummary train(const TrainRequest& req) {
                                                          .weight_decay(cfg.train.weight_decay));
   auto tsampler = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps());
   int64_t step = 0;
-  double loss_scale = cfg.train.precision == "fp16" ? 65536.0 : 0.0;
+  double loss_scale = precision == "fp16" ? 65536.0 : 0.0;
   double prior_elapsed = 0.0;
   if (ckpt) {
     const auto& m = ckpt->meta();
@@ -222,8 +225,8 @@ TrainSummary train(const TrainRequest& req) {
   auto cpu_gen = at::detail::getDefaultCPUGenerator();
   const bool class_cond = model->class_conditional();
 
-  log->info("diffuse train: {} parameters, data {} ({} examples), device {}, {} threads, batch {} x {} accum",
-            count_parameters(*model), dataset->describe(), dataset->size(), device.str(), threads,
+  log->info("diffuse train: {} parameters, data {} ({} examples), device {} ({}), {} threads, batch {} x {} accum",
+            count_parameters(*model), dataset->describe(), dataset->size(), device.str(), precision, threads,
             cfg.train.batch_size, cfg.train.grad_accum);
   log->info("run directory {}", req.run_dir);
 
@@ -259,10 +262,10 @@ TrainSummary train(const TrainRequest& req) {
     g.sample.seed = cfg.train.seed;  // the same noise every time, so grids are comparable
     g.device = device;
     auto images = generate(*ema_model, diffusion, shape, g);
-    if (shape.shape.size() != 3) return;  // toy data: no image grid
     const auto path = (fs::path(req.run_dir) / "samples" / fmt::format("step_{:08d}.png", step)).string();
     fs::create_directories(fs::path(path).parent_path());
-    save_png(path, make_grid(images.cpu()),
+    // Images: a grid; 2-D points: a density picture.
+    save_png(path, shape.shape.size() == 3 ? make_grid(images.cpu()) : plot_points(images),
              {{"diffuse", "training sample grid"}, {"step", std::to_string(step)}, {"sampler", "ddim"},
               {"steps", std::to_string(g.sample.steps)}, {"seed", std::to_string(g.sample.seed)}, {"weights", "ema"}});
     summary.grid = path;
@@ -273,6 +276,7 @@ TrainSummary train(const TrainRequest& req) {
   summary.parameters = count_parameters(*model);
   summary.threads = threads;
   summary.device = device.str();
+  summary.precision = precision;
   const int64_t steady_from = step + req.timing_warmup_steps;
   std::chrono::steady_clock::time_point steady_t0;
   int64_t steady_images = 0;
@@ -313,7 +317,7 @@ TrainSummary train(const TrainRequest& req) {
       }
       torch::Tensor out;
       {
-        AutocastGuard ac(cfg.train.precision, device);
+        AutocastGuard ac(precision, device);
         out = model->forward(x_t, draw.t.to(torch::kFloat32), y);
       }
       auto losses = training_losses(diffusion, loss_cfg, out.to(torch::kFloat32), x0, x_t, draw.t, noise);

@@ -16,13 +16,10 @@
 #include <vector>
 
 #include "diffuse/diffusion.h"
+#include "diffuse/model_fn.h"
 
 namespace diffuse {
 
-// The network: raw output (with the variance channels when the variance is learned) for a
-// batch x_t at integer timesteps t ([B] int64). t is in training-schedule units: for a
-// respaced diffusion the step is mapped through schedule().original_t() before the call.
-using ModelFn = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
 
 struct BpdOptions {
   bool clip_x0 = true;  // clamp the predicted x_0 to [-1, 1] (improved-diffusion's clip_denoised)

@@ -47,4 +47,9 @@ struct PlotOptions {
 // digits, upper- and lower-case letters and common punctuation; other characters draw as '?'.
 torch::Tensor plot_lines(const std::vector<Series>& series, const PlotOptions& opts = {});
 
+// A density picture of 2-D points: a size x size canvas over [-range, range]^2 where each pixel's
+// darkness grows with the log of the points that fall in it (axes through the origin in grey).
+// points: [N, 2]. Returns uint8 [3, size, size].
+torch::Tensor plot_points(const torch::Tensor& points, int64_t size = 256, double range = 3.0);
+
 }  // namespace diffuse

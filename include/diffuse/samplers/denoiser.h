@@ -14,14 +14,11 @@
 #include <vector>
 
 #include "diffuse/diffusion.h"
+#include "diffuse/model_fn.h"
 #include "diffuse/parameterization.h"
 
 namespace diffuse {
 
-// The raw network output at x_t (VP variable) for timesteps t: a float tensor [B] in the
-// training schedule's units 0..T-1, fractional for the sigma-space samplers. With a learned
-// variance the output holds 2C channels (prediction, then variance values) along dim 1.
-using ModelFn = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
 
 struct DenoiserOutput {
   // x0 (after clipping / thresholding when asked) and eps consistent with it and x_t.

@@ -33,6 +33,7 @@ struct TrainSummary {
   int64_t parameters = 0;
   int threads = 0;
   std::string device;
+  std::string precision;  // in effect (train.precision 'auto' resolved)
   int64_t skipped_steps = 0;     // non-finite steps skipped (train.on_nonfinite: skip)
   int stop_signal = 0;           // SIGINT/SIGTERM number if the run was stopped early
   std::string run_dir, checkpoint, grid, metrics, log, config;
