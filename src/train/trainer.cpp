@@ -116,13 +116,17 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 std::string json_double(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
-// Running sums over one logging window.
+// Running sums over one logging window. Per-step values stay on the device (no host sync per
+// step beyond the loss and gradient norm); they are read once per logging window.
 struct Window {
-  double loss = 0, mse = 0, vb = 0, grad_norm = 0;
+  double loss = 0, grad_norm = 0;
   int64_t steps = 0, images = 0;
-  double q_sum[4] = {0, 0, 0, 0};
-  int64_t q_count[4] = {0, 0, 0, 0};
+  torch::Tensor parts;     // [2]: mse, vb summed over steps
+  torch::Tensor quarters;  // [2, 4]: per quarter of t, loss sum and count
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  explicit Window(const torch::Device& device)
+      : parts(torch::zeros({2}, torch::TensorOptions().dtype(torch::kFloat64).device(device))),
+        quarters(torch::zeros({2, 4}, torch::TensorOptions().dtype(torch::kFloat64).device(device))) {}
 };
 
 }  // namespace
@@ -281,7 +285,7 @@ TrainSummary train(const TrainRequest& req) {
   std::chrono::steady_clock::time_point steady_t0;
   int64_t steady_images = 0;
   ProgressBar bar("train", cfg.train.steps, step, tty && main_rank);
-  Window win;
+  Window win(device);
   const auto t0 = std::chrono::steady_clock::now();
   steady_t0 = t0;  // replaced at the end of the last warm-up step, if any
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -374,18 +378,14 @@ TrainSummary train(const TrainRequest& req) {
 
     // Window statistics (the quarter breakdown as improved-diffusion logs it).
     win.loss += loss_value;
-    win.mse += mse_sum.item<double>();
-    win.vb += vb_sum.item<double>();
     win.grad_norm += grad_norm;
     ++win.steps;
+    win.parts += torch::stack({mse_sum, vb_sum}).to(torch::kFloat64);
     for (size_t i = 0; i < step_t.size(); ++i) {
-      auto q = (step_t[i].cpu() * 4 / T).clamp(0, 3);
-      auto l = step_losses[i].cpu().to(torch::kFloat64);
-      for (int k = 0; k < 4; ++k) {
-        auto mask = q == k;
-        win.q_count[k] += mask.sum().item<int64_t>();
-        win.q_sum[k] += l.masked_select(mask).sum().item<double>();
-      }
+      auto q = torch::div(step_t[i] * 4, T, "floor").clamp(0, 3).to(win.quarters.device(), torch::kLong);
+      auto l = step_losses[i].to(torch::kFloat64);
+      win.quarters[0].scatter_add_(0, q, l);
+      win.quarters[1].scatter_add_(0, q, torch::ones_like(l));
     }
     const double el = elapsed();
     const double rate = static_cast<double>(images_total) / std::max(el, 1e-9);
@@ -395,15 +395,19 @@ TrainSummary train(const TrainRequest& req) {
     if (step % cfg.train.log_every == 0 || last) {
       const double wsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - win.start).count();
       last_loss = win.loss / win.steps;
+      const auto parts = win.parts.cpu();
+      const auto qs = win.quarters.cpu();
+      const double mse = parts[0].item<double>() / win.steps, vb = parts[1].item<double>() / win.steps;
       std::string quarters;
-      for (int k = 0; k < 4; ++k)
-        quarters += fmt::format(", \"loss_q{}\": {}", k,
-                                win.q_count[k] ? json_double(win.q_sum[k] / win.q_count[k]) : std::string("null"));
+      for (int k = 0; k < 4; ++k) {
+        const double n = qs[1][k].item<double>();
+        quarters += fmt::format(", \"loss_q{}\": {}", k, n > 0 ? json_double(qs[0][k].item<double>() / n) : "null");
+      }
       if (main_rank) {
         metrics << fmt::format(
             "{{\"step\": {}, \"loss\": {}, \"mse\": {}, \"vb\": {}{}, \"grad_norm\": {}, \"lr\": {}, "
             "\"images_per_sec\": {}, \"elapsed\": {}}}\n",
-            step, json_double(last_loss), json_double(win.mse / win.steps), json_double(win.vb / win.steps), quarters,
+            step, json_double(last_loss), json_double(mse), json_double(vb), quarters,
             json_double(win.grad_norm / win.steps), json_double(lr), json_double(win.images / std::max(wsec, 1e-9)),
             json_double(prior_elapsed + el));
         metrics.flush();
@@ -411,7 +415,7 @@ TrainSummary train(const TrainRequest& req) {
       log->info("step {}/{} loss {:.5f} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step, cfg.train.steps,
                 last_loss, win.grad_norm / win.steps, lr, win.images / std::max(wsec, 1e-9),
                 format_duration(prior_elapsed + el));
-      win = Window{};
+      win = Window(device);
     }
     if (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && !last)
       checkpoint(prior_elapsed + el);
