@@ -7,16 +7,12 @@
 
 #include "diffuse/diffusion.h"
 
+#include "diffusion_fixture.h"
+
 using namespace diffuse;
 
 namespace {
-GaussianDiffusion make(ScheduleKind kind, int64_t T, VarianceType v = VarianceType::FixedSmall,
-                       Prediction p = Prediction::Epsilon) {
-  ScheduleSpec s;
-  s.kind = kind;
-  s.timesteps = T;
-  return GaussianDiffusion(NoiseSchedule::from_spec(s), p, v);
-}
+using test::make_diffusion;
 torch::Tensor scalar_t(int64_t t) { return torch::tensor({t}, torch::kLong); }
 torch::Tensor val(double v) { return torch::tensor({v}, torch::kFloat64); }
 }  // namespace
@@ -26,7 +22,7 @@ torch::Tensor val(double v) { return torch::tensor({v}, torch::kFloat64); }
 // and variance with the closed form.
 TEST(Diffusion, PosteriorEqualsBayesRuleByNumericalIntegration) {
   for (auto kind : {ScheduleKind::Linear, ScheduleKind::Cosine}) {
-    auto d = make(kind, 1000);
+    auto d = make_diffusion(kind, 1000);
     const auto& s = d.schedule();
     for (int64_t t : {1, 2, 5, 50, 250, 500, 750, 998, 999}) {
       for (auto [x0, xt] : {std::pair{0.7, -0.3}, std::pair{-1.0, 1.5}}) {
@@ -64,7 +60,7 @@ TEST(Diffusion, PosteriorEqualsBayesRuleByNumericalIntegration) {
 }
 
 TEST(Diffusion, QSampleMomentsMatchMonteCarlo) {
-  auto d = make(ScheduleKind::Cosine, 1000);
+  auto d = make_diffusion(ScheduleKind::Cosine, 1000);
   torch::manual_seed(0);
   const int64_t n = 200000;
   for (int64_t t : {0, 300, 900}) {
@@ -86,9 +82,9 @@ TEST(Diffusion, VarianceTypesFollowTheirDefinitions) {
   auto x_t = torch::randn({3, 2}, torch::kFloat64);
   auto t = torch::tensor({0, 1, 57}, torch::kLong);
   auto zeros = torch::zeros_like(x_t);
-  auto small = make(ScheduleKind::Linear, T, VarianceType::FixedSmall).p_mean_variance(zeros, x_t, t);
-  auto large = make(ScheduleKind::Linear, T, VarianceType::FixedLarge).p_mean_variance(zeros, x_t, t);
-  const auto s = make(ScheduleKind::Linear, T).schedule();
+  auto small = make_diffusion(ScheduleKind::Linear, T, VarianceType::FixedSmall).p_mean_variance(zeros, x_t, t);
+  auto large = make_diffusion(ScheduleKind::Linear, T, VarianceType::FixedLarge).p_mean_variance(zeros, x_t, t);
+  const auto s = make_diffusion(ScheduleKind::Linear, T).schedule();
   // fixed_small: the posterior variance, its log clipped at t = 0 to t = 1's value.
   EXPECT_DOUBLE_EQ(small.variance[2][0].item<double>(), s.posterior_variance()[57]);
   EXPECT_DOUBLE_EQ(small.log_variance[0][0].item<double>(), std::log(s.posterior_variance()[1]));
@@ -98,7 +94,7 @@ TEST(Diffusion, VarianceTypesFollowTheirDefinitions) {
   EXPECT_DOUBLE_EQ(large.variance[0][1].item<double>(), s.posterior_variance()[1]);
 
   // learned_range: v = +1 gives log beta, v = -1 the clipped log posterior variance, 0 the midpoint.
-  auto lr = make(ScheduleKind::Linear, T, VarianceType::LearnedRange);
+  auto lr = make_diffusion(ScheduleKind::Linear, T, VarianceType::LearnedRange);
   for (double v : {-1.0, 0.0, 1.0}) {
     auto out = torch::cat({zeros, torch::full_like(x_t, v)}, 1);
     auto st = lr.p_mean_variance(out, x_t, t);
@@ -107,7 +103,7 @@ TEST(Diffusion, VarianceTypesFollowTheirDefinitions) {
     EXPECT_NEAR(st.log_variance[2][0].item<double>(), want, 1e-12);
   }
   // learned: the output is the log-variance itself.
-  auto le = make(ScheduleKind::Linear, T, VarianceType::Learned);
+  auto le = make_diffusion(ScheduleKind::Linear, T, VarianceType::Learned);
   auto st = le.p_mean_variance(torch::cat({zeros, torch::full_like(x_t, -3.0)}, 1), x_t, t);
   EXPECT_DOUBLE_EQ(st.variance[1][1].item<double>(), std::exp(-3.0));
 }
@@ -116,7 +112,7 @@ TEST(Diffusion, VarianceTypesFollowTheirDefinitions) {
 // parameterisation (the three views are the same model).
 TEST(Diffusion, ReverseMeanEqualsPosteriorWithExactPrediction) {
   for (auto p : {Prediction::Epsilon, Prediction::X0, Prediction::V, Prediction::Score}) {
-    auto d = make(ScheduleKind::Cosine, 200, VarianceType::FixedSmall, p);
+    auto d = make_diffusion(ScheduleKind::Cosine, 200, VarianceType::FixedSmall, p);
     auto x0 = torch::rand({4, 3}, torch::kFloat64) * 2 - 1;
     auto eps = torch::randn({4, 3}, torch::kFloat64);
     auto t = torch::tensor({1, 20, 100, 199}, torch::kLong);
@@ -130,7 +126,7 @@ TEST(Diffusion, ReverseMeanEqualsPosteriorWithExactPrediction) {
 }
 
 TEST(Diffusion, ClippingAndDynamicThresholding) {
-  auto d = make(ScheduleKind::Linear, 100, VarianceType::FixedSmall, Prediction::X0);
+  auto d = make_diffusion(ScheduleKind::Linear, 100, VarianceType::FixedSmall, Prediction::X0);
   auto x_t = torch::zeros({2, 4}, torch::kFloat64);
   auto out = torch::tensor({{3.0, -2.0, 0.5, 0.0}, {0.2, 0.1, -0.3, 0.4}}, torch::kFloat64);
   auto t = torch::tensor({10, 10}, torch::kLong);
@@ -147,7 +143,7 @@ TEST(Diffusion, ClippingAndDynamicThresholding) {
 }
 
 TEST(Diffusion, PSampleAddsNoNoiseAtTZero) {
-  auto d = make(ScheduleKind::Linear, 100);
+  auto d = make_diffusion(ScheduleKind::Linear, 100);
   auto x_t = torch::randn({2, 3}, torch::kFloat64);
   auto t = torch::tensor({0, 5}, torch::kLong);
   auto st = d.p_mean_variance(torch::zeros_like(x_t), x_t, t);

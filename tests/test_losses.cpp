@@ -7,16 +7,12 @@
 
 #include "diffuse/losses.h"
 
+#include "diffusion_fixture.h"
+
 using namespace diffuse;
 
 namespace {
-GaussianDiffusion make(ScheduleKind kind, int64_t T, VarianceType v = VarianceType::FixedSmall,
-                       Prediction p = Prediction::Epsilon) {
-  ScheduleSpec s;
-  s.kind = kind;
-  s.timesteps = T;
-  return GaussianDiffusion(NoiseSchedule::from_spec(s), p, v);
-}
+using test::make_diffusion;
 }  // namespace
 
 TEST(Losses, GaussianKlMatchesMonteCarlo) {
@@ -62,7 +58,7 @@ TEST(Losses, DiscretizedLikelihoodSumsToOneOverAllBins) {
 TEST(Losses, KlTermsZeroAtTruePosteriorPositiveOtherwise) {
   for (auto kind : {ScheduleKind::Linear, ScheduleKind::Cosine}) {
     for (auto var : {VarianceType::FixedSmall, VarianceType::Learned}) {
-      auto d = make(kind, 1000, var);
+      auto d = make_diffusion(kind, 1000, var);
       torch::manual_seed(2);
       const int64_t B = 64;
       auto x0 = torch::rand({B, 1, 2, 2}, torch::kFloat64) * 2 - 1;
@@ -117,7 +113,7 @@ TEST(Losses, PriorTermSmallAtT1000AndGrowsAsTShrinks) {
 }
 
 TEST(Losses, DecoderTermAtTZero) {
-  auto d = make(ScheduleKind::Linear, 1000);
+  auto d = make_diffusion(ScheduleKind::Linear, 1000);
   auto x0 = torch::tensor({{-1.0, 0.0, 1.0}}, torch::kFloat64);
   auto t = torch::zeros({1}, torch::kLong);
   auto eps = torch::zeros_like(x0);
@@ -132,7 +128,7 @@ TEST(Losses, DecoderTermAtTZero) {
 }
 
 TEST(Losses, TrainingLossesSimpleHybridKl) {
-  auto d = make(ScheduleKind::Cosine, 100, VarianceType::LearnedRange);
+  auto d = make_diffusion(ScheduleKind::Cosine, 100, VarianceType::LearnedRange);
   torch::manual_seed(4);
   auto x0 = torch::rand({8, 1, 2, 2}) * 2 - 1;
   auto eps = torch::randn_like(x0);
@@ -164,13 +160,13 @@ TEST(Losses, SnrWeightsExpressLossesInEpsilonUnits) {
   auto x0 = torch::rand({6, 1, 3, 3}, torch::kFloat64) * 2 - 1;
   auto eps = torch::randn_like(x0);
   auto t = torch::tensor({0, 5, 50, 200, 700, 999}, torch::kLong);
-  auto base = make(ScheduleKind::Linear, 1000);
+  auto base = make_diffusion(ScheduleKind::Linear, 1000);
   auto x_t = base.q_sample(x0, t, eps);
   auto err_x0 = 0.05 * torch::randn_like(x0);  // the same mistake on x0, seen by each parameterisation
   auto n = base.level(t, x0);
   auto eps_mse = mean_flat((eps_from_x0(x_t, x0 + err_x0, n) - eps).pow(2));
   for (auto p : {Prediction::X0, Prediction::V}) {
-    auto d = make(ScheduleKind::Linear, 1000, VarianceType::FixedSmall, p);
+    auto d = make_diffusion(ScheduleKind::Linear, 1000, VarianceType::FixedSmall, p);
     auto wrong_x0 = x0 + err_x0;
     auto out = p == Prediction::X0 ? wrong_x0 : v_from_x0_eps(wrong_x0, eps_from_x0(x_t, wrong_x0, n), n);
     LossConfig cfg;
