@@ -402,7 +402,7 @@ const std::vector<std::string> kPrecisions = {"fp32", "bf16", "fp16", "auto"};
 const std::vector<std::string> kLrSchedules = {"constant", "cosine"};
 const std::vector<std::string> kOnNonfinite = {"error", "skip"};
 const std::vector<std::string> kSamplers = {"ddpm", "ddim", "dpmpp-2m", "euler", "euler-ancestral", "heun"};
-const std::vector<std::string> kSigmas = {"karras", "model"};
+const std::vector<std::string> kSigmas = {"karras", "exponential", "model"};
 const std::vector<std::string> kMetrics = {"bpd", "bpd-mc", "fid", "kid", "toy"};
 const std::vector<std::string> kSplits = {"train", "test"};
 
@@ -551,7 +551,8 @@ Table build_table() {
       ("labels", &P::labels, list(at_least<int64_t>(0), false),
        "class labels to sample, cycled; empty = random / unconditional")
       ("sigmas", &P::sigmas, one_of(kSigmas), "euler/heun: the sigma sequence")
-      ("rho", &P::rho, positive(), "karras sigmas: the exponent rho");
+      ("rho", &P::rho, positive(), "karras sigmas: the exponent rho")
+      ("precision", &P::precision, one_of(kPrecisions), "network precision while sampling: fp32, bf16, fp16 (CUDA), auto (bf16 where native)");
 
   using E = EvalConfig;
   SectionAdder<E>(t, "eval", &Config::eval, "Evaluation.")

@@ -6,6 +6,8 @@
 
 #include "diffuse/error.h"
 #include "diffuse/models/network.h"
+#include "diffuse/precision.h"
+#include "diffuse/runtime.h"
 #include "diffuse/samplers/guidance.h"
 #include "diffuse/samplers/registry.h"
 
@@ -51,8 +53,12 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   const bool was_training = net.is_training();
   net.eval();
   const bool learned = is_learned(diffusion.variance_type());
-  auto raw = [&net](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
-    return net.forward(x, t, y);
+  // The network may run under autocast; the samplers' arithmetic stays in float32.
+  const std::string precision = resolve_precision(s.precision, req.device);
+  auto raw = [&net, precision, device = req.device](const torch::Tensor& x, const torch::Tensor& t,
+                                                     const torch::Tensor& y) {
+    AutocastGuard ac(precision, device);
+    return net.forward(x, t, y).to(torch::kFloat32);
   };
   GenerateResult result;
   result.labels = labels_for(s, req.first_index, s.num, cond ? net.num_classes() : 0);
@@ -67,7 +73,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
       fn = s.guidance_scale == 1.0 ? with_labels(raw, y)
                                    : classifier_free_guidance(raw, y, net.null_label(), s.guidance_scale, learned);
     } else {
-      fn = [&net](const torch::Tensor& x, const torch::Tensor& t) { return net.forward(x, t); };
+      fn = [&raw](const torch::Tensor& x, const torch::Tensor& t) { return raw(x, t, torch::Tensor()); };
     }
     Denoiser denoiser(fn, diffusion);
     auto noise = NoiseSource::range(s.seed, first, n, shape.shape, req.device);

@@ -75,6 +75,14 @@ TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
   ASSERT_EQ(a.sizes(), b.sizes());
   // Batch composition may change floating-point summation order inside convolutions: allow 1e-4.
   EXPECT_LT((a - b).abs().max().item<float>(), 1e-4);
+  // bf16 autocast for the network: the same samples up to bf16 rounding (mean |diff| over pixels
+  // in [-1, 1]; measured ~1e-3 here, bounded at 0.05).
+  const auto out3 = (dir.path() / "s3").string();
+  r = run_diffuse("sample --checkpoint " + run + " --num 6 --steps 5 --seed 3 --precision bf16 --save-tensor --no-images --out " + out3);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  torch::Tensor c16;
+  torch::load(c16, (fs::path(out3) / "samples.pt").string());
+  EXPECT_LT((a - c16).abs().mean().item<float>(), 0.05);
   // A different seed gives different samples.
   r = run_diffuse("sample --checkpoint " + run + " --num 2 --steps 5 --seed 4 --save-tensor --out " + out2);
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -134,8 +134,9 @@ struct SampleConfig {
   double dynamic_threshold = 0.0;
   double guidance_scale = 1.0;   // classifier-free guidance (1 = off)
   std::vector<int64_t> labels;   // class labels to sample (cycled); empty = random / unconditional
-  std::string sigmas = "karras";  // euler/heun: karras | model
+  std::string sigmas = "karras";  // euler/heun/dpmpp-2m: karras | exponential | model
   double rho = 7.0;
+  std::string precision = "fp32";  // network autocast while sampling: fp32 | bf16 | fp16 | auto
 };
 
 struct EvalConfig {

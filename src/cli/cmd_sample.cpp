@@ -31,7 +31,7 @@ struct SampleOptions {
   std::vector<std::string> overrides;
   int64_t num = 64, batch_size = 64, steps = 50, trajectory = 0, nrow = 0, first_index = 0;
   uint64_t seed = 0;
-  std::string sampler = "ddim", spacing, weights = "ema", device = "auto", sigmas = "karras";
+  std::string sampler = "ddim", spacing, weights = "ema", device = "auto", sigmas = "karras", precision = "fp32";
   double eta = 0.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0;
   std::vector<int64_t> labels;
   bool no_clip = false, save_tensor = false, no_images = false;
@@ -53,6 +53,7 @@ void apply_flags(const SampleOptions& o, SampleConfig& s) {
   if (given("--dynamic-threshold")) s.dynamic_threshold = o.dynamic_threshold;
   if (given("--sigmas")) s.sigmas = o.sigmas;
   if (given("--rho")) s.rho = o.rho;
+  if (given("--precision")) s.precision = o.precision;
   if (given("--label")) s.labels = o.labels;
   if (given("--no-clip")) s.clip_x0 = false;
   if (given("--weights")) s.use_ema = o.weights == "ema";
@@ -188,7 +189,10 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_flag("--no-clip", o->no_clip, "Do not clip the predicted x0 to [-1, 1]");
   cmd->add_option("--dynamic-threshold", o->dynamic_threshold, "Imagen dynamic thresholding percentile (0 = off)")
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--sigmas", o->sigmas, "Noise levels for euler/heun")->check(CLI::IsMember({"karras", "model"}));
+  cmd->add_option("--sigmas", o->sigmas, "Noise levels for euler/heun/dpmpp-2m")
+      ->check(CLI::IsMember({"karras", "exponential", "model"}));
+  cmd->add_option("--precision", o->precision, "Network precision: fp32, bf16, fp16 (CUDA), auto (bf16 where native)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "auto"}));
   cmd->add_option("--rho", o->rho, "Karras rho");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);

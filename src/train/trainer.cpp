@@ -26,6 +26,7 @@
 #include "diffuse/image_io.h"
 #include "diffuse/losses.h"
 #include "diffuse/models/network.h"
+#include "diffuse/precision.h"
 #include "diffuse/progress.h"
 #include "diffuse/runtime.h"
 #include "diffuse/timestep_sampler.h"
@@ -40,44 +41,6 @@ namespace diffuse {
 namespace {
 
 std::atomic<int> g_stop_signal{0};
-
-// Mixed precision for the forward pass, undone when the guard leaves scope.
-class AutocastGuard {
- public:
-  AutocastGuard(const std::string& precision, const torch::Device& device) {
-    if (precision == "fp32") return;
-    const auto dtype = precision == "bf16" ? at::kBFloat16 : at::kHalf;
-    cuda_ = device.is_cuda();
-    if (!cuda_ && dtype != at::kBFloat16) throw UsageError("train.precision 'fp16' needs CUDA; use bf16 or fp32 on CPU");
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    const auto type = cuda_ ? at::kCUDA : at::kCPU;
-    at::autocast::set_autocast_enabled(type, true);
-    at::autocast::set_autocast_dtype(type, dtype);
-#else
-    if (cuda_) {
-      at::autocast::set_enabled(true);
-      at::autocast::set_autocast_gpu_dtype(dtype);
-    } else {
-      at::autocast::set_cpu_enabled(true);
-      at::autocast::set_autocast_cpu_dtype(dtype);
-    }
-#endif
-    active_ = true;
-  }
-  ~AutocastGuard() {
-    if (!active_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(cuda_ ? at::kCUDA : at::kCPU, false);
-#else
-    if (cuda_) at::autocast::set_enabled(false);
-    else at::autocast::set_cpu_enabled(false);
-#endif
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool active_ = false, cuda_ = false;
-};
 
 std::shared_ptr<spdlog::logger> make_logger(const std::string& log_path, bool console_is_tty) {
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
