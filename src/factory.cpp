@@ -31,9 +31,8 @@ GaussianDiffusion make_diffusion(const Config& cfg) {
 
 std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
   const auto diffusion_channels = [&](int64_t c) { return is_learned(effective_variance(cfg)) ? 2 * c : c; };
-  const int64_t num_classes = cfg.model.class_cond ? (cfg.model.num_classes > 0 ? cfg.model.num_classes : data.num_classes) : 0;
-  if (cfg.model.class_cond && num_classes <= 0)
-    throw UsageError("model.class_cond is set but the dataset has no labels and model.num_classes is 0");
+  // make_network resolves the class count (model.num_classes, else the dataset's).
+  const int64_t num_classes = data.num_classes;
   if (cfg.model.type == ModelType::Mlp) {
     if (data.shape.size() != 1)
       throw UsageError("model.type 'mlp' needs vector data (data.dataset: toy2d), got examples of rank " +

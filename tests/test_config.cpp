@@ -66,7 +66,7 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(sample.sampler); CMP(sample.steps); CMP(sample.spacing); CMP(sample.eta); CMP(sample.num);
   CMP(sample.batch_size); CMP(sample.seed); CMP(sample.use_ema); CMP(sample.clip_x0);
   CMP(sample.dynamic_threshold); CMP(sample.guidance_scale); CMP(sample.labels); CMP(sample.sigmas);
-  CMP(sample.rho);
+  CMP(sample.rho); CMP(sample.precision);
   CMP(eval.metrics); CMP(eval.split); CMP(eval.num_images); CMP(eval.batch_size); CMP(eval.mc_timesteps);
   CMP(eval.feature_extractor); CMP(eval.reference); CMP(eval.num_samples);
 #undef CMP
@@ -167,6 +167,7 @@ Config all_changed() {
   s.labels = {0, 5, 9};
   s.sigmas = "model";
   s.rho = 5.5;
+  s.precision = "auto";
   auto& e = c.eval;
   e.metrics = {"fid", "kid", "bpd-mc"};
   e.split = "train";
