@@ -106,14 +106,15 @@ int run_sample(const SampleOptions& o) {
   auto r = generate_samples(*net, diffusion, shape, req);
   bar.finish();
 
-  std::map<std::string, std::string> meta{{"diffuse-checkpoint", fs::absolute(path).string()},
+  std::map<std::string, std::string> meta{{"diffuse-checkpoint", fs::canonical(path).string()},  // latest.pt resolved
                                           {"sampler", s.sampler},
                                           {"steps", std::to_string(s.steps)},
                                           {"seed", std::to_string(s.seed)},
                                           {"weights", ema ? "ema" : "raw"},
                                           {"eta", fmt::format("{}", s.eta)},
                                           {"clip_x0", s.clip_x0 ? "true" : "false"},
-                                          {"guidance_scale", fmt::format("{}", s.guidance_scale)}};
+                                          {"guidance_scale", fmt::format("{}", s.guidance_scale)},
+                                          {"precision", resolve_precision(s.precision, device)}};
   if (!s.spacing.empty()) meta["spacing"] = s.spacing;
   std::vector<std::string> written;
   if (images) {
