@@ -79,4 +79,23 @@ std::vector<double> sampling_sigmas(const Denoiser& denoiser, const SamplerOptio
   return out;
 }
 
+torch::Tensor run_sigma_sampler(const std::string& sampler, const Denoiser& denoiser, NoiseSource& noise,
+                                const SamplerOptions& opts, const torch::Tensor& x_T, const SigmaStep& step) {
+  const auto sig = sampling_sigmas(denoiser, opts, sampler);
+  const auto ropts = x0_options(opts);
+  const auto N = static_cast<int64_t>(sig.size()) - 1;
+  return detail::run_in_inference_mode([&] {
+    auto x = (x_T.defined() ? x_T : noise.initial()) * std::sqrt(1.0 + sig[0] * sig[0]);
+    for (int64_t i = 0; i < N; ++i) {
+      const double s = sig[static_cast<size_t>(i)], s_next = sig[static_cast<size_t>(i + 1)];
+      const auto d = denoiser.at_sigma(x, s, ropts);
+      if (opts.on_step)
+        opts.on_step(StepInfo{i, N, denoiser.model_t(denoiser.sigma_to_t(s)), s, x / std::sqrt(1.0 + s * s), d.pred.x0});
+      if (s_next == 0.0) return d.pred.x0;  // the step to sigma = 0 lands on D
+      x = step(i, x, d, s, s_next);
+    }
+    return x;  // unreachable: the schedule ends at 0
+  });
+}
+
 }  // namespace diffuse
