@@ -1,5 +1,6 @@
 #include "diffuse/factory.h"
 
+#include "diffuse/data/dataset.h"
 #include "diffuse/error.h"
 #include "diffuse/models/network.h"
 
@@ -27,6 +28,10 @@ VarianceType effective_variance(const Config& cfg) {
 
 GaussianDiffusion make_diffusion(const Config& cfg) {
   return GaussianDiffusion(make_schedule(cfg.diffusion), cfg.diffusion.prediction, effective_variance(cfg));
+}
+
+DataShape data_shape(const Dataset& dataset, const DataConfig& cfg) {
+  return {dataset.shape(), cfg.class_labels ? dataset.num_classes() : 0};
 }
 
 std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {

@@ -11,6 +11,7 @@
 namespace diffuse {
 
 class Network;
+class Dataset;
 
 ScheduleSpec schedule_spec(const DiffusionConfig& cfg);
 NoiseSchedule make_schedule(const DiffusionConfig& cfg);
@@ -24,6 +25,9 @@ struct DataShape {
   std::vector<int64_t> shape;  // per example: [C, H, W] or [D]
   int64_t num_classes = 0;     // 0 = unlabelled
 };
+
+// The shape a dataset gives the network (labels counted only when data.class_labels is on).
+DataShape data_shape(const Dataset& dataset, const DataConfig& cfg);
 
 std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data);
 

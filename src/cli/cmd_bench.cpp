@@ -67,11 +67,7 @@ int bench_train(const BenchOptions& o) {
     std::error_code ec;
     fs::remove_all(dir, ec);
     const auto device = resolve_device(cfg.train.device);
-    DataShape shape;
-    {
-      auto ds = make_dataset(cfg.data, cfg.train.seed);
-      shape = {ds->shape(), cfg.data.class_labels ? ds->num_classes() : 0};
-    }
+    const DataShape shape = data_shape(*make_dataset(cfg.data, cfg.train.seed), cfg.data);
     auto net = make_model(cfg, shape);
     net->to(device);
     // FLOPs per image: one forward traced op by op; a training step is ~3x (forward + backward).
@@ -97,11 +93,7 @@ int bench_sample(const BenchOptions& o) {
     Config cfg = resolve_config(path, o.overrides);
     configure_threads(static_cast<int>(cfg.train.threads));
     const auto device = resolve_device(cfg.train.device);
-    DataShape shape;
-    {
-      auto ds = make_dataset(cfg.data, cfg.train.seed);
-      shape = {ds->shape(), cfg.data.class_labels ? ds->num_classes() : 0};
-    }
+    const DataShape shape = data_shape(*make_dataset(cfg.data, cfg.train.seed), cfg.data);
     torch::manual_seed(0);
     auto net = make_model(cfg, shape);
     net->to(device);

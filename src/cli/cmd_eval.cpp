@@ -68,10 +68,7 @@ int run_eval(const EvalOptions& o) {
     req.timestep_probabilities = sampler.probabilities();
   }
 
-  auto net = make_model(cfg, req.shape);
-  const bool ema = o.weights == "ema" && reader.has_ema();
-  reader.load_weights(*net, ema);
-  net->to(req.device);
+  auto [net, ema] = load_network(reader, cfg, o.weights == "ema", req.device);
   auto diffusion = make_diffusion(cfg);
   auto report = evaluate(*net, diffusion, req);
 

@@ -69,14 +69,8 @@ int run_sample(const SampleOptions& o) {
   const auto device = resolve_device(o.device);
   const auto& shape = reader.meta().data;
 
-  auto net = make_model(cfg, shape);
-  bool ema = s.use_ema;
-  if (ema && !reader.has_ema()) {
-    std::cerr << "diffuse: " << path << " has no EMA weights; using the raw weights\n";
-    ema = false;
-  }
-  reader.load_weights(*net, ema);
-  net->to(device);
+  auto [net, ema] = load_network(reader, cfg, s.use_ema, device);
+  if (s.use_ema && !ema) std::cerr << "diffuse: " << path << " has no EMA weights; using the raw weights\n";
   auto diffusion = make_diffusion(cfg);
 
   const bool images = shape.shape.size() == 3;

@@ -65,8 +65,7 @@ int run_train(const TrainOptions& o) {
   }
   if (o.print_model) {
     auto dataset = make_dataset(req.config.data, req.config.train.seed);
-    DataShape shape{dataset->shape(), req.config.data.class_labels ? dataset->num_classes() : 0};
-    auto model = make_model(req.config, shape);
+    auto model = make_model(req.config, data_shape(*dataset, req.config.data));
     std::cout << model_summary(*model);
     return 0;
   }

@@ -13,6 +13,7 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "diffuse/models/network.h"
 
 namespace fs = std::filesystem;
 
@@ -149,6 +150,15 @@ void CheckpointReader::load_optimizer(torch::optim::Optimizer& optimizer) const 
   if (!archive_->try_read("optimizer", sub))
     throw UsageError("checkpoint '" + path_ + "' has no optimizer state (it cannot resume training)");
   optimizer.load(sub);
+}
+
+LoadedNetwork load_network(const CheckpointReader& reader, const Config& cfg, bool prefer_ema,
+                           const torch::Device& device) {
+  LoadedNetwork out{make_model(cfg, reader.meta().data), prefer_ema && reader.has_ema()};
+  reader.load_weights(*out.net, out.ema);
+  out.net->to(device);
+  out.net->eval();
+  return out;
 }
 
 std::string resolve_checkpoint(const std::string& p) {

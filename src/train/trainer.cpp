@@ -127,7 +127,7 @@ TrainSummary train(const TrainRequest& req) {
 
   // Data.
   auto dataset = make_dataset(cfg.data, cfg.train.seed);
-  DataShape shape{dataset->shape(), cfg.data.class_labels ? dataset->num_classes() : 0};
+  const DataShape shape = data_shape(*dataset, cfg.data);
   if (ckpt && ckpt->meta().data.shape != shape.shape)
     throw UsageError("checkpoint '" + ckpt->path() + "' was trained on data of another shape than data.* gives now");
   auto lo = loader_options(cfg.data, cfg.train.batch_size, cfg.train.seed, req.rank, req.world_size);

@@ -64,6 +64,17 @@ class CheckpointReader {
   std::unique_ptr<torch::serialize::InputArchive> archive_;
 };
 
+class Network;
+
+struct LoadedNetwork {
+  std::shared_ptr<Network> net;
+  bool ema = false;  // whether the EMA weights were loaded
+};
+// The network a checkpoint describes (cfg: its config, possibly overridden), with the EMA
+// weights when asked for and present (else the raw ones), on `device`, in eval mode.
+LoadedNetwork load_network(const CheckpointReader& reader, const Config& cfg, bool prefer_ema,
+                           const torch::Device& device);
+
 // A checkpoint file, or a run directory (its checkpoints/latest.pt), or a checkpoints/ folder.
 // Throws UsageError naming what was looked for.
 std::string resolve_checkpoint(const std::string& path_or_run_dir);
