@@ -4,8 +4,11 @@
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "diffuse/data/toy2d.h"
 #include "diffuse/eval/toy_metrics.h"
@@ -118,6 +121,8 @@ def forward(self, x):
                   " --feature-extractor " + fe + " --format json --out " + (dir.path() / "fid-same").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_LT(YAML::Load(r.out)["fid"].as<double>(), 1e-6);  // a set against itself
+  // Only the six numbered samples count, not the grid written beside them.
+  EXPECT_EQ(YAML::Load(r.out)["num_samples"].as<int64_t>(), 6);
   r = run_diffuse("eval --checkpoint " + run + " --metrics fid,kid --num-samples 8 --reference " + out2 +
                   " --set sample.steps=5 --feature-extractor " + fe + " --format json --out " +
                   (dir.path() / "fid").string() + " --reference-stats " + (dir.path() / "ref.pt").string());
@@ -143,22 +148,42 @@ def forward(self, x):
   EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
 }
 
-// SIGTERM mid-run: the current step finishes, a checkpoint is written, the exit is clean.
+// SIGTERM mid-run: the current step finishes, a checkpoint is written, the exit is 128+15, and
+// the run resumes from it. The signal is sent twice, 50 ms apart, as `timeout` does (to the child
+// and then to its process group): the duplicate must not turn the clean stop into a kill.
 TEST(CliTrain, SignalMidRunLeavesALoadableCheckpoint) {
   if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   diffuse::test::TempDir dir;
-  const auto run = (dir.path() / "run").string();
-  // `timeout` sends SIGTERM after 8 s; the run would otherwise take far longer.
-  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run +
-                           " --set train.steps=100000 --set train.checkpoint_every=100000 --set train.log_every=1000",
-                       "timeout --preserve-status -s TERM 8");
-  EXPECT_EQ(r.exit_code, 128 + 15) << r.err;
-  EXPECT_NE(r.out.find("resume with"), std::string::npos) << r.out;
-  diffuse::CheckpointReader ck(diffuse::resolve_checkpoint(run));
-  EXPECT_GT(ck.meta().step, 0);
+  const auto run = dir.path() / "run";
+  diffuse::test::Background proc("train --config " + tiny() + " --run-dir " + run.string() +
+                                     " --set train.steps=100000 --set train.checkpoint_every=100000"
+                                     " --set train.log_every=1 --set train.threads=1",
+                                 dir.path() / "out.txt", dir.path() / "err.txt");
+  // Wait (up to 5 minutes, for a loaded machine) until a few steps are logged; then signal.
+  const auto metrics = run / "metrics.jsonl";
+  auto lines = [&] {
+    const auto s = diffuse::test::Background::slurp(metrics);
+    return std::count(s.begin(), s.end(), '\n');
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+  while (lines() < 3 && proc.running() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(proc.running()) << "train ended before it was signalled:\n" << proc.err();
+  ASSERT_GE(lines(), 3) << "no training steps logged within 5 minutes";
+  ::kill(proc.pid(), SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(proc.pid(), SIGTERM);  // a zombie by now is fine: not reaped until wait()
+  const int code = proc.wait();
+  EXPECT_EQ(code, 128 + 15) << proc.err();
+  EXPECT_NE(proc.out().find("resume with"), std::string::npos) << proc.out() << proc.err();
+  diffuse::CheckpointReader ck(diffuse::resolve_checkpoint(run.string()));
+  EXPECT_GE(ck.meta().step, 3);
   // And the run resumes from it.
-  r = run_diffuse("train --resume " + run + " --set train.steps=" + std::to_string(ck.meta().step + 2));
+  auto r = run_diffuse("train --resume " + run.string() + " --set train.steps=" + std::to_string(ck.meta().step + 2));
   EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("(" + std::to_string(ck.meta().step) + " -> " + std::to_string(ck.meta().step + 2) + ")"),
+            std::string::npos)
+      << r.out;
 }
 
 // The toy pipeline: train an MLP on two moons, then measure samples against the true

@@ -478,6 +478,16 @@ TEST(DataImageFolder, ClassSubfoldersGeometryAndChannels) {
   expect_error([&] { make_dataset(cfg); }, {"top.png", "class subfolder"});
   cfg.class_labels = false;
   EXPECT_EQ(make_dataset(cfg)->size(), 5);
+  // Names to ignore are matched on the file name, in any subfolder.
+  ImageFolderOptions opt;
+  opt.image.labels = false;
+  opt.ignore_names = {"top.png", "d.bmp"};
+  ImageFolderDataset some(fx.dir.str(), opt);
+  ASSERT_EQ(some.size(), 3);
+  for (int64_t i = 0; i < 3; ++i) {
+    const auto name = fs::path(some.file(i)).filename().string();
+    EXPECT_TRUE(name != "top.png" && name != "d.bmp") << name;
+  }
 }
 
 TEST(DataImageFolder, BadFilesErrorOrAreSkippedAndCounted) {

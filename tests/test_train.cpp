@@ -18,6 +18,14 @@ using namespace diffuse;
 
 namespace {
 
+TrainRequest request(const Config& c, const std::string& run_dir, const std::string& resume_from = "") {
+  TrainRequest r;
+  r.config = c;
+  r.run_dir = run_dir;
+  r.resume_from = resume_from;
+  return r;
+}
+
 const char* kFashion = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
 
 std::vector<YAML::Node> read_metrics(const std::string& path) {
@@ -54,7 +62,7 @@ TEST(Train, LossDecreasesOnToyData) {
   c.train.batch_size = 256;
   c.train.lr = 1e-3;
   c.train.warmup_steps = 0;
-  TrainRequest req{c, dir.str()};
+  TrainRequest req = request(c, dir.str());
   auto s = train(req);
   EXPECT_EQ(s.end_step, 300);
   auto rows = read_metrics(s.metrics);
@@ -84,11 +92,11 @@ TEST(Train, ResumeEqualsUninterrupted) {
   c.train.log_every = 1;
   c.train.checkpoint_every = 3;
   c.diffusion.timestep_sampler = TimestepSamplerKind::Uniform;
-  auto full = train(TrainRequest{c, a.str()});
+  auto full = train(request(c, a.str()));
   Config half = c;
   half.train.steps = 3;
-  train(TrainRequest{half, b.str()});
-  TrainRequest resume{c, b.str(), b.str()};
+  train(request(half, b.str()));
+  TrainRequest resume = request(c, b.str(), b.str());
   auto rest = train(resume);
   EXPECT_EQ(rest.start_step, 3);
   auto ra = read_metrics(full.metrics), rb = read_metrics(rest.metrics);
@@ -105,7 +113,7 @@ TEST(Train, CorruptCheckpointIsRefusedWithItsName) {
   test::TempDir dir;
   Config c = toy_config();
   c.train.steps = 2;
-  auto s = train(TrainRequest{c, dir.str()});
+  auto s = train(request(c, dir.str()));
   const auto good = s.checkpoint;
   CheckpointReader ok(good);
   EXPECT_EQ(ok.meta().step, 2);
@@ -129,7 +137,7 @@ TEST(Train, CorruptCheckpointIsRefusedWithItsName) {
   EXPECT_THROW(CheckpointReader r(text), UsageError);
   EXPECT_THROW(CheckpointReader r((fs::path(dir.str()) / "missing.pt").string()), UsageError);
   // A checkpoint whose weights do not fit the model asked for.
-  TrainRequest req{c, dir.str(), good};
+  TrainRequest req = request(c, dir.str(), good);
   req.config.model.hidden = c.model.hidden * 2;
   EXPECT_THROW(train(req), UsageError);
 }
@@ -143,7 +151,7 @@ TEST(Train, NonFiniteLossStopsNamingTheStepAndKeepsTheCheckpoint) {
   c.train.grad_clip = 0;
   c.train.warmup_steps = 0;
   try {
-    train(TrainRequest{c, dir.str()});
+    train(request(c, dir.str()));
     FAIL() << "a diverging run finished";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("step"), std::string::npos) << e.what();
@@ -156,7 +164,7 @@ TEST(Train, NonFiniteLossStopsNamingTheStepAndKeepsTheCheckpoint) {
   test::TempDir dir2;
   c.train.on_nonfinite = "skip";
   c.train.steps = 10;
-  auto s = train(TrainRequest{c, dir2.str()});
+  auto s = train(request(c, dir2.str()));
   EXPECT_EQ(s.end_step, 10);
   EXPECT_GT(s.skipped_steps, 0);
 }

@@ -1,7 +1,9 @@
 // Shared helpers for the test suite.
 #pragma once
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -39,6 +41,57 @@ inline CommandResult run_diffuse(const std::string& args, const std::string& env
   fs::remove(err_path);
   return r;
 }
+
+// A `diffuse ARGS` process running in the background, stdout and stderr to files, so a test
+// can watch its outputs and signal it.
+class Background {
+ public:
+  Background(const std::string& args, const std::filesystem::path& out, const std::filesystem::path& err)
+      : out_(out), err_(err) {
+    const std::string cmd = "exec " + std::string(DIFFUSE_BINARY) + " " + args + " >" + out.string() + " 2>" +
+                            err.string();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  }
+  ~Background() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // Exit status (128 + signal when killed by one, as a shell reports it).
+  int wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    reaped_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
+  }
+  bool running() {
+    int status = 0;
+    return !reaped_ && ::waitpid(pid_, &status, WNOHANG) == 0;
+  }
+  std::string out() const { return slurp(out_); }
+  std::string err() const { return slurp(err_); }
+  static std::string slurp(const std::filesystem::path& p) {
+    std::string s;
+    if (FILE* f = std::fopen(p.c_str(), "r")) {
+      std::array<char, 4096> buf{};
+      size_t n;
+      while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) s.append(buf.data(), n);
+      std::fclose(f);
+    }
+    return s;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  std::filesystem::path out_, err_;
+};
 
 // A fresh, empty temporary directory, removed when the object goes out of scope.
 class TempDir {

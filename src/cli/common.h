@@ -15,8 +15,9 @@ Config resolve_config(const std::string& path, const std::vector<std::string>& o
 Config config_from_checkpoint_yaml(const std::string& yaml, const std::string& origin,
                                    const std::vector<std::string>& overrides);
 
-// SIGINT/SIGTERM ask the library to stop cleanly (diffuse::request_stop); a second signal
-// kills the process the default way.
+// SIGINT/SIGTERM ask the library to stop cleanly (diffuse::request_stop). A repeat within a
+// second is the same request delivered twice and is ignored; a later one kills the process the
+// default way (the last checkpoint on disk stays intact: they are written atomically).
 void install_stop_handlers();
 
 }  // namespace diffuse::cli

@@ -53,7 +53,11 @@ ImageFolderDataset::ImageFolderDataset(const std::string& root, const ImageFolde
   if (ec) throw UsageError(fmt::format("cannot list '{}': {}", root, ec.message()));
   for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (ec) throw UsageError(fmt::format("cannot list '{}': {}", root, ec.message()));
-    if (it->is_regular_file(ec) && is_image_name(it->path())) rel.push_back(it->path().lexically_relative(root));
+    if (!it->is_regular_file(ec) || !is_image_name(it->path())) continue;
+    const auto name = it->path().filename().string();
+    if (std::find(options.ignore_names.begin(), options.ignore_names.end(), name) != options.ignore_names.end())
+      continue;
+    rel.push_back(it->path().lexically_relative(root));
   }
   if (ec) throw UsageError(fmt::format("cannot list '{}': {}", root, ec.message()));
   if (rel.empty())

@@ -10,6 +10,7 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/data/dataset.h"
+#include "diffuse/data/image_folder.h"
 #include "diffuse/data/toy2d.h"
 #include "diffuse/error.h"
 #include "diffuse/eval/bpd.h"
@@ -49,6 +50,14 @@ SweepEntry parse_sweep(const std::string& text) {
 
 namespace {
 
+Series line(std::string label, std::vector<double> x, std::vector<double> y) {
+  Series s;
+  s.label = std::move(label);
+  s.x = std::move(x);
+  s.y = std::move(y);
+  return s;
+}
+
 std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
 // Images of a dataset, [N, ...], N = min(limit, size) (limit 0 = all), on the 8-bit grid.
@@ -62,6 +71,22 @@ torch::Tensor load_examples(const Dataset& ds, int64_t limit) {
   // moved pixels off them).
   if (x.dim() == 4) x = torch::round((x + 1.0) * 127.5).clamp(0, 255) / 127.5 - 1.0;
   return x;
+}
+
+// An image folder measured against (or as) samples, at the model's image shape. The extra
+// images `diffuse sample` writes beside its numbered samples (see cmd_sample.cpp) are not
+// samples and are left out, so its output folder can be passed as it is.
+torch::Tensor load_sample_folder(const std::string& dir, const DataShape& shape) {
+  ImageFolderOptions opt;
+  if (shape.shape.size() == 3) {
+    opt.image.channels = shape.shape[0];
+    opt.image.image_size = shape.shape[1];
+  }
+  opt.image.labels = false;
+  opt.ignore_names = {"grid.png", "trajectory.png", "scatter.png"};
+  ImageFolderDataset ds(dir, opt);
+  std::cerr << "reading " << ds.describe() << "\n";  // stderr: stdout may be JSON
+  return load_examples(ds, 0);
 }
 
 ModelFn unconditional_fn(Network& net, const torch::Device& device) {
@@ -161,12 +186,12 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       po.x_label = "t";
       po.y_label = "bits/dim";
       po.log_y = true;
-      save_png(out("bpd_terms.png"), plot_lines({Series{"L_t (bits/dim)", ts, s.vb_bpd}}, po));
+      save_png(out("bpd_terms.png"), plot_lines({line("L_t (bits/dim)", ts, s.vb_bpd)}, po));
       PlotOptions pm = po;
       pm.title = "denoising error per t";
       pm.y_label = "MSE";
       save_png(out("mse_terms.png"),
-               plot_lines({Series{"eps MSE", ts, s.eps_mse}, Series{"x0 MSE", ts, s.x0_mse}}, pm));
+               plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
       rep.file("per-t terms (plot)", out("bpd_terms.png"));
       rep.file("per-t MSE (plot)", out("mse_terms.png"));
     }
@@ -206,19 +231,15 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       ref_stats = load_feature_stats(req.reference_stats);
       return;
     }
-    DataConfig dc = cfg.data;
+    torch::Tensor x;
     if (!ev.reference.empty()) {
-      dc.dataset = DatasetKind::ImageFolder;
-      dc.path = ev.reference;
-      dc.image_size = req.shape.shape[1];
-      dc.channels = req.shape.shape[0];
-      dc.class_labels = false;
+      x = load_sample_folder(ev.reference, req.shape);
     } else {
+      DataConfig dc = cfg.data;
       dc.split = ev.split;
+      dc.limit = 0;
+      x = load_examples(*make_dataset(dc, cfg.train.seed), 0);
     }
-    dc.limit = 0;
-    auto ds = make_dataset(dc, cfg.train.seed);
-    auto x = load_examples(*ds, 0);
     ref_feats = extractor->features(x).to(torch::kCPU, torch::kFloat64);
     ref_stats = feature_stats(ref_feats);
     if (!req.reference_stats.empty()) {
@@ -254,13 +275,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   if (sample_metrics) {
     torch::Tensor samples;
     if (!req.samples_dir.empty()) {
-      DataConfig dc;
-      dc.dataset = DatasetKind::ImageFolder;
-      dc.path = req.samples_dir;
-      dc.image_size = req.shape.shape.size() == 3 ? req.shape.shape[1] : 0;
-      dc.channels = req.shape.shape.size() == 3 ? req.shape.shape[0] : 0;
-      dc.class_labels = false;
-      samples = load_examples(*make_dataset(dc), 0);
+      samples = load_sample_folder(req.samples_dir, req.shape);
     } else {
       auto r = generate_for_eval(net, diffusion, req, cfg.sample.sampler, cfg.sample.steps);
       samples = r.samples;

@@ -28,6 +28,9 @@ struct ImageFolderOptions {
   ImageOptions image;
   bool skip_bad_files = false;
   int64_t threads = 0;  // for the skip_bad_files decode pass; 0 = hardware concurrency
+  // File names (no directory) never taken as images, e.g. the grid `diffuse sample` writes
+  // beside the samples it measures.
+  std::vector<std::string> ignore_names;
 };
 
 // Lower-case extensions taken as images.
