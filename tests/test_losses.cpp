@@ -105,7 +105,9 @@ TEST(Losses, PriorTermSmallAtT1000AndGrowsAsTShrinks) {
       }
       want /= 8 * std::log(2.0);
       EXPECT_NEAR(p, want, 1e-12 + 1e-9 * want);
-      if (T == 1000) EXPECT_LT(p, 1e-4) << to_string(kind);
+      if (T == 1000) {
+        EXPECT_LT(p, 1e-4) << to_string(kind);
+      }
       EXPECT_GT(p, prev) << to_string(kind) << " T=" << T;
       prev = p;
     }
