@@ -11,8 +11,15 @@ RUN=${RUN:-runs/quickstart}
 DIFFUSE=./build/diffuse
 CONFIG=configs/fashion-mnist-quick.yaml
 
-echo "== train ($CONFIG -> $RUN)"
-"$DIFFUSE" train --config "$CONFIG" --run-dir "$RUN" ${STEPS:+--set train.steps=$STEPS}
+if [[ -e "$RUN/checkpoints/latest.pt" ]]; then
+  # A second run of the quickstart (or one after Ctrl-C) continues the run it left; when that
+  # run is complete, training has nothing to do. A fresh start: rm -r "$RUN" first.
+  echo "== train (resuming $RUN; remove it to start afresh)"
+  "$DIFFUSE" train --resume "$RUN" ${STEPS:+--set train.steps=$STEPS}
+else
+  echo "== train ($CONFIG -> $RUN)"
+  "$DIFFUSE" train --config "$CONFIG" --run-dir "$RUN" ${STEPS:+--set train.steps=$STEPS}
+fi
 
 echo "== sample (64 images, DDIM 50 steps)"
 "$DIFFUSE" sample --checkpoint "$RUN" --num 64 --sampler ddim --steps 50 --seed 1 --out "$RUN/final-samples" \

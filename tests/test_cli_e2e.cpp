@@ -184,6 +184,13 @@ TEST(CliTrain, SignalMidRunLeavesALoadableCheckpoint) {
   EXPECT_NE(r.out.find("(" + std::to_string(ck.meta().step) + " -> " + std::to_string(ck.meta().step + 2) + ")"),
             std::string::npos)
       << r.out;
+  // A fresh run into the same directory is refused (exit 2, naming the way to resume).
+  r = run_diffuse("train --config " + tiny() + " --run-dir " + run.string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(run.string()), std::string::npos) << r.err;
+  r = run_diffuse("train --resume " + run.string() + " --overwrite");
+  EXPECT_EQ(r.exit_code, 2);  // the two contradict each other
 }
 
 // The toy pipeline: train an MLP on two moons, then measure samples against the true

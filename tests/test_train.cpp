@@ -37,11 +37,16 @@ std::vector<YAML::Node> read_metrics(const std::string& path) {
   return rows;
 }
 
-Config toy_config() {
+// The toy2d config, short: `steps` steps of `batch_size` points, every step logged, no grids
+// and no checkpoints but the final one.
+Config toy_config(int64_t steps = 2, int64_t batch_size = 512) {
   Config c = load_config(std::string(DIFFUSE_SOURCE_DIR) + "/configs/toy2d.yaml");
   c.train.threads = 2;
   c.train.sample_every = 0;
   c.train.checkpoint_every = 1000000;
+  c.train.steps = steps;
+  c.train.batch_size = batch_size;
+  c.train.log_every = 1;
   return c;
 }
 
@@ -56,10 +61,7 @@ Config tiny_config() {
 
 TEST(Train, LossDecreasesOnToyData) {
   test::TempDir dir;
-  Config c = toy_config();
-  c.train.steps = 300;
-  c.train.log_every = 1;
-  c.train.batch_size = 256;
+  Config c = toy_config(300, 256);
   c.train.lr = 1e-3;
   c.train.warmup_steps = 0;
   TrainRequest req = request(c, dir.str());
@@ -111,8 +113,7 @@ TEST(Train, ResumeEqualsUninterrupted) {
 
 TEST(Train, CorruptCheckpointIsRefusedWithItsName) {
   test::TempDir dir;
-  Config c = toy_config();
-  c.train.steps = 2;
+  Config c = toy_config(2);
   auto s = train(request(c, dir.str()));
   const auto good = s.checkpoint;
   CheckpointReader ok(good);
@@ -142,10 +143,54 @@ TEST(Train, CorruptCheckpointIsRefusedWithItsName) {
   EXPECT_THROW(train(req), UsageError);
 }
 
+// A fresh run never writes over another run: the directory is refused with an error naming it
+// and the ways on, and the old run's files stay byte for byte; with overwrite the old run is
+// replaced (its later-step checkpoints do not linger to be mixed with the new run's).
+TEST(Train, FreshRunRefusesADirectoryHoldingARunUnlessOverwrite) {
+  test::TempDir dir;
+  Config c = toy_config(4, 64);
+  c.train.checkpoint_every = 2;
+  const auto first = train(request(c, dir.str()));
+  const auto slurp = [](const fs::path& p) { return test::Background::slurp(p); };
+  const auto ck_before = slurp(first.checkpoint), cfg_before = slurp(first.config),
+             metrics_before = slurp(first.metrics);
+  const auto ckpts_before = run_checkpoints(dir.str());
+  ASSERT_EQ(ckpts_before.size(), 2u);
+
+  Config c2 = c;
+  c2.train.steps = 2;
+  c2.train.lr = c.train.lr / 2;
+  try {
+    train(request(c2, dir.str()));
+    FAIL() << "a fresh run wrote into a directory holding a run";
+  } catch (const UsageError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(dir.str()), std::string::npos) << m;
+    EXPECT_NE(m.find("--resume"), std::string::npos) << m;
+    EXPECT_NE(m.find("--overwrite"), std::string::npos) << m;
+    EXPECT_NE(m.find("ckpt_00000004.pt"), std::string::npos) << m;
+  }
+  EXPECT_EQ(run_checkpoints(dir.str()), ckpts_before);
+  EXPECT_EQ(slurp(first.checkpoint), ck_before);
+  EXPECT_EQ(slurp(first.config), cfg_before);
+  EXPECT_EQ(slurp(first.metrics), metrics_before);
+
+  TrainRequest ow = request(c2, dir.str());
+  ow.overwrite = true;
+  const auto second = train(ow);
+  const auto ckpts = run_checkpoints(dir.str());
+  ASSERT_EQ(ckpts.size(), 1u);
+  EXPECT_EQ(fs::path(ckpts[0]).filename(), "ckpt_00000002.pt");
+  CheckpointReader latest(resolve_checkpoint(dir.str()));
+  EXPECT_EQ(latest.meta().step, 2);
+  EXPECT_EQ(parse_config(latest.meta().config_yaml, "ckpt").train.lr, c2.train.lr);
+  EXPECT_EQ(read_metrics(second.metrics).size(), 2u);
+  EXPECT_EQ(load_config(second.config).train.lr, c2.train.lr);
+}
+
 TEST(Train, NonFiniteLossStopsNamingTheStepAndKeepsTheCheckpoint) {
   test::TempDir dir;
-  Config c = toy_config();
-  c.train.steps = 50;
+  Config c = toy_config(50);
   c.train.checkpoint_every = 1;
   c.train.lr = 1e30;  // diverges within a few steps
   c.train.grad_clip = 0;

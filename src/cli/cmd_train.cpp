@@ -28,6 +28,7 @@ struct TrainOptions {
   bool resume_flag = false;
   bool print_model = false;
   bool dry_run = false;
+  bool overwrite = false;
 };
 
 int run_train(const TrainOptions& o) {
@@ -50,6 +51,7 @@ int run_train(const TrainOptions& o) {
     if (o.config.empty()) throw UsageError("--config is required (or --resume a run)");
     req.config = resolve_config(o.config, o.overrides);
   }
+  req.overwrite = o.overwrite;
   if (!o.run_dir.empty()) {
     req.run_dir = o.run_dir;
   } else if (!resume_path.empty()) {
@@ -72,6 +74,14 @@ int run_train(const TrainOptions& o) {
 
   install_stop_handlers();
   auto s = train(req);
+  if (s.end_step == s.start_step && !s.stop_signal) {
+    std::cout << fmt::format("nothing to train: the run is at step {} of train.steps {} (raise it with --set "
+                             "train.steps=N to train further)\n",
+                             s.end_step, req.config.train.steps);
+    std::cout << "  run directory: " << s.run_dir << "\n";
+    std::cout << "  checkpoint:    " << resolve_checkpoint(s.run_dir) << "\n";
+    return 0;
+  }
   std::cout << fmt::format("{} {} steps ({} -> {}) in {} ({:.1f} img/s), final loss {:.5f}{}\n",
                            s.stop_signal ? "stopped after" : "trained", s.end_step - s.start_step, s.start_step,
                            s.end_step, format_duration(s.seconds), s.images_per_second, s.final_loss,
@@ -101,8 +111,12 @@ void add_train_command(CLI::App& app, Action& action) {
   cmd->add_option("--resume", o->resume,
                   "Resume: a run directory or checkpoint (no value: the --run-dir)")
       ->expected(0, 1);
+  auto* overwrite = cmd->add_flag("--overwrite", o->overwrite,
+                                  "Start afresh in a run directory that holds a run, deleting its checkpoints, "
+                                  "samples, metrics and log (without it, train refuses such a directory)");
   cmd->add_flag("--print-model", o->print_model, "Print the layer summary and parameter count, then exit");
   cmd->add_flag("--dry-run", o->dry_run, "Print the resolved config, then exit");
+  overwrite->excludes("--resume");
   cmd->callback([o, cmd, &action] {
     o->resume_flag = cmd->count("--resume") > 0;
     action = [o] { return run_train(*o); };

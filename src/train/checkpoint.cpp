@@ -171,6 +171,18 @@ std::string resolve_checkpoint(const std::string& p) {
   throw UsageError("checkpoint or run directory '" + p + "' does not exist");
 }
 
+std::vector<std::string> run_checkpoints(const std::string& run_dir) {
+  std::vector<std::string> ckpts;
+  std::error_code ec;
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  if (!fs::is_directory(dir, ec)) return ckpts;
+  static const std::regex pattern(R"(ckpt_\d{8,}\.pt)");
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (std::regex_match(e.path().filename().string(), pattern)) ckpts.push_back(e.path().string());
+  std::sort(ckpts.begin(), ckpts.end());  // zero-padded steps: name order is step order
+  return ckpts;
+}
+
 std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,
                                 torch::nn::Module& model, torch::nn::Module* ema, torch::optim::Optimizer* optimizer) {
   const fs::path dir = fs::path(run_dir) / "checkpoints";
@@ -185,11 +197,7 @@ std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const 
   fs::create_symlink(name, tmp_link);
   fs::rename(tmp_link, dir / "latest.pt");
   // Keep the newest `keep` step checkpoints.
-  std::vector<fs::path> ckpts;
-  static const std::regex pattern(R"(ckpt_\d{8,}\.pt)");
-  for (const auto& e : fs::directory_iterator(dir))
-    if (std::regex_match(e.path().filename().string(), pattern)) ckpts.push_back(e.path());
-  std::sort(ckpts.begin(), ckpts.end());
+  const auto ckpts = run_checkpoints(run_dir);
   if (keep > 0 && static_cast<int64_t>(ckpts.size()) > keep)
     for (size_t i = 0; i + static_cast<size_t>(keep) < ckpts.size(); ++i) fs::remove(ckpts[i], ec);
   return path.string();

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -77,6 +78,33 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
+// A fresh run must not write over another run (its config, metrics, or checkpoints that the
+// keep-last-K pruning would then mix with the new ones). See TrainRequest::overwrite.
+void prepare_fresh_run_dir(const std::string& run_dir, bool overwrite) {
+  const auto ckpts = run_checkpoints(run_dir);
+  const fs::path root(run_dir), ck = root / "checkpoints";
+  std::error_code ec;
+  const bool has_latest = fs::is_symlink(ck / "latest.pt", ec) || fs::exists(ck / "latest.pt", ec);
+  if (ckpts.empty() && !has_latest) return;
+  if (!overwrite) {
+    const auto last = ckpts.empty() ? std::string("latest.pt") : fs::path(ckpts.back()).filename().string();
+    throw UsageError(fmt::format(
+        "run directory '{}' already holds a run ({} checkpoint(s), newest {}): resume it with "
+        "`diffuse train --resume {}`, choose another --run-dir, or pass --overwrite to delete that run "
+        "and start again",
+        run_dir, ckpts.size(), last, run_dir));
+  }
+  for (const auto& c : ckpts) fs::remove(c);
+  fs::remove(ck / "latest.pt", ec);
+  fs::remove(ck / ".latest.pt.tmp", ec);
+  for (const char* f : {"metrics.jsonl", "train.log", "config.yaml"}) fs::remove(root / f, ec);
+  if (fs::is_directory(root / "samples", ec)) {
+    static const std::regex grid(R"(step_\d{8,}\.png)");
+    for (const auto& e : fs::directory_iterator(root / "samples", ec))
+      if (std::regex_match(e.path().filename().string(), grid)) fs::remove(e.path(), ec);
+  }
+}
+
 std::string json_double(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
 // Running sums over one logging window. Per-step values stay on the device (no host sync per
@@ -103,6 +131,7 @@ TrainSummary train(const TrainRequest& req) {
   TrainSummary summary;
   if (req.run_dir.empty()) throw UsageError("a run directory is needed (--run-dir)");
   summary.run_dir = req.run_dir;
+  if (req.resume_from.empty() && main_rank) prepare_fresh_run_dir(req.run_dir, req.overwrite);
   fs::create_directories(req.run_dir);
 
   // Resuming: the checkpoint carries the config it was trained with; the caller's config

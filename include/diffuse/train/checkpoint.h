@@ -79,6 +79,10 @@ LoadedNetwork load_network(const CheckpointReader& reader, const Config& cfg, bo
 // Throws UsageError naming what was looked for.
 std::string resolve_checkpoint(const std::string& path_or_run_dir);
 
+// The step checkpoints of a run directory (run_dir/checkpoints/ckpt_<step>.pt), oldest first;
+// empty when there are none (or no such directory).
+std::vector<std::string> run_checkpoints(const std::string& run_dir);
+
 // Saves into run_dir/checkpoints/ckpt_<step>.pt, points latest.pt at it and removes all but the
 // newest `keep` step checkpoints. Returns the path written.
 std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,

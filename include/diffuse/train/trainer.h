@@ -15,6 +15,10 @@ struct TrainRequest {
   Config config;
   std::string run_dir;      // created if missing
   std::string resume_from;  // "" = a fresh run; else a checkpoint file or a run directory
+  // A fresh run refuses a run directory that already holds checkpoints (UsageError naming it),
+  // so no run is ever written over by accident; with overwrite the old run's checkpoints,
+  // samples, metrics and log are deleted first (other files in the directory are left alone).
+  bool overwrite = false;
   int64_t rank = 0;
   int64_t world_size = 1;
   // Benchmarks: steady-state speed is measured after this many steps, and the final
