@@ -1,6 +1,7 @@
 #include "diffuse/losses.h"
 
 #include <cmath>
+#include <limits>
 
 #include "diffuse/error.h"
 
@@ -8,7 +9,6 @@ namespace diffuse {
 
 namespace {
 constexpr double kLn2 = 0.69314718055994530942;
-constexpr double kSqrtHalf = 0.70710678118654752440;
 }  // namespace
 
 torch::Tensor mean_flat(const torch::Tensor& x) {
@@ -33,11 +33,15 @@ torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const 
   auto log_one_minus_cdf_min = torch::special::log_ndtr(-min_in);
   // Phi(plus) - Phi(min) without cancellation: use the lower tail on the left of the mean and
   // the upper tail on its right (erfc keeps full relative precision in its tail).
-  auto upper = 0.5 * (torch::erfc(min_in * kSqrtHalf) - torch::erfc(plus_in * kSqrtHalf));
-  auto lower = 0.5 * (torch::erfc(-plus_in * kSqrtHalf) - torch::erfc(-min_in * kSqrtHalf));
-  auto delta = torch::where(centered > 0, upper, lower);
-  auto log_delta = delta.clamp_min(1e-300).log();
-  // A Gaussian very narrow relative to the bin would underflow delta; the log-CDF terms take over.
+  // Phi(b) - Phi(a), a < b, in log space: log Phi(b) + log(1 - exp(log Phi(a) - log Phi(b))). Taking
+  // the tail away from the mean (Phi(-min) - Phi(-plus) on its right) keeps both CDFs small, so
+  // nothing cancels and nothing underflows: a bin 60 standard deviations out, as an untrained
+  // x0-prediction meets at t = 0, still has a finite log-probability and a gradient in float32.
+  auto right = centered > 0;
+  auto log_hi = torch::special::log_ndtr(torch::where(right, -min_in, plus_in));
+  auto log_lo = torch::special::log_ndtr(torch::where(right, -plus_in, min_in));
+  auto tiny = std::numeric_limits<float>::min();  // only reached if the two CDFs round to equal
+  auto log_delta = log_hi + (-torch::expm1(log_lo - log_hi)).clamp_min(tiny).log();
   return torch::where(x < -0.999, log_cdf_plus, torch::where(x > 0.999, log_one_minus_cdf_min, log_delta));
 }
 
@@ -102,16 +106,20 @@ torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& 
     case LossWeighting::None: return torch::ones({like.size(0)}, like.options());
     case LossWeighting::MinSnr: {
       auto m = torch::clamp_max(snr, cfg.min_snr_gamma);
-      // eps-MSE = snr * x0-MSE and v-MSE = (snr + 1) * x0-MSE, so express min(snr, gamma) per target.
-      if (pred == Prediction::Epsilon || pred == Prediction::Score)
-        w = torch::where(snr > 0, m / snr.clamp_min(1e-300), torch::ones_like(snr));
+      // eps-MSE = snr * x0-MSE, v-MSE = (snr + 1) * x0-MSE and score-MSE = (snr + 1) * eps-MSE
+      // (score = -eps / sqrt(1 - abar) and 1 / (1 - abar) = 1 + snr): express min(snr, gamma) per target.
+      auto per_eps = torch::where(snr > 0, m / snr.clamp_min(1e-300), torch::ones_like(snr));
+      if (pred == Prediction::Epsilon) w = per_eps;
+      else if (pred == Prediction::Score) w = per_eps / (snr + 1.0);
       else if (pred == Prediction::X0) w = m;
       else w = m / (snr + 1.0);
       break;
     }
     case LossWeighting::Snr:
+      // The loss in epsilon units whatever the target.
       if (pred == Prediction::X0) w = snr;
       else if (pred == Prediction::V) w = snr / (snr + 1.0);
+      else if (pred == Prediction::Score) w = 1.0 / (snr + 1.0);
       else w = torch::ones_like(snr);
       break;
   }

@@ -53,22 +53,54 @@ TEST(Losses, DiscretizedLikelihoodSumsToOneOverAllBins) {
   EXPECT_NEAR(lp.item<double>(), std::log(want), 1e-10);
 }
 
+// Far from the mean (an untrained x0-prediction at t = 0: sd 0.0074, errors of 0.1 to 0.9) the
+// bin's probability underflows float32 and, past about 0.3, float64 too; the log-likelihood must
+// stay finite and exact in both, with the right gradient. Truth: the same bin probability and its
+// derivative in 80-bit long double (erfcl reaches 1e-4951), an independent computation.
+TEST(Losses, DiscretizedLikelihoodStaysFiniteAndExactFarInTheTail) {
+  const long double sd = 0.0074L, w = 1.0L / 255.0L, r2 = std::sqrt(2.0L);
+  for (double err : {0.1, 0.5, 0.9}) {
+    const double x = 0.2, mean = x - err;  // the data sit err above the predicted mean
+    const long double z_lo = (err - w) / sd, z_hi = (err + w) / sd;
+    const long double p = 0.5L * (std::erfc(z_lo / r2) - std::erfc(z_hi / r2));
+    ASSERT_GT(p, 0.0L);
+    const long double want = std::log(p);
+    // d log P / d mean = (phi(z_lo) - phi(z_hi)) / (sd P)
+    const long double phi_lo = std::exp(-0.5L * z_lo * z_lo) / std::sqrt(2.0L * M_PI);
+    const long double phi_hi = std::exp(-0.5L * z_hi * z_hi) / std::sqrt(2.0L * M_PI);
+    const long double want_grad = (phi_lo - phi_hi) / (sd * p);
+    for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
+      const double tol = dtype == torch::kFloat32 ? 1e-5 : 1e-9;
+      auto m = torch::tensor({mean}, dtype).requires_grad_(true);
+      auto lp = discretized_gaussian_log_likelihood(torch::tensor({x}, dtype), m,
+                                                    torch::tensor({std::log(double(sd))}, dtype));
+      lp.sum().backward();
+      EXPECT_NEAR(lp.item<double>(), double(want), std::abs(double(want)) * tol) << "err " << err << " " << dtype;
+      const double g = m.grad().item<double>();
+      EXPECT_NEAR(g, double(want_grad), std::abs(double(want_grad)) * 100 * tol) << "err " << err << " " << dtype;
+    }
+  }
+}
+
 // Every denoising-matching term vanishes when the model's reverse distribution is the true
 // posterior (the model is handed x_0), and is positive otherwise.
 TEST(Losses, KlTermsZeroAtTruePosteriorPositiveOtherwise) {
   for (auto kind : {ScheduleKind::Linear, ScheduleKind::Cosine}) {
-    for (auto var : {VarianceType::FixedSmall, VarianceType::Learned}) {
+    for (auto var : {VarianceType::FixedSmall, VarianceType::Learned, VarianceType::LearnedRange}) {
       auto d = make_diffusion(kind, 1000, var);
       torch::manual_seed(2);
-      const int64_t B = 64;
+      const int64_t B = 999;  // every t >= 1 once (t = 0 is the decoder term, not a KL)
       auto x0 = torch::rand({B, 1, 2, 2}, torch::kFloat64) * 2 - 1;
       auto eps = torch::randn_like(x0);
-      auto t = torch::randint(1, 1000, {B}, torch::kLong);
+      auto t = torch::arange(1, 1000, torch::kLong);
       auto x_t = d.q_sample(x0, t, eps);
       auto out = eps.clone();
       if (var == VarianceType::Learned) {
         auto logv = d.schedule().gather(d.schedule().posterior_log_variance_clipped(), t, x0).expand_as(x0);
         out = torch::cat({eps, logv}, 1);
+      } else if (var == VarianceType::LearnedRange) {
+        // v = -1 puts the interpolation at its lower end, log beta-tilde (clipped): the posterior's.
+        out = torch::cat({eps, -torch::ones_like(eps)}, 1);
       }
       auto term = vlb_term_bpd(d, out, x0, x_t, t, ReverseOptions{false, 0.0});
       EXPECT_LT(term.bpd.abs().max().item<double>(), 1e-9) << to_string(kind);
@@ -154,9 +186,11 @@ TEST(Losses, TrainingLossesSimpleHybridKl) {
   auto kl = training_losses(d, cfg, out, x0, x_t, t, eps);
   auto vb = vlb_term_bpd(d, out.detach(), x0, x_t, t, ReverseOptions{false, 0.0}).bpd;
   EXPECT_TRUE(torch::allclose(kl.loss, vb * 100.0, 1e-4, 1e-5));
+  // Hybrid: lambda * T times the same term (the mean's detachment changes no value).
+  EXPECT_TRUE(torch::allclose(hyb.vb, vb * (cfg.hybrid_lambda * 100.0), 1e-4, 1e-7));
 }
 
-// Weighted MSE on x0 or v equals the eps-MSE (weighting "snr"), and min-SNR-gamma caps it.
+// Weighted MSE on x0, v or the score equals the eps-MSE (weighting "snr"), and min-SNR-gamma caps it.
 TEST(Losses, SnrWeightsExpressLossesInEpsilonUnits) {
   torch::manual_seed(5);
   auto x0 = torch::rand({6, 1, 3, 3}, torch::kFloat64) * 2 - 1;
@@ -167,10 +201,13 @@ TEST(Losses, SnrWeightsExpressLossesInEpsilonUnits) {
   auto err_x0 = 0.05 * torch::randn_like(x0);  // the same mistake on x0, seen by each parameterisation
   auto n = base.level(t, x0);
   auto eps_mse = mean_flat((eps_from_x0(x_t, x0 + err_x0, n) - eps).pow(2));
-  for (auto p : {Prediction::X0, Prediction::V}) {
+  for (auto p : {Prediction::X0, Prediction::V, Prediction::Score}) {
     auto d = make_diffusion(ScheduleKind::Linear, 1000, VarianceType::FixedSmall, p);
     auto wrong_x0 = x0 + err_x0;
-    auto out = p == Prediction::X0 ? wrong_x0 : v_from_x0_eps(wrong_x0, eps_from_x0(x_t, wrong_x0, n), n);
+    auto wrong_eps = eps_from_x0(x_t, wrong_x0, n);
+    auto out = p == Prediction::X0  ? wrong_x0
+               : p == Prediction::V ? v_from_x0_eps(wrong_x0, wrong_eps, n)
+                                    : score_from_eps(wrong_eps, n);
     LossConfig cfg;
     cfg.weighting = LossWeighting::Snr;
     auto l = training_losses(d, cfg, out, x0, x_t, t, eps);
