@@ -18,7 +18,12 @@ TimestepDraw TimestepSampler::sample(int64_t batch, const torch::Device& device,
   auto p = probabilities();
   auto t = torch::multinomial(p, batch, /*replacement=*/true, gen);
   auto w = 1.0 / (static_cast<double>(num_timesteps_) * p.index_select(0, t));
-  return {t.to(device), w.to(torch::kFloat32).to(device)};
+  w = w.to(torch::kFloat32);
+  if (device.is_cuda()) {
+    // A copy from pageable memory synchronises the stream; from page-locked memory it does not.
+    return {t.pin_memory().to(device, /*non_blocking=*/true), w.pin_memory().to(device, /*non_blocking=*/true)};
+  }
+  return {t.to(device), w.to(device)};
 }
 
 torch::Tensor UniformTimestepSampler::probabilities() const {

@@ -7,8 +7,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fmt/format.h>
+
 #include "diffuse/config.h"
 #include "diffuse/error.h"
+#include "diffuse/models/network.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/trainer.h"
 #include "test_util.h"
@@ -86,7 +89,13 @@ TEST(Train, LossDecreasesOnToyData) {
 
 // On CPU with the same thread count, stopping and resuming gives exactly the loss sequence of
 // a run never stopped: model, EMA, optimizer, RNG, data order and sampler state all restored.
-TEST(Train, ResumeEqualsUninterrupted) {
+// Run twice: plainly, and with every source of randomness and state the loop has switched on
+// (dropout, flips, class conditioning with label dropout, gradient accumulation, the
+// loss-aware timestep sampler, warm-up and cosine LR), where the final raw and EMA weights
+// must match too.
+class TrainResume : public ::testing::TestWithParam<bool> {};
+
+TEST_P(TrainResume, ResumeEqualsUninterrupted) {
   if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   test::TempDir a, b;
   Config c = tiny_config();
@@ -94,10 +103,23 @@ TEST(Train, ResumeEqualsUninterrupted) {
   c.train.log_every = 1;
   c.train.checkpoint_every = 3;
   c.diffusion.timestep_sampler = TimestepSamplerKind::Uniform;
+  if (GetParam()) {
+    c.model.dropout = 0.1;
+    c.data.random_flip = true;
+    c.data.class_labels = true;
+    c.model.class_cond = true;
+    c.model.p_uncond = 0.3;
+    c.train.grad_accum = 2;
+    c.train.batch_size = 8;
+    c.diffusion.timestep_sampler = TimestepSamplerKind::Importance;
+    c.train.warmup_steps = 2;
+    c.train.lr_schedule = "cosine";
+    c.train.ema_warmup = true;
+  }
   auto full = train(request(c, a.str()));
-  Config half = c;
-  half.train.steps = 3;
-  train(request(half, b.str()));
+  TrainRequest first = request(c, b.str());
+  first.stop_after_step = 3;  // stopped as a signal would stop it: the LR schedule still spans 6 steps
+  EXPECT_EQ(train(first).end_step, 3);
   TrainRequest resume = request(c, b.str(), b.str());
   auto rest = train(resume);
   EXPECT_EQ(rest.start_step, 3);
@@ -109,7 +131,22 @@ TEST(Train, ResumeEqualsUninterrupted) {
     EXPECT_EQ(ra[i]["loss"].as<double>(), rb[i]["loss"].as<double>()) << "step " << i + 1;
     EXPECT_EQ(ra[i]["grad_norm"].as<double>(), rb[i]["grad_norm"].as<double>()) << "step " << i + 1;
   }
+  // The weights at the end, raw and EMA, bit for bit.
+  CheckpointReader ca(full.checkpoint), cb(rest.checkpoint);
+  EXPECT_EQ(ca.meta().step, 6);
+  EXPECT_EQ(cb.meta().step, 6);
+  for (bool ema : {false, true}) {
+    auto na = load_network(ca, c, ema, torch::kCPU), nb = load_network(cb, c, ema, torch::kCPU);
+    EXPECT_EQ(na.ema, ema);
+    const auto pa = na.net->named_parameters(), pb = nb.net->named_parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (const auto& kv : pa)
+      EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << (ema ? "ema " : "raw ") << kv.key();
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Train, TrainResume, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "EverythingOn" : "Plain"; });
 
 TEST(Train, CorruptCheckpointIsRefusedWithItsName) {
   test::TempDir dir;
@@ -195,21 +232,30 @@ TEST(Train, NonFiniteLossStopsNamingTheStepAndKeepsTheCheckpoint) {
   c.train.lr = 1e30;  // diverges within a few steps
   c.train.grad_clip = 0;
   c.train.warmup_steps = 0;
+  std::string message;
   try {
     train(request(c, dir.str()));
     FAIL() << "a diverging run finished";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("step"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+    message = e.what();
   }
-  // The last checkpoint written is a good one: loadable, with finite weights.
+  EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+  // The last checkpoint written is a good one: loadable, one step before the bad one that the
+  // error names, with finite weights.
   CheckpointReader r(resolve_checkpoint(dir.str()));
   EXPECT_GE(r.meta().step, 1);
-  // With on_nonfinite: skip the run goes on and counts the skipped steps.
+  EXPECT_EQ(message.rfind(fmt::format("step {}:", r.meta().step + 1), 0), 0u) << message;
+  auto net = load_network(r, c, false, torch::kCPU).net;
+  for (const auto& p : net->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
+  // With on_nonfinite: skip the run goes on and counts the skipped steps; the periodic
+  // checkpoints keep coming at skipped steps too.
   test::TempDir dir2;
   c.train.on_nonfinite = "skip";
   c.train.steps = 10;
+  c.train.checkpoint_every = 1;
+  c.train.keep_checkpoints = 100;
   auto s = train(request(c, dir2.str()));
   EXPECT_EQ(s.end_step, 10);
   EXPECT_GT(s.skipped_steps, 0);
+  EXPECT_EQ(run_checkpoints(dir2.str()).size(), 10u);
 }

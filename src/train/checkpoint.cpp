@@ -102,10 +102,15 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   archive_->read("data_shape", shape);
   shape = shape.cpu();
   meta_.data.shape.assign(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + shape.numel());
-  torch::Tensor t;
-  if (archive_->try_read("cpu_rng_state", t)) meta_.cpu_rng_state = t.cpu();
-  if (archive_->try_read("device_rng_state", t)) meta_.device_rng_state = t.cpu();
-  if (archive_->try_read("timestep_sampler_state", t)) meta_.timestep_sampler_state = t.cpu();
+  // A fresh tensor for each key: try_read into a defined tensor calls set_() on it, which would
+  // rewrite whatever shares its storage (t.cpu() of a CPU tensor is that same tensor).
+  auto read_state = [&](const char* key, torch::Tensor& into) {
+    torch::Tensor t;
+    if (archive_->try_read(key, t)) into = t.cpu();
+  };
+  read_state("cpu_rng_state", meta_.cpu_rng_state);
+  read_state("device_rng_state", meta_.device_rng_state);
+  read_state("timestep_sampler_state", meta_.timestep_sampler_state);
   torch::serialize::InputArchive probe;
   has_ema_ = archive_->try_read("ema", probe);
 }

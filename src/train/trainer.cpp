@@ -33,6 +33,7 @@
 #include "diffuse/timestep_sampler.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/ema.h"
+#include "diffuse/train/grad_clip.h"
 #include "diffuse/train/lr_schedule.h"
 
 namespace fs = std::filesystem;
@@ -120,6 +121,22 @@ struct Window {
         quarters(torch::zeros({2, 4}, torch::TensorOptions().dtype(torch::kFloat64).device(device))) {}
 };
 
+// Adds one optimizer step to the logging window (the quarter breakdown as improved-diffusion
+// logs it), all on the device.
+void record_step(Window& win, double loss, double grad_norm, const torch::Tensor& mse_sum, const torch::Tensor& vb_sum,
+                 const std::vector<torch::Tensor>& step_t, const std::vector<torch::Tensor>& step_losses, int64_t T) {
+  win.loss += loss;
+  win.grad_norm += grad_norm;
+  ++win.steps;
+  win.parts += torch::stack({mse_sum, vb_sum}).to(torch::kFloat64);
+  for (size_t i = 0; i < step_t.size(); ++i) {
+    auto q = torch::div(step_t[i] * 4, T, "floor").clamp(0, 3).to(win.quarters.device(), torch::kLong);
+    auto l = step_losses[i].to(torch::kFloat64);
+    win.quarters[0].scatter_add_(0, q, l);
+    win.quarters[1].scatter_add_(0, q, torch::ones_like(l));
+  }
+}
+
 }  // namespace
 
 void request_stop(int signal) noexcept { g_stop_signal.store(signal); }
@@ -157,6 +174,14 @@ TrainSummary train(const TrainRequest& req) {
   // Data.
   auto dataset = make_dataset(cfg.data, cfg.train.seed);
   const DataShape shape = data_shape(*dataset, cfg.data);
+  if (cfg.model.class_cond) {
+    // A label outside the embedding would fail mid-run (a device assert on CUDA): refuse it now.
+    if (dataset->num_classes() == 0)
+      throw UsageError("model.class_cond: true, but the data (" + dataset->describe() + ") has no class labels");
+    if (cfg.model.num_classes > 0 && cfg.model.num_classes < dataset->num_classes())
+      throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes", cfg.model.num_classes,
+                                   dataset->num_classes()));
+  }
   if (ckpt && ckpt->meta().data.shape != shape.shape)
     throw UsageError("checkpoint '" + ckpt->path() + "' was trained on data of another shape than data.* gives now");
   auto lo = loader_options(cfg.data, cfg.train.batch_size, cfg.train.seed, req.rank, req.world_size);
@@ -204,7 +229,7 @@ TrainSummary train(const TrainRequest& req) {
       g.set_state(m.device_rng_state);
     }
     if (m.timestep_sampler_state.defined()) tsampler->load_state(m.timestep_sampler_state);
-    if (m.loss_scale > 0) loss_scale = m.loss_scale;
+    if (m.loss_scale > 0 && loss_scale > 0) loss_scale = m.loss_scale;  // fp16 then and now
     prior_elapsed = m.elapsed_seconds;
     log->info("resumed from {} at step {}", ckpt->path(), step);
   }
@@ -229,8 +254,10 @@ TrainSummary train(const TrainRequest& req) {
   std::ofstream metrics;
   if (main_rank) metrics.open(summary.metrics, std::ios::app);
 
+  int64_t checkpointed_step = -1;
   auto checkpoint = [&](double elapsed) {
-    if (!main_rank) return;
+    if (!main_rank || checkpointed_step == step) return;  // this step is on disk already
+    checkpointed_step = step;
     CheckpointMeta meta;
     meta.step = step;
     meta.config_yaml = config_yaml;
@@ -284,11 +311,11 @@ TrainSummary train(const TrainRequest& req) {
   double last_loss = std::numeric_limits<double>::quiet_NaN();
   int64_t images_total = 0;
   int64_t good_fp16_steps = 0;
-  clear_stop_request();
   model->train();
 
   while (step < cfg.train.steps) {
     if (g_stop_signal.load() != 0) break;
+    if (req.stop_after_step > 0 && step >= req.stop_after_step) break;
     // One optimizer step over grad_accum micro-batches.
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
     torch::Tensor mse_sum = torch::zeros({}, torch::TensorOptions().device(device));
@@ -299,12 +326,12 @@ TrainSummary train(const TrainRequest& req) {
       auto x0 = batch.x.to(device, /*non_blocking=*/true);
       if (cfg.train.channels_last && x0.dim() == 4) x0 = x0.contiguous(torch::MemoryFormat::ChannelsLast);
       const int64_t B = x0.size(0);
-      auto draw = tsampler->sample(B, device, cpu_gen);
+      auto draw = tsampler->sample(B, device, cpu_gen);  // drawn on the CPU, copied without a sync
       auto noise = torch::randn_like(x0);
       auto x_t = diffusion.q_sample(x0, draw.t, noise);
       torch::Tensor y;
       if (class_cond) {
-        y = batch.y.to(device);
+        y = batch.y.to(device, /*non_blocking=*/true);  // pinned by the loader on CUDA
         // Classifier-free guidance training: replace labels by the null label with prob p_uncond.
         if (cfg.model.p_uncond > 0) {
           auto drop = torch::rand({B}, torch::TensorOptions().device(device)) < cfg.model.p_uncond;
@@ -331,60 +358,51 @@ TrainSummary train(const TrainRequest& req) {
       for (auto& p : model->parameters())
         if (p.grad().defined()) p.grad().div_(loss_scale);
     }
-    // clip_grad_norm_ returns the norm before clipping; with grad_clip = 0 it only measures.
-    const double max_norm = cfg.train.grad_clip > 0 ? cfg.train.grad_clip : std::numeric_limits<double>::infinity();
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm);
-    const double loss_value = loss_sum.item<double>();
+    // The gradient norm before clipping (with grad_clip = 0 it is only measured), clipped on the
+    // device, then loss and norm read in one host sync (torch's clip_grad_norm_ syncs on its own).
+    const auto clipped = clip_grad_norm(model->parameters(), cfg.train.grad_clip);
+    const auto host = torch::stack({loss_sum.to(torch::kFloat64), clipped.to(loss_sum.device(), torch::kFloat64)}).cpu();
+    const double loss_value = host[0].item<double>(), grad_norm = host[1].item<double>();
     const bool finite = std::isfinite(loss_value) && std::isfinite(grad_norm);
     ++step;
     if (step == steady_from) steady_t0 = std::chrono::steady_clock::now();
     if (step > steady_from) steady_images += cfg.train.batch_size * cfg.train.grad_accum;
+    const double lr = lrs.at(step);
     if (!finite) {
       optimizer.zero_grad();
       if (loss_scale > 0 && std::isfinite(loss_value)) {
-        // fp16 overflow in the gradients: lower the scale and try the next batch.
+        // fp16 overflow in the gradients: lower the scale and try the next batch (as GradScaler).
         loss_scale /= 2.0;
         good_fp16_steps = 0;
         log->warn("step {}: gradient overflow in fp16, loss scale now {}", step, loss_scale);
-        continue;
-      }
-      if (cfg.train.on_nonfinite == "skip") {
+      } else if (cfg.train.on_nonfinite == "skip") {
         ++summary.skipped_steps;
         log->warn("step {}: non-finite {} ({}), step skipped", step, std::isfinite(loss_value) ? "gradient" : "loss",
                   std::isfinite(loss_value) ? grad_norm : loss_value);
-        continue;
+      } else {
+        // The last good checkpoint stays untouched: nothing is saved after a bad step.
+        throw std::runtime_error(fmt::format(
+            "step {}: non-finite {} ({}); stopping. The last good checkpoint is kept. Lower train.lr, "
+            "check the data, or set train.on_nonfinite: skip",
+            step, std::isfinite(loss_value) ? "gradient norm" : "loss",
+            std::isfinite(loss_value) ? grad_norm : loss_value));
       }
-      // The last good checkpoint stays untouched: nothing is saved after a bad step.
-      throw std::runtime_error(fmt::format(
-          "step {}: non-finite {} ({}); stopping. The last good checkpoint is kept. Lower train.lr, "
-          "check the data, or set train.on_nonfinite: skip",
-          step, std::isfinite(loss_value) ? "gradient norm" : "loss", std::isfinite(loss_value) ? grad_norm : loss_value));
-    }
-    const double lr = lrs.at(step);
-    for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    optimizer.step();
-    optimizer.zero_grad();
-    ema.update(step);
-    if (loss_scale > 0 && ++good_fp16_steps % 2000 == 0) loss_scale *= 2.0;
-    for (size_t i = 0; i < step_t.size(); ++i) tsampler->update(step_t[i], step_losses[i]);
-
-    // Window statistics (the quarter breakdown as improved-diffusion logs it).
-    win.loss += loss_value;
-    win.grad_norm += grad_norm;
-    ++win.steps;
-    win.parts += torch::stack({mse_sum, vb_sum}).to(torch::kFloat64);
-    for (size_t i = 0; i < step_t.size(); ++i) {
-      auto q = torch::div(step_t[i] * 4, T, "floor").clamp(0, 3).to(win.quarters.device(), torch::kLong);
-      auto l = step_losses[i].to(torch::kFloat64);
-      win.quarters[0].scatter_add_(0, q, l);
-      win.quarters[1].scatter_add_(0, q, torch::ones_like(l));
+    } else {
+      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      optimizer.step();
+      optimizer.zero_grad();
+      ema.update(step);
+      if (loss_scale > 0 && ++good_fp16_steps % 2000 == 0) loss_scale *= 2.0;
+      for (size_t i = 0; i < step_t.size(); ++i) tsampler->update(step_t[i], step_losses[i]);
+      record_step(win, loss_value, grad_norm, mse_sum, vb_sum, step_t, step_losses, T);
     }
     const double el = elapsed();
     const double rate = static_cast<double>(images_total) / std::max(el, 1e-9);
-    bar.update(step, fmt::format("loss {:.4f} {:.1f} img/s", win.loss / win.steps, rate));
-
     const bool last = step == cfg.train.steps;
-    if (step % cfg.train.log_every == 0 || last) {
+    // A skipped step still counts for the periodic checkpoint and grid below; only the window
+    // statistics leave it out.
+    if (win.steps > 0) bar.update(step, fmt::format("loss {:.4f} {:.1f} img/s", win.loss / win.steps, rate));
+    if (win.steps > 0 && (step % cfg.train.log_every == 0 || last)) {
       const double wsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - win.start).count();
       last_loss = win.loss / win.steps;
       const auto parts = win.parts.cpu();

@@ -25,6 +25,10 @@ struct TrainRequest {
   // checkpoint / sample grid can be skipped.
   int64_t timing_warmup_steps = 0;
   bool save_final = true;
+  // Stop (with a checkpoint, as a signal would) once this step is done; 0 = run to train.steps.
+  // Unlike a smaller train.steps, the LR schedule still spans train.steps: a job split into
+  // time slices resumes into exactly the run it would have been.
+  int64_t stop_after_step = 0;
 };
 
 struct TrainSummary {
@@ -47,8 +51,10 @@ struct TrainSummary {
 // std::runtime_error for failures during the run (e.g. a non-finite loss, naming the step).
 TrainSummary train(const TrainRequest& request);
 
-// Asks a running train() to stop after the current step (it then checkpoints and returns).
-// Async-signal-safe: meant to be called from a SIGINT/SIGTERM handler.
+// Asks train() to stop after the current step (it then checkpoints and returns). A request made
+// while train() is still setting up (loading data, building the model) is kept: the run stops
+// before its first step. Async-signal-safe: meant to be called from a SIGINT/SIGTERM handler.
+// train() never clears it; a program that trains again after a stop calls clear_stop_request().
 void request_stop(int signal) noexcept;
 void clear_stop_request() noexcept;
 
