@@ -4,7 +4,7 @@
 #    64-channel UNet, with FLOPs per image and the fraction of measured matmul throughput;
 #  - the same UNets trained by PyTorch from Python on the same LibTorch and thread count
 #    (Debian's python3-torch wraps the same libtorch 1.13), the floor to beat;
-#  - sampling images/s per sampler at a fixed step count.
+#  - sampling images/s per sampler at STEPS sampler steps (nfe_per_batch says what each step costs).
 #   STEPS=20 THREADS=2 scripts/bench.sh > bench.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,16 +13,20 @@ D=./build/diffuse
 THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-20}
 PY=/usr/bin/python3
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+# diffuse's own log lines go to a file; on a failure its end is shown, then the script stops.
+quiet() { "$@" 2>"$LOG" || { echo "bench: failed: $*" >&2; tail -n 20 "$LOG" >&2; exit 1; }; }
 
 echo "# diffuse training" >&2
-$D bench train -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --warmup 3 --name fmnist-small-fp32 \
-  --set train.threads="$THREADS" --set train.precision=fp32 2>/dev/null
-$D bench train -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --warmup 3 --name fmnist-small-auto \
-  --set train.threads="$THREADS" --set train.precision=auto 2>/dev/null
-$D bench train -c configs/bench-cifar64.yaml --steps "$(( (STEPS + 1) / 2 ))" --warmup 2 --name cifar-64ch-fp32 \
-  --set train.threads="$THREADS" --set train.precision=fp32 2>/dev/null
-$D bench train -c configs/bench-cifar64.yaml --steps "$(( (STEPS + 1) / 2 ))" --warmup 2 --name cifar-64ch-auto \
-  --set train.threads="$THREADS" --set train.precision=auto 2>/dev/null
+quiet $D bench train -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --warmup 3 --name fmnist-small-fp32 \
+  --set train.threads="$THREADS" --set train.precision=fp32
+quiet $D bench train -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --warmup 3 --name fmnist-small-auto \
+  --set train.threads="$THREADS" --set train.precision=auto
+quiet $D bench train -c configs/bench-cifar64.yaml --steps "$(( (STEPS + 1) / 2 ))" --warmup 2 --name cifar-64ch-fp32 \
+  --set train.threads="$THREADS" --set train.precision=fp32
+quiet $D bench train -c configs/bench-cifar64.yaml --steps "$(( (STEPS + 1) / 2 ))" --warmup 2 --name cifar-64ch-auto \
+  --set train.threads="$THREADS" --set train.precision=auto
 
 echo "# PyTorch (Python) reference on the same LibTorch" >&2
 if ! $PY -c 'import torch' 2>/dev/null; then
@@ -40,4 +44,4 @@ else
 fi
 
 echo "# sampling" >&2
-$D bench sample -c configs/fashion-mnist-quick.yaml --steps 20 --num 64 --set train.threads="$THREADS" 2>/dev/null
+quiet $D bench sample -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --num 64 --set train.threads="$THREADS"

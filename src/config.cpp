@@ -420,6 +420,13 @@ Rule<double> beta() {
           }};
 }
 
+// -1 (the sampler's default) or an eta in [0, 1].
+Rule<double> eta_or_default() {
+  return {"< 0 (the sampler's default) or in [0, 1]", [](const double& v) {
+            return v < 0 || v <= 1 ? std::string() : fmt::format("must be < 0 (default) or in [0, 1], got {}", v);
+          }};
+}
+
 Rule<std::string> device_name() {
   Rule<std::string> r;
   r.type = "one of: auto, cpu, cuda, cuda:N";
@@ -522,7 +529,7 @@ Table build_table() {
       ("device", &R::device, device_name(), "auto (CUDA when available), cpu, cuda or cuda:N")
       ("threads", &R::threads, at_least<int64_t>(0), "CPU threads; 0 = all cores")
       ("channels_last", &R::channels_last, any<bool>(), "channels-last memory format")
-      ("precision", &R::precision, one_of(kPrecisions), "mixed precision: fp32, bf16 (CUDA, or CPUs with avx512_bf16/amx), fp16 (CUDA, loss-scaled), auto (bf16 where the hardware has it, else fp32)")
+      ("precision", &R::precision, one_of(kPrecisions), "mixed precision: fp32, bf16 (CUDA, or CPUs with avx512_bf16/amx), fp16 (CUDA, loss-scaled), auto (bf16 where the hardware has it, fp16 on Volta/Turing GPUs, else fp32)")
       ("log_every", &R::log_every, at_least<int64_t>(1), "steps between log lines")
       ("checkpoint_every", &R::checkpoint_every, at_least<int64_t>(1), "steps between checkpoints")
       ("sample_every", &R::sample_every, at_least<int64_t>(0), "steps between sample grids; 0 = never")
@@ -538,7 +545,9 @@ Table build_table() {
       ("spacing", &P::spacing, any<std::string>(),
        "respacing (see schedule.h), e.g. `250`, `10,15,20`, `ddim50`, `trailing:50`, `list:0,10,20`; "
        "empty = the sampler's default")
-      ("eta", &P::eta, between(0, 1), "ddim: 0 = deterministic, 1 = DDPM-like noise")
+      ("eta", &P::eta, eta_or_default(),
+       "ddim and euler-ancestral: noise per step, 0 = deterministic ODE, 1 = DDPM-like; < 0 = the sampler's "
+       "default (ddim 0, euler-ancestral 1)")
       ("num", &P::num, at_least<int64_t>(1), "images to generate")
       ("batch_size", &P::batch_size, at_least<int64_t>(1), "images per batch")
       ("seed", &P::seed, any<uint64_t>(), "random seed")

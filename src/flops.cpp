@@ -54,6 +54,14 @@ std::unique_ptr<at::ObserverContext> on_op(const at::RecordFunction& fn) {
   } else if (std::strcmp(name, "aten::baddbmm") == 0) {
     const auto a = shape(1), b = shape(2);
     if (a.size() == 3 && b.size() == 3) t_flops += 2.0 * a[0] * a[1] * a[2] * b[2];
+  } else if (std::strncmp(name, "aten::_scaled_dot_product_", 26) == 0 && std::strstr(name, "_math") == nullptr &&
+             std::strstr(name, "backward") == nullptr) {
+    // LibTorch 2.x's fused attention kernels (flash, efficient, cudnn, flash_for_cpu) run no mm/bmm
+    // of their own: q [B, H, L, E], k [B, H, S, E], v [B, H, S, Ev] -> Q K^T and (softmax) V. The math
+    // fallback is left to the bmm/matmul calls it makes.
+    const auto q = shape(0), k = shape(1), v = shape(2);
+    if (q.size() == 4 && k.size() == 4 && v.size() == 4)
+      t_flops += 2.0 * q[0] * q[1] * q[2] * k[2] * (q[3] + v[3]);
   }
   return nullptr;
 }

@@ -24,6 +24,12 @@ torch::Tensor labels_for(const SampleConfig& s, int64_t first, int64_t count, in
   return out;
 }
 
+SampleConfig with_sampler(SampleConfig s, const std::string& sampler) {
+  if (sampler != s.sampler) s.eta = -1.0;
+  s.sampler = sampler;
+  return s;
+}
+
 GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
                                 const GenerateRequest& req) {
   const auto& s = req.sample;
@@ -41,7 +47,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   SamplerOptions opts;
   opts.steps = s.steps;
   opts.spacing = s.spacing;
-  if (s.eta != 0.0 || s.sampler == "ddim") opts.eta = s.eta;
+  if (s.eta >= 0.0) opts.eta = s.eta;  // else the sampler's own default
   // Clipping / thresholding x0 to [-1, 1] is for images; toy points are standardised to unit
   // variance and would be cut off.
   const bool images = shape.shape.size() == 3;

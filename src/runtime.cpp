@@ -7,6 +7,7 @@
 #include <torch/version.h>
 
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include <fmt/format.h>
@@ -17,6 +18,10 @@
 #if defined(DIFFUSE_WITH_CUDA) && __has_include(<ATen/cuda/CUDAContext.h>) && __has_include(<cuda_runtime_api.h>)
 #include <ATen/cuda/CUDAContext.h>
 #define DIFFUSE_CUDA_NAMES 1
+#endif
+#if defined(DIFFUSE_CUDA_NAMES) && __has_include(<c10/cuda/CUDACachingAllocator.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define DIFFUSE_CUDA_MEMORY_STATS 1
 #endif
 
 namespace diffuse {
@@ -68,7 +73,15 @@ bool cpu_has_native_bf16() {
 
 std::string resolve_precision(const std::string& precision, const torch::Device& device) {
   if (precision != "auto") return precision;
-  if (device.is_cuda()) return "bf16";
+  if (device.is_cuda()) {
+#ifdef DIFFUSE_CUDA_NAMES
+    // bf16 needs Ampere (compute capability 8.0) or newer; Volta and Turing have fp16 tensor
+    // cores (the trainer scales the loss), older GPUs neither.
+    const int major = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->major;
+    if (major < 8) return major >= 7 ? "fp16" : "fp32";
+#endif
+    return "bf16";
+  }
   return cpu_has_native_bf16() ? "bf16" : "fp32";
 }
 
@@ -76,6 +89,24 @@ double peak_rss_mib() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+void reset_peak_device_memory(const torch::Device& device) {
+#ifdef DIFFUSE_CUDA_MEMORY_STATS
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+}
+
+double peak_device_memory_mib(const torch::Device& device) {
+#ifdef DIFFUSE_CUDA_MEMORY_STATS
+  if (device.is_cuda()) {
+    // allocated_bytes[0]: the aggregate over both pools (StatType::AGGREGATE), as
+    // torch.cuda.max_memory_allocated reports it.
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);
+  }
+#endif
+  return std::numeric_limits<double>::quiet_NaN();
 }
 
 std::string version_report() {

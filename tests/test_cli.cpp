@@ -1,6 +1,8 @@
 // The `diffuse` binary end to end: schedule output parses and agrees with the library; bad
 // options exit 2 with a message naming the option.
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <yaml-cpp/yaml.h>
 
 #include <sstream>
@@ -82,10 +84,16 @@ TEST(Cli, BadOptionsExitTwoNamingTheOption) {
   EXPECT_NE(r.err.find("--format"), std::string::npos) << r.err;
   r = run_diffuse("schedule --respace ddim7x");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("ddim7x"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--respace 'ddim7x'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("trailing:N"), std::string::npos) << r.err;  // the accepted forms
+  r = run_diffuse("schedule --schedule custom");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--schedule custom"), std::string::npos) << r.err;
   r = run_diffuse("schedule --no-such-flag");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--no-such-flag"), std::string::npos) << r.err;
+  // Every usage error is one line on stderr.
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   r = run_diffuse("frobnicate");
   EXPECT_EQ(r.exit_code, 2);
 }

@@ -46,7 +46,16 @@ TEST(CliTrain, PrintModelShowsParameterCount) {
   if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   auto r = run_diffuse("train --config " + tiny() + " --print-model");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("parameters"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Total parameters: "), std::string::npos) << r.out;
+  // The quickstart UNet has the settings of issue 3's reference point, where improved-diffusion's
+  // UNetModel counts 1,191,233 parameters (1,112,801 without use_scale_shift_norm).
+  r = run_diffuse("train --config " + std::string(DIFFUSE_SOURCE_DIR) + "/configs/fashion-mnist-quick.yaml --print-model");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Total parameters: 1,191,233"), std::string::npos) << r.out;
+  r = run_diffuse("train --config " + std::string(DIFFUSE_SOURCE_DIR) +
+                  "/configs/fashion-mnist-quick.yaml --print-model --set model.use_scale_shift_norm=false");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Total parameters: 1,112,801"), std::string::npos) << r.out;
 }
 
 TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
@@ -67,7 +76,12 @@ TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(fs::exists(fs::path(out1) / ("00000" + std::to_string(i) + ".png")));
   EXPECT_TRUE(fs::exists(fs::path(out1) / "grid.png"));
-  EXPECT_TRUE(fs::exists(fs::path(out2) / "trajectory.png"));
+  ASSERT_TRUE(fs::exists(fs::path(out2) / "trajectory.png"));
+  // --trajectory 3 over 5 steps: 3 columns (first, middle, last step) of 28-pixel tiles with
+  // 2-pixel padding; rows: x_t and x0 for each of the first batch's 4 samples.
+  const auto traj = diffuse::image_info((fs::path(out2) / "trajectory.png").string());
+  EXPECT_EQ(traj.width, 3 * (28 + 2) + 2);
+  EXPECT_EQ(traj.height, 8 * (28 + 2) + 2);
   auto text = diffuse::read_png_text((fs::path(out1) / "000004.png").string());
   EXPECT_EQ(text["seed"], "3");
   EXPECT_EQ(text["index"], "4");
@@ -146,6 +160,49 @@ def forward(self, x):
   r = run_diffuse("sample --checkpoint " + (dir.path() / "nope").string());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
+  r = run_diffuse("eval --checkpoint " + run + " --metrics bpd --set data.dataset=fashion");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("data.dataset"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("fashion-mnist"), std::string::npos) << r.err;  // the allowed values
+  // Options the chosen sampler would ignore are refused, naming the ones that take them.
+  r = run_diffuse("sample --checkpoint " + run + " --sampler dpmpp-2m --eta 0.5");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("euler-ancestral"), std::string::npos) << r.err;
+  r = run_diffuse("sample --checkpoint " + run + " --sampler ddim --sigmas karras");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("sigma"), std::string::npos) << r.err;
+  // A file that is not a checkpoint, and a truncated checkpoint: exit 2 naming the file.
+  {
+    const auto junk = (dir.path() / "junk.pt").string();
+    std::ofstream(junk) << "not a checkpoint";
+    r = run_diffuse("sample --checkpoint " + junk);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(junk), std::string::npos) << r.err;
+    const auto cut = (dir.path() / "cut.pt").string();
+    const auto bytes = diffuse::test::Background::slurp(fs::path(run) / "checkpoints" / "latest.pt");
+    std::ofstream(cut, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+    r = run_diffuse("sample --checkpoint " + cut);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(cut), std::string::npos) << r.err;
+  }
+
+  // The Monte Carlo bound: a mean and a standard error, near the exact bound computed above.
+  r = run_diffuse("eval --checkpoint " + run + " --metrics bpd-mc --num-images 4 --batch-size 4 --mc-timesteps 64"
+                  " --format json --out " + (dir.path() / "eval-mc").string() + " --set diffusion.timesteps=1000");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = YAML::Load(r.out);
+  const double mc = j["bpd_mc"].as<double>(), se = j["bpd_mc_std_error"].as<double>();
+  EXPECT_GT(se, 0.0);
+  EXPECT_NEAR(mc, total, 5 * se + 0.05 * total) << "MC " << mc << " +- " << se << " vs exact " << total;
+  // --importance needs a warmed-up loss-aware sampler; this run trained with the uniform one.
+  r = run_diffuse("eval --checkpoint " + run + " --metrics bpd-mc --importance --num-images 4");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--importance"), std::string::npos) << r.err;
+
+  // Fewer samples into a folder that holds more: the leftovers are pointed out.
+  r = run_diffuse("sample --checkpoint " + run + " --num 2 --steps 5 --seed 3 --out " + out1);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("4 other numbered sample(s) (e.g. 000002.png)"), std::string::npos) << r.err;
 }
 
 // SIGTERM mid-run: the current step finishes, a checkpoint is written, the exit is 128+15, and

@@ -125,7 +125,7 @@ struct SampleConfig {
   std::string sampler = "ddim";  // ddpm, ddim, dpmpp-2m, euler, euler-ancestral, heun
   int64_t steps = 50;
   std::string spacing = "";      // respacing spec (see schedule.h); "" = the sampler's default
-  double eta = 0.0;              // DDIM
+  double eta = -1.0;             // < 0: the sampler's default (ddim 0, euler-ancestral 1)
   int64_t num = 64;
   int64_t batch_size = 64;
   uint64_t seed = 0;

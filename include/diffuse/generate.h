@@ -32,6 +32,10 @@ struct GenerateResult {
   double seconds = 0.0;
 };
 
+// `s` with another sampler: sample.eta was set for s.sampler, so a different sampler gets its
+// own default eta (ddim 0, euler-ancestral 1) rather than one meant for another.
+SampleConfig with_sampler(SampleConfig s, const std::string& sampler);
+
 // The labels sample i gets: sample.labels cycled when given, else i mod num_classes.
 torch::Tensor labels_for(const SampleConfig& s, int64_t first, int64_t count, int64_t num_classes);
 

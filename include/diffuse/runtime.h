@@ -19,11 +19,17 @@ torch::Device resolve_device(const std::string& name);
 // True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX), from /proc/cpuinfo.
 bool cpu_has_native_bf16();
 
-// train.precision 'auto' -> bf16 on CUDA and on CPUs with native bf16, else fp32; others unchanged.
+// train.precision 'auto' -> bf16 on Ampere-or-newer GPUs (fp16 on Volta/Turing, fp32 before) and on
+// CPUs with native bf16, else fp32; others unchanged.
 std::string resolve_precision(const std::string& precision, const torch::Device& device);
 
 // Peak resident memory of this process so far, in MiB (getrusage).
 double peak_rss_mib();
+
+// Peak memory the CUDA caching allocator handed out on `device` since the last reset, in MiB
+// (torch.cuda.max_memory_allocated); NaN on the CPU or where the build has no CUDA headers.
+double peak_device_memory_mib(const torch::Device& device);
+void reset_peak_device_memory(const torch::Device& device);
 
 // Lines for `diffuse --version`: diffuse and LibTorch versions, CUDA availability and devices.
 std::string version_report();

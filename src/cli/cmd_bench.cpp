@@ -49,7 +49,6 @@ double forward_flops_per_example(Network& net, const DataShape& shape, int64_t b
 }
 
 int bench_train(const BenchOptions& o) {
-  const double matmul = measure_matmul_gflops(1024, 1.0, false);
   for (const auto& path : o.configs) {
     Config cfg = resolve_config(path, o.overrides);
     if (o.batch > 0) cfg.train.batch_size = o.batch;
@@ -63,10 +62,14 @@ int bench_train(const BenchOptions& o) {
     req.run_dir = dir.string();
     req.timing_warmup_steps = o.warmup;
     req.save_final = false;
+    const auto device = resolve_device(cfg.train.device);
+    reset_peak_device_memory(device);
     auto s = train(req);
+    const double peak_device = peak_device_memory_mib(device);
+    // The reference throughput on the device trained on, with the threads train() set.
+    const double matmul = measure_matmul_gflops(device.is_cuda() ? 4096 : 1024, 1.0, device.is_cuda());
     std::error_code ec;
     fs::remove_all(dir, ec);
-    const auto device = resolve_device(cfg.train.device);
     const DataShape shape = data_shape(*make_dataset(cfg.data, cfg.train.seed), cfg.data);
     auto net = make_model(cfg, shape);
     net->to(device);
@@ -77,12 +80,12 @@ int bench_train(const BenchOptions& o) {
     std::cout << fmt::format(
         "{{\"bench\": \"train\", \"name\": \"{}\", \"config\": \"{}\", \"batch\": {}, \"threads\": {}, "
         "\"device\": \"{}\", \"precision\": \"{}\", \"channels_last\": {}, \"parameters\": {}, \"steps\": {}, "
-        "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"fwd_gflops_per_image\": {}, "
+        "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"peak_device_mib\": {}, \"fwd_gflops_per_image\": {}, "
         "\"train_gflops_per_image\": {}, \"achieved_gflops\": {}, \"matmul_gflops\": {}, \"fraction_of_matmul\": {}}}\n",
         o.name.empty() ? fs::path(path).stem().string() : o.name, path, cfg.train.batch_size, s.threads, s.device,
         s.precision, cfg.train.channels_last ? "true" : "false", s.parameters, o.steps,
         jnum(s.steady_images_per_second), jnum(1000.0 * cfg.train.batch_size / s.steady_images_per_second),
-        jnum(peak_rss_mib()), jnum(fwd / 1e9), jnum(train_flops / 1e9), jnum(achieved), jnum(matmul),
+        jnum(peak_rss_mib()), jnum(peak_device), jnum(fwd / 1e9), jnum(train_flops / 1e9), jnum(achieved), jnum(matmul),
         jnum(achieved / matmul));
   }
   return 0;
@@ -101,8 +104,7 @@ int bench_sample(const BenchOptions& o) {
     const auto samplers = o.samplers.empty() ? sampler_names() : o.samplers;
     for (const auto& name : samplers) {
       GenerateRequest req;
-      req.sample = cfg.sample;
-      req.sample.sampler = name;
+      req.sample = with_sampler(cfg.sample, name);
       req.sample.steps = o.steps;
       req.sample.num = o.num;
       req.sample.batch_size = o.batch > 0 ? o.batch : o.num;

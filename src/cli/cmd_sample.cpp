@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <regex>
 
 #include <fmt/format.h>
 
@@ -32,7 +33,7 @@ struct SampleOptions {
   int64_t num = 64, batch_size = 64, steps = 50, trajectory = 0, nrow = 0, first_index = 0;
   uint64_t seed = 0;
   std::string sampler = "ddim", spacing, weights = "ema", device = "auto", sigmas = "karras", precision = "fp32";
-  double eta = 0.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0;
+  double eta = -1.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0;
   std::vector<int64_t> labels;
   bool no_clip = false, save_tensor = false, no_images = false;
   int threads = 0;
@@ -46,7 +47,7 @@ void apply_flags(const SampleOptions& o, SampleConfig& s) {
   if (given("--batch-size")) s.batch_size = o.batch_size;
   if (given("--steps")) s.steps = o.steps;
   if (given("--seed")) s.seed = o.seed;
-  if (given("--sampler")) s.sampler = o.sampler;
+  if (given("--sampler")) s = with_sampler(s, o.sampler);
   if (given("--spacing")) s.spacing = o.spacing;
   if (given("--eta")) s.eta = o.eta;
   if (given("--guidance-scale")) s.guidance_scale = o.guidance_scale;
@@ -57,6 +58,29 @@ void apply_flags(const SampleOptions& o, SampleConfig& s) {
   if (given("--label")) s.labels = o.labels;
   if (given("--no-clip")) s.clip_x0 = false;
   if (given("--weights")) s.use_ema = o.weights == "ema";
+  check_explicit_options(s.sampler, given("--eta"), given("--sigmas") || given("--rho"));
+}
+
+// Numbered samples left in the output folder by an earlier run (say 64 then, 16 now) would be
+// taken for this run's by `eval --samples`; say so rather than delete them, since splitting one
+// job over several processes (--first-index) writes other numbers into the same folder on purpose.
+void warn_about_other_samples(const std::string& out, int64_t first, int64_t num) {
+  static const std::regex numbered(R"((\d{6,})\.png)");
+  int64_t others = 0;
+  std::string example;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(out, ec)) {
+    std::smatch m;
+    const auto name = e.path().filename().string();
+    if (!std::regex_match(name, m, numbered)) continue;
+    const int64_t i = std::stoll(m[1].str());
+    if (i >= first && i < first + num) continue;
+    if (others++ == 0 || name < example) example = name;
+  }
+  if (others > 0)
+    std::cerr << fmt::format("diffuse: note: {} holds {} other numbered sample(s) (e.g. {}) not written by this run; "
+                             "`diffuse eval --samples {}` would count them too\n",
+                             out, others, example, out);
 }
 
 int run_sample(const SampleOptions& o) {
@@ -80,19 +104,32 @@ int run_sample(const SampleOptions& o) {
   req.device = device;
   req.first_index = o.first_index;
   const int64_t batches = (s.num + s.batch_size - 1) / s.batch_size;
+  // The bar counts sampler steps over all batches (the step count is known at the first step).
   ProgressBar bar("sample", batches, 0);
+  int64_t samples_done = 0;
+  auto progress = [&](const StepInfo& info, int64_t first) {
+    const int64_t batch = (first - o.first_index) / s.batch_size;
+    if (batch == 0 && info.step == 0) bar.set_total(batches * info.total);
+    bar.update(batch * info.total + info.step + 1, fmt::format("{}/{} samples", samples_done, s.num));
+  };
   req.on_batch = [&](int64_t done, int64_t total) {
-    bar.update((done + s.batch_size - 1) / s.batch_size, fmt::format("{}/{} samples", done, total));
+    samples_done = done;
     if (!bar.enabled()) std::cerr << fmt::format("sampled {}/{}\n", done, total);
   };
+  req.on_step = progress;
   // Trajectory: x_t and the predicted x0 at `trajectory` evenly spaced steps, first batch only.
   std::vector<torch::Tensor> traj_xt, traj_x0;
   const int64_t traj_rows = std::min<int64_t>({8, s.num, s.batch_size});
   if (o.trajectory > 0 && images) {
     req.on_step = [&](const StepInfo& info, int64_t first) {
+      progress(info, first);
       if (first != o.first_index) return;
-      const int64_t every = std::max<int64_t>(1, info.total / o.trajectory);
-      if (info.step % every != 0 && info.step != info.total - 1) return;
+      // min(N, steps) columns: the first step, the last, and evenly spaced ones between.
+      const int64_t cols = std::min(o.trajectory, info.total);
+      bool wanted = cols == 1 ? info.step == info.total - 1 : false;
+      for (int64_t k = 0; k < cols && !wanted && cols > 1; ++k)
+        wanted = info.step == (k * (info.total - 1) + (cols - 1) / 2) / (cols - 1);
+      if (!wanted) return;
       traj_xt.push_back(info.x_t.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));
       traj_x0.push_back(info.x0_pred.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));
     };
@@ -105,7 +142,7 @@ int run_sample(const SampleOptions& o) {
                                           {"steps", std::to_string(s.steps)},
                                           {"seed", std::to_string(s.seed)},
                                           {"weights", ema ? "ema" : "raw"},
-                                          {"eta", fmt::format("{}", s.eta)},
+                                          {"eta", s.eta >= 0 ? fmt::format("{}", s.eta) : std::string("sampler default")},
                                           {"clip_x0", s.clip_x0 ? "true" : "false"},
                                           {"guidance_scale", fmt::format("{}", s.guidance_scale)},
                                           {"precision", resolve_precision(s.precision, device)}};
@@ -155,6 +192,7 @@ int run_sample(const SampleOptions& o) {
                            s.num, s.sampler, s.steps, r.nfe, r.seconds, s.num / std::max(r.seconds, 1e-9), threads,
                            device.str());
   for (const auto& w : written) std::cout << "  " << w << "\n";
+  if (images && !o.no_images) warn_about_other_samples(o.out, o.first_index, s.num);
   return 0;
 }
 
@@ -176,7 +214,7 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_option("--seed", o->seed, "Seed: sample i depends only on (seed, i)");
   cmd->add_option("--first-index", o->first_index, "Global index of the first sample (to split work)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--eta", o->eta, "DDIM / Euler-ancestral stochasticity (DDIM: 0 = deterministic)")
+  cmd->add_option("--eta", o->eta, "DDIM / Euler-ancestral noise per step, 0 = deterministic (default: DDIM 0, Euler-ancestral 1)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}));
   cmd->add_option("--label", o->labels, "Class label(s) for a class-conditional model (cycled)");

@@ -44,8 +44,24 @@ int run_schedule(const ScheduleOptions& o) {
   spec.beta_end = o.beta_end;
   spec.betas_file = o.betas_file;
   spec.zero_terminal_snr = o.zero_terminal_snr;
-  auto sched = NoiseSchedule::from_spec(spec);
-  if (!o.respace.empty()) sched = sched.respace(o.respace);
+  // Errors from the library name config keys; here they are command-line options.
+  auto sched = [&] {
+    try {
+      return NoiseSchedule::from_spec(spec);
+    } catch (const UsageError& e) {
+      throw UsageError(fmt::format("--schedule {} -T {}{}: {}", o.schedule, o.timesteps,
+                                   o.betas_file.empty() ? "" : " --betas-file " + o.betas_file, e.what()));
+    }
+  }();
+  if (!o.respace.empty()) {
+    try {
+      sched = sched.respace(o.respace);
+    } catch (const UsageError& e) {
+      throw UsageError(fmt::format("--respace '{}': {} (accepted: a count like 250, per-section counts like 10,15,20, "
+                                   "ddimN, leading:N, trailing:N, linspace:N, list:a,b,c)",
+                                   o.respace, e.what()));
+    }
+  }
 
   std::string out;
   const auto T = sched.num_timesteps();

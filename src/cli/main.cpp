@@ -30,8 +30,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "diffuse: error: " << e.what() << "\n";
-    std::cerr << "Run 'diffuse --help' (or 'diffuse COMMAND --help') for usage.\n";
+    // One line: the option and what it takes, then where the full usage is.
+    std::cerr << "diffuse: error: " << e.what() << " (see 'diffuse [COMMAND] --help')\n";
     return 2;
   }
   try {

@@ -106,8 +106,7 @@ struct Reporter {
 GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusion, const EvalRequest& req,
                                  const std::string& sampler, int64_t steps) {
   GenerateRequest g;
-  g.sample = req.config.sample;
-  g.sample.sampler = sampler;
+  g.sample = with_sampler(req.config.sample, sampler);
   g.sample.steps = steps;
   g.sample.num = req.config.eval.num_samples;
   g.sample.batch_size = req.config.eval.batch_size;
@@ -283,6 +282,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     }
     rep.value("num_samples", static_cast<double>(samples.size(0)));
     for (auto& [k, v] : quality(samples, "")) rep.value(k, v);
+    if (ref_stats.n > 0) rep.value("num_reference", static_cast<double>(ref_stats.n));
   }
 
   // --- sweep: samplers x step counts -----------------------------------------------------------
@@ -290,7 +290,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     if (!sample_metrics) throw UsageError("--sweep needs a sample-quality metric (fid, kid or toy) in --metrics");
     std::string csv = "sampler,steps,nfe_per_sample,seconds,samples_per_second";
     std::vector<std::string> metric_names;
-    std::map<std::string, Series> curves;
+    std::map<std::string, Series> curves, timed;  // quality against NFE, and against seconds per sample
     std::string main_metric;
     for (const auto& e : req.sweep) {
       for (auto steps : e.steps) {
@@ -315,6 +315,11 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
         c.x.push_back(nfe_per_sample);
         c.y.push_back(q.front().second);
         c.markers = true;
+        auto& ct = timed[e.sampler];
+        ct.label = e.sampler;
+        ct.x.push_back(r.seconds / static_cast<double>(std::max<int64_t>(1, r.samples.size(0))));
+        ct.y.push_back(q.front().second);
+        ct.markers = true;
         std::cerr << fmt::format("sweep: {} {} steps: {} = {:.5g} ({:.1f}s)\n", e.sampler, steps, main_metric,
                                  q.front().second, r.seconds);
       }
@@ -329,7 +334,13 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     po.y_label = main_metric;
     po.log_x = true;
     save_png(out("sweep.png"), plot_lines(series, po));
-    rep.file("sweep plot", out("sweep.png"));
+    rep.file("sweep plot (NFE)", out("sweep.png"));
+    series.clear();
+    for (auto& [k, s] : timed) series.push_back(s);
+    po.title = "sample quality vs time";
+    po.x_label = "seconds per sample";
+    save_png(out("sweep_time.png"), plot_lines(series, po));
+    rep.file("sweep plot (time)", out("sweep_time.png"));
   }
 
   // --- one JSON object with every number --------------------------------------------------------

@@ -11,12 +11,12 @@ namespace diffuse {
 
 const std::vector<SamplerEntry>& sampler_registry() {
   static const std::vector<SamplerEntry> entries = {
-      {"ddpm", &sample_ddpm, true, "ancestral DDPM with the model's variance (any respacing)"},
-      {"ddim", &sample_ddim, true, "DDIM; eta = 0 deterministic, eta = 1 DDPM-like"},
-      {"dpmpp-2m", &sample_dpmpp_2m, false, "DPM-Solver++(2M), second-order multistep ODE solver"},
-      {"euler", &sample_euler, false, "Euler on the EDM ODE (karras or model sigmas)"},
-      {"euler-ancestral", &sample_euler_ancestral, true, "Euler with fresh noise each step (eta)"},
-      {"heun", &sample_heun, false, "Heun's second-order EDM ODE solver (2 NFE per step)"},
+      {"ddpm", &sample_ddpm, true, false, "ancestral DDPM with the model's variance (any respacing)"},
+      {"ddim", &sample_ddim, true, true, "DDIM; eta = 0 deterministic, eta = 1 DDPM-like"},
+      {"dpmpp-2m", &sample_dpmpp_2m, false, false, "DPM-Solver++(2M), second-order multistep ODE solver"},
+      {"euler", &sample_euler, false, false, "Euler on the EDM ODE (karras or model sigmas)"},
+      {"euler-ancestral", &sample_euler_ancestral, true, true, "Euler with fresh noise each step (eta)"},
+      {"heun", &sample_heun, false, false, "Heun's second-order EDM ODE solver (2 NFE per step)"},
   };
   return entries;
 }
@@ -31,6 +31,24 @@ const SamplerEntry& find_sampler(const std::string& name) {
   for (const auto& e : sampler_registry())
     if (name == e.name) return e;
   throw_not_one_of("sampler", name, sampler_names());
+}
+
+void check_explicit_options(const std::string& name, bool eta_given, bool sigmas_given) {
+  const auto& e = find_sampler(name);
+  auto takers = [](auto pred) {
+    std::string out;
+    for (const auto& s : sampler_registry())
+      if (pred(s)) out += (out.empty() ? "" : ", ") + std::string(s.name);
+    return out;
+  };
+  if (eta_given && !e.takes_eta)
+    throw UsageError("sampler '" + name + "' takes no eta (only " + takers([](const SamplerEntry& s) { return s.takes_eta; }) +
+                     " do)");
+  const bool sigma_space = name != "ddpm" && name != "ddim";
+  if (sigmas_given && !sigma_space)
+    throw UsageError("sampler '" + name +
+                     "' steps on training timesteps and takes no sigma schedule or rho (dpmpp-2m, euler, "
+                     "euler-ancestral and heun do); use spacing to choose its steps");
 }
 
 torch::Tensor run_sampler(const std::string& name, const Denoiser& denoiser, NoiseSource& noise,

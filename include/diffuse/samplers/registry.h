@@ -18,6 +18,7 @@ struct SamplerEntry {
   const char* name;
   SamplerFn fn;
   bool stochastic;      // may draw noise.next() during sampling (ddim only with eta > 0)
+  bool takes_eta;       // reads SamplerOptions::eta (the others ignore it)
   const char* summary;  // one line for --help
 };
 
@@ -26,6 +27,12 @@ const std::vector<SamplerEntry>& sampler_registry();
 std::vector<std::string> sampler_names();
 // Throws UsageError("sampler '<name>' is not one of: ...").
 const SamplerEntry& find_sampler(const std::string& name);
+
+// For options a user names explicitly (command-line flags): throws UsageError when sampler `name`
+// would ignore them: an eta for a sampler without one, or a sigma schedule / rho for ddpm and ddim
+// (they step on training timesteps). Values from a config's sample.* section are shared by every
+// sampler and are not refused.
+void check_explicit_options(const std::string& name, bool eta_given, bool sigmas_given);
 
 // Runs sampler `name`; returns x_0 [B, ...]. `x_T` (VP variable), when defined, replaces
 // noise.initial(). Bad options throw UsageError naming the option.
