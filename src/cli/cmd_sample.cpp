@@ -65,7 +65,7 @@ void apply_flags(const SampleOptions& o, SampleConfig& s) {
 // taken for this run's by `eval --samples`; say so rather than delete them, since splitting one
 // job over several processes (--first-index) writes other numbers into the same folder on purpose.
 void warn_about_other_samples(const std::string& out, int64_t first, int64_t num) {
-  static const std::regex numbered(R"((\d{6,})\.png)");
+  static const std::regex numbered(R"((\d{6,18})\.png)");  // fits int64
   int64_t others = 0;
   std::string example;
   std::error_code ec;
