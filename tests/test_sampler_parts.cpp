@@ -353,6 +353,34 @@ TEST(SamplerRegistry, NamesAndErrors) {
 }
 
 // Bare spacing words take their count from steps; explicit counts win.
+// The registry's flags say what each sampler reads; check them against behaviour (changing eta,
+// or the sigma schedule, changes the samples exactly for the samplers that claim to read it),
+// and check_explicit_options refuses exactly the flags a sampler would ignore.
+TEST(SamplerRegistry, FlagsMatchWhatEachSamplerReads) {
+  Denoiser den(toy_output, GaussianDiffusion(make_schedule(ScheduleKind::Linear, 100)));
+  auto sample = [&](const std::string& name, std::optional<double> eta, const std::string& sigmas) {
+    auto noise = NoiseSource::range(7, 0, 4, {3});
+    SamplerOptions o;
+    o.steps = 6;
+    o.eta = eta;
+    o.sigmas = sigmas;
+    return run_sampler(name, den, noise, o);
+  };
+  for (const auto& e : sampler_registry()) {
+    const auto base = sample(e.name, 0.3, "karras");
+    const bool eta_matters = !torch::equal(base, sample(e.name, 0.9, "karras"));
+    const bool sigmas_matter = !torch::equal(base, sample(e.name, 0.3, "exponential"));
+    EXPECT_EQ(e.takes_eta, eta_matters) << e.name;
+    EXPECT_EQ(e.takes_sigmas, sigmas_matter) << e.name;
+    const std::string ok = "no exception";
+    EXPECT_EQ(message_of([&] { check_explicit_options(e.name, true, false); }) == ok, e.takes_eta) << e.name;
+    EXPECT_EQ(message_of([&] { check_explicit_options(e.name, false, true); }) == ok, e.takes_sigmas) << e.name;
+    EXPECT_EQ(message_of([&] { check_explicit_options(e.name, false, false); }), ok) << e.name;
+  }
+  const auto msg = message_of([] { check_explicit_options("dpmpp-2m", true, false); });
+  EXPECT_NE(msg.find("ddim, euler-ancestral"), std::string::npos) << msg;  // names the ones that take it
+}
+
 TEST(SamplerRegistry, SpacingResolution) {
   SamplerOptions o;
   o.steps = 4;

@@ -11,12 +11,13 @@ namespace diffuse {
 
 const std::vector<SamplerEntry>& sampler_registry() {
   static const std::vector<SamplerEntry> entries = {
-      {"ddpm", &sample_ddpm, true, false, "ancestral DDPM with the model's variance (any respacing)"},
-      {"ddim", &sample_ddim, true, true, "DDIM; eta = 0 deterministic, eta = 1 DDPM-like"},
-      {"dpmpp-2m", &sample_dpmpp_2m, false, false, "DPM-Solver++(2M), second-order multistep ODE solver"},
-      {"euler", &sample_euler, false, false, "Euler on the EDM ODE (karras or model sigmas)"},
-      {"euler-ancestral", &sample_euler_ancestral, true, true, "Euler with fresh noise each step (eta)"},
-      {"heun", &sample_heun, false, false, "Heun's second-order EDM ODE solver (2 NFE per step)"},
+      // name, function, stochastic, takes_eta, takes_sigmas, summary
+      {"ddpm", &sample_ddpm, true, false, false, "ancestral DDPM with the model's variance (any respacing)"},
+      {"ddim", &sample_ddim, true, true, false, "DDIM; eta = 0 deterministic, eta = 1 DDPM-like"},
+      {"dpmpp-2m", &sample_dpmpp_2m, false, false, true, "DPM-Solver++(2M), second-order multistep ODE solver"},
+      {"euler", &sample_euler, false, false, true, "Euler on the EDM ODE (karras or model sigmas)"},
+      {"euler-ancestral", &sample_euler_ancestral, true, true, true, "Euler with fresh noise each step (eta)"},
+      {"heun", &sample_heun, false, false, true, "Heun's second-order EDM ODE solver (2 NFE per step)"},
   };
   return entries;
 }
@@ -44,11 +45,10 @@ void check_explicit_options(const std::string& name, bool eta_given, bool sigmas
   if (eta_given && !e.takes_eta)
     throw UsageError("sampler '" + name + "' takes no eta (only " + takers([](const SamplerEntry& s) { return s.takes_eta; }) +
                      " do)");
-  const bool sigma_space = name != "ddpm" && name != "ddim";
-  if (sigmas_given && !sigma_space)
-    throw UsageError("sampler '" + name +
-                     "' steps on training timesteps and takes no sigma schedule or rho (dpmpp-2m, euler, "
-                     "euler-ancestral and heun do); use spacing to choose its steps");
+  if (sigmas_given && !e.takes_sigmas)
+    throw UsageError("sampler '" + name + "' steps on training timesteps and takes no sigma schedule or rho (" +
+                     takers([](const SamplerEntry& s) { return s.takes_sigmas; }) +
+                     " do); use spacing to choose its steps");
 }
 
 torch::Tensor run_sampler(const std::string& name, const Denoiser& denoiser, NoiseSource& noise,

@@ -19,6 +19,7 @@ struct SamplerEntry {
   SamplerFn fn;
   bool stochastic;      // may draw noise.next() during sampling (ddim only with eta > 0)
   bool takes_eta;       // reads SamplerOptions::eta (the others ignore it)
+  bool takes_sigmas;    // steps over SamplerOptions::sigmas / rho (else over training timesteps)
   const char* summary;  // one line for --help
 };
 
