@@ -423,7 +423,7 @@ Rule<double> beta() {
 // -1 (the sampler's default) or an eta in [0, 1].
 Rule<double> eta_or_default() {
   return {"< 0 (the sampler's default) or in [0, 1]", [](const double& v) {
-            return v < 0 || v <= 1 ? std::string() : fmt::format("must be < 0 (default) or in [0, 1], got {}", v);
+            return v <= 1 ? std::string() : fmt::format("must be < 0 (default) or in [0, 1], got {}", v);
           }};
 }
 

@@ -31,8 +31,6 @@ torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const 
   // log Phi(plus) for the lowest bin and log(1 - Phi(min)) = log Phi(-min) for the highest.
   auto log_cdf_plus = torch::special::log_ndtr(plus_in);
   auto log_one_minus_cdf_min = torch::special::log_ndtr(-min_in);
-  // Phi(plus) - Phi(min) without cancellation: use the lower tail on the left of the mean and
-  // the upper tail on its right (erfc keeps full relative precision in its tail).
   // Phi(b) - Phi(a), a < b, in log space: log Phi(b) + log(1 - exp(log Phi(a) - log Phi(b))). Taking
   // the tail away from the mean (Phi(-min) - Phi(-plus) on its right) keeps both CDFs small, so
   // nothing cancels and nothing underflows: a bin 60 standard deviations out, as an untrained

@@ -26,6 +26,10 @@
 
 namespace diffuse {
 
+namespace {
+[[maybe_unused]] int cuda_index(const torch::Device& device) { return device.index() < 0 ? 0 : device.index(); }
+}  // namespace
+
 int configure_threads(int threads) {
   if (threads < 0) throw UsageError("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
   const int n = threads == 0 ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : threads;
@@ -77,7 +81,7 @@ std::string resolve_precision(const std::string& precision, const torch::Device&
 #ifdef DIFFUSE_CUDA_NAMES
     // bf16 needs Ampere (compute capability 8.0) or newer; Volta and Turing have fp16 tensor
     // cores (the trainer scales the loss), older GPUs neither.
-    const int major = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->major;
+    const int major = at::cuda::getDeviceProperties(cuda_index(device))->major;
     if (major < 8) return major >= 7 ? "fp16" : "fp32";
 #endif
     return "bf16";
@@ -93,7 +97,7 @@ double peak_rss_mib() {
 
 void reset_peak_device_memory(const torch::Device& device) {
 #ifdef DIFFUSE_CUDA_MEMORY_STATS
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(cuda_index(device));
 #endif
 }
 
@@ -102,7 +106,7 @@ double peak_device_memory_mib(const torch::Device& device) {
   if (device.is_cuda()) {
     // allocated_bytes[0]: the aggregate over both pools (StatType::AGGREGATE), as
     // torch.cuda.max_memory_allocated reports it.
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(cuda_index(device));
     return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);
   }
 #endif

@@ -124,11 +124,11 @@ int run_sample(const SampleOptions& o) {
     req.on_step = [&](const StepInfo& info, int64_t first) {
       progress(info, first);
       if (first != o.first_index) return;
-      // min(N, steps) columns: the first step, the last, and evenly spaced ones between.
+      // min(N, steps) columns, evenly spaced (rounded) from the first step to the last; one column: the last.
       const int64_t cols = std::min(o.trajectory, info.total);
-      bool wanted = cols == 1 ? info.step == info.total - 1 : false;
-      for (int64_t k = 0; k < cols && !wanted && cols > 1; ++k)
-        wanted = info.step == (k * (info.total - 1) + (cols - 1) / 2) / (cols - 1);
+      bool wanted = false;
+      for (int64_t k = 0; k < cols && !wanted; ++k)
+        wanted = info.step == (cols == 1 ? info.total - 1 : (k * (info.total - 1) + (cols - 1) / 2) / (cols - 1));
       if (!wanted) return;
       traj_xt.push_back(info.x_t.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));
       traj_x0.push_back(info.x0_pred.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));

@@ -310,16 +310,15 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
                            static_cast<double>(r.samples.size(0)) / r.seconds);
         for (auto& [k, v] : q) csv += "," + jnum(v);
         csv += "\n";
-        auto& c = curves[e.sampler];
-        c.label = e.sampler;
-        c.x.push_back(nfe_per_sample);
-        c.y.push_back(q.front().second);
-        c.markers = true;
-        auto& ct = timed[e.sampler];
-        ct.label = e.sampler;
-        ct.x.push_back(r.seconds / static_cast<double>(std::max<int64_t>(1, r.samples.size(0))));
-        ct.y.push_back(q.front().second);
-        ct.markers = true;
+        auto add_point = [&](std::map<std::string, Series>& plot, double x) {
+          auto& c = plot[e.sampler];
+          c.label = e.sampler;
+          c.x.push_back(x);
+          c.y.push_back(q.front().second);
+          c.markers = true;
+        };
+        add_point(curves, nfe_per_sample);
+        add_point(timed, r.seconds / static_cast<double>(std::max<int64_t>(1, r.samples.size(0))));
         std::cerr << fmt::format("sweep: {} {} steps: {} = {:.5g} ({:.1f}s)\n", e.sampler, steps, main_metric,
                                  q.front().second, r.seconds);
       }
