@@ -527,7 +527,7 @@ Table build_table() {
       ("ema_warmup", &R::ema_warmup, any<bool>(), "decay = min(ema_decay, (1 + step) / (10 + step))")
       ("seed", &R::seed, any<uint64_t>(), "random seed")
       ("device", &R::device, device_name(), "auto (CUDA when available), cpu, cuda or cuda:N")
-      ("threads", &R::threads, at_least<int64_t>(0), "CPU threads; 0 = all cores")
+      ("threads", &R::threads, at_least<int64_t>(0), "CPU threads; 0 = OMP_NUM_THREADS if set, else all usable cores")
       ("channels_last", &R::channels_last, any<bool>(), "channels-last memory format")
       ("precision", &R::precision, one_of(kPrecisions), "mixed precision: fp32, bf16 (CUDA, or CPUs with avx512_bf16/amx), fp16 (CUDA, loss-scaled), auto (bf16 where the hardware has it, fp16 on Volta/Turing GPUs, else fp32)")
       ("log_every", &R::log_every, at_least<int64_t>(1), "steps between log lines")

@@ -62,7 +62,7 @@ TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
   if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   diffuse::test::TempDir dir;
   const auto run = (dir.path() / "run").string();
-  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run + " --set train.threads=2");
+  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run + "");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("checkpoint"), std::string::npos) << r.out;
   ASSERT_TRUE(fs::exists(fs::path(run) / "checkpoints" / "latest.pt"));
@@ -258,7 +258,7 @@ TEST(CliEndToEnd, ToyTrainEvalSweep) {
   const auto cfg = std::string(DIFFUSE_SOURCE_DIR) + "/configs/toy2d.yaml";
   auto r = run_diffuse("train --config " + cfg + " --run-dir " + run +
                        " --set train.steps=400 --set train.sample_every=400 --set train.sample_num=500"
-                       " --set train.sample_steps=20 --set train.log_every=100 --set train.threads=2");
+                       " --set train.sample_steps=20 --set train.log_every=100");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(fs::path(run) / "samples" / "step_00000400.png"));
   const auto out = (dir.path() / "eval").string();

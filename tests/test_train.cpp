@@ -44,7 +44,7 @@ std::vector<YAML::Node> read_metrics(const std::string& path) {
 // and no checkpoints but the final one.
 Config toy_config(int64_t steps = 2, int64_t batch_size = 512) {
   Config c = load_config(std::string(DIFFUSE_SOURCE_DIR) + "/configs/toy2d.yaml");
-  c.train.threads = 2;
+  c.train.threads = 0;  // OMP_NUM_THREADS under ctest (1), else every core
   c.train.sample_every = 0;
   c.train.checkpoint_every = 1000000;
   c.train.steps = steps;
@@ -55,7 +55,7 @@ Config toy_config(int64_t steps = 2, int64_t batch_size = 512) {
 
 Config tiny_config() {
   Config c = load_config(std::string(DIFFUSE_SOURCE_DIR) + "/configs/tiny.yaml");
-  c.train.threads = 2;
+  c.train.threads = 0;  // OMP_NUM_THREADS under ctest (1), else every core
   c.train.sample_every = 0;
   return c;
 }

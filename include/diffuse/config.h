@@ -109,7 +109,7 @@ struct TrainConfig {
   bool ema_warmup = true;                // decay = min(ema_decay, (1 + step) / (10 + step))
   uint64_t seed = 0;
   std::string device = "auto";           // auto | cpu | cuda | cuda:N
-  int64_t threads = 0;                   // CPU threads; 0 = all cores
+  int64_t threads = 0;                   // CPU threads; 0 = OMP_NUM_THREADS if set, else all usable cores
   bool channels_last = false;
   std::string precision = "fp32";        // fp32 | bf16 | fp16 | auto (bf16 where the hardware has it)
   int64_t log_every = 100;

@@ -7,7 +7,15 @@
 
 namespace diffuse {
 
-// Sets LibTorch's intra-op threads (0 = all cores) and holds OpenBLAS's own pool to one
+// CPUs this process may use: the machine's, narrowed by its affinity mask (taskset, cpusets)
+// and a cgroup-v2 CPU quota (containers).
+int available_cores();
+
+// What threads = 0 means: OMP_NUM_THREADS when it is set to a positive integer, else
+// available_cores().
+int default_thread_count();
+
+// Sets LibTorch's intra-op threads (0 = default_thread_count()) and holds OpenBLAS's own pool to one
 // thread, so the two pools do not compete for the same cores (measured ~25-35% faster for a
 // UNet step on 2 cores). Returns the thread count in effect.
 int configure_threads(int threads);

@@ -108,7 +108,7 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed for noise, timesteps and samples");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
   cmd->callback([o, &action] { action = [o] { return run_eval(*o); }; });
 }

@@ -228,7 +228,7 @@ void add_sample_command(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "auto"}));
   cmd->add_option("--rho", o->rho, "Karras rho");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
   cmd->add_option("--trajectory", o->trajectory, "Save a strip of x_t and predicted x0 at this many steps")
       ->check(CLI::NonNegativeNumber);

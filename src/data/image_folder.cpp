@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "diffuse/data/file_bytes.h"
+#include "diffuse/runtime.h"
 #include "diffuse/data/image_transform.h"
 #include "diffuse/error.h"
 #include "diffuse/image_io.h"
@@ -92,7 +93,7 @@ ImageFolderDataset::ImageFolderDataset(const std::string& root, const ImageFolde
   std::vector<char> bad(paths.size(), 0);
   std::vector<std::string> reasons(paths.size());
   if (options.skip_bad_files) {
-    int64_t threads = options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+    int64_t threads = options.threads > 0 ? options.threads : available_cores();
     threads = std::min<int64_t>(threads, static_cast<int64_t>(paths.size()));
     auto check = [&](int64_t first) {
       for (size_t i = first; i < paths.size(); i += threads) {
