@@ -146,6 +146,17 @@ def forward(self, x):
   EXPECT_TRUE(std::isfinite(j["kid"].as<double>()));
   EXPECT_EQ(j["num_samples"].as<int64_t>(), 8);
   EXPECT_TRUE(fs::exists(dir.path() / "ref.pt"));
+  // The cache is reused for the same network and reference, and refused for another reference.
+  const std::string again = "eval --checkpoint " + run + " --metrics fid --num-samples 8 --set sample.steps=5"
+                            " --feature-extractor " + fe + " --format json --reference-stats " +
+                            (dir.path() / "ref.pt").string() + " --reference ";
+  r = run_diffuse(again + out2);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_DOUBLE_EQ(YAML::Load(r.out)["fid"].as<double>(), j["fid"].as<double>());
+  r = run_diffuse(again + out1);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find((dir.path() / "ref.pt").string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(fs::weakly_canonical(out2).string()), std::string::npos) << r.err;
   r = run_diffuse("eval --checkpoint " + run + " --metrics fid --num-samples 4 --format json");
   EXPECT_EQ(r.exit_code, 2);  // no feature extractor given
   EXPECT_NE(r.err.find("feature_extractor"), std::string::npos) << r.err;

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "diffuse/error.h"
@@ -147,12 +148,20 @@ TEST(EvalFid, AccumulatorMatchesTwoPassWithLargeOffset) {
 TEST(EvalFid, StatsCacheRoundTripAndErrors) {
   test::TempDir dir;
   auto s = feature_stats(torch::randn({50, 5}, seeded(7), torch::kFloat64));
+  s.extractor = "123 bytes, fnv1a64 0123456789abcdef";
+  s.reference = "images in /data/ref at 3x32x32";
   const auto path = dir.str() + "/stats.pt";
   save_feature_stats(s, path);
   auto l = load_feature_stats(path);
   EXPECT_TRUE(torch::equal(l.mu, s.mu));
   EXPECT_TRUE(torch::equal(l.sigma, s.sigma));
   EXPECT_EQ(l.n, 50);
+  EXPECT_EQ(l.extractor, s.extractor);
+  EXPECT_EQ(l.reference, s.reference);
+  // Written atomically: no temporary left beside it.
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
 
   const auto missing = dir.str() + "/nope.pt";
   try {
@@ -288,4 +297,25 @@ TEST(EvalFid, FeatureExtractorRunsTorchScript) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find(garbage), std::string::npos);
   }
+}
+
+// FNV-1a 64 against its published test vectors (the empty string and "a"), and the
+// fingerprint's defining property: the same bytes anywhere give the same value, one byte changed
+// gives another.
+TEST(EvalFid, FeatureNetworkFingerprint) {
+  test::TempDir dir;
+  auto write = [&](const std::string& name, const std::string& bytes) {
+    const auto p = dir.str() + "/" + name;
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p;
+  };
+  EXPECT_EQ(feature_network_fingerprint(write("empty", "")), "0 bytes, fnv1a64 cbf29ce484222325");
+  EXPECT_EQ(feature_network_fingerprint(write("a", "a")), "1 bytes, fnv1a64 af63dc4c8601ec8c");
+  std::string big(3 << 20, '\0');  // spans several read buffers
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  const auto one = feature_network_fingerprint(write("net1.pt", big));
+  EXPECT_EQ(one, feature_network_fingerprint(write("copy-elsewhere.pt", big)));
+  big[big.size() / 2] ^= 1;
+  EXPECT_NE(one, feature_network_fingerprint(write("net2.pt", big)));
+  EXPECT_THROW(feature_network_fingerprint(dir.str() + "/missing.pt"), UsageError);
 }

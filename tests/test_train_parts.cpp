@@ -1,13 +1,17 @@
 // The training loop's parts against their closed forms: learning-rate warm-up and cosine
-// decay, the EMA's warm-up decay and its value after k updates, and gradient clipping against
-// LibTorch's own clip_grad_norm_.
+// decay, the EMA's warm-up decay and its value after k updates, gradient clipping against
+// LibTorch's own clip_grad_norm_, and fp16 dynamic loss scaling.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
 
+#include "test_util.h"
+
+#include "diffuse/train/checkpoint.h"
 #include "diffuse/train/ema.h"
 #include "diffuse/train/grad_clip.h"
+#include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
 
 using namespace diffuse;
@@ -101,4 +105,140 @@ TEST(GradClip, MatchesLibTorchClipGradNorm) {
   p.mutable_grad() = torch::full({4}, 3.0);
   EXPECT_FLOAT_EQ(clip_grad_norm({p}, 0).item<float>(), 6.0f);
   EXPECT_TRUE(torch::equal(p.grad(), torch::full({4}, 3.0)));
+}
+
+TEST(LossScale, DisabledChangesNothing) {
+  DynamicLossScale off(false);
+  EXPECT_FALSE(off.enabled());
+  EXPECT_EQ(off.scale(), 0.0);  // what a checkpoint stores for "unused"
+  auto w = torch::ones({3}, torch::requires_grad());
+  const auto loss = (w * 2.0).sum();
+  EXPECT_TRUE(torch::equal(off.apply(loss), loss));
+  off.apply(loss).backward();
+  off.unscale({w});
+  EXPECT_TRUE(torch::allclose(w.grad(), torch::full({3}, 2.0)));
+  off.restore(1024.0);
+  EXPECT_EQ(off.scale(), 0.0);
+  EXPECT_FALSE(off.update(/*overflow=*/true));  // a non-finite step is the caller's to handle
+}
+
+// The point of loss scaling: a gradient below fp16's range (1e-8 < 6e-8, the smallest
+// subnormal) is flushed to zero in an fp16 backward pass, and survives when the loss is scaled
+// first and the fp32 gradient divided afterwards, as under autocast (fp32 weights, fp16 maths).
+TEST(LossScale, KeepsGradientsThatFp16WouldFlushToZero) {
+  auto run = [](DynamicLossScale& s) {
+    auto w = torch::ones({8}, torch::requires_grad());  // fp32 weights
+    const auto x = torch::full({8}, 1e-4, torch::kHalf);
+    const auto y = (w.to(torch::kHalf) * x).sum();       // fp16 activations
+    s.apply(y.to(torch::kFloat32) * 1e-4).backward();     // dloss/dw = 1e-8
+    s.unscale({w});
+    return w.grad();
+  };
+  DynamicLossScale off(false), on(true);
+  EXPECT_EQ(run(off).abs().max().item<float>(), 0.0f);  // lost without scaling
+  const auto g = run(on);
+  // fp16 keeps 11 significant bits of 1e-4: within 1e-3 relative of the exact 1e-8.
+  EXPECT_TRUE(torch::allclose(g, torch::full({8}, 1e-8), /*rtol=*/1e-3, /*atol=*/0.0)) << g;
+  // And for gradients in range, scale-then-unscale by a power of two is exact.
+  auto a = torch::randn({5}, torch::requires_grad()), b = a.detach().clone().requires_grad_();
+  (a * a).sum().backward();
+  on.apply((b * b).sum()).backward();
+  on.unscale({b});
+  EXPECT_TRUE(torch::equal(a.grad(), b.grad()));
+}
+
+// GradScaler's schedule: halve on overflow (restarting the count), double after every
+// growth_interval good steps in a row, and give up below the minimum scale.
+TEST(LossScale, HalvesOnOverflowGrowsAfterAnIntervalAndStopsAtTheMinimum) {
+  DynamicLossScale s(true, /*initial=*/16.0, /*growth_interval=*/3, /*min_scale=*/4.0);
+  EXPECT_EQ(s.scale(), 16.0);
+  EXPECT_TRUE(s.update(false));
+  EXPECT_TRUE(s.update(false));
+  EXPECT_EQ(s.scale(), 16.0);
+  EXPECT_TRUE(s.update(true));  // overflow: 8, and the two good steps no longer count
+  EXPECT_EQ(s.scale(), 8.0);
+  EXPECT_TRUE(s.update(false));
+  EXPECT_TRUE(s.update(false));
+  EXPECT_EQ(s.scale(), 8.0);
+  EXPECT_TRUE(s.update(false));  // third good step in a row: 16
+  EXPECT_EQ(s.scale(), 16.0);
+  EXPECT_TRUE(s.update(true));
+  EXPECT_TRUE(s.update(true));
+  EXPECT_EQ(s.scale(), 4.0);
+  EXPECT_FALSE(s.update(true));  // 2 < min_scale: not an fp16 range problem
+  EXPECT_EQ(s.scale(), 4.0);
+  s.restore(0.0);  // a checkpoint of a run that did not use fp16
+  EXPECT_EQ(s.scale(), 4.0);
+  s.restore(512.0, /*good_steps=*/2);  // resumed two good steps into an interval
+  EXPECT_EQ(s.scale(), 512.0);
+  EXPECT_EQ(s.good_steps(), 2);
+  EXPECT_TRUE(s.update(false));
+  EXPECT_EQ(s.scale(), 1024.0);
+}
+
+// An overflowing scaled gradient is caught by the step's finite check (the clipped norm), which
+// is how the trainer tells an fp16 overflow from a good step.
+TEST(LossScale, OverflowShowsInTheGradientNorm) {
+  DynamicLossScale s(true, /*initial=*/std::ldexp(1.0, 120));
+  auto w = torch::ones({4}, torch::requires_grad());
+  s.apply((w * 1e30).sum()).backward();  // 1e30 * 2^120 > float max
+  s.unscale({w});
+  const double norm = clip_grad_norm({w}, 1.0).item<double>();
+  EXPECT_FALSE(std::isfinite(norm));
+  EXPECT_TRUE(s.update(/*overflow=*/!std::isfinite(norm)));
+  EXPECT_EQ(s.scale(), std::ldexp(1.0, 119));
+}
+
+// Every field of a checkpoint's metadata, the weights and the optimizer state read back as
+// written.
+TEST(Checkpoint, EveryFieldRoundTrips) {
+  test::TempDir dir;
+  torch::manual_seed(5);
+  torch::nn::Linear model(3, 2), ema(3, 2), model2(3, 2), ema2(3, 2);
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-3));
+  model(torch::randn({4, 3})).sum().backward();
+  opt.step();  // so the optimizer has state (exp_avg, exp_avg_sq, step)
+  CheckpointMeta m;
+  m.step = 1234;
+  m.config_yaml = "train:\n  steps: 5\n";
+  m.data.shape = {1, 28, 28};
+  m.data.num_classes = 10;
+  m.data_epoch = 3;
+  m.data_offset = 4096;
+  m.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
+  m.timestep_sampler_state = torch::arange(12, torch::kFloat64).reshape({3, 4});
+  m.loss_scale = 32768.0;
+  m.loss_scale_good_steps = 1999;
+  m.elapsed_seconds = 61.25;
+  const auto path = (dir.path() / "c.pt").string();
+  save_checkpoint(path, m, *model, ema.get(), &opt);
+  CheckpointReader r(path);
+  const auto& b = r.meta();
+  EXPECT_EQ(b.step, 1234);
+  EXPECT_EQ(b.config_yaml, m.config_yaml);
+  EXPECT_EQ(b.data.shape, m.data.shape);
+  EXPECT_EQ(b.data.num_classes, 10);
+  EXPECT_EQ(b.data_epoch, 3);
+  EXPECT_EQ(b.data_offset, 4096);
+  EXPECT_TRUE(torch::equal(b.cpu_rng_state, m.cpu_rng_state));
+  EXPECT_TRUE(torch::equal(b.timestep_sampler_state, m.timestep_sampler_state));
+  EXPECT_FALSE(b.device_rng_state.defined());
+  EXPECT_EQ(b.loss_scale, 32768.0);
+  EXPECT_EQ(b.loss_scale_good_steps, 1999);
+  EXPECT_EQ(b.elapsed_seconds, 61.25);
+  EXPECT_TRUE(r.has_ema());
+  r.load_weights(*model2, false);
+  r.load_weights(*ema2, true);
+  EXPECT_TRUE(torch::equal(model2->weight, model->weight));
+  EXPECT_TRUE(torch::equal(ema2->bias, ema->bias));
+  torch::optim::AdamW opt2(model2->parameters(), torch::optim::AdamWOptions(1e-3));
+  r.load_optimizer(opt2);
+  // The same state gives the same next step.
+  for (auto* o : {&opt, &opt2}) o->zero_grad();
+  const auto x = torch::randn({4, 3});
+  model(x).sum().backward();
+  model2(x).sum().backward();
+  opt.step();
+  opt2.step();
+  EXPECT_TRUE(torch::equal(model2->weight, model->weight));
 }

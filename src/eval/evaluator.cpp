@@ -215,8 +215,19 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
 
   // --- sample quality ------------------------------------------------------------------------
   std::unique_ptr<FeatureExtractor> extractor;
+  std::string extractor_id;
   FeatureStats ref_stats;
   torch::Tensor ref_feats;
+  // What the reference statistics describe; a cache made from anything else is refused.
+  auto reference_source = [&] {
+    std::string shape;
+    for (auto d : req.shape.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    if (!ev.reference.empty())
+      return fmt::format("images in {} at {}", fs::weakly_canonical(ev.reference).string(), shape);
+    return fmt::format("{} {} split of {} at {}", to_string(cfg.data.dataset), ev.split,
+                       cfg.data.path.empty() ? std::string("(default path)") : fs::weakly_canonical(cfg.data.path).string(),
+                       shape);
+  };
   auto ensure_reference = [&](bool need_features) {
     if (!extractor) {
       if (ev.feature_extractor.empty())
@@ -224,10 +235,24 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       FeatureExtractorOptions fo;
       fo.device = req.device;
       extractor = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);
+      extractor_id = feature_network_fingerprint(ev.feature_extractor);
     }
     if (ref_stats.n > 0 && (!need_features || ref_feats.defined())) return;
     if (!need_features && !req.reference_stats.empty() && fs::exists(req.reference_stats)) {
       ref_stats = load_feature_stats(req.reference_stats);
+      const auto& path = req.reference_stats;
+      const std::string fix = "; delete it, or give --reference-stats another file, to compute fresh statistics";
+      if (!ref_stats.extractor.empty() && ref_stats.extractor != extractor_id)
+        throw UsageError(fmt::format("reference statistics '{}' were computed with another feature network ({}) than "
+                                     "eval.feature_extractor '{}' ({}){}",
+                                     path, ref_stats.extractor, ev.feature_extractor, extractor_id, fix));
+      const auto source = reference_source();
+      if (!ref_stats.reference.empty() && ref_stats.reference != source)
+        throw UsageError(fmt::format("reference statistics '{}' describe {}, not {} as asked now{}", path,
+                                     ref_stats.reference, source, fix));
+      if (ref_stats.extractor.empty())
+        std::cerr << "note: reference statistics '" << path
+                  << "' do not record their feature network or images (an .npz or an older file); used as given\n";
       return;
     }
     torch::Tensor x;
@@ -241,6 +266,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     }
     ref_feats = extractor->features(x).to(torch::kCPU, torch::kFloat64);
     ref_stats = feature_stats(ref_feats);
+    ref_stats.extractor = extractor_id;
+    ref_stats.reference = reference_source();
     if (!req.reference_stats.empty()) {
       save_feature_stats(ref_stats, req.reference_stats);
       rep.file("reference statistics", req.reference_stats);

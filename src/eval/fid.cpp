@@ -5,8 +5,12 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
 #include <random>
 
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 #include "diffuse/eval/npz.h"
 #include "diffuse/eval/random.h"
@@ -157,11 +161,32 @@ void save_feature_stats(const FeatureStats& stats, const std::string& path) {
     ar.write("mu", stats.mu.detach().to(torch::kCPU, torch::kFloat64));
     ar.write("sigma", stats.sigma.detach().to(torch::kCPU, torch::kFloat64));
     ar.write("n", torch::tensor({stats.n}, torch::kLong));
-    ar.save_to(path);
+    ar.write("extractor", c10::IValue(stats.extractor));
+    ar.write("reference", c10::IValue(stats.reference));
+    std::ostringstream bytes;
+    ar.save_to(bytes);
+    write_file_atomic(path, bytes.str());
   } catch (const c10::Error& e) {
     throw UsageError(fmt::format("feature statistics file '{}' could not be written: {}", path,
                                  e.what_without_backtrace()));
+  } catch (const std::runtime_error& e) {
+    throw UsageError(fmt::format("feature statistics file '{}' could not be written: {}", path, e.what()));
   }
+}
+
+std::string feature_network_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError(fmt::format("feature extractor '{}' could not be opened", path));
+  uint64_t h = 14695981039346656037ull;  // FNV-1a offset basis
+  uint64_t size = 0;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const auto got = static_cast<size_t>(in.gcount());
+    for (size_t i = 0; i < got; ++i) h = (h ^ static_cast<unsigned char>(buf[i])) * 1099511628211ull;
+    size += got;
+  }
+  return fmt::format("{} bytes, fnv1a64 {:016x}", size, h);
 }
 
 FeatureStats load_feature_stats(const std::string& path) {
@@ -185,6 +210,9 @@ FeatureStats load_feature_stats(const std::string& path) {
       for (auto [key, t] : {std::pair<const char*, torch::Tensor*>{"mu", &s.mu}, {"sigma", &s.sigma}, {"n", &n}})
         if (!ar.try_read(key, *t))
           throw UsageError(fmt::format("feature statistics file '{}' has no '{}' entry", path, key));
+      c10::IValue v;
+      if (ar.try_read("extractor", v) && v.isString()) s.extractor = v.toStringRef();
+      if (ar.try_read("reference", v) && v.isString()) s.reference = v.toStringRef();
     } catch (const c10::Error& e) {
       throw UsageError(fmt::format("feature statistics file '{}' could not be read (expected a file written by "
                                    "save_feature_stats, or an .npz with mu and sigma): {}",

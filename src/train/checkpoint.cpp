@@ -39,6 +39,7 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn
   ar.write("data_epoch", c10::IValue(m.data_epoch));
   ar.write("data_offset", c10::IValue(m.data_offset));
   ar.write("loss_scale", c10::IValue(m.loss_scale));
+  ar.write("loss_scale_good_steps", c10::IValue(m.loss_scale_good_steps));
   ar.write("elapsed_seconds", c10::IValue(m.elapsed_seconds));
   if (m.cpu_rng_state.defined()) ar.write("cpu_rng_state", m.cpu_rng_state);
   if (m.device_rng_state.defined()) ar.write("device_rng_state", m.device_rng_state.cpu());
@@ -97,6 +98,7 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   meta_.config_yaml = cfg.toStringRef();
   c10::IValue d;
   if (archive_->try_read("loss_scale", d) && d.isDouble()) meta_.loss_scale = d.toDouble();
+  if (archive_->try_read("loss_scale_good_steps", d) && d.isInt()) meta_.loss_scale_good_steps = d.toInt();
   if (archive_->try_read("elapsed_seconds", d) && d.isDouble()) meta_.elapsed_seconds = d.toDouble();
   torch::Tensor shape;
   archive_->read("data_shape", shape);

@@ -34,6 +34,7 @@
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/ema.h"
 #include "diffuse/train/grad_clip.h"
+#include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
 
 namespace fs = std::filesystem;
@@ -214,7 +215,7 @@ TrainSummary train(const TrainRequest& req) {
                                                          .weight_decay(cfg.train.weight_decay));
   auto tsampler = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps());
   int64_t step = 0;
-  double loss_scale = precision == "fp16" ? 65536.0 : 0.0;
+  DynamicLossScale loss_scale(precision == "fp16");
   double prior_elapsed = 0.0;
   if (ckpt) {
     const auto& m = ckpt->meta();
@@ -229,7 +230,7 @@ TrainSummary train(const TrainRequest& req) {
       g.set_state(m.device_rng_state);
     }
     if (m.timestep_sampler_state.defined()) tsampler->load_state(m.timestep_sampler_state);
-    if (m.loss_scale > 0 && loss_scale > 0) loss_scale = m.loss_scale;  // fp16 then and now
+    loss_scale.restore(m.loss_scale, m.loss_scale_good_steps);  // only when fp16 then and now
     prior_elapsed = m.elapsed_seconds;
     log->info("resumed from {} at step {}", ckpt->path(), step);
   }
@@ -268,7 +269,8 @@ TrainSummary train(const TrainRequest& req) {
     meta.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
     if (device.is_cuda()) meta.device_rng_state = at::globalContext().defaultGenerator(device).get_state();
     meta.timestep_sampler_state = tsampler->state();
-    meta.loss_scale = loss_scale;
+    meta.loss_scale = loss_scale.scale();
+    meta.loss_scale_good_steps = loss_scale.good_steps();
     meta.elapsed_seconds = elapsed;
     summary.checkpoint = save_run_checkpoint(req.run_dir, cfg.train.keep_checkpoints, meta, *model, ema_model.get(),
                                              &optimizer);
@@ -310,7 +312,6 @@ TrainSummary train(const TrainRequest& req) {
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   double last_loss = std::numeric_limits<double>::quiet_NaN();
   int64_t images_total = 0;
-  int64_t good_fp16_steps = 0;
   model->train();
 
   while (step < cfg.train.steps) {
@@ -321,23 +322,39 @@ TrainSummary train(const TrainRequest& req) {
     torch::Tensor mse_sum = torch::zeros({}, torch::TensorOptions().device(device));
     torch::Tensor vb_sum = torch::zeros({}, torch::TensorOptions().device(device));
     std::vector<torch::Tensor> step_t, step_losses;
+    // Everything random about the step except dropout is drawn for all micro-batches at once:
+    // the timesteps, then the noise, then the label drops. K micro-batches of B then use the
+    // random streams exactly as one batch of K*B does, so accumulation makes the same step as
+    // the larger batch would (Train.GradAccumulationEqualsOneBatchOfTheSameExamples).
+    std::vector<Batch> micro_batches;
+    int64_t step_examples = 0;
     for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
-      auto batch = loader.next();
+      micro_batches.push_back(loader.next());
+      step_examples += micro_batches.back().x.size(0);
+    }
+    const auto step_draw = tsampler->sample(step_examples, device, cpu_gen);  // drawn on the CPU, copied without a sync
+    auto noise_shape = micro_batches.front().x.sizes().vec();
+    noise_shape[0] = step_examples;
+    const auto step_noise = torch::randn(noise_shape, torch::TensorOptions().device(device));
+    torch::Tensor step_drop;
+    if (class_cond && cfg.model.p_uncond > 0)
+      step_drop = torch::rand({step_examples}, torch::TensorOptions().device(device)) < cfg.model.p_uncond;
+    int64_t first = 0;
+    for (auto& batch : micro_batches) {
       auto x0 = batch.x.to(device, /*non_blocking=*/true);
       if (cfg.train.channels_last && x0.dim() == 4) x0 = x0.contiguous(torch::MemoryFormat::ChannelsLast);
       const int64_t B = x0.size(0);
-      auto draw = tsampler->sample(B, device, cpu_gen);  // drawn on the CPU, copied without a sync
-      auto noise = torch::randn_like(x0);
+      TimestepDraw draw{step_draw.t.narrow(0, first, B), step_draw.weights.narrow(0, first, B)};
+      auto noise = step_noise.narrow(0, first, B).contiguous(x0.suggest_memory_format());
       auto x_t = diffusion.q_sample(x0, draw.t, noise);
       torch::Tensor y;
       if (class_cond) {
         y = batch.y.to(device, /*non_blocking=*/true);  // pinned by the loader on CUDA
         // Classifier-free guidance training: replace labels by the null label with prob p_uncond.
-        if (cfg.model.p_uncond > 0) {
-          auto drop = torch::rand({B}, torch::TensorOptions().device(device)) < cfg.model.p_uncond;
-          y = torch::where(drop, torch::full_like(y, model->null_label()), y);
-        }
+        if (step_drop.defined())
+          y = torch::where(step_drop.narrow(0, first, B), torch::full_like(y, model->null_label()), y);
       }
+      first += B;
       torch::Tensor out;
       {
         AutocastGuard ac(precision, device);
@@ -345,7 +362,7 @@ TrainSummary train(const TrainRequest& req) {
       }
       auto losses = training_losses(diffusion, loss_cfg, out.to(torch::kFloat32), x0, x_t, draw.t, noise);
       auto loss = (losses.loss * draw.weights).mean() / static_cast<double>(cfg.train.grad_accum);
-      (loss_scale > 0 ? loss * loss_scale : loss).backward();
+      loss_scale.apply(loss).backward();
       loss_sum += loss.detach();
       if (losses.mse.defined()) mse_sum += losses.mse.detach().mean() / static_cast<double>(cfg.train.grad_accum);
       if (losses.vb.defined()) vb_sum += losses.vb.detach().mean() / static_cast<double>(cfg.train.grad_accum);
@@ -354,10 +371,7 @@ TrainSummary train(const TrainRequest& req) {
       images_total += B;
       win.images += B;
     }
-    if (loss_scale > 0) {
-      for (auto& p : model->parameters())
-        if (p.grad().defined()) p.grad().div_(loss_scale);
-    }
+    loss_scale.unscale(model->parameters());
     // The gradient norm before clipping (with grad_clip = 0 it is only measured), clipped on the
     // device, then loss and norm read in one host sync (torch's clip_grad_norm_ syncs on its own).
     const auto clipped = clip_grad_norm(model->parameters(), cfg.train.grad_clip);
@@ -370,11 +384,9 @@ TrainSummary train(const TrainRequest& req) {
     const double lr = lrs.at(step);
     if (!finite) {
       optimizer.zero_grad();
-      if (loss_scale > 0 && std::isfinite(loss_value)) {
+      if (loss_scale.enabled() && std::isfinite(loss_value) && loss_scale.update(/*overflow=*/true)) {
         // fp16 overflow in the gradients: lower the scale and try the next batch (as GradScaler).
-        loss_scale /= 2.0;
-        good_fp16_steps = 0;
-        log->warn("step {}: gradient overflow in fp16, loss scale now {}", step, loss_scale);
+        log->warn("step {}: gradient overflow in fp16, loss scale now {}", step, loss_scale.scale());
       } else if (cfg.train.on_nonfinite == "skip") {
         ++summary.skipped_steps;
         log->warn("step {}: non-finite {} ({}), step skipped", step, std::isfinite(loss_value) ? "gradient" : "loss",
@@ -392,7 +404,7 @@ TrainSummary train(const TrainRequest& req) {
       optimizer.step();
       optimizer.zero_grad();
       ema.update(step);
-      if (loss_scale > 0 && ++good_fp16_steps % 2000 == 0) loss_scale *= 2.0;
+      loss_scale.update(/*overflow=*/false);
       for (size_t i = 0; i < step_t.size(); ++i) tsampler->update(step_t[i], step_losses[i]);
       record_step(win, loss_value, grad_norm, mse_sum, vb_sum, step_t, step_losses, T);
     }

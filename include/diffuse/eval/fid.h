@@ -56,7 +56,15 @@ struct FeatureStats {
   torch::Tensor mu;     // [D] float64
   torch::Tensor sigma;  // [D, D] float64, the unbiased sample covariance (divisor n - 1)
   int64_t n = 0;        // number of feature vectors (0 when unknown, e.g. read from an .npz)
+  // Where the statistics came from, so a cache is not reused for another network or reference
+  // set (empty when unknown: an .npz, or a file written before these were recorded).
+  std::string extractor;  // feature_network_fingerprint() of the network
+  std::string reference;  // what was measured (e.g. "fashion-mnist test split of /usr/share/...")
 };
+
+// A fingerprint of a feature-network file that survives moving or copying it: its size and a
+// 64-bit FNV-1a hash of its bytes ("<bytes> bytes, fnv1a64 <16 hex digits>"). Errors name the file.
+std::string feature_network_fingerprint(const std::string& path);
 
 // Mean and covariance of features [N, D] (N >= 2), in float64, two-pass (centred) on the
 // features' device.
@@ -75,7 +83,8 @@ class FeatureStatsAccumulator {
   torch::Tensor mean_, m2_;  // float64 [D], [D, D] (sum of centred outer products)
 };
 
-// Cache file: a torch::serialize archive holding "mu", "sigma" (float64) and "n". Loading also
+// Cache file: a torch::serialize archive holding "mu", "sigma" (float64), "n" and the strings
+// "extractor" and "reference", written atomically (temporary file, rename). Loading also
 // reads NumPy .npz files with arrays mu and sigma (pytorch-fid's --save-stats format; n = 0
 // unless an array n is present). Errors name the file.
 void save_feature_stats(const FeatureStats& stats, const std::string& path);

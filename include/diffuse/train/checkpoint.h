@@ -34,6 +34,7 @@ struct CheckpointMeta {
   torch::Tensor device_rng_state;  // the training device's generator (CUDA), undefined on CPU
   torch::Tensor timestep_sampler_state;
   double loss_scale = 0.0;   // fp16 dynamic loss scale (0 = unused)
+  int64_t loss_scale_good_steps = 0;  // good steps since its last change (GradScaler's growth tracker)
   double elapsed_seconds = 0.0;
 };
 
