@@ -570,6 +570,8 @@ Table build_table() {
       ("num_images", &E::num_images, at_least<int64_t>(0), "held-out images for bpd; 0 = all")
       ("batch_size", &E::batch_size, at_least<int64_t>(1), "evaluation batch size")
       ("mc_timesteps", &E::mc_timesteps, at_least<int64_t>(1), "bpd-mc: random timesteps per image")
+      ("decoder_cdf", &E::decoder_cdf, choice(decoder_cdf_names, parse_decoder_cdf),
+       "normal CDF of the decoder term L_0: exact, or tanh (improved-diffusion's approximation)")
       ("feature_extractor", &E::feature_extractor, any<std::string>(), "TorchScript file giving FID/KID features")
       ("reference", &E::reference, any<std::string>(), "image folder or cached statistics for FID/KID")
       ("num_samples", &E::num_samples, at_least<int64_t>(1), "generated samples for FID/KID/toy metrics");

@@ -21,13 +21,33 @@ torch::Tensor normal_kl(const torch::Tensor& mean1, const torch::Tensor& logvar1
   return 0.5 * (-1.0 + logvar2 - logvar1 + (logvar1 - logvar2).exp() + (mean1 - mean2).pow(2) * (-logvar2).exp());
 }
 
+std::vector<std::string> decoder_cdf_names() { return {"exact", "tanh"}; }
+DecoderCdf parse_decoder_cdf(const std::string& name) {
+  if (name == "exact") return DecoderCdf::Exact;
+  if (name == "tanh") return DecoderCdf::Tanh;
+  throw_not_one_of("decoder_cdf", name, decoder_cdf_names());
+}
+std::string to_string(DecoderCdf v) { return v == DecoderCdf::Exact ? "exact" : "tanh"; }
+
 torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const torch::Tensor& mean,
-                                                  const torch::Tensor& log_scale) {
+                                                  const torch::Tensor& log_scale, DecoderCdf cdf) {
   TORCH_CHECK(x.sizes() == mean.sizes(), "x and mean differ in shape");
   auto centered = x - mean;
   auto inv_std = (-log_scale).exp();
   auto plus_in = inv_std * (centered + 1.0 / 255.0);
   auto min_in = inv_std * (centered - 1.0 / 255.0);
+  if (cdf == DecoderCdf::Tanh) {
+    // improved-diffusion's approximate_standard_normal_cdf and its 1e-12 floors, as published
+    // bits/dim were computed.
+    auto approx = [](const torch::Tensor& v) {
+      return 0.5 * (1.0 + torch::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v.pow(3))));
+    };
+    auto cdf_plus = approx(plus_in), cdf_min = approx(min_in);
+    auto lp_low = cdf_plus.clamp_min(1e-12).log();
+    auto lp_high = (1.0 - cdf_min).clamp_min(1e-12).log();
+    auto lp_mid = (cdf_plus - cdf_min).clamp_min(1e-12).log();
+    return torch::where(x < -0.999, lp_low, torch::where(x > 0.999, lp_high, lp_mid));
+  }
   // log Phi(plus) for the lowest bin and log(1 - Phi(min)) = log Phi(-min) for the highest.
   auto log_cdf_plus = torch::special::log_ndtr(plus_in);
   auto log_one_minus_cdf_min = torch::special::log_ndtr(-min_in);
@@ -52,12 +72,13 @@ torch::Tensor prior_bpd(const GaussianDiffusion& diffusion, const torch::Tensor&
 }
 
 VlbTerm vlb_term_bpd(const GaussianDiffusion& diffusion, const torch::Tensor& model_output, const torch::Tensor& x0,
-                     const torch::Tensor& x_t, const torch::Tensor& t, const ReverseOptions& opts) {
+                     const torch::Tensor& x_t, const torch::Tensor& t, const ReverseOptions& opts,
+                     DecoderCdf cdf) {
   auto post = diffusion.q_posterior(x0, x_t, t);
   auto p = diffusion.p_mean_variance(model_output, x_t, t, opts);
   auto kl = mean_flat(normal_kl(post.mean, post.log_variance, p.mean, p.log_variance)) / kLn2;
   // L_0: the decoder's NLL; its scale is exp(log_var / 2).
-  auto nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)) / kLn2;
+  auto nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance, cdf)) / kLn2;
   auto is_zero = (t.to(kl.device()) == 0);
   return {torch::where(is_zero, nll, kl), p.x0_pred, p.eps_pred};
 }

@@ -165,6 +165,12 @@ def forward(self, x):
   r = run_diffuse("eval --checkpoint " + run + " --metrics fidd");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("fidd"), std::string::npos) << r.err;
+  r = run_diffuse("eval --checkpoint " + run + " --decoder-cdf erf");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("tanh"), std::string::npos) << r.err;
+  r = run_diffuse("eval --checkpoint " + run + " --set eval.decoder_cdf=erf");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("eval.decoder_cdf"), std::string::npos) << r.err;
   r = run_diffuse("sample --checkpoint " + run + " --sampler dpm");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("ddim"), std::string::npos) << r.err;

@@ -67,7 +67,7 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(sample.batch_size); CMP(sample.seed); CMP(sample.use_ema); CMP(sample.clip_x0);
   CMP(sample.dynamic_threshold); CMP(sample.guidance_scale); CMP(sample.labels); CMP(sample.sigmas);
   CMP(sample.rho); CMP(sample.precision);
-  CMP(eval.metrics); CMP(eval.split); CMP(eval.num_images); CMP(eval.batch_size); CMP(eval.mc_timesteps);
+  CMP(eval.metrics); CMP(eval.split); CMP(eval.num_images); CMP(eval.batch_size); CMP(eval.mc_timesteps); CMP(eval.decoder_cdf);
   CMP(eval.feature_extractor); CMP(eval.reference); CMP(eval.num_samples);
 #undef CMP
   return out;
@@ -174,6 +174,7 @@ Config all_changed() {
   e.num_images = 0;
   e.batch_size = 32;
   e.mc_timesteps = 4;
+  e.decoder_cdf = DecoderCdf::Tanh;
   e.feature_extractor = "inception v3.pt";
   e.reference = "null";  // a string, not YAML's null
   e.num_samples = 5000;

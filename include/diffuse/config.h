@@ -145,6 +145,7 @@ struct EvalConfig {
   int64_t num_images = 1000;     // held-out images for bpd (0 = all)
   int64_t batch_size = 64;
   int64_t mc_timesteps = 8;      // bpd-mc: random t per image
+  DecoderCdf decoder_cdf = DecoderCdf::Exact;  // bpd: normal CDF of the decoder term (tanh = improved-diffusion's)
   std::string feature_extractor = "";  // TorchScript file for FID/KID features
   std::string reference = "";    // image folder or cached statistics file for FID/KID
   int64_t num_samples = 1000;    // generated samples for FID/KID/toy metrics

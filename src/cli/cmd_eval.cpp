@@ -11,6 +11,7 @@
 #include "diffuse/error.h"
 #include "diffuse/eval/evaluator.h"
 #include "diffuse/factory.h"
+#include "diffuse/losses.h"
 #include "diffuse/models/network.h"
 #include "diffuse/runtime.h"
 #include "diffuse/timestep_sampler.h"
@@ -24,7 +25,7 @@ namespace {
 
 struct EvalOptions {
   std::string checkpoint, out, format = "text", weights = "ema", device = "auto", split, samples, reference,
-                          reference_stats, feature_extractor;
+                          reference_stats, feature_extractor, decoder_cdf;
   std::vector<std::string> metrics, overrides, sweep;
   int64_t num_images = -1, batch_size = 0, mc_timesteps = 0, num_samples = 0;
   bool importance = false;
@@ -46,6 +47,7 @@ int run_eval(const EvalOptions& o) {
   if (o.num_samples > 0) ev.num_samples = o.num_samples;
   if (!o.reference.empty()) ev.reference = o.reference;
   if (!o.feature_extractor.empty()) ev.feature_extractor = o.feature_extractor;
+  if (!o.decoder_cdf.empty()) ev.decoder_cdf = parse_decoder_cdf(o.decoder_cdf);
   configure_threads(o.threads);
 
   EvalRequest req;
@@ -96,6 +98,9 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--num-images", o->num_images, "Held-out images for bpd (0 = all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch-size", o->batch_size, "Images per batch")->check(CLI::PositiveNumber);
   cmd->add_option("--mc-timesteps", o->mc_timesteps, "bpd-mc: random t per image")->check(CLI::PositiveNumber);
+  cmd->add_option("--decoder-cdf", o->decoder_cdf,
+                  "bpd: normal CDF of the decoder term: exact, or tanh (improved-diffusion's, to match published numbers)")
+      ->check(CLI::IsMember(decoder_cdf_names()));
   cmd->add_flag("--importance", o->importance, "bpd-mc: draw t from the checkpoint's loss-aware sampler");
   cmd->add_option("--num-samples", o->num_samples, "Generated samples for fid/kid/toy")->check(CLI::PositiveNumber);
   cmd->add_option("--samples", o->samples, "fid/kid: an image folder to measure instead of generating");

@@ -161,6 +161,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
         auto x0 = x_all.slice(0, i, std::min(N, i + B)).to(req.device);
         const int64_t b = x0.size(0);
         BpdOptions opts;
+        opts.decoder_cdf = ev.decoder_cdf;
         int64_t k = 0;
         opts.progress = [&](int64_t) { bar.update(done + (++k) * b); };
         acc.add(calc_bpd_loop(diffusion, fn, x0, gen, opts));
@@ -198,6 +199,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       std::vector<torch::Tensor> per_image;
       BpdMcOptions mo;
       mo.samples_per_image = ev.mc_timesteps;
+      mo.decoder_cdf = ev.decoder_cdf;
       mo.probabilities = req.timestep_probabilities;
       ProgressBar bar("bpd-mc", N);
       for (int64_t i = 0; i < N; i += B) {

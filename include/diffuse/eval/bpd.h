@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "diffuse/diffusion.h"
+#include "diffuse/losses.h"
 #include "diffuse/model_fn.h"
 
 namespace diffuse {
@@ -23,6 +24,7 @@ namespace diffuse {
 
 struct BpdOptions {
   bool clip_x0 = true;  // clamp the predicted x_0 to [-1, 1] (improved-diffusion's clip_denoised)
+  DecoderCdf decoder_cdf = DecoderCdf::Exact;  // the normal CDF of the decoder term L_0
   std::function<void(int64_t t)> progress;  // called after the term at step t is done (optional)
 };
 
@@ -84,6 +86,7 @@ struct BpdMcOptions {
   // importance weight 1 / (T p(t)), so the estimate stays unbiased.
   torch::Tensor probabilities;
   bool clip_x0 = true;
+  DecoderCdf decoder_cdf = DecoderCdf::Exact;
   std::function<void(int64_t k)> progress;  // called after draw k of K (optional)
 };
 
