@@ -160,8 +160,9 @@ std::string version_report() {
 #endif
     }
   }
-  out += fmt::format("CPU threads: {} (usable cores: {}, machine: {})\n", torch::get_num_threads(), available_cores(),
-                     std::thread::hardware_concurrency());
+  out += fmt::format("CPU threads by default: {} (usable cores: {}, machine: {}{})\n", default_thread_count(),
+                     available_cores(), std::thread::hardware_concurrency(),
+                     std::getenv("OMP_NUM_THREADS") ? fmt::format(", OMP_NUM_THREADS={}", std::getenv("OMP_NUM_THREADS")) : "");
   return out;
 }
 

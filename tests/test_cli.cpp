@@ -103,4 +103,6 @@ TEST(Cli, VersionReportsLibTorch) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("LibTorch"), std::string::npos);
   EXPECT_NE(r.out.find("CUDA available"), std::string::npos);
+  r = run_diffuse("--version", "OMP_NUM_THREADS=3");
+  EXPECT_NE(r.out.find("CPU threads by default: 3 "), std::string::npos) << r.out;
 }
