@@ -4,11 +4,13 @@
 #include <filesystem>
 #include <iostream>
 #include <regex>
+#include <sstream>
 
 #include <fmt/format.h>
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 #include "diffuse/eval/plot.h"
 #include "diffuse/factory.h"
@@ -185,7 +187,9 @@ int run_sample(const SampleOptions& o) {
   }
   if (o.save_tensor || !images) {
     const auto tpath = (fs::path(o.out) / "samples.pt").string();
-    torch::save(r.samples, tpath);
+    std::ostringstream bytes;
+    torch::save(r.samples, bytes);
+    write_file_atomic(tpath, bytes.str());
     written.push_back("tensor " + tpath + " (torch::save of [N, ...] float32)");
   }
   std::cout << fmt::format("sampled {} with {} ({} steps, {} network evaluations) in {:.1f}s ({:.2f} samples/s, {} threads, {})\n",

@@ -3,9 +3,9 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <fstream>
 #include <stdexcept>
 
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 #include "diffuse/losses.h"
 
@@ -64,15 +64,13 @@ std::string json_array(const std::vector<double>& v) {
   return s + "]";
 }
 
-std::ofstream open_output(const std::string& path, const char* what) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw UsageError(fmt::format("{} file '{}' cannot be opened for writing", what, path));
-  return out;
-}
-
-void finish_output(std::ofstream& out, const std::string& path, const char* what) {
-  out.flush();
-  if (!out) throw UsageError(fmt::format("{} file '{}' could not be written", what, path));
+// Whole file or nothing: an interrupted write never leaves half a table where a good one was.
+void write_output(const std::string& path, const std::string& text, const char* what) {
+  try {
+    write_file_atomic(path, text);
+  } catch (const std::runtime_error& e) {
+    throw UsageError(fmt::format("{} file could not be written: {}", what, e.what()));
+  }
 }
 
 }  // namespace
@@ -178,12 +176,11 @@ BpdSummary BpdAccumulator::summary() const {
 }
 
 void write_bpd_terms_csv(const std::string& path, const BpdSummary& s) {
-  auto out = open_output(path, "bpd terms CSV");
-  out << "t,vb_bpd,x0_mse,eps_mse\n";
+  std::string csv = "t,vb_bpd,x0_mse,eps_mse\n";
   for (size_t t = 0; t < s.vb_bpd.size(); ++t)
-    out << fmt::format("{},{},{},{}\n", t, s.vb_bpd[t], t < s.x0_mse.size() ? s.x0_mse[t] : NAN,
+    csv += fmt::format("{},{},{},{}\n", t, s.vb_bpd[t], t < s.x0_mse.size() ? s.x0_mse[t] : NAN,
                        t < s.eps_mse.size() ? s.eps_mse[t] : NAN);
-  finish_output(out, path, "bpd terms CSV");
+  write_output(path, csv, "bpd terms CSV");
 }
 
 std::string bpd_summary_json(const BpdSummary& s) {
@@ -202,9 +199,7 @@ std::string bpd_summary_json(const BpdSummary& s) {
 }
 
 void write_bpd_json(const std::string& path, const BpdSummary& s) {
-  auto out = open_output(path, "bpd JSON");
-  out << bpd_summary_json(s);
-  finish_output(out, path, "bpd JSON");
+  write_output(path, bpd_summary_json(s), "bpd JSON");
 }
 
 BpdEstimate estimate_bpd_mc(const GaussianDiffusion& diffusion, const ModelFn& model, const torch::Tensor& x0,
