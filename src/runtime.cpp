@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <thread>
@@ -33,20 +34,40 @@ namespace {
 [[maybe_unused]] int cuda_index(const torch::Device& device) { return device.index() < 0 ? 0 : device.index(); }
 }  // namespace
 
+double cgroup_cpu_limit(const std::string& cgroup_root, const std::string& proc_cgroup) {
+  // The process's cgroup-v2 path is the "0::PATH" line; inside a container with its own cgroup
+  // namespace it is "/", elsewhere (systemd CPUQuota=, a limit on a parent) a nested path.
+  std::string rel = "/";
+  {
+    std::ifstream in(proc_cgroup);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("0::", 0) == 0) rel = line.substr(3);
+  }
+  double limit = std::numeric_limits<double>::infinity();
+  // Every level's cpu.max ("QUOTA PERIOD", or "max PERIOD" for none) applies: take the tightest.
+  for (auto level = std::filesystem::path(rel).relative_path();; level = level.parent_path()) {
+    std::ifstream in(std::filesystem::path(cgroup_root) / level / "cpu.max");
+    std::string quota;
+    double period = 0;
+    if (in >> quota >> period && quota != "max" && period > 0) {
+      const double q = std::strtod(quota.c_str(), nullptr);
+      if (q > 0) limit = std::min(limit, q / period);
+    }
+    if (level.empty()) break;  // the root has been read
+  }
+  return limit;
+}
+
 int available_cores() {
   int n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // A container or `taskset` may allow fewer CPUs than the machine has.
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) n = std::max(1, std::min(n, CPU_COUNT(&set)));
-  // A cgroup-v2 CPU quota ("QUOTA PERIOD", or "max" for none) caps the usable cores too.
-  std::ifstream in("/sys/fs/cgroup/cpu.max");
-  std::string quota;
-  double period = 0;
-  if (in >> quota >> period && quota != "max" && period > 0) {
-    const double cores = std::ceil(std::strtod(quota.c_str(), nullptr) / period);
-    if (cores >= 1) n = std::min(n, static_cast<int>(cores));
-  }
+  // A CPU quota caps the usable cores too (1.5 CPUs of quota: 2 threads).
+  const double quota = cgroup_cpu_limit();
+  if (std::isfinite(quota)) n = std::max(1, std::min(n, static_cast<int>(std::ceil(quota))));
   return n;
 }
 

@@ -118,6 +118,7 @@ TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
               1e-9 * total);
   EXPECT_EQ(j["num_images"].as<int64_t>(), 4);
   EXPECT_EQ(j["timesteps"].as<int64_t>(), 1000);
+  EXPECT_EQ(j["decoder_cdf"].as<std::string>(), "exact");  // how L_0 was measured
   EXPECT_TRUE(fs::exists(dir.path() / "eval" / "bpd_terms.csv"));
   EXPECT_TRUE(fs::exists(dir.path() / "eval" / "bpd_terms.png"));
 
@@ -153,10 +154,23 @@ def forward(self, x):
   r = run_diffuse(again + out2);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_DOUBLE_EQ(YAML::Load(r.out)["fid"].as<double>(), j["fid"].as<double>());
-  r = run_diffuse(again + out1);
+  // Refused before any sampling, and with kid too (which needs fresh features): the cache is
+  // left as it was, not overwritten with statistics of other images.
+  const auto cache_bytes = diffuse::test::Background::slurp(dir.path() / "ref.pt");
+  for (const char* metrics : {"fid", "fid,kid"}) {
+    auto mismatch = again + out1;
+    mismatch.replace(mismatch.find("--metrics fid"), 13, std::string("--metrics ") + metrics);
+    r = run_diffuse(mismatch);
+    EXPECT_EQ(r.exit_code, 2) << metrics;
+    EXPECT_NE(r.err.find((dir.path() / "ref.pt").string()), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(fs::weakly_canonical(out2).string()), std::string::npos) << r.err;
+    EXPECT_EQ(diffuse::test::Background::slurp(dir.path() / "ref.pt"), cache_bytes);
+  }
+  // The check comes before the samples are made or read: with a samples folder that does not
+  // exist, the error is still the cache's.
+  r = run_diffuse(again + out1 + " --samples " + (dir.path() / "missing").string());
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find((dir.path() / "ref.pt").string()), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(fs::weakly_canonical(out2).string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("reference statistics"), std::string::npos) << r.err;
   r = run_diffuse("eval --checkpoint " + run + " --metrics fid --num-samples 4 --format json");
   EXPECT_EQ(r.exit_code, 2);  // no feature extractor given
   EXPECT_NE(r.err.find("feature_extractor"), std::string::npos) << r.err;

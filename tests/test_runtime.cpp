@@ -3,12 +3,16 @@
 #include <sched.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
 
 #include "diffuse/runtime.h"
+#include "test_util.h"
 
 namespace {
 
@@ -68,4 +72,33 @@ TEST(Threads, AvailableCoresFollowsTheAffinityMask) {
   EXPECT_EQ(diffuse::available_cores(), 1);
   ASSERT_EQ(sched_setaffinity(0, sizeof(saved), &saved), 0);
   EXPECT_EQ(diffuse::available_cores(), cores);
+}
+
+// cgroup v2: the process's own cgroup (from /proc/self/cgroup's "0::" line) and every ancestor
+// may set cpu.max; the tightest wins. Built as a fake tree, so the test does not depend on how
+// the machine running it is set up.
+TEST(Threads, CgroupQuotaIsTheTightestLevel) {
+  diffuse::test::TempDir dir;
+  namespace fs = std::filesystem;
+  const auto root = dir.path() / "cgroup";
+  fs::create_directories(root / "system.slice" / "job.service");
+  auto put = [](const fs::path& p, const std::string& text) { std::ofstream(p) << text; };
+  const auto self = (dir.path() / "self_cgroup").string();
+  put(self, "1:cpu:/ignored/v1/line\n0::/system.slice/job.service\n");
+  // No cpu.max anywhere, or "max": no limit.
+  EXPECT_TRUE(std::isinf(diffuse::cgroup_cpu_limit(root.string(), self)));
+  put(root / "system.slice" / "job.service" / "cpu.max", "max 100000\n");
+  EXPECT_TRUE(std::isinf(diffuse::cgroup_cpu_limit(root.string(), self)));
+  // A quota on a parent applies to the job below it.
+  put(root / "system.slice" / "cpu.max", "150000 100000\n");
+  EXPECT_DOUBLE_EQ(diffuse::cgroup_cpu_limit(root.string(), self), 1.5);
+  // A tighter one on the job itself wins; a looser one at the root does not matter.
+  put(root / "system.slice" / "job.service" / "cpu.max", "50000 100000\n");
+  put(root / "cpu.max", "800000 100000\n");
+  EXPECT_DOUBLE_EQ(diffuse::cgroup_cpu_limit(root.string(), self), 0.5);
+  // Inside a container's own namespace the path is "/": only the root's file counts.
+  put(self, "0::/\n");
+  EXPECT_DOUBLE_EQ(diffuse::cgroup_cpu_limit(root.string(), self), 8.0);
+  // No cgroup v2 at all.
+  EXPECT_TRUE(std::isinf(diffuse::cgroup_cpu_limit((dir.path() / "none").string(), self)));
 }

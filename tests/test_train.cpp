@@ -114,7 +114,9 @@ TEST(Train, GradAccumulationEqualsOneBatchOfTheSameExamples) {
   CheckpointReader ca(sa.checkpoint), cb(sb.checkpoint);
   auto na = load_network(ca, one, false, torch::kCPU), nb = load_network(cb, acc, false, torch::kCPU);
   const auto pa = na.net->named_parameters(), pb = nb.net->named_parameters();
-  for (const auto& kv : pa) EXPECT_TRUE(torch::allclose(kv.value(), pb[kv.key()], 1e-5, 1e-6)) << kv.key();
+  // Loose enough for another BLAS's summation order after 4 AdamW steps; a wrong 1/K moves the
+  // first step's update of every weight by up to lr = 1e-3.
+  for (const auto& kv : pa) EXPECT_TRUE(torch::allclose(kv.value(), pb[kv.key()], 1e-4, 1e-5)) << kv.key();
 }
 
 // On CPU with the same thread count, stopping and resuming gives exactly the loss sequence of

@@ -160,8 +160,9 @@ TEST(LossScale, HalvesOnOverflowGrowsAfterAnIntervalAndStopsAtTheMinimum) {
   EXPECT_TRUE(s.update(false));
   EXPECT_TRUE(s.update(false));
   EXPECT_EQ(s.scale(), 8.0);
-  EXPECT_TRUE(s.update(false));  // third good step in a row: 16
+  EXPECT_TRUE(s.update(false));  // third good step in a row: 16, and the count starts again
   EXPECT_EQ(s.scale(), 16.0);
+  EXPECT_EQ(s.good_steps(), 0);
   EXPECT_TRUE(s.update(true));
   EXPECT_TRUE(s.update(true));
   EXPECT_EQ(s.scale(), 4.0);

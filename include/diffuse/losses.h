@@ -27,8 +27,9 @@ torch::Tensor normal_kl(const torch::Tensor& mean1, const torch::Tensor& logvar1
 // The normal CDF used for the decoder's bin probabilities.
 //  - Exact: Phi, evaluated in log space in the tails (finite and exact far out, even in float32).
 //  - Tanh: improved-diffusion's approximation 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) with
-//    its clamps (log of max(p, 1e-12)), to reproduce published bits/dim to the last digit. It is
-//    within about 2e-4 of Phi; the bound moves in the third decimal.
+//    its clamps (log of max(p, 1e-12)), for comparison with published bits/dim. It is within
+//    about 2e-4 of Phi; the bound moves in the third decimal. (improved-diffusion computed in
+//    float32 and diffuse's bound runs in float64, so far-tail pixels can still differ slightly.)
 enum class DecoderCdf { Exact, Tanh };
 DecoderCdf parse_decoder_cdf(const std::string& name);  // exact, tanh
 std::string to_string(DecoderCdf v);

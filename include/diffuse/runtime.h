@@ -8,8 +8,14 @@
 namespace diffuse {
 
 // CPUs this process may use: the machine's, narrowed by its affinity mask (taskset, cpusets)
-// and a cgroup-v2 CPU quota (containers).
+// and a cgroup-v2 CPU quota (containers, systemd CPUQuota=).
 int available_cores();
+
+// The tightest cgroup-v2 CPU quota, in CPUs, over the process's cgroup and its ancestors (each
+// level's cpu.max); infinity when none is set or cgroup v2 is not mounted. The paths are
+// parameters for tests.
+double cgroup_cpu_limit(const std::string& cgroup_root = "/sys/fs/cgroup",
+                        const std::string& proc_cgroup = "/proc/self/cgroup");
 
 // What threads = 0 means: OMP_NUM_THREADS when it is set to a positive integer, else
 // available_cores().

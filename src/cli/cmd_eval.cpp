@@ -79,6 +79,7 @@ int run_eval(const EvalOptions& o) {
   } else {
     std::cout << fmt::format("eval of {} ({} weights)\n", path, ema ? "EMA" : "raw");
     for (const auto& [k, v] : report.values) std::cout << fmt::format("  {:<28} {:.6g}\n", k, v);
+    for (const auto& [k, v] : report.settings) std::cout << fmt::format("  {:<28} {}\n", k, v);
     for (const auto& [what, p] : report.files) std::cout << fmt::format("  {:<28} {}\n", what, p);
   }
   return 0;

@@ -192,6 +192,7 @@ std::string bpd_summary_json(const BpdSummary& s) {
   j += fmt::format("  \"diffusion_bpd\": {},\n", json_number(s.diffusion_bpd));
   j += fmt::format("  \"num_images\": {},\n", s.num_images);
   j += fmt::format("  \"timesteps\": {},\n", s.timesteps);
+  j += fmt::format("  \"decoder_cdf\": \"{}\",\n", s.decoder_cdf);
   j += fmt::format("  \"vb_bpd\": {},\n", json_array(s.vb_bpd));
   j += fmt::format("  \"x0_mse\": {},\n", json_array(s.x0_mse));
   j += fmt::format("  \"eps_mse\": {}\n", json_array(s.eps_mse));

@@ -101,6 +101,7 @@ struct Reporter {
   EvalReport report;
   void value(const std::string& k, double v) { report.values.emplace_back(k, v); }
   void file(const std::string& what, const std::string& path) { report.files.emplace_back(what, path); }
+  void setting(const std::string& k, const std::string& v) { report.settings.emplace_back(k, v); }
 };
 
 GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusion, const EvalRequest& req,
@@ -137,7 +138,6 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   net.eval();
   torch::NoGradGuard no_grad;
   auto out = [&](const std::string& name) { return (fs::path(req.out_dir) / name).string(); };
-  std::string json_extra;
 
   // --- the variational bound on held-out data -------------------------------------------------
   if (wants("bpd") || wants("bpd-mc")) {
@@ -148,6 +148,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     auto ds = make_dataset(dc, cfg.train.seed);
     auto x_all = load_examples(*ds, ev.num_images);
     const int64_t N = x_all.size(0), T = diffusion.num_timesteps(), B = ev.batch_size;
+    rep.setting("decoder_cdf", to_string(ev.decoder_cdf));
     auto fn = unconditional_fn(net, req.device);
     auto gen = at::detail::createCPUGenerator(req.seed);
     rep.value("num_images", static_cast<double>(N));
@@ -169,7 +170,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
         if (plain_log) std::cerr << fmt::format("bpd: {}/{} images\n", std::min(N, i + B), N);
       }
       bar.finish();
-      const auto s = acc.summary();
+      auto s = acc.summary();
+      s.decoder_cdf = to_string(ev.decoder_cdf);
       rep.value("total_bpd", s.total_bpd);
       rep.value("total_bpd_std_error", s.total_bpd_std_error);
       rep.value("prior_bpd", s.prior_bpd);
@@ -230,31 +232,40 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
                        cfg.data.path.empty() ? std::string("(default path)") : fs::weakly_canonical(cfg.data.path).string(),
                        shape);
   };
+  FeatureStats cached;     // --reference-stats, when the file exists (checked against the network)
+  bool have_stats = false;  // ref_stats holds the reference statistics
+  // Opens the feature network and checks a --reference-stats cache against it and against the
+  // reference asked for. Called before any sample is generated, so a mismatch costs nothing.
+  auto open_extractor = [&] {
+    if (extractor) return;
+    if (ev.feature_extractor.empty())
+      throw UsageError("fid/kid need eval.feature_extractor (a TorchScript feature network; see docs/fid.md)");
+    FeatureExtractorOptions fo;
+    fo.device = req.device;
+    extractor = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);
+    extractor_id = feature_network_fingerprint(ev.feature_extractor);
+    const auto& path = req.reference_stats;
+    if (path.empty() || !fs::exists(path)) return;
+    cached = load_feature_stats(path);
+    const std::string fix = "; delete it, or give --reference-stats another file, to compute fresh statistics";
+    if (!cached.extractor.empty() && cached.extractor != extractor_id)
+      throw UsageError(fmt::format("reference statistics '{}' were computed with another feature network ({}) than "
+                                   "eval.feature_extractor '{}' ({}){}",
+                                   path, cached.extractor, ev.feature_extractor, extractor_id, fix));
+    const auto source = reference_source();
+    if (!cached.reference.empty() && cached.reference != source)
+      throw UsageError(fmt::format("reference statistics '{}' describe {}, not {} as asked now{}", path,
+                                   cached.reference, source, fix));
+    if (cached.extractor.empty())
+      std::cerr << "note: reference statistics '" << path
+                << "' do not record their feature network or images (an .npz or an older file); used as given\n";
+  };
   auto ensure_reference = [&](bool need_features) {
-    if (!extractor) {
-      if (ev.feature_extractor.empty())
-        throw UsageError("fid/kid need eval.feature_extractor (a TorchScript feature network; see docs/fid.md)");
-      FeatureExtractorOptions fo;
-      fo.device = req.device;
-      extractor = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);
-      extractor_id = feature_network_fingerprint(ev.feature_extractor);
-    }
-    if (ref_stats.n > 0 && (!need_features || ref_feats.defined())) return;
-    if (!need_features && !req.reference_stats.empty() && fs::exists(req.reference_stats)) {
-      ref_stats = load_feature_stats(req.reference_stats);
-      const auto& path = req.reference_stats;
-      const std::string fix = "; delete it, or give --reference-stats another file, to compute fresh statistics";
-      if (!ref_stats.extractor.empty() && ref_stats.extractor != extractor_id)
-        throw UsageError(fmt::format("reference statistics '{}' were computed with another feature network ({}) than "
-                                     "eval.feature_extractor '{}' ({}){}",
-                                     path, ref_stats.extractor, ev.feature_extractor, extractor_id, fix));
-      const auto source = reference_source();
-      if (!ref_stats.reference.empty() && ref_stats.reference != source)
-        throw UsageError(fmt::format("reference statistics '{}' describe {}, not {} as asked now{}", path,
-                                     ref_stats.reference, source, fix));
-      if (ref_stats.extractor.empty())
-        std::cerr << "note: reference statistics '" << path
-                  << "' do not record their feature network or images (an .npz or an older file); used as given\n";
+    open_extractor();
+    if (have_stats && (!need_features || ref_feats.defined())) return;
+    if (!need_features && cached.mu.defined()) {
+      ref_stats = cached;
+      have_stats = true;
       return;
     }
     torch::Tensor x;
@@ -270,7 +281,11 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     ref_stats = feature_stats(ref_feats);
     ref_stats.extractor = extractor_id;
     ref_stats.reference = reference_source();
-    if (!req.reference_stats.empty()) {
+    have_stats = true;
+    // An existing cache was checked above to describe this network and these images, so fresh
+    // statistics over it lose nothing; one that records nothing (an .npz from pytorch-fid, say)
+    // is the user's and is left alone.
+    if (!req.reference_stats.empty() && (!cached.mu.defined() || !cached.extractor.empty())) {
       save_feature_stats(ref_stats, req.reference_stats);
       rep.file("reference statistics", req.reference_stats);
     }
@@ -300,6 +315,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   };
 
   const bool sample_metrics = wants("fid") || wants("kid") || wants("toy");
+  if (wants("fid") || wants("kid")) open_extractor();  // refuse a bad network or cache before sampling
   if (sample_metrics) {
     torch::Tensor samples;
     if (!req.samples_dir.empty()) {
@@ -377,6 +393,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     const auto& [k, v] = rep.report.values[i];
     json += fmt::format("{}\"{}\": {}", i ? ", " : "", k, jnum(v));
   }
+  for (const auto& [k, v] : rep.report.settings)
+    json += fmt::format("{}\"{}\": \"{}\"", json.size() > 1 ? ", " : "", k, v);  // names only: nothing to escape
   json += "}";
   rep.report.json = json;
   write_file_atomic(out("eval.json"), json + "\n");

@@ -31,7 +31,10 @@ bool DynamicLossScale::update(bool overflow) {
     scale_ /= 2.0;
     return true;
   }
-  if (++good_steps_ % growth_interval_ == 0) scale_ *= 2.0;
+  if (++good_steps_ == growth_interval_) {  // GradScaler: grow, and start counting again
+    scale_ *= 2.0;
+    good_steps_ = 0;
+  }
   return true;
 }
 

@@ -55,6 +55,7 @@ struct BpdSummary {
   double total_bpd = 0, prior_bpd = 0, decoder_bpd = 0, diffusion_bpd = 0;
   double total_bpd_std_error = 0;  // standard error of the mean total over images
   std::vector<double> vb_bpd, x0_mse, eps_mse;  // per-t means, index t
+  std::string decoder_cdf = "exact";  // the normal CDF used for L_0 (eval.decoder_cdf)
 };
 
 class BpdAccumulator {

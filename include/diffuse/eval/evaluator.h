@@ -39,6 +39,7 @@ struct EvalRequest {
 
 struct EvalReport {
   std::vector<std::pair<std::string, double>> values;  // metric name -> value, in order
+  std::vector<std::pair<std::string, std::string>> settings;  // how they were measured (e.g. decoder_cdf)
   std::vector<std::pair<std::string, std::string>> files;  // what -> path
   std::string json;  // one object with every value
 };
