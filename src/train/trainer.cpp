@@ -125,17 +125,15 @@ struct Window {
 // Adds one optimizer step to the logging window (the quarter breakdown as improved-diffusion
 // logs it), all on the device.
 void record_step(Window& win, double loss, double grad_norm, const torch::Tensor& mse_sum, const torch::Tensor& vb_sum,
-                 const std::vector<torch::Tensor>& step_t, const std::vector<torch::Tensor>& step_losses, int64_t T) {
+                 const torch::Tensor& step_t, const torch::Tensor& step_losses, int64_t T) {
   win.loss += loss;
   win.grad_norm += grad_norm;
   ++win.steps;
   win.parts += torch::stack({mse_sum, vb_sum}).to(torch::kFloat64);
-  for (size_t i = 0; i < step_t.size(); ++i) {
-    auto q = torch::div(step_t[i] * 4, T, "floor").clamp(0, 3).to(win.quarters.device(), torch::kLong);
-    auto l = step_losses[i].to(torch::kFloat64);
-    win.quarters[0].scatter_add_(0, q, l);
-    win.quarters[1].scatter_add_(0, q, torch::ones_like(l));
-  }
+  auto q = torch::div(step_t * 4, T, "floor").clamp(0, 3).to(win.quarters.device(), torch::kLong);
+  auto l = step_losses.to(torch::kFloat64);
+  win.quarters[0].scatter_add_(0, q, l);
+  win.quarters[1].scatter_add_(0, q, torch::ones_like(l));
 }
 
 }  // namespace
@@ -321,7 +319,7 @@ TrainSummary train(const TrainRequest& req) {
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
     torch::Tensor mse_sum = torch::zeros({}, torch::TensorOptions().device(device));
     torch::Tensor vb_sum = torch::zeros({}, torch::TensorOptions().device(device));
-    std::vector<torch::Tensor> step_t, step_losses;
+    std::vector<torch::Tensor> step_losses;  // per micro-batch, in the order of step_draw
     // Everything random about the step except dropout is drawn for all micro-batches at once:
     // the timesteps, then the noise, then the label drops. K micro-batches of B then use the
     // random streams exactly as one batch of K*B does, so accumulation makes the same step as
@@ -366,7 +364,6 @@ TrainSummary train(const TrainRequest& req) {
       loss_sum += loss.detach();
       if (losses.mse.defined()) mse_sum += losses.mse.detach().mean() / static_cast<double>(cfg.train.grad_accum);
       if (losses.vb.defined()) vb_sum += losses.vb.detach().mean() / static_cast<double>(cfg.train.grad_accum);
-      step_t.push_back(draw.t);
       step_losses.push_back(losses.loss.detach());
       images_total += B;
       win.images += B;
@@ -405,8 +402,9 @@ TrainSummary train(const TrainRequest& req) {
       optimizer.zero_grad();
       ema.update(step);
       loss_scale.update(/*overflow=*/false);
-      for (size_t i = 0; i < step_t.size(); ++i) tsampler->update(step_t[i], step_losses[i]);
-      record_step(win, loss_value, grad_norm, mse_sum, vb_sum, step_t, step_losses, T);
+      const auto losses_all = torch::cat(step_losses);
+      tsampler->update(step_draw.t, losses_all);
+      record_step(win, loss_value, grad_norm, mse_sum, vb_sum, step_draw.t, losses_all, T);
     }
     const double el = elapsed();
     const double rate = static_cast<double>(images_total) / std::max(el, 1e-9);
