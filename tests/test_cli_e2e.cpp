@@ -22,6 +22,13 @@ using diffuse::test::run_diffuse;
 namespace {
 const char* kFashion = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
 std::string tiny() { return std::string(DIFFUSE_SOURCE_DIR) + "/configs/tiny.yaml"; }
+
+// `diffuse ARGS` must be refused as a usage error: exit 2, with each needle in stderr.
+void expect_refused(const std::string& args, std::initializer_list<std::string> needles) {
+  const auto r = run_diffuse(args);
+  EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+  for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "'" << n << "' for " << args << "\n" << r.err;
+}
 }  // namespace
 
 TEST(CliTrain, ConfigErrorsExitTwoNamingTheKey) {
@@ -29,12 +36,8 @@ TEST(CliTrain, ConfigErrorsExitTwoNamingTheKey) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("train.lrr"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("train.lr"), std::string::npos) << r.err;
-  r = run_diffuse("train --config /nonexistent/x.yaml");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("/nonexistent/x.yaml"), std::string::npos) << r.err;
-  r = run_diffuse("train --config " + tiny() + " --set train.batch_size=0 --dry-run");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("train.batch_size"), std::string::npos) << r.err;
+  expect_refused("train --config /nonexistent/x.yaml", {"/nonexistent/x.yaml"});
+  expect_refused("train --config " + tiny() + " --set train.batch_size=0 --dry-run", {"train.batch_size"});
   r = run_diffuse("train --config " + tiny() + " --set model.channel_mult=[1,2,2] --set train.steps=7 --dry-run");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto y = YAML::Load(r.out);
@@ -62,7 +65,7 @@ TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
   if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   diffuse::test::TempDir dir;
   const auto run = (dir.path() / "run").string();
-  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run + "");
+  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("checkpoint"), std::string::npos) << r.out;
   ASSERT_TRUE(fs::exists(fs::path(run) / "checkpoints" / "latest.pt"));
@@ -168,40 +171,21 @@ def forward(self, x):
   }
   // The check comes before the samples are made or read: with a samples folder that does not
   // exist, the error is still the cache's.
-  r = run_diffuse(again + out1 + " --samples " + (dir.path() / "missing").string());
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("reference statistics"), std::string::npos) << r.err;
-  r = run_diffuse("eval --checkpoint " + run + " --metrics fid --num-samples 4 --format json");
-  EXPECT_EQ(r.exit_code, 2);  // no feature extractor given
-  EXPECT_NE(r.err.find("feature_extractor"), std::string::npos) << r.err;
+  expect_refused(again + out1 + " --samples " + (dir.path() / "missing").string(), {"reference statistics"});
+  // No feature extractor given.
+  expect_refused("eval --checkpoint " + run + " --metrics fid --num-samples 4 --format json", {"feature_extractor"});
 
   // Bad names: exit 2 with the allowed values.
-  r = run_diffuse("eval --checkpoint " + run + " --metrics fidd");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("fidd"), std::string::npos) << r.err;
-  r = run_diffuse("eval --checkpoint " + run + " --decoder-cdf erf");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("tanh"), std::string::npos) << r.err;
-  r = run_diffuse("eval --checkpoint " + run + " --set eval.decoder_cdf=erf");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("eval.decoder_cdf"), std::string::npos) << r.err;
-  r = run_diffuse("sample --checkpoint " + run + " --sampler dpm");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("ddim"), std::string::npos) << r.err;
-  r = run_diffuse("sample --checkpoint " + (dir.path() / "nope").string());
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
-  r = run_diffuse("eval --checkpoint " + run + " --metrics bpd --set data.dataset=fashion");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("data.dataset"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("fashion-mnist"), std::string::npos) << r.err;  // the allowed values
+  expect_refused("eval --checkpoint " + run + " --metrics fidd", {"fidd"});
+  expect_refused("eval --checkpoint " + run + " --decoder-cdf erf", {"tanh"});
+  expect_refused("eval --checkpoint " + run + " --set eval.decoder_cdf=erf", {"eval.decoder_cdf"});
+  expect_refused("sample --checkpoint " + run + " --sampler dpm", {"ddim"});
+  expect_refused("sample --checkpoint " + (dir.path() / "nope").string(), {"nope"});
+  // The error lists the allowed values.
+  expect_refused("eval --checkpoint " + run + " --metrics bpd --set data.dataset=fashion", {"data.dataset", "fashion-mnist"});
   // Options the chosen sampler would ignore are refused, naming the ones that take them.
-  r = run_diffuse("sample --checkpoint " + run + " --sampler dpmpp-2m --eta 0.5");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("euler-ancestral"), std::string::npos) << r.err;
-  r = run_diffuse("sample --checkpoint " + run + " --sampler ddim --sigmas karras");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("sigma"), std::string::npos) << r.err;
+  expect_refused("sample --checkpoint " + run + " --sampler dpmpp-2m --eta 0.5", {"euler-ancestral"});
+  expect_refused("sample --checkpoint " + run + " --sampler ddim --sigmas karras", {"sigma"});
   // A file that is not a checkpoint, and a truncated checkpoint: exit 2 naming the file.
   {
     const auto junk = (dir.path() / "junk.pt").string();
@@ -226,9 +210,7 @@ def forward(self, x):
   EXPECT_GT(se, 0.0);
   EXPECT_NEAR(mc, total, 5 * se + 0.05 * total) << "MC " << mc << " +- " << se << " vs exact " << total;
   // --importance needs a warmed-up loss-aware sampler; this run trained with the uniform one.
-  r = run_diffuse("eval --checkpoint " + run + " --metrics bpd-mc --importance --num-images 4");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("--importance"), std::string::npos) << r.err;
+  expect_refused("eval --checkpoint " + run + " --metrics bpd-mc --importance --num-images 4", {"--importance"});
 
   // Fewer samples into a folder that holds more: the leftovers are pointed out.
   r = run_diffuse("sample --checkpoint " + run + " --num 2 --steps 5 --seed 3 --out " + out1);
@@ -273,10 +255,7 @@ TEST(CliTrain, SignalMidRunLeavesALoadableCheckpoint) {
             std::string::npos)
       << r.out;
   // A fresh run into the same directory is refused (exit 2, naming the way to resume).
-  r = run_diffuse("train --config " + tiny() + " --run-dir " + run.string());
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(run.string()), std::string::npos) << r.err;
+  expect_refused("train --config " + tiny() + " --run-dir " + run.string(), {"--resume", run.string()});
   r = run_diffuse("train --resume " + run.string() + " --overwrite");
   EXPECT_EQ(r.exit_code, 2);  // the two contradict each other
 }
