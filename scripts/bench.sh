@@ -45,3 +45,33 @@ fi
 
 echo "# sampling" >&2
 quiet $D bench sample -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --num 64 --set train.threads="$THREADS"
+
+# Data parallel on this machine: the same global batch (64) as 1 rank x THREADS threads and as
+# 2 ranks x THREADS/2 threads (Gloo on loopback). The gradient all-reduce time that backward did
+# not hide, per step, comes from metrics.jsonl's allreduce_wait_sec.
+echo "# data parallel" >&2
+DP=$(mktemp -d)
+trap 'rm -f "$LOG"; rm -rf "$DP"' EXIT
+DP_STEPS=$(( STEPS < 10 ? 10 : STEPS ))
+dp_run() {  # name ranks threads batch
+  local extra=()
+  (( $2 > 1 )) && extra=(--nproc-per-node "$2")
+  OMP_NUM_THREADS=$3 quiet $D train -c configs/fashion-mnist-quick.yaml --run-dir "$DP/$1" --overwrite \
+    --set train.steps="$DP_STEPS" --set train.batch_size="$4" --set train.log_every=1 --set train.sample_every=0 \
+    --set train.checkpoint_every=100000 --set train.threads="$3" --set train.precision=fp32 "${extra[@]}"
+  $PY - "$1" "$2" "$3" "$DP/$1/metrics.jsonl" <<'PY'
+import json, sys
+name, ranks, threads, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rows = [json.loads(l) for l in open(path) if l.strip()][2:]  # the first two steps warm up
+sec = [r["global_batch"] / r["images_per_sec"] for r in rows]
+wait = [r.get("allreduce_wait_sec", 0.0) for r in rows]
+step = sum(sec) / len(sec)
+print(json.dumps({"bench": "train-data-parallel", "name": name, "ranks": ranks, "threads_per_rank": threads,
+                  "global_batch": rows[0]["global_batch"], "steps": len(rows),
+                  "images_per_sec": round(rows[0]["global_batch"] / step, 2), "step_sec": round(step, 4),
+                  "allreduce_wait_sec": round(sum(wait) / len(wait), 5),
+                  "allreduce_share": round(sum(wait) / len(wait) / step, 4)}))
+PY
+}
+dp_run dp-1rank "1" "$THREADS" 64
+dp_run dp-2ranks "2" "$(( THREADS > 1 ? THREADS / 2 : 1 ))" 32

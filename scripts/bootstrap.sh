@@ -5,11 +5,15 @@
 #   BUILD_DIR=b scripts/bootstrap.sh     another build directory
 #   CMAKE_PREFIX_PATH=/path/to/libtorch scripts/bootstrap.sh   build against another LibTorch
 #   DIFFUSE_SKIP_DEPS=1 scripts/bootstrap.sh                   build only
+#   DIFFUSE_TEST_DEPS=1 scripts/bootstrap.sh                   also what the tests use (torchrun)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(libtorch-dev libopenblas0-pthread libcli11-dev libspdlog-dev libfmt-dev libstb-dev
-          libyaml-cpp-dev libgtest-dev zlib1g-dev cmake g++ ninja-build ccache dataset-fashion-mnist)
+          libyaml-cpp-dev libgtest-dev zlib1g-dev libgloo-dev cmake g++ ninja-build ccache dataset-fashion-mnist)
+
+# torchrun (Debian's python3-torch) for the launcher tests.
+if [[ "${DIFFUSE_TEST_DEPS:-0}" == 1 ]]; then PACKAGES+=(python3-torch); fi
 
 if [[ "${DIFFUSE_SKIP_DEPS:-0}" != 1 ]]; then
   missing=()

@@ -401,6 +401,7 @@ class SectionAdder {
 const std::vector<std::string> kPrecisions = {"fp32", "bf16", "fp16", "auto"};
 const std::vector<std::string> kLrSchedules = {"constant", "cosine"};
 const std::vector<std::string> kOnNonfinite = {"error", "skip"};
+const std::vector<std::string> kDistBackends = {"auto", "gloo", "nccl"};
 const std::vector<std::string> kSamplers = {"ddpm", "ddim", "dpmpp-2m", "euler", "euler-ancestral", "heun"};
 const std::vector<std::string> kSigmas = {"karras", "exponential", "model"};
 const std::vector<std::string> kMetrics = {"bpd", "bpd-mc", "fid", "kid", "toy"};
@@ -536,7 +537,13 @@ Table build_table() {
       ("sample_num", &R::sample_num, at_least<int64_t>(1), "images in the periodic grid")
       ("sample_steps", &R::sample_steps, at_least<int64_t>(1), "sampler steps for the periodic grid")
       ("keep_checkpoints", &R::keep_checkpoints, at_least<int64_t>(0), "keep the last K checkpoints (plus latest)")
-      ("on_nonfinite", &R::on_nonfinite, one_of(kOnNonfinite), "a NaN/inf loss: stop with an error, or skip the step");
+      ("on_nonfinite", &R::on_nonfinite, one_of(kOnNonfinite), "a NaN/inf loss: stop with an error, or skip the step")
+      ("dist_backend", &R::dist_backend, one_of(kDistBackends),
+       "data parallel: collectives through nccl (CUDA) or gloo (CPU); auto picks by device")
+      ("dist_timeout", &R::dist_timeout, at_least<int64_t>(1),
+       "data parallel: seconds a collective waits before the run stops naming the silent rank")
+      ("dist_bucket_mb", &R::dist_bucket_mb, at_least<int64_t>(1), "data parallel: gradient all-reduce bucket, MiB")
+      ("dist_rank_logs", &R::dist_rank_logs, any<bool>(), "data parallel: ranks > 0 also write rank_<r>.log");
 
   using P = SampleConfig;
   SectionAdder<P>(t, "sample", &Config::sample, "Generation.")

@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "diffuse/dist/process_group.h"
 #include "diffuse/error.h"
 #include "diffuse/models/network.h"
 #include "diffuse/precision.h"
@@ -30,9 +31,10 @@ SampleConfig with_sampler(SampleConfig s, const std::string& sampler) {
   return s;
 }
 
-GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
-                                const GenerateRequest& req) {
-  const auto& s = req.sample;
+namespace {
+
+// The checks on a request that need no sampling (every rank makes them, with work or without).
+void check_request(Network& net, const SampleConfig& s) {
   if (s.num < 1) throw UsageError("sample.num must be >= 1");
   if (s.batch_size < 1) throw UsageError("sample.batch_size must be >= 1");
   const bool cond = net.class_conditional();
@@ -43,6 +45,15 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
     if (l < 0 || l >= net.num_classes())
       throw UsageError("class label " + std::to_string(l) + " is outside [0, " + std::to_string(net.num_classes() - 1) + "]");
   find_sampler(s.sampler);  // unknown names fail before any work
+}
+
+}  // namespace
+
+GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                                const GenerateRequest& req) {
+  const auto& s = req.sample;
+  check_request(net, s);
+  const bool cond = net.class_conditional();
 
   SamplerOptions opts;
   opts.steps = s.steps;
@@ -86,6 +97,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
     if (req.on_step) opts.on_step = [&](const StepInfo& info) { req.on_step(info, first); };
     auto x = run_sampler(s.sampler, denoiser, noise, opts);
     result.nfe += denoiser.nfe();
+    ++result.batches;
     parts.push_back(x.to(torch::kCPU, torch::kFloat32));
     if (req.on_batch) req.on_batch(done + n, s.num);
   }
@@ -93,6 +105,44 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   result.samples = torch::cat(parts, 0);
   if (was_training) net.train();
   return result;
+}
+
+GenerateResult generate_share(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                              const GenerateRequest& req, ProcessGroup& group) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check_request(net, req.sample);
+  const auto share = rank_slice(req.sample.num, group.rank(), group.world_size());
+  GenerateResult r;
+  if (share.size() > 0) {
+    GenerateRequest mine = req;
+    mine.first_index = req.first_index + share.begin;
+    mine.sample.num = share.size();
+    r = generate_samples(net, diffusion, shape, mine);
+  } else {
+    std::vector<int64_t> sizes{0};
+    sizes.insert(sizes.end(), shape.shape.begin(), shape.shape.end());
+    r.samples = torch::empty(sizes, torch::kFloat32);
+    r.labels = torch::empty({0}, torch::kLong);
+  }
+  if (group.distributed()) {
+    auto counts = torch::tensor({r.nfe, r.batches}, torch::kLong);
+    group.all_reduce_sum(counts, "network evaluations");
+    r.nfe = counts[0].item<int64_t>();
+    r.batches = counts[1].item<int64_t>();
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return r;
+}
+
+GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                                const GenerateRequest& req, ProcessGroup& group) {
+  if (!group.distributed()) return generate_samples(net, diffusion, shape, req);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = generate_share(net, diffusion, shape, req, group);
+  r.samples = all_gather_rows(group, r.samples, "generated samples");
+  r.labels = all_gather_rows(group, r.labels, "sample labels");
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 }  // namespace diffuse

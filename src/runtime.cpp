@@ -23,6 +23,10 @@
 #include <ATen/cuda/CUDAContext.h>
 #define DIFFUSE_CUDA_NAMES 1
 #endif
+#if defined(DIFFUSE_CUDA_NAMES) && __has_include(<c10/cuda/CUDAFunctions.h>)
+#include <c10/cuda/CUDAFunctions.h>
+#define DIFFUSE_CUDA_SET_DEVICE 1
+#endif
 #if defined(DIFFUSE_CUDA_NAMES) && __has_include(<c10/cuda/CUDACachingAllocator.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
 #define DIFFUSE_CUDA_MEMORY_STATS 1
@@ -33,6 +37,12 @@ namespace diffuse {
 namespace {
 [[maybe_unused]] int cuda_index(const torch::Device& device) { return device.index() < 0 ? 0 : device.index(); }
 }  // namespace
+
+void make_current_device(const torch::Device& device) {
+#ifdef DIFFUSE_CUDA_SET_DEVICE
+  if (device.is_cuda()) c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_index(device)));
+#endif
+}
 
 double cgroup_cpu_limit(const std::string& cgroup_root, const std::string& proc_cgroup) {
   // The process's cgroup-v2 path is the "0::PATH" line; inside a container with its own cgroup

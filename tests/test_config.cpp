@@ -63,6 +63,7 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(train.seed); CMP(train.device); CMP(train.threads); CMP(train.channels_last); CMP(train.precision);
   CMP(train.log_every); CMP(train.checkpoint_every); CMP(train.sample_every); CMP(train.sample_num);
   CMP(train.sample_steps); CMP(train.keep_checkpoints); CMP(train.on_nonfinite);
+  CMP(train.dist_backend); CMP(train.dist_timeout); CMP(train.dist_bucket_mb); CMP(train.dist_rank_logs);
   CMP(sample.sampler); CMP(sample.steps); CMP(sample.spacing); CMP(sample.eta); CMP(sample.num);
   CMP(sample.batch_size); CMP(sample.seed); CMP(sample.use_ema); CMP(sample.clip_x0);
   CMP(sample.dynamic_threshold); CMP(sample.guidance_scale); CMP(sample.labels); CMP(sample.sigmas);
@@ -152,6 +153,10 @@ Config all_changed() {
   t.sample_steps = 10;
   t.keep_checkpoints = 0;
   t.on_nonfinite = "skip";
+  t.dist_backend = "gloo";
+  t.dist_timeout = 77;
+  t.dist_bucket_mb = 3;
+  t.dist_rank_logs = true;
   auto& s = c.sample;
   s.sampler = "euler-ancestral";
   s.steps = 7;

@@ -211,6 +211,7 @@ TEST(Checkpoint, EveryFieldRoundTrips) {
   m.loss_scale = 32768.0;
   m.loss_scale_good_steps = 1999;
   m.elapsed_seconds = 61.25;
+  m.world_size = 3;
   const auto path = (dir.path() / "c.pt").string();
   save_checkpoint(path, m, *model, ema.get(), &opt);
   CheckpointReader r(path);
@@ -227,6 +228,7 @@ TEST(Checkpoint, EveryFieldRoundTrips) {
   EXPECT_EQ(b.loss_scale, 32768.0);
   EXPECT_EQ(b.loss_scale_good_steps, 1999);
   EXPECT_EQ(b.elapsed_seconds, 61.25);
+  EXPECT_EQ(b.world_size, 3);
   EXPECT_TRUE(r.has_ema());
   r.load_weights(*model2, false);
   r.load_weights(*ema2, true);

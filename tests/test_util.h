@@ -5,6 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -46,10 +50,12 @@ inline CommandResult run_diffuse(const std::string& args, const std::string& env
 // can watch its outputs and signal it.
 class Background {
  public:
-  Background(const std::string& args, const std::filesystem::path& out, const std::filesystem::path& err)
+  // env: "NAME=value ..." set for the process only.
+  Background(const std::string& args, const std::filesystem::path& out, const std::filesystem::path& err,
+             const std::string& env = "")
       : out_(out), err_(err) {
-    const std::string cmd = "exec " + std::string(DIFFUSE_BINARY) + " " + args + " >" + out.string() + " 2>" +
-                            err.string();
+    const std::string cmd = "exec " + (env.empty() ? "" : "env " + env + " ") + std::string(DIFFUSE_BINARY) + " " +
+                            args + " >" + out.string() + " 2>" + err.string();
     pid_ = ::fork();
     if (pid_ == 0) {
       ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
@@ -92,6 +98,19 @@ class Background {
   bool reaped_ = false;
   std::filesystem::path out_, err_;
 };
+
+// A TCP port on 127.0.0.1 that nothing listens on right now (for a test's MASTER_PORT).
+inline int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
 
 // A fresh, empty temporary directory, removed when the object goes out of scope.
 class TempDir {

@@ -119,6 +119,11 @@ struct TrainConfig {
   int64_t sample_steps = 50;             // sampler steps for the periodic grid
   int64_t keep_checkpoints = 3;          // keep the last K (plus `latest`)
   std::string on_nonfinite = "error";    // error | skip
+  // Data parallelism (under torchrun or --nproc-per-node); batch_size stays per rank.
+  std::string dist_backend = "auto";     // auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+  int64_t dist_timeout = 1800;           // seconds a collective waits for the other ranks
+  int64_t dist_bucket_mb = 25;           // gradient all-reduce bucket size in MiB
+  bool dist_rank_logs = false;           // ranks > 0 also write run_dir/rank_<r>.log
 };
 
 struct SampleConfig {

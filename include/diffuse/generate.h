@@ -13,6 +13,7 @@
 namespace diffuse {
 
 class Network;
+class ProcessGroup;
 struct StepInfo;
 
 struct GenerateRequest {
@@ -29,6 +30,7 @@ struct GenerateResult {
   torch::Tensor samples;  // [num, ...] float32 on the CPU, in [-1, 1] when clipping
   torch::Tensor labels;   // [num] int64 (-1 = unconditional)
   int64_t nfe = 0;        // network evaluations in all (a guided call counts once per batch)
+  int64_t batches = 0;    // batches run (nfe / batches: evaluations per sample)
   double seconds = 0.0;
 };
 
@@ -41,6 +43,20 @@ torch::Tensor labels_for(const SampleConfig& s, int64_t first, int64_t count, in
 
 GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
                                 const GenerateRequest& request);
+// Data-parallel generation: rank r of `group` makes the samples rank_slice(num, r, world) of the
+// request (indices first_index + begin .. first_index + end - 1), in batches of batch_size. A
+// rank whose share is empty still checks the request (so every rank refuses a bad one alike) and
+// returns [0, ...] samples. Callbacks see this rank's batches; nfe and batches are summed over
+// the ranks and seconds is the time until the slowest rank is done (a collective: every rank
+// calls it).
+GenerateResult generate_share(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                              const GenerateRequest& request, ProcessGroup& group);
+// Every rank's share gathered (to every rank) in index order: the samples and labels of a
+// one-rank run (bit for bit when each rank's batches hold the same samples as that run's; batch
+// composition may change float rounding, as --batch-size may on one rank). seconds includes
+// the gather.
+GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
+                                const GenerateRequest& request, ProcessGroup& group);
 // Just the samples.
 inline torch::Tensor generate(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
                               const GenerateRequest& request) {

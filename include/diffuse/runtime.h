@@ -30,6 +30,10 @@ int configure_threads(int threads);
 // asked for and absent, or for an unknown name.
 torch::Device resolve_device(const std::string& name);
 
+// Makes a CUDA device the current one (kernels and NCCL's communicator of this rank go there,
+// not to GPU 0); nothing on the CPU.
+void make_current_device(const torch::Device& device);
+
 // True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX), from /proc/cpuinfo.
 bool cpu_has_native_bf16();
 

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/launch.h"
 #include "diffuse/error.h"
 #include "diffuse/eval/evaluator.h"
 #include "diffuse/factory.h"
@@ -31,6 +32,7 @@ struct EvalOptions {
   bool importance = false;
   uint64_t seed = 0;
   int threads = 0;
+  int nproc = 1;
   CLI::App* cmd = nullptr;
 };
 
@@ -53,7 +55,8 @@ int run_eval(const EvalOptions& o) {
   EvalRequest req;
   req.config = cfg;
   req.shape = reader.meta().data;
-  req.device = resolve_device(o.device);
+  const auto env = read_dist_env();
+  req.device = rank_device(o.device, env);
   req.out_dir = o.out.empty() ? (fs::path(path).parent_path().parent_path() / "eval").string() : o.out;
   req.samples_dir = o.samples;
   req.reference_stats = o.reference_stats;
@@ -72,7 +75,11 @@ int run_eval(const EvalOptions& o) {
 
   auto [net, ema] = load_network(reader, cfg, o.weights == "ema", req.device);
   auto diffusion = make_diffusion(cfg);
+  // Under a launcher the ranks split the work (see EvalRequest::group); rank 0 reports.
+  auto group = join_launch_group(env, cfg.train.dist_timeout);
+  req.group = group.get();
   auto report = evaluate(*net, diffusion, req);
+  if (group->rank() != 0) return 0;
 
   if (o.format == "json") {
     std::cout << report.json << "\n";
@@ -116,7 +123,10 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
-  cmd->callback([o, &action] { action = [o] { return run_eval(*o); }; });
+  add_nproc_option(*cmd, &o->nproc);
+  cmd->callback([o, &action] {
+    action = [o] { return should_launch(o->nproc) ? launch_local_ranks(o->nproc) : run_eval(*o); };
+  });
 }
 
 }  // namespace diffuse::cli

@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/launch.h"
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 #include "diffuse/eval/plot.h"
@@ -39,6 +40,7 @@ struct SampleOptions {
   std::vector<int64_t> labels;
   bool no_clip = false, save_tensor = false, no_images = false;
   int threads = 0;
+  int nproc = 1;
   CLI::App* cmd = nullptr;
 };
 
@@ -92,7 +94,8 @@ int run_sample(const SampleOptions& o) {
   apply_flags(o, cfg.sample);
   const auto& s = cfg.sample;
   const int threads = configure_threads(o.threads);
-  const auto device = resolve_device(o.device);
+  const auto env = read_dist_env();
+  const auto device = rank_device(o.device, env);
   const auto& shape = reader.meta().data;
 
   auto [net, ema] = load_network(reader, cfg, s.use_ema, device);
@@ -100,44 +103,73 @@ int run_sample(const SampleOptions& o) {
   auto diffusion = make_diffusion(cfg);
 
   const bool images = shape.shape.size() == 3;
-  fs::create_directories(o.out);
+  // Under a launcher rank r makes rank_slice(num, r, W) of the samples; all are gathered to rank
+  // 0, which alone writes and prints (the others only report errors).
+  auto group = join_launch_group(env, cfg.train.dist_timeout);
+  const bool lead = group->rank() == 0;
+  const auto share = rank_slice(s.num, group->rank(), group->world_size());
+  const int64_t my_first = o.first_index + share.begin;
+  if (lead) fs::create_directories(o.out);
   GenerateRequest req;
   req.sample = s;
   req.device = device;
   req.first_index = o.first_index;
-  const int64_t batches = (s.num + s.batch_size - 1) / s.batch_size;
-  // The bar counts sampler steps over all batches (the step count is known at the first step).
-  ProgressBar bar("sample", batches, 0);
+  const int64_t batches = (share.size() + s.batch_size - 1) / s.batch_size;
+  // The bar counts sampler steps over all of rank 0's batches (the step count is known at the
+  // first step).
+  ProgressBar bar("sample", batches, 0, lead && stderr_is_terminal());
+  const std::string of_all =
+      group->distributed() ? fmt::format(" (rank 0's share of {} on {} ranks)", s.num, group->world_size()) : "";
   int64_t samples_done = 0;
   auto progress = [&](const StepInfo& info, int64_t first) {
-    const int64_t batch = (first - o.first_index) / s.batch_size;
+    const int64_t batch = (first - my_first) / s.batch_size;
     if (batch == 0 && info.step == 0) bar.set_total(batches * info.total);
-    bar.update(batch * info.total + info.step + 1, fmt::format("{}/{} samples", samples_done, s.num));
+    bar.update(batch * info.total + info.step + 1, fmt::format("{}/{} samples", samples_done, share.size()));
   };
   req.on_batch = [&](int64_t done, int64_t total) {
     samples_done = done;
-    if (!bar.enabled()) std::cerr << fmt::format("sampled {}/{}\n", done, total);
+    if (lead && !bar.enabled()) std::cerr << fmt::format("sampled {}/{}{}\n", done, total, of_all);
   };
   req.on_step = progress;
-  // Trajectory: x_t and the predicted x0 at `trajectory` evenly spaced steps, first batch only.
-  std::vector<torch::Tensor> traj_xt, traj_x0;
+  // Trajectory: x_t and the predicted x0 at `trajectory` evenly spaced steps of the first
+  // traj_rows samples (the first batch of a one-rank run), kept by whichever rank makes them.
   const int64_t traj_rows = std::min<int64_t>({8, s.num, s.batch_size});
-  if (o.trajectory > 0 && images) {
+  const bool want_traj = o.trajectory > 0 && images;
+  std::map<int64_t, std::vector<torch::Tensor>> traj;  // batch's first index -> [rows, 2 (x_t, x0), C, H, W] per step
+  if (want_traj) {
     req.on_step = [&](const StepInfo& info, int64_t first) {
       progress(info, first);
-      if (first != o.first_index) return;
+      const int64_t lo = std::max(first, o.first_index);
+      const int64_t hi = std::min(first + info.x_t.size(0), o.first_index + traj_rows);
+      if (lo >= hi) return;
       // min(N, steps) columns, evenly spaced (rounded) from the first step to the last; one column: the last.
       const int64_t cols = std::min(o.trajectory, info.total);
       bool wanted = false;
       for (int64_t k = 0; k < cols && !wanted; ++k)
         wanted = info.step == (cols == 1 ? info.total - 1 : (k * (info.total - 1) + (cols - 1) / 2) / (cols - 1));
       if (!wanted) return;
-      traj_xt.push_back(info.x_t.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));
-      traj_x0.push_back(info.x0_pred.slice(0, 0, traj_rows).to(torch::kCPU, torch::kFloat32).clamp(-1, 1));
+      auto rows = [&](const torch::Tensor& t) {
+        return t.slice(0, lo - first, hi - first).to(torch::kCPU, torch::kFloat32).clamp(-1, 1);
+      };
+      traj[first].push_back(torch::stack({rows(info.x_t), rows(info.x0_pred)}, 1));
     };
   }
-  auto r = generate_samples(*net, diffusion, shape, req);
+  auto r = generate_samples(*net, diffusion, shape, req, *group);
   bar.finish();
+  // [traj_rows, 2, steps, C, H, W], sent flat: a rank without trajectory rows does not know the step count.
+  torch::Tensor trajectory;
+  if (want_traj) {
+    std::vector<torch::Tensor> mine;
+    for (auto& [first, steps] : traj) mine.push_back(torch::stack(steps, 2).reshape({-1}));
+    auto flat = all_gather_rows(*group, mine.empty() ? torch::empty({0}) : torch::cat(mine), "trajectory");
+    if (lead && !traj.empty()) {
+      auto shape_of = traj.begin()->second.front().sizes().vec();  // [rows, 2, C, H, W]
+      shape_of.insert(shape_of.begin() + 2, static_cast<int64_t>(traj.begin()->second.size()));
+      shape_of[0] = -1;
+      trajectory = flat.reshape(shape_of);
+    }
+  }
+  if (!lead) return 0;
 
   std::map<std::string, std::string> meta{{"diffuse-checkpoint", fs::canonical(path).string()},  // latest.pt resolved
                                           {"sampler", s.sampler},
@@ -166,17 +198,13 @@ int run_sample(const SampleOptions& o) {
     gm["index"] = fmt::format("{}-{}", o.first_index, o.first_index + s.num - 1);
     save_png(grid_path, make_grid(r.samples, o.nrow), gm);
     written.push_back("grid " + grid_path);
-    if (!traj_xt.empty()) {
+    if (trajectory.defined()) {
       // Rows: for each sample, x_t then x0_pred; columns: the captured steps, noisy to clean.
-      std::vector<torch::Tensor> rows;
-      for (int64_t i = 0; i < traj_rows; ++i) {
-        for (auto* seq : {&traj_xt, &traj_x0})
-          for (auto& t : *seq) rows.push_back(t[i]);
-      }
+      const int64_t cols = trajectory.size(2);
       const auto tpath = (fs::path(o.out) / "trajectory.png").string();
       auto tm = meta;
       tm["layout"] = "rows: x_t then predicted x0 per sample; columns: sampler steps from noise to data";
-      save_png(tpath, make_grid(torch::stack(rows), static_cast<int64_t>(traj_xt.size())), tm);
+      save_png(tpath, make_grid(trajectory.flatten(0, 2), cols), tm);
       written.push_back("trajectory " + tpath);
     }
   }
@@ -192,9 +220,10 @@ int run_sample(const SampleOptions& o) {
     write_file_atomic(tpath, bytes.str());
     written.push_back("tensor " + tpath + " (torch::save of [N, ...] float32)");
   }
-  std::cout << fmt::format("sampled {} with {} ({} steps, {} network evaluations) in {:.1f}s ({:.2f} samples/s, {} threads, {})\n",
+  const std::string ranks = group->distributed() ? fmt::format(" x {} ranks", group->world_size()) : "";
+  std::cout << fmt::format("sampled {} with {} ({} steps, {} network evaluations) in {:.1f}s ({:.2f} samples/s, {} threads{}, {})\n",
                            s.num, s.sampler, s.steps, r.nfe, r.seconds, s.num / std::max(r.seconds, 1e-9), threads,
-                           device.str());
+                           ranks, device.str());
   for (const auto& w : written) std::cout << "  " << w << "\n";
   if (images && !o.no_images) warn_about_other_samples(o.out, o.first_index, s.num);
   return 0;
@@ -239,7 +268,10 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_option("--nrow", o->nrow, "Images per grid row (0 = square)")->check(CLI::NonNegativeNumber);
   cmd->add_flag("--save-tensor", o->save_tensor, "Also write samples.pt (raw float tensor)");
   cmd->add_flag("--no-images", o->no_images, "Write only the grid, not one PNG per sample");
-  cmd->callback([o, &action] { action = [o] { return run_sample(*o); }; });
+  add_nproc_option(*cmd, &o->nproc);
+  cmd->callback([o, &action] {
+    action = [o] { return should_launch(o->nproc) ? launch_local_ranks(o->nproc) : run_sample(*o); };
+  });
 }
 
 }  // namespace diffuse::cli

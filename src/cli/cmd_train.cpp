@@ -6,7 +6,9 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/launch.h"
 #include "diffuse/data/dataset.h"
+#include "diffuse/dist/process_group.h"
 #include "diffuse/error.h"
 #include "diffuse/factory.h"
 #include "diffuse/models/network.h"
@@ -29,11 +31,24 @@ struct TrainOptions {
   bool print_model = false;
   bool dry_run = false;
   bool overwrite = false;
+  int nproc = 1;
 };
 
 int run_train(const TrainOptions& o) {
   TrainRequest req;
+  req.dist = read_dist_env();
+  const bool main_rank = req.dist.rank == 0;
   std::string resume_path;
+  const std::string default_run_dir =
+      !o.run_dir.empty() ? o.run_dir : o.config.empty() ? "" : (fs::path("runs") / fs::path(o.config).stem()).string();
+  if (!o.resume_flag && req.dist.restart_count > 0 && !default_run_dir.empty() &&
+      !run_checkpoints(default_run_dir).empty()) {
+    // torchrun --max_restarts: the restarted job continues the run it was doing.
+    resume_path = resolve_checkpoint(default_run_dir);
+    if (main_rank)
+      std::cerr << fmt::format("diffuse: restart {} of the job: resuming from {}\n", req.dist.restart_count,
+                               resume_path);
+  }
   if (o.resume_flag) {
     resume_path = o.resume.empty() ? o.run_dir : o.resume;
     if (resume_path.empty()) throw UsageError("--resume needs a run directory or checkpoint (or --run-dir)");
@@ -43,7 +58,7 @@ int run_train(const TrainOptions& o) {
     // The checkpoint's config is the run's config; --set may change e.g. train.steps.
     CheckpointReader reader(resume_path);
     req.config = config_from_checkpoint_yaml(reader.meta().config_yaml, resume_path, o.overrides);
-    if (!o.config.empty())
+    if (!o.config.empty() && main_rank && o.resume_flag)
       std::cerr << "diffuse: resuming with the config stored in " << resume_path << " (--config " << o.config
                 << " is not re-read; use --set to change keys)\n";
     req.resume_from = resume_path;
@@ -58,7 +73,7 @@ int run_train(const TrainOptions& o) {
     // .../RUN/checkpoints/ckpt.pt -> .../RUN
     req.run_dir = fs::path(resume_path).parent_path().parent_path().string();
   } else {
-    req.run_dir = (fs::path("runs") / fs::path(o.config).stem()).string();
+    req.run_dir = default_run_dir;
   }
 
   if (o.dry_run) {
@@ -74,6 +89,7 @@ int run_train(const TrainOptions& o) {
 
   install_stop_handlers();
   auto s = train(req);
+  if (!main_rank) return s.stop_signal ? 128 + s.stop_signal : 0;  // rank 0 reports for all
   if (s.end_step == s.start_step && !s.stop_signal) {
     std::cout << fmt::format("nothing to train: the run is at step {} of train.steps {} (raise it with --set "
                              "train.steps=N to train further)\n",
@@ -114,12 +130,13 @@ void add_train_command(CLI::App& app, Action& action) {
   auto* overwrite = cmd->add_flag("--overwrite", o->overwrite,
                                   "Start afresh in a run directory that holds a run, deleting its checkpoints, "
                                   "samples, metrics and log (without it, train refuses such a directory)");
+  add_nproc_option(*cmd, &o->nproc);
   cmd->add_flag("--print-model", o->print_model, "Print the layer summary and parameter count, then exit");
   cmd->add_flag("--dry-run", o->dry_run, "Print the resolved config, then exit");
   overwrite->excludes("--resume");
   cmd->callback([o, cmd, &action] {
     o->resume_flag = cmd->count("--resume") > 0;
-    action = [o] { return run_train(*o); };
+    action = [o] { return should_launch(o->nproc) ? launch_local_ranks(o->nproc) : run_train(*o); };
   });
 }
 

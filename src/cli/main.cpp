@@ -7,10 +7,12 @@
 #include <fmt/format.h>
 
 #include "cli/commands.h"
+#include "cli/launch.h"
 #include "diffuse/error.h"
 #include "diffuse/runtime.h"
 
 int main(int argc, char** argv) {
+  diffuse::cli::remember_argv(argc, argv);
   CLI::App app{"diffuse: train, sample and evaluate diffusion models from the shell"};
   app.require_subcommand(0, 1);
   bool show_version = false;

@@ -111,9 +111,18 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
   return r;
 }
 
-void BpdAccumulator::add(const BpdResult& b) {
-  const int64_t B = b.total.size(0);
-  const int64_t T = b.terms.size(1);
+torch::Tensor bpd_rows(const BpdResult& b) {
+  auto parts = torch::stack({b.total, b.prior, b.decoder, b.diffusion}, 1).to(torch::kFloat64);
+  return torch::cat({parts, b.terms.to(torch::kFloat64), b.x0_mse.to(torch::kFloat64), b.eps_mse.to(torch::kFloat64)}, 1)
+      .cpu()
+      .contiguous();
+}
+
+void BpdAccumulator::add_rows(const torch::Tensor& rows) {
+  if (rows.dim() != 2 || rows.size(1) < 4 || (rows.size(1) - 4) % 3 != 0)
+    throw std::invalid_argument("BpdAccumulator: rows must be [B, 4 + 3T] (bpd_rows)");
+  const int64_t B = rows.size(0);
+  const int64_t T = (rows.size(1) - 4) / 3;
   if (n_ > 0 && T != static_cast<int64_t>(vb_.size()))
     throw std::invalid_argument(
         fmt::format("BpdAccumulator: batch has {} timesteps, earlier batches had {}", T, vb_.size()));
@@ -122,13 +131,7 @@ void BpdAccumulator::add(const BpdResult& b) {
     x0_mse_.assign(static_cast<size_t>(T), 0.0);
     eps_mse_.assign(static_cast<size_t>(T), 0.0);
   }
-  // One device-to-host copy: [B, 4 + 3T].
-  auto parts = torch::stack({b.total, b.prior, b.decoder, b.diffusion}, 1).to(torch::kFloat64);
-  auto all = torch::cat({parts, b.terms.to(torch::kFloat64), b.x0_mse.to(torch::kFloat64),
-                         b.eps_mse.to(torch::kFloat64)},
-                        1)
-                 .cpu()
-                 .contiguous();
+  const auto all = rows.to(torch::kCPU, torch::kFloat64).contiguous();
   const double* p = all.data_ptr<double>();
   const int64_t W = 4 + 3 * T;
   for (int64_t i = 0; i < B; ++i) {

@@ -12,6 +12,7 @@
 #include "diffuse/data/dataset.h"
 #include "diffuse/data/image_folder.h"
 #include "diffuse/data/toy2d.h"
+#include "diffuse/dist/process_group.h"
 #include "diffuse/error.h"
 #include "diffuse/eval/bpd.h"
 #include "diffuse/eval/fid.h"
@@ -21,6 +22,7 @@
 #include "diffuse/image_io.h"
 #include "diffuse/models/network.h"
 #include "diffuse/progress.h"
+#include "diffuse/samplers/noise_source.h"
 
 namespace fs = std::filesystem;
 
@@ -76,7 +78,7 @@ torch::Tensor load_examples(const Dataset& ds, int64_t limit) {
 // An image folder measured against (or as) samples, at the model's image shape. The extra
 // images `diffuse sample` writes beside its numbered samples (see cmd_sample.cpp) are not
 // samples and are left out, so its output folder can be passed as it is.
-torch::Tensor load_sample_folder(const std::string& dir, const DataShape& shape) {
+torch::Tensor load_sample_folder(const std::string& dir, const DataShape& shape, bool say) {
   ImageFolderOptions opt;
   if (shape.shape.size() == 3) {
     opt.image.channels = shape.shape[0];
@@ -85,7 +87,7 @@ torch::Tensor load_sample_folder(const std::string& dir, const DataShape& shape)
   opt.image.labels = false;
   opt.ignore_names = {"grid.png", "trajectory.png", "scatter.png"};
   ImageFolderDataset ds(dir, opt);
-  std::cerr << "reading " << ds.describe() << "\n";  // stderr: stdout may be JSON
+  if (say) std::cerr << "reading " << ds.describe() << "\n";  // stderr: stdout may be JSON
   return load_examples(ds, 0);
 }
 
@@ -104,8 +106,9 @@ struct Reporter {
   void setting(const std::string& k, const std::string& v) { report.settings.emplace_back(k, v); }
 };
 
+// This rank's share of the samples for the sample-quality metrics (all of them on one rank).
 GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusion, const EvalRequest& req,
-                                 const std::string& sampler, int64_t steps) {
+                                 ProcessGroup& pg, const std::string& sampler, int64_t steps) {
   GenerateRequest g;
   g.sample = with_sampler(req.config.sample, sampler);
   g.sample.steps = steps;
@@ -113,11 +116,21 @@ GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusio
   g.sample.batch_size = req.config.eval.batch_size;
   g.sample.seed = req.seed;
   g.device = req.device;
-  ProgressBar bar(fmt::format("sample {} x{}", sampler, steps), g.sample.num);
+  const auto share = rank_slice(g.sample.num, pg.rank(), pg.world_size());
+  ProgressBar bar(fmt::format("sample {} x{}", sampler, steps), share.size(), 0, pg.rank() == 0 && stderr_is_terminal());
   g.on_batch = [&](int64_t done, int64_t) { bar.update(done); };
-  auto r = generate_samples(net, diffusion, req.shape, g);
+  auto r = generate_share(net, diffusion, req.shape, g, pg);
   bar.finish();
   return r;
+}
+
+// The noise of bits/dim batch b depends only on (seed, b), so the ranks may take any batches.
+// (A CPU generator, seeded with 32 bits of the key, draws on the CPU and the noise moves to the
+// data's device: the same noise on every device.)
+constexpr uint64_t kBpdStream = 0x6270645f6c6f6f70ULL;    // "bpd_loop"
+constexpr uint64_t kBpdMcStream = 0x6270645f6d635f5fULL;  // "bpd_mc__"
+torch::Generator batch_generator(uint64_t seed, int64_t batch, uint64_t stream) {
+  return at::detail::createCPUGenerator(NoiseSource::stream_key(seed, batch, stream));
 }
 
 }  // namespace
@@ -133,7 +146,11 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   const bool images = req.shape.shape.size() == 3;
   if ((wants("fid") || wants("kid")) && !images) throw UsageError("fid/kid need image data; use the 'toy' metric for toy2d");
   if (wants("toy") && cfg.data.dataset != DatasetKind::Toy2d) throw UsageError("the 'toy' metric needs data.dataset: toy2d");
-  fs::create_directories(req.out_dir);
+  ProcessGroup solo;
+  ProcessGroup& pg = req.group ? *req.group : solo;
+  const int64_t R = pg.rank(), W = pg.world_size();
+  const bool lead = R == 0;  // writes the files and shows progress
+  if (lead) fs::create_directories(req.out_dir);
   Reporter rep;
   net.eval();
   torch::NoGradGuard no_grad;
@@ -150,25 +167,39 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     const int64_t N = x_all.size(0), T = diffusion.num_timesteps(), B = ev.batch_size;
     rep.setting("decoder_cdf", to_string(ev.decoder_cdf));
     auto fn = unconditional_fn(net, req.device);
-    auto gen = at::detail::createCPUGenerator(req.seed);
     rep.value("num_images", static_cast<double>(N));
     rep.value("timesteps", static_cast<double>(T));
+    // Batch b (images bB .. bB + B - 1, noise from (seed, b)) is rank b mod W's. Each round the
+    // ranks do one batch each and rank order is batch order, so the gathered results reach the
+    // accumulator in the order of a one-rank run, with the same bits.
+    const int64_t batches = (N + B - 1) / B;
+    auto batch_x0 = [&](int64_t b) { return x_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device); };
+    auto images_before = [&](int64_t b) { return std::min(N, b * B); };
+    // f(b, images in the round, images up to its end) per round; b = -1 when this rank has none.
+    auto each_round = [&](auto&& f) {
+      for (int64_t first = 0; first < batches; first += W) {
+        const int64_t b = first + R, end = images_before(std::min(batches, first + W));
+        f(b < batches ? b : -1, end - images_before(first), end);
+      }
+    };
     if (wants("bpd")) {
       BpdAccumulator acc;
-      ProgressBar bar("bpd", N * T);
-      const bool plain_log = !bar.enabled();
+      ProgressBar bar("bpd", N * T, 0, lead && stderr_is_terminal());
+      const bool plain_log = lead && !bar.enabled();
       int64_t done = 0;
-      for (int64_t i = 0; i < N; i += B) {
-        auto x0 = x_all.slice(0, i, std::min(N, i + B)).to(req.device);
-        const int64_t b = x0.size(0);
-        BpdOptions opts;
-        opts.decoder_cdf = ev.decoder_cdf;
-        int64_t k = 0;
-        opts.progress = [&](int64_t) { bar.update(done + (++k) * b); };
-        acc.add(calc_bpd_loop(diffusion, fn, x0, gen, opts));
-        done += b * T;
-        if (plain_log) std::cerr << fmt::format("bpd: {}/{} images\n", std::min(N, i + B), N);
-      }
+      each_round([&](int64_t b, int64_t round_images, int64_t images_after) {
+        auto rows = torch::empty({0, 4 + 3 * T}, torch::kFloat64);
+        if (b >= 0) {
+          BpdOptions opts;
+          opts.decoder_cdf = ev.decoder_cdf;
+          int64_t k = 0;
+          opts.progress = [&](int64_t) { bar.update(done + (++k) * round_images); };
+          rows = bpd_rows(calc_bpd_loop(diffusion, fn, batch_x0(b), batch_generator(req.seed, b, kBpdStream), opts));
+        }
+        acc.add_rows(all_gather_rows(pg, rows, "bpd terms"));
+        done += round_images * T;
+        if (plain_log) std::cerr << fmt::format("bpd: {}/{} images\n", images_after, N);
+      });
       bar.finish();
       auto s = acc.summary();
       s.decoder_cdf = to_string(ev.decoder_cdf);
@@ -177,25 +208,27 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       rep.value("prior_bpd", s.prior_bpd);
       rep.value("decoder_bpd", s.decoder_bpd);
       rep.value("diffusion_bpd", s.diffusion_bpd);
-      write_bpd_terms_csv(out("bpd_terms.csv"), s);
-      write_bpd_json(out("bpd.json"), s);
       rep.file("per-t terms (CSV)", out("bpd_terms.csv"));
       rep.file("bound (JSON)", out("bpd.json"));
-      std::vector<double> ts(static_cast<size_t>(T));
-      for (int64_t t = 0; t < T; ++t) ts[static_cast<size_t>(t)] = static_cast<double>(t);
-      PlotOptions po;
-      po.title = fmt::format("VLB terms, total {:.4f} bits/dim", s.total_bpd);
-      po.x_label = "t";
-      po.y_label = "bits/dim";
-      po.log_y = true;
-      save_png(out("bpd_terms.png"), plot_lines({line("L_t (bits/dim)", ts, s.vb_bpd)}, po));
-      PlotOptions pm = po;
-      pm.title = "denoising error per t";
-      pm.y_label = "MSE";
-      save_png(out("mse_terms.png"),
-               plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
       rep.file("per-t terms (plot)", out("bpd_terms.png"));
       rep.file("per-t MSE (plot)", out("mse_terms.png"));
+      if (lead) {
+        write_bpd_terms_csv(out("bpd_terms.csv"), s);
+        write_bpd_json(out("bpd.json"), s);
+        std::vector<double> ts(static_cast<size_t>(T));
+        for (int64_t t = 0; t < T; ++t) ts[static_cast<size_t>(t)] = static_cast<double>(t);
+        PlotOptions po;
+        po.title = fmt::format("VLB terms, total {:.4f} bits/dim", s.total_bpd);
+        po.x_label = "t";
+        po.y_label = "bits/dim";
+        po.log_y = true;
+        save_png(out("bpd_terms.png"), plot_lines({line("L_t (bits/dim)", ts, s.vb_bpd)}, po));
+        PlotOptions pm = po;
+        pm.title = "denoising error per t";
+        pm.y_label = "MSE";
+        save_png(out("mse_terms.png"),
+                 plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
+      }
     }
     if (wants("bpd-mc")) {
       std::vector<torch::Tensor> per_image;
@@ -203,12 +236,15 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       mo.samples_per_image = ev.mc_timesteps;
       mo.decoder_cdf = ev.decoder_cdf;
       mo.probabilities = req.timestep_probabilities;
-      ProgressBar bar("bpd-mc", N);
-      for (int64_t i = 0; i < N; i += B) {
-        auto x0 = x_all.slice(0, i, std::min(N, i + B)).to(req.device);
-        per_image.push_back(estimate_bpd_mc(diffusion, fn, x0, gen, mo).per_image.cpu());
-        bar.update(std::min(N, i + B));
-      }
+      ProgressBar bar("bpd-mc", N, 0, lead && stderr_is_terminal());
+      each_round([&](int64_t b, int64_t, int64_t images_after) {
+        auto mine = torch::empty({0}, torch::kFloat64);
+        if (b >= 0)
+          mine = estimate_bpd_mc(diffusion, fn, batch_x0(b), batch_generator(req.seed, b, kBpdMcStream), mo)
+                     .per_image.to(torch::kCPU, torch::kFloat64);
+        per_image.push_back(all_gather_rows(pg, mine, "bpd-mc estimates"));
+        bar.update(images_after);
+      });
       bar.finish();
       auto est = make_bpd_estimate(torch::cat(per_image), ev.mc_timesteps);
       rep.value("bpd_mc", est.mean);
@@ -256,9 +292,18 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     if (!cached.reference.empty() && cached.reference != source)
       throw UsageError(fmt::format("reference statistics '{}' describe {}, not {} as asked now{}", path,
                                    cached.reference, source, fix));
-    if (cached.extractor.empty())
+    if (cached.extractor.empty() && lead)
       std::cerr << "note: reference statistics '" << path
                 << "' do not record their feature network or images (an .npz or an older file); used as given\n";
+  };
+  // Features [n, D], float64 on the CPU, of this rank's images, gathered from every rank in rank
+  // order. A rank without images runs one blank image to learn D, so the rows it sends (none)
+  // have the shape of the others'.
+  auto gathered_features = [&](const torch::Tensor& x, const char* what) {
+    auto one = x.sizes().vec();
+    one[0] = 1;
+    auto f = x.size(0) > 0 ? extractor->features(x) : extractor->features(torch::zeros(one, x.options())).slice(0, 0, 0);
+    return all_gather_rows(pg, f.to(torch::kCPU, torch::kFloat64).contiguous(), what);
   };
   auto ensure_reference = [&](bool need_features) {
     open_extractor();
@@ -268,20 +313,22 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       have_stats = true;
       return;
     }
-    torch::Tensor x;
+    torch::Tensor x;  // every rank reads the reference and measures its rank_slice of it
     if (!ev.reference.empty()) {
-      x = load_sample_folder(ev.reference, req.shape);
+      x = load_sample_folder(ev.reference, req.shape, lead);
     } else {
       DataConfig dc = cfg.data;
       dc.split = ev.split;
       dc.limit = 0;
       x = load_examples(*make_dataset(dc, cfg.train.seed), 0);
     }
-    ref_feats = extractor->features(x).to(torch::kCPU, torch::kFloat64);
+    const auto share = rank_slice(x.size(0), R, W);
+    ref_feats = gathered_features(x.slice(0, share.begin, share.end), "reference features");
+    have_stats = true;
+    if (!lead) return;  // statistics and metrics are rank 0's
     ref_stats = feature_stats(ref_feats);
     ref_stats.extractor = extractor_id;
     ref_stats.reference = reference_source();
-    have_stats = true;
     // An existing cache was checked above to describe this network and these images, so fresh
     // statistics over it lose nothing; one that records nothing (an .npz from pytorch-fid, say)
     // is the user's and is left alone.
@@ -290,8 +337,17 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       rep.file("reference statistics", req.reference_stats);
     }
   };
-  auto quality = [&](const torch::Tensor& samples, const std::string& prefix) {
+  // The metrics of the samples whose share `mine` is this rank's: gathered (toy) or measured
+  // here and gathered (features), then computed on rank 0 (the others get no values).
+  auto quality = [&](const torch::Tensor& mine, const std::string& prefix) {
     std::vector<std::pair<std::string, double>> q;
+    torch::Tensor samples, feats;
+    if (wants("toy")) samples = all_gather_rows(pg, mine, "samples");
+    if (wants("fid") || wants("kid")) {
+      ensure_reference(wants("kid"));
+      feats = gathered_features(mine, "sample features");
+    }
+    if (!lead) return q;
     if (wants("toy")) {
       auto truth = sample_toy(cfg.data.toy, samples.size(0), req.seed + 1);
       SlicedWassersteinOptions so;
@@ -301,9 +357,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       mo.seed = req.seed;
       q.emplace_back(prefix + "mmd2_rbf", mmd_rbf(samples, truth, mo).mmd2);
     }
-    if (wants("fid") || wants("kid")) {
-      ensure_reference(wants("kid"));
-      auto feats = extractor->features(samples).to(torch::kCPU, torch::kFloat64);
+    if (feats.defined()) {
       if (wants("fid")) q.emplace_back(prefix + "fid", frechet_distance(feature_stats(feats), ref_stats));
       if (wants("kid")) {
         auto k = kid(feats, ref_feats, 100, 1000, req.seed);
@@ -317,16 +371,20 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   const bool sample_metrics = wants("fid") || wants("kid") || wants("toy");
   if (wants("fid") || wants("kid")) open_extractor();  // refuse a bad network or cache before sampling
   if (sample_metrics) {
-    torch::Tensor samples;
+    torch::Tensor mine;  // this rank's share of the samples
+    int64_t total = cfg.eval.num_samples;
     if (!req.samples_dir.empty()) {
-      samples = load_sample_folder(req.samples_dir, req.shape);
+      auto all = load_sample_folder(req.samples_dir, req.shape, lead);
+      total = all.size(0);
+      const auto share = rank_slice(total, R, W);
+      mine = all.slice(0, share.begin, share.end);
     } else {
-      auto r = generate_for_eval(net, diffusion, req, cfg.sample.sampler, cfg.sample.steps);
-      samples = r.samples;
+      auto r = generate_for_eval(net, diffusion, req, pg, cfg.sample.sampler, cfg.sample.steps);
+      mine = r.samples;
       rep.value("sample_seconds", r.seconds);
     }
-    rep.value("num_samples", static_cast<double>(samples.size(0)));
-    for (auto& [k, v] : quality(samples, "")) rep.value(k, v);
+    rep.value("num_samples", static_cast<double>(total));
+    for (auto& [k, v] : quality(mine, "")) rep.value(k, v);
     if (ref_stats.n > 0) rep.value("num_reference", static_cast<double>(ref_stats.n));
   }
 
@@ -339,8 +397,9 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     std::string main_metric;
     for (const auto& e : req.sweep) {
       for (auto steps : e.steps) {
-        auto r = generate_for_eval(net, diffusion, req, e.sampler, steps);
+        auto r = generate_for_eval(net, diffusion, req, pg, e.sampler, steps);
         auto q = quality(r.samples, "");
+        if (!lead) continue;
         if (metric_names.empty()) {
           for (auto& [k, v] : q) {
             metric_names.push_back(k);
@@ -349,10 +408,9 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
           csv += "\n";
           main_metric = metric_names.front();
         }
-        const int64_t batches = (r.samples.size(0) + cfg.eval.batch_size - 1) / cfg.eval.batch_size;
-        const double nfe_per_sample = static_cast<double>(r.nfe) / static_cast<double>(std::max<int64_t>(1, batches));
-        csv += fmt::format("{},{},{},{},{}", e.sampler, steps, nfe_per_sample, r.seconds,
-                           static_cast<double>(r.samples.size(0)) / r.seconds);
+        const auto n = static_cast<double>(cfg.eval.num_samples);  // r.samples: this rank's share
+        const double nfe_per_sample = static_cast<double>(r.nfe) / static_cast<double>(std::max<int64_t>(1, r.batches));
+        csv += fmt::format("{},{},{},{},{}", e.sampler, steps, nfe_per_sample, r.seconds, n / r.seconds);
         for (auto& [k, v] : q) csv += "," + jnum(v);
         csv += "\n";
         auto add_point = [&](std::map<std::string, Series>& plot, double x) {
@@ -363,31 +421,34 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
           c.markers = true;
         };
         add_point(curves, nfe_per_sample);
-        add_point(timed, r.seconds / static_cast<double>(std::max<int64_t>(1, r.samples.size(0))));
+        add_point(timed, r.seconds / std::max(1.0, n));
         std::cerr << fmt::format("sweep: {} {} steps: {} = {:.5g} ({:.1f}s)\n", e.sampler, steps, main_metric,
                                  q.front().second, r.seconds);
       }
     }
-    write_file_atomic(out("sweep.csv"), csv);
-    rep.file("sweep table", out("sweep.csv"));
-    std::vector<Series> series;
-    for (auto& [k, s] : curves) series.push_back(s);
-    PlotOptions po;
-    po.title = "sample quality vs network evaluations";
-    po.x_label = "NFE per sample";
-    po.y_label = main_metric;
-    po.log_x = true;
-    save_png(out("sweep.png"), plot_lines(series, po));
-    rep.file("sweep plot (NFE)", out("sweep.png"));
-    series.clear();
-    for (auto& [k, s] : timed) series.push_back(s);
-    po.title = "sample quality vs time";
-    po.x_label = "seconds per sample";
-    save_png(out("sweep_time.png"), plot_lines(series, po));
-    rep.file("sweep plot (time)", out("sweep_time.png"));
+    if (lead) {  // the others have no values
+      write_file_atomic(out("sweep.csv"), csv);
+      rep.file("sweep table", out("sweep.csv"));
+      std::vector<Series> series;
+      for (auto& [k, s] : curves) series.push_back(s);
+      PlotOptions po;
+      po.title = "sample quality vs network evaluations";
+      po.x_label = "NFE per sample";
+      po.y_label = main_metric;
+      po.log_x = true;
+      save_png(out("sweep.png"), plot_lines(series, po));
+      rep.file("sweep plot (NFE)", out("sweep.png"));
+      series.clear();
+      for (auto& [k, s] : timed) series.push_back(s);
+      po.title = "sample quality vs time";
+      po.x_label = "seconds per sample";
+      save_png(out("sweep_time.png"), plot_lines(series, po));
+      rep.file("sweep plot (time)", out("sweep_time.png"));
+    }
   }
 
   // --- one JSON object with every number --------------------------------------------------------
+  if (!lead) return rep.report;
   std::string json = "{";
   for (size_t i = 0; i < rep.report.values.size(); ++i) {
     const auto& [k, v] = rep.report.values[i];

@@ -12,6 +12,7 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "diffuse/hash.h"
 #include "diffuse/eval/npz.h"
 #include "diffuse/eval/random.h"
 
@@ -177,13 +178,13 @@ void save_feature_stats(const FeatureStats& stats, const std::string& path) {
 std::string feature_network_fingerprint(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UsageError(fmt::format("feature extractor '{}' could not be opened", path));
-  uint64_t h = 14695981039346656037ull;  // FNV-1a offset basis
+  uint64_t h = kFnv1aOffsetBasis;
   uint64_t size = 0;
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
     const auto got = static_cast<size_t>(in.gcount());
-    for (size_t i = 0; i < got; ++i) h = (h ^ static_cast<unsigned char>(buf[i])) * 1099511628211ull;
+    h = fnv1a64(buf.data(), got, h);
     size += got;
   }
   return fmt::format("{} bytes, fnv1a64 {:016x}", size, h);

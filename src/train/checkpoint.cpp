@@ -41,6 +41,7 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn
   ar.write("loss_scale", c10::IValue(m.loss_scale));
   ar.write("loss_scale_good_steps", c10::IValue(m.loss_scale_good_steps));
   ar.write("elapsed_seconds", c10::IValue(m.elapsed_seconds));
+  ar.write("world_size", c10::IValue(m.world_size));
   if (m.cpu_rng_state.defined()) ar.write("cpu_rng_state", m.cpu_rng_state);
   if (m.device_rng_state.defined()) ar.write("device_rng_state", m.device_rng_state.cpu());
   if (m.timestep_sampler_state.defined()) ar.write("timestep_sampler_state", m.timestep_sampler_state);
@@ -100,6 +101,10 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   if (archive_->try_read("loss_scale", d) && d.isDouble()) meta_.loss_scale = d.toDouble();
   if (archive_->try_read("loss_scale_good_steps", d) && d.isInt()) meta_.loss_scale_good_steps = d.toInt();
   if (archive_->try_read("elapsed_seconds", d) && d.isDouble()) meta_.elapsed_seconds = d.toDouble();
+  if (archive_->try_read("world_size", d) && d.isInt()) {
+    if (d.toInt() < 1) throw UsageError(fmt::format("checkpoint '{}': world_size {} is not positive", path_, d.toInt()));
+    meta_.world_size = d.toInt();
+  }
   torch::Tensor shape;
   archive_->read("data_shape", shape);
   shape = shape.cpu();

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -20,7 +21,10 @@
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/data/dataset.h"
 #include "diffuse/data/loader.h"
+#include "diffuse/dist/grad_sync.h"
+#include "diffuse/dist/process_group.h"
 #include "diffuse/error.h"
+#include "diffuse/hash.h"
 #include "diffuse/eval/plot.h"
 #include "diffuse/factory.h"
 #include "diffuse/generate.h"
@@ -45,20 +49,23 @@ namespace {
 
 std::atomic<int> g_stop_signal{0};
 
-std::shared_ptr<spdlog::logger> make_logger(const std::string& log_path, bool console_is_tty) {
+// quiet_console: the console shows warnings and errors only (a terminal with a bar, or a rank
+// other than 0); prefix marks the rank's lines in a data-parallel run.
+std::shared_ptr<spdlog::logger> make_logger(const std::string& log_path, bool quiet_console, const std::string& prefix) {
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   // On a terminal the bar carries progress; the console shows warnings and errors, clearing
   // the bar's line first. In a log, every info line is printed.
-  if (console_is_tty) {
+  if (quiet_console) {
     console->set_level(spdlog::level::warn);
-    console->set_pattern("\r\033[K[%H:%M:%S] %^%l%$: %v");
+    console->set_pattern(stderr_is_terminal() ? "\r\033[K[%H:%M:%S] " + prefix + "%^%l%$: %v"
+                                              : "[%Y-%m-%d %H:%M:%S] " + prefix + "%^%l%$: %v");
   } else {
-    console->set_pattern("[%Y-%m-%d %H:%M:%S] %^%l%$: %v");
+    console->set_pattern("[%Y-%m-%d %H:%M:%S] " + prefix + "%^%l%$: %v");
   }
   std::vector<spdlog::sink_ptr> sinks{console};
   if (!log_path.empty()) {
     auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_path, /*truncate=*/false);
-    file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l: %v");
+    file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] " + prefix + "%l: %v");
     sinks.push_back(file);
   }
   auto logger = std::make_shared<spdlog::logger>("train", sinks.begin(), sinks.end());
@@ -74,8 +81,12 @@ void truncate_metrics(const std::string& path, int64_t step) {
   std::string line, kept;
   while (std::getline(in, line)) {
     const auto pos = line.find("\"step\": ");
-    if (pos == std::string::npos) continue;
-    if (std::stoll(line.substr(pos + 8)) <= step) kept += line + "\n";
+    // A line torn by a crash (no closing brace, or no step number) is dropped.
+    if (pos == std::string::npos || line.empty() || line.back() != '}') continue;
+    char* end = nullptr;
+    const long long s = std::strtoll(line.c_str() + pos + 8, &end, 10);
+    if (end == line.c_str() + pos + 8) continue;
+    if (s <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
 }
@@ -124,16 +135,632 @@ struct Window {
 
 // Adds one optimizer step to the logging window (the quarter breakdown as improved-diffusion
 // logs it), all on the device.
-void record_step(Window& win, double loss, double grad_norm, const torch::Tensor& mse_sum, const torch::Tensor& vb_sum,
-                 const torch::Tensor& step_t, const torch::Tensor& step_losses, int64_t T) {
+void record_step(Window& win, double loss, double grad_norm, const torch::Tensor& mse_vb, const torch::Tensor& step_t,
+                 const torch::Tensor& step_losses, int64_t T) {
   win.loss += loss;
   win.grad_norm += grad_norm;
   ++win.steps;
-  win.parts += torch::stack({mse_sum, vb_sum}).to(torch::kFloat64);
+  win.parts += mse_vb;
   auto q = torch::div(step_t * 4, T, "floor").clamp(0, 3).to(win.quarters.device(), torch::kLong);
   auto l = step_losses.to(torch::kFloat64);
   win.quarters[0].scatter_add_(0, q, l);
   win.quarters[1].scatter_add_(0, q, torch::ones_like(l));
+}
+
+
+// Set-up work that can fail on one rank alone (a missing file, a refused run directory): every
+// rank learns of the failure, so none is left waiting in a collective the failed rank never
+// reaches. The failed rank rethrows its own error; the others name it.
+template <class F>
+void on_every_rank(ProcessGroup& pg, const char* what, F&& f) {
+  std::string err;
+  std::exception_ptr own;
+  try {
+    f();
+  } catch (const UsageError& e) {
+    err = std::string("U") + e.what();
+    own = std::current_exception();
+  } catch (const std::exception& e) {
+    err = std::string("R") + e.what();
+    own = std::current_exception();
+  }
+  if (!pg.distributed()) {
+    if (own) std::rethrow_exception(own);
+    return;
+  }
+  const auto all = all_gather_strings(pg, err, what);
+  if (own) std::rethrow_exception(own);
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r].empty()) continue;
+    const auto msg = fmt::format("rank {} failed while {}: {}", r, what, all[r].substr(1));
+    if (all[r][0] == 'U') throw UsageError(msg);
+    throw std::runtime_error(msg);
+  }
+}
+
+// A fingerprint of every tensor that must be equal on all ranks (weights, EMA, optimizer
+// moments, RNG and timestep-sampler state), compared across ranks at each checkpoint.
+uint64_t fingerprint(const std::vector<torch::Tensor>& tensors) {
+  uint64_t h = kFnv1aOffsetBasis;
+  for (const auto& t : tensors) {
+    if (!t.defined()) continue;
+    const auto c = t.detach().cpu().contiguous();
+    h = fnv1a64(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size(), h);
+  }
+  return h;
+}
+
+// An optimizer's state entry for a parameter: keyed by the TensorImpl's address, as a string in
+// LibTorch 1.13 and as the pointer itself in 2.x.
+template <class Map>
+auto find_param_state(Map& state, const torch::Tensor& p) {
+  using Key = typename Map::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;
+    key << p.unsafeGetTensorImpl();
+    return state.find(key.str());
+  } else {
+    return state.find(static_cast<Key>(p.unsafeGetTensorImpl()));
+  }
+}
+
+// What one optimizer step drew for the whole global batch (every rank draws the same), and this
+// rank's share of it: the examples at global positions rank, rank + W, ..., which is how the
+// loader shards a batch, so W ranks of B see the draws one rank of W*B would.
+struct StepDraw {
+  TimestepDraw global;
+  torch::Tensor t, weights, noise, drop;  // this rank's, in its batch order
+};
+
+struct StepResult {
+  double loss = 0, grad_norm = 0;
+  bool finite = true;
+  torch::Tensor parts;          // [2] float64 on the device: mse, vb (means over all ranks)
+  torch::Tensor global_t, global_losses;  // [W*K*B] in global order
+};
+
+class TrainLoop {
+ public:
+  explicit TrainLoop(const TrainRequest& req) : req_(req), cfg_(req.config) {}
+  TrainSummary run();
+
+ private:
+  // Set-up, in order.
+  void join_ranks();
+  void prepare_run_dir();
+  void build_data();
+  void build_model();
+  void restore();
+  void broadcast_state();
+  // One optimizer step and what follows it.
+  bool stop_agreed();
+  StepResult run_step();
+  StepDraw draw_step(const std::vector<Batch>& micro_batches);
+  void forward_backward(const std::vector<Batch>& micro_batches, const StepDraw& draw, StepResult& out);
+  void reduce_step(StepResult& out, const torch::Tensor& clipped);
+  void optimize(const StepResult& r, double lr);
+  void log_window(double lr, bool last);
+  void checkpoint();
+  void sample_grid();
+  std::vector<torch::Tensor> replicated_state();
+  void verify_replicas(const char* when);
+  double elapsed() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+
+  const TrainRequest& req_;
+  Config cfg_;
+  TrainSummary summary_;
+  DistEnv env_;
+  std::unique_ptr<ProcessGroup> pg_;
+  std::unique_ptr<GradientSync> grad_sync_;
+  bool main_rank_ = true;
+  int64_t W_ = 1, rank_ = 0;
+  torch::Device device_ = torch::kCPU;
+  std::string precision_;
+  int threads_ = 0;
+  bool tty_ = false;
+  std::shared_ptr<spdlog::logger> log_;
+  std::string config_yaml_;
+  std::unique_ptr<CheckpointReader> ckpt_;
+
+  std::shared_ptr<Dataset> dataset_;
+  DataShape shape_;
+  std::unique_ptr<DataLoader> loader_;
+  std::optional<GaussianDiffusion> diffusion_;
+  std::shared_ptr<Network> model_, ema_model_;
+  std::unique_ptr<Ema> ema_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<TimestepSampler> tsampler_;
+  std::unique_ptr<DynamicLossScale> loss_scale_;
+  std::unique_ptr<LrSchedule> lrs_;
+  LossConfig loss_cfg_;
+  at::Generator cpu_gen_ = at::detail::getDefaultCPUGenerator();
+
+  int64_t step_ = 0, checkpointed_step_ = -1, images_total_ = 0;
+  double prior_elapsed_ = 0.0, last_loss_ = std::numeric_limits<double>::quiet_NaN();
+  int agreed_signal_ = 0;
+  double comm_wait_seconds_ = 0.0;  // gradient all-reduce time not hidden by backward, this window
+  std::ofstream metrics_;
+  std::optional<Window> win_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+void TrainLoop::join_ranks() {
+  env_ = req_.dist;
+  W_ = env_.world_size;
+  rank_ = env_.rank;
+  main_rank_ = rank_ == 0;
+  device_ = rank_device(cfg_.train.device, env_);
+  if (env_.launched())
+    pg_ = std::make_unique<ProcessGroup>(
+        env_, DistOptions{cfg_.train.dist_backend, std::chrono::seconds(cfg_.train.dist_timeout), device_});
+  else
+    pg_ = std::make_unique<ProcessGroup>();
+}
+
+void TrainLoop::prepare_run_dir() {
+  if (req_.run_dir.empty()) throw UsageError("a run directory is needed (--run-dir)");
+  summary_.run_dir = req_.run_dir;
+  summary_.log = (fs::path(req_.run_dir) / "train.log").string();
+  summary_.metrics = (fs::path(req_.run_dir) / "metrics.jsonl").string();
+  summary_.config = (fs::path(req_.run_dir) / "config.yaml").string();
+  on_every_rank(*pg_, "preparing the run directory", [&] {
+    if (!main_rank_) return;
+    if (req_.resume_from.empty()) prepare_fresh_run_dir(req_.run_dir, req_.overwrite);
+    fs::create_directories(req_.run_dir);
+  });
+  // Resuming: the checkpoint carries the config it was trained with; the caller's config
+  // (checkpoint config + overrides) decides the rest (e.g. more steps).
+  on_every_rank(*pg_, "reading the checkpoint", [&] {
+    if (!req_.resume_from.empty())
+      ckpt_ = std::make_unique<CheckpointReader>(resolve_checkpoint(req_.resume_from), device_);
+    validate(cfg_);
+  });
+  int threads = static_cast<int>(cfg_.train.threads);
+  // Ranks on one machine share its cores, as torchrun's OMP_NUM_THREADS=1 default intends.
+  if (threads == 0 && env_.local_world_size > 1 && !std::getenv("OMP_NUM_THREADS"))
+    threads = std::max(1, available_cores() / static_cast<int>(env_.local_world_size));
+  threads_ = configure_threads(threads);
+  precision_ = resolve_precision(cfg_.train.precision, device_);
+  tty_ = stderr_is_terminal();
+  std::string log_path = main_rank_ ? summary_.log : "";
+  if (!main_rank_ && cfg_.train.dist_rank_logs)
+    log_path = (fs::path(req_.run_dir) / fmt::format("rank_{}.log", rank_)).string();
+  log_ = make_logger(log_path, tty_ || !main_rank_, W_ > 1 ? fmt::format("[rank {}] ", rank_) : "");
+  config_yaml_ = to_yaml(cfg_);
+  if (main_rank_)
+    write_file_atomic(summary_.config,
+                      fmt::format("# world_size {}, global batch {} = {} ranks x batch_size {} x grad_accum {}\n{}",
+                                  W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum, W_,
+                                  cfg_.train.batch_size, cfg_.train.grad_accum, config_yaml_));
+}
+
+void TrainLoop::build_data() {
+  torch::manual_seed(cfg_.train.seed);
+  on_every_rank(*pg_, "loading the data", [&] {
+    dataset_ = make_dataset(cfg_.data, cfg_.train.seed);
+    shape_ = data_shape(*dataset_, cfg_.data);
+    if (cfg_.model.class_cond) {
+      // A label outside the embedding would fail mid-run (a device assert on CUDA): refuse it now.
+      if (dataset_->num_classes() == 0)
+        throw UsageError("model.class_cond: true, but the data (" + dataset_->describe() + ") has no class labels");
+      if (cfg_.model.num_classes > 0 && cfg_.model.num_classes < dataset_->num_classes())
+        throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes",
+                                     cfg_.model.num_classes, dataset_->num_classes()));
+    }
+    if (ckpt_ && ckpt_->meta().data.shape != shape_.shape)
+      throw UsageError("checkpoint '" + ckpt_->path() + "' was trained on data of another shape than data.* gives now");
+    auto lo = loader_options(cfg_.data, cfg_.train.batch_size, cfg_.train.seed, rank_, W_);
+    lo.pin_memory = device_.is_cuda();
+    loader_ = std::make_unique<DataLoader>(dataset_, lo, LoaderPosition{0, 0});
+  });
+}
+
+void TrainLoop::build_model() {
+  diffusion_.emplace(make_diffusion(cfg_));
+  model_ = make_model(cfg_, shape_);
+  ema_model_ = make_model(cfg_, shape_);
+  if (ckpt_) {
+    model_->to(torch::kCPU);
+    ckpt_->load_weights(*model_, false);
+  }
+  model_->to(device_);
+  ema_model_->to(device_);
+  if (cfg_.train.channels_last && shape_.shape.size() == 3) {
+    convert_to_channels_last(*model_);
+    convert_to_channels_last(*ema_model_);
+  }
+  ema_ = std::make_unique<Ema>(model_, ema_model_, cfg_.train.ema_decay, cfg_.train.ema_warmup);
+  if (ckpt_ && ckpt_->has_ema()) ckpt_->load_weights(*ema_model_, true);
+  ema_model_->eval();
+  optimizer_ = std::make_unique<torch::optim::AdamW>(
+      model_->parameters(), torch::optim::AdamWOptions(cfg_.train.lr)
+                                .betas({cfg_.train.adam_beta1, cfg_.train.adam_beta2})
+                                .eps(cfg_.train.adam_eps)
+                                .weight_decay(cfg_.train.weight_decay));
+  tsampler_ = make_timestep_sampler(cfg_.diffusion.timestep_sampler, diffusion_->num_timesteps());
+  loss_scale_ = std::make_unique<DynamicLossScale>(precision_ == "fp16");
+  lrs_ = std::make_unique<LrSchedule>(LrSchedule{cfg_.train.lr, cfg_.train.warmup_steps, cfg_.train.lr_schedule,
+                                                 cfg_.train.min_lr, cfg_.train.steps});
+  loss_cfg_ = LossConfig{cfg_.diffusion.loss, cfg_.diffusion.hybrid_lambda, cfg_.diffusion.loss_weighting,
+                         cfg_.diffusion.min_snr_gamma};
+  if (W_ > 1)
+    grad_sync_ = std::make_unique<GradientSync>(*pg_, model_->parameters(), cfg_.train.dist_bucket_mb << 20);
+}
+
+// The data position of a checkpoint written by another number of ranks: the epoch's first
+// offset * W_old positions were consumed; W ranks continue at the largest offset that re-reads
+// none of them twice... except the remainder, which is re-seen (logged).
+LoaderPosition map_position(const CheckpointMeta& m, int64_t W, spdlog::logger& log) {
+  if (m.world_size == W) return {m.data_epoch, m.data_offset};
+  const int64_t consumed = m.data_offset * m.world_size;
+  const LoaderPosition p{m.data_epoch, consumed / W};
+  log.warn("the checkpoint was written by {} rank(s), this run has {}: {} examples of epoch {} were seen; "
+           "continuing at offset {} per rank ({} of them seen again)",
+           m.world_size, W, consumed, m.data_epoch, p.offset, consumed - p.offset * W);
+  return p;
+}
+
+void TrainLoop::restore() {
+  if (ckpt_) {
+    const auto& m = ckpt_->meta();
+    ckpt_->load_optimizer(*optimizer_);
+    step_ = m.step;
+    if (m.cpu_rng_state.defined()) cpu_gen_.set_state(m.cpu_rng_state);  // shares the default's state
+    if (device_.is_cuda() && m.device_rng_state.defined()) {
+      at::Generator g = at::globalContext().defaultGenerator(device_);
+      g.set_state(m.device_rng_state);
+    }
+    if (m.timestep_sampler_state.defined()) tsampler_->load_state(m.timestep_sampler_state);
+    loss_scale_->restore(m.loss_scale, m.loss_scale_good_steps);  // only when fp16 then and now
+    prior_elapsed_ = m.elapsed_seconds;
+    loader_->seek(map_position(m, W_, *log_));
+    log_->info("resumed from {} at step {}", ckpt_->path(), step_);
+  }
+  if (main_rank_) {
+    if (ckpt_) truncate_metrics(summary_.metrics, step_);
+    else if (fs::exists(summary_.metrics)) fs::remove(summary_.metrics);
+    metrics_.open(summary_.metrics, std::ios::app);
+  }
+  ckpt_.reset();  // release the archive's memory
+}
+
+std::vector<torch::Tensor> TrainLoop::replicated_state() {
+  std::vector<torch::Tensor> v;
+  for (auto* m : {model_.get(), ema_model_.get()}) {
+    for (const auto& p : m->parameters()) v.push_back(p);
+    for (const auto& b : m->buffers()) v.push_back(b);
+  }
+  for (const auto& p : model_->parameters()) {
+    const auto it = find_param_state(optimizer_->state(), p);
+    if (it == optimizer_->state().end()) continue;
+    const auto& st = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+    v.push_back(st.exp_avg());
+    v.push_back(st.exp_avg_sq());
+    if (st.max_exp_avg_sq().defined()) v.push_back(st.max_exp_avg_sq());
+  }
+  return v;
+}
+
+// Rank 0's weights, EMA and optimizer moments everywhere (a fresh run's initialisation, or the
+// restored state), then a check that the rest of the state (step, RNG, sampler) agrees.
+void TrainLoop::broadcast_state() {
+  if (W_ == 1) return;
+  torch::NoGradGuard no_grad;
+  for (auto& t : replicated_state()) pg_->broadcast(t, 0, "initial state");
+  verify_replicas("after set-up");
+}
+
+void TrainLoop::verify_replicas(const char* when) {
+  if (W_ == 1) return;
+  auto state = replicated_state();
+  state.push_back(cpu_gen_.get_state());
+  state.push_back(tsampler_->state());
+  state.push_back(torch::tensor({step_, loader_->position().epoch, loader_->position().offset}));
+  const auto h = static_cast<int64_t>(fingerprint(state));
+  const auto all = pg_->all_gather(torch::tensor({h}, torch::kInt64), "state fingerprints");
+  std::vector<std::string> differ;
+  for (int64_t r = 1; r < W_; ++r)
+    if (all[r][0].item<int64_t>() != all[0][0].item<int64_t>()) differ.push_back(std::to_string(r));
+  if (!differ.empty())
+    throw std::runtime_error(fmt::format("step {}: the training state of rank(s) {} differs from rank 0's {} "
+                                         "(weights, EMA, optimizer, RNG or data position)",
+                                         step_, join(differ), when));
+}
+
+bool TrainLoop::stop_agreed() {
+  if (W_ == 1) agreed_signal_ = g_stop_signal.load();
+  return agreed_signal_ != 0 || (req_.stop_after_step > 0 && step_ >= req_.stop_after_step);
+}
+
+StepDraw TrainLoop::draw_step(const std::vector<Batch>& micro_batches) {
+  int64_t local = 0;
+  for (const auto& b : micro_batches) local += b.x.size(0);
+  const int64_t n = local * W_;
+  // Everything random about the step except dropout is drawn for the whole step at once: the
+  // timesteps, then the noise, then the label drops. K micro-batches of B on W ranks then use
+  // the random streams exactly as one batch of W*K*B does
+  // (Train.GradAccumulationEqualsOneBatchOfTheSameExamples, Dist.*).
+  StepDraw d;
+  d.global = tsampler_->sample(n, device_, cpu_gen_);  // drawn on the CPU, copied without a sync
+  auto noise_shape = micro_batches.front().x.sizes().vec();
+  noise_shape[0] = n;
+  auto noise = torch::randn(noise_shape, torch::TensorOptions().device(device_));
+  auto mine = [&](const torch::Tensor& t) { return t.slice(0, rank_, n, W_); };
+  d.t = mine(d.global.t);
+  d.weights = mine(d.global.weights);
+  d.noise = mine(noise);
+  if (model_->class_conditional() && cfg_.model.p_uncond > 0)
+    d.drop = mine(torch::rand({n}, torch::TensorOptions().device(device_)) < cfg_.model.p_uncond);
+  return d;
+}
+
+void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const StepDraw& d, StepResult& out) {
+  const auto opts = torch::TensorOptions().device(device_);
+  torch::Tensor loss_sum = torch::zeros({}, opts), mse_sum = torch::zeros({}, opts), vb_sum = torch::zeros({}, opts);
+  std::vector<torch::Tensor> losses_seen;
+  const double K = static_cast<double>(cfg_.train.grad_accum);
+  int64_t first = 0;
+  for (size_t micro = 0; micro < micro_batches.size(); ++micro) {
+    const auto& batch = micro_batches[micro];
+    auto x0 = batch.x.to(device_, /*non_blocking=*/true);
+    if (cfg_.train.channels_last && x0.dim() == 4) x0 = x0.contiguous(torch::MemoryFormat::ChannelsLast);
+    const int64_t B = x0.size(0);
+    const auto t = d.t.narrow(0, first, B);
+    auto noise = d.noise.narrow(0, first, B).contiguous(x0.suggest_memory_format());
+    auto x_t = diffusion_->q_sample(x0, t, noise);
+    torch::Tensor y;
+    if (model_->class_conditional()) {
+      y = batch.y.to(device_, /*non_blocking=*/true);  // pinned by the loader on CUDA
+      // Classifier-free guidance training: replace labels by the null label with prob p_uncond.
+      if (d.drop.defined())
+        y = torch::where(d.drop.narrow(0, first, B), torch::full_like(y, model_->null_label()), y);
+    }
+    torch::Tensor net_out;
+    {
+      AutocastGuard ac(precision_, device_);
+      net_out = model_->forward(x_t, t.to(torch::kFloat32), y);
+    }
+    auto losses = training_losses(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, x_t, t, noise);
+    auto loss = (losses.loss * d.weights.narrow(0, first, B)).mean() / K;
+    if (grad_sync_ && micro + 1 == micro_batches.size()) grad_sync_->arm();  // gradients sync once per step
+    loss_scale_->apply(loss).backward();
+    loss_sum += loss.detach();
+    if (losses.mse.defined()) mse_sum += losses.mse.detach().mean() / K;
+    if (losses.vb.defined()) vb_sum += losses.vb.detach().mean() / K;
+    losses_seen.push_back(losses.loss.detach());
+    first += B;
+    images_total_ += B * W_;
+    win_->images += B * W_;
+  }
+  if (grad_sync_) {
+    grad_sync_->finish();
+    comm_wait_seconds_ += grad_sync_->last_wait_seconds();
+  }
+  out.parts = torch::stack({loss_sum, mse_sum, vb_sum}).to(torch::kFloat64);
+  out.global_t = d.global.t;
+  out.global_losses = torch::cat(losses_seen);
+}
+
+// Means over all ranks' examples and one stop decision, in one all-reduce; per-example losses
+// gathered into global order for the timestep sampler and the quarter log. Then one host sync.
+void TrainLoop::reduce_step(StepResult& r, const torch::Tensor& clipped) {
+  auto stats = r.parts;  // [3] loss, mse, vb
+  if (W_ > 1) {
+    // Sums over ranks: the three means, how many ranks saw a stop signal, and which signal.
+    const int sig = g_stop_signal.load();
+    auto flags = torch::tensor({sig != 0 ? 1.0 : 0.0, static_cast<double>(sig)}, stats.options());
+    stats = torch::cat({stats, flags});
+    pg_->all_reduce_sum(stats, "step statistics");
+    stats.narrow(0, 0, 3).div_(static_cast<double>(W_));
+    // Per-example losses of every rank, in global order (rank r's j-th is global j * W + r).
+    r.global_losses = pg_->all_gather(r.global_losses, "per-example losses").transpose(0, 1).reshape({-1});
+  }
+  const auto host = torch::cat({stats, clipped.to(stats.device(), torch::kFloat64).reshape({1})}).cpu();
+  const auto h = host.accessor<double, 1>();
+  r.loss = h[0];
+  r.grad_norm = h[host.size(0) - 1];
+  r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+  r.parts = stats.narrow(0, 1, 2);
+  if (W_ > 1 && h[3] > 0) {
+    const int own = g_stop_signal.load();
+    agreed_signal_ = own != 0 ? own : static_cast<int>(std::lround(h[4] / h[3]));
+  }
+}
+
+StepResult TrainLoop::run_step() {
+  std::vector<Batch> micro_batches;
+  for (int64_t micro = 0; micro < cfg_.train.grad_accum; ++micro) micro_batches.push_back(loader_->next());
+  const auto draw = draw_step(micro_batches);
+  StepResult r;
+  forward_backward(micro_batches, draw, r);
+  loss_scale_->unscale(model_->parameters());
+  // The gradient norm before clipping (with grad_clip = 0 it is only measured), clipped on the
+  // device; the gradients are the same on every rank after the all-reduce, so is the norm.
+  const auto clipped = clip_grad_norm(model_->parameters(), cfg_.train.grad_clip);
+  reduce_step(r, clipped);
+  return r;
+}
+
+void TrainLoop::optimize(const StepResult& r, double lr) {
+  if (!r.finite) {
+    optimizer_->zero_grad();
+    if (loss_scale_->enabled() && std::isfinite(r.loss) && loss_scale_->update(/*overflow=*/true)) {
+      // fp16 overflow in the gradients: lower the scale and try the next batch (as GradScaler).
+      log_->warn("step {}: gradient overflow in fp16, loss scale now {}", step_, loss_scale_->scale());
+    } else if (cfg_.train.on_nonfinite == "skip") {
+      ++summary_.skipped_steps;
+      log_->warn("step {}: non-finite {} ({}), step skipped", step_, std::isfinite(r.loss) ? "gradient" : "loss",
+                 std::isfinite(r.loss) ? r.grad_norm : r.loss);
+    } else {
+      // The last good checkpoint stays untouched: nothing is saved after a bad step.
+      throw std::runtime_error(fmt::format(
+          "step {}: non-finite {} ({}); stopping. The last good checkpoint is kept. Lower train.lr, "
+          "check the data, or set train.on_nonfinite: skip",
+          step_, std::isfinite(r.loss) ? "gradient norm" : "loss", std::isfinite(r.loss) ? r.grad_norm : r.loss));
+    }
+    return;
+  }
+  for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  optimizer_->step();
+  optimizer_->zero_grad();
+  ema_->update(step_);
+  loss_scale_->update(/*overflow=*/false);
+  tsampler_->update(r.global_t, r.global_losses);
+  record_step(*win_, r.loss, r.grad_norm, r.parts, r.global_t, r.global_losses, diffusion_->num_timesteps());
+}
+
+void TrainLoop::log_window(double lr, bool last) {
+  auto& win = *win_;
+  if (win.steps == 0 || !(step_ % cfg_.train.log_every == 0 || last)) return;
+  const double el = elapsed();
+  const double wsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - win.start).count();
+  last_loss_ = win.loss / win.steps;
+  const auto parts = win.parts.cpu();
+  const auto qs = win.quarters.cpu();
+  const double mse = parts[0].item<double>() / win.steps, vb = parts[1].item<double>() / win.steps;
+  std::string quarters;
+  for (int k = 0; k < 4; ++k) {
+    const double n = qs[1][k].item<double>();
+    quarters += fmt::format(", \"loss_q{}\": {}", k, n > 0 ? json_double(qs[0][k].item<double>() / n) : "null");
+  }
+  const double rate = win.images / std::max(wsec, 1e-9);
+  std::string dist;
+  if (W_ > 1)
+    dist = fmt::format(", \"allreduce_wait_sec\": {}", json_double(comm_wait_seconds_ / std::max<int64_t>(win.steps, 1)));
+  if (main_rank_) {
+    metrics_ << fmt::format(
+        "{{\"step\": {}, \"loss\": {}, \"mse\": {}, \"vb\": {}{}, \"grad_norm\": {}, \"lr\": {}, "
+        "\"images_per_sec\": {}, \"elapsed\": {}, \"world_size\": {}, \"global_batch\": {}{}}}\n",
+        step_, json_double(last_loss_), json_double(mse), json_double(vb), quarters,
+        json_double(win.grad_norm / win.steps), json_double(lr), json_double(rate),
+        json_double(prior_elapsed_ + el), W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum, dist);
+    metrics_.flush();
+  }
+  log_->info("step {}/{} loss {:.5f} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step_, cfg_.train.steps,
+             last_loss_, win.grad_norm / win.steps, lr, rate, format_duration(prior_elapsed_ + el));
+  win_.emplace(device_);
+  comm_wait_seconds_ = 0.0;
+}
+
+void TrainLoop::checkpoint() {
+  if (checkpointed_step_ == step_) return;  // this step is on disk already
+  checkpointed_step_ = step_;
+  verify_replicas("before the checkpoint");  // all ranks; rank 0 then writes for them all
+  if (!main_rank_) return;
+  CheckpointMeta meta;
+  meta.step = step_;
+  meta.config_yaml = config_yaml_;
+  meta.data = shape_;
+  const auto pos = loader_->position();
+  meta.data_epoch = pos.epoch;
+  meta.data_offset = pos.offset;
+  meta.world_size = W_;
+  meta.cpu_rng_state = cpu_gen_.get_state();
+  if (device_.is_cuda()) meta.device_rng_state = at::globalContext().defaultGenerator(device_).get_state();
+  meta.timestep_sampler_state = tsampler_->state();
+  meta.loss_scale = loss_scale_->scale();
+  meta.loss_scale_good_steps = loss_scale_->good_steps();
+  meta.elapsed_seconds = prior_elapsed_ + elapsed();
+  summary_.checkpoint = save_run_checkpoint(req_.run_dir, cfg_.train.keep_checkpoints, meta, *model_,
+                                            ema_model_.get(), optimizer_.get());
+  log_->info("step {}: checkpoint {}", step_, summary_.checkpoint);
+}
+
+void TrainLoop::sample_grid() {
+  if (!main_rank_ || cfg_.train.sample_every <= 0 || cfg_.train.sample_num <= 0) return;
+  GenerateRequest g;
+  g.sample = with_sampler(cfg_.sample, "ddim");  // ddim's own eta, not one meant for sample.sampler
+  g.sample.steps = std::min<int64_t>(cfg_.train.sample_steps, diffusion_->num_timesteps());
+  g.sample.num = cfg_.train.sample_num;
+  g.sample.spacing = "";
+  g.sample.seed = cfg_.train.seed;  // the same noise every time, so grids are comparable
+  g.device = device_;
+  auto images = generate(*ema_model_, *diffusion_, shape_, g);
+  const auto path = (fs::path(req_.run_dir) / "samples" / fmt::format("step_{:08d}.png", step_)).string();
+  fs::create_directories(fs::path(path).parent_path());
+  // Images: a grid; 2-D points: a density picture.
+  save_png(path, shape_.shape.size() == 3 ? make_grid(images.cpu()) : plot_points(images),
+           {{"diffuse", "training sample grid"}, {"step", std::to_string(step_)}, {"sampler", "ddim"},
+            {"steps", std::to_string(g.sample.steps)}, {"seed", std::to_string(g.sample.seed)}, {"weights", "ema"}});
+  summary_.grid = path;
+  log_->info("step {}: sample grid {}", step_, path);
+  model_->train();
+}
+
+TrainSummary TrainLoop::run() {
+  join_ranks();
+  prepare_run_dir();
+  build_data();
+  build_model();
+  restore();
+  broadcast_state();
+  if (W_ > 1) {
+    // A signal during set-up stops every rank before the first step, or none.
+    auto flag = torch::full({1}, static_cast<double>(g_stop_signal.load()), torch::kFloat64);
+    pg_->all_reduce_max(flag, "stop flag");
+    agreed_signal_ = static_cast<int>(flag.item<double>());
+  }
+  log_->info("diffuse train: {} parameters, data {} ({} examples), device {} ({}), {} threads, batch {} x {} accum{}",
+             count_parameters(*model_), dataset_->describe(), dataset_->size(), device_.str(), precision_, threads_,
+             cfg_.train.batch_size, cfg_.train.grad_accum,
+             W_ > 1 ? fmt::format(" x {} ranks ({}, {} gradient buckets)", W_, pg_->backend(), grad_sync_->num_buckets())
+                    : "");
+  log_->info("run directory {}", req_.run_dir);
+
+  summary_.start_step = step_;
+  summary_.parameters = count_parameters(*model_);
+  summary_.threads = threads_;
+  summary_.device = device_.str();
+  summary_.precision = precision_;
+  const int64_t steady_from = step_ + req_.timing_warmup_steps;
+  auto steady_t0 = std::chrono::steady_clock::now();
+  int64_t steady_images = 0;
+  ProgressBar bar("train", cfg_.train.steps, step_, tty_ && main_rank_);
+  win_.emplace(device_);
+  t0_ = std::chrono::steady_clock::now();
+  model_->train();
+
+  while (step_ < cfg_.train.steps && !stop_agreed()) {
+    const auto r = run_step();
+    ++step_;
+    if (step_ == steady_from) steady_t0 = std::chrono::steady_clock::now();
+    if (step_ > steady_from) steady_images += W_ * cfg_.train.batch_size * cfg_.train.grad_accum;
+    const double lr = lrs_->at(step_);
+    optimize(r, lr);
+    const bool last = step_ == cfg_.train.steps;
+    // A skipped step still counts for the periodic checkpoint and grid below; only the window
+    // statistics leave it out.
+    if (win_->steps > 0)
+      bar.update(step_, fmt::format("loss {:.4f} {:.1f} img/s", win_->loss / win_->steps,
+                                    static_cast<double>(images_total_) / std::max(elapsed(), 1e-9)));
+    log_window(lr, last);
+    if (cfg_.train.checkpoint_every > 0 && step_ % cfg_.train.checkpoint_every == 0 && !last) checkpoint();
+    if (cfg_.train.sample_every > 0 && step_ % cfg_.train.sample_every == 0 && !last) sample_grid();
+  }
+  bar.finish();
+  summary_.stop_signal = agreed_signal_;
+  summary_.end_step = step_;
+  summary_.seconds = elapsed();
+  summary_.images_per_second = static_cast<double>(images_total_) / std::max(summary_.seconds, 1e-9);
+  if (std::isnan(last_loss_) && win_->steps > 0) last_loss_ = win_->loss / win_->steps;
+  summary_.final_loss = last_loss_;
+  if (step_ > steady_from) {
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - steady_t0).count();
+    summary_.steady_images_per_second = static_cast<double>(steady_images) / std::max(sec, 1e-9);
+  }
+  if (req_.save_final && (step_ > summary_.start_step || summary_.stop_signal)) {
+    checkpoint();
+    if (summary_.stop_signal) {
+      log_->warn("stopped by signal {} at step {}; resume with --resume {}", summary_.stop_signal, step_,
+                 req_.run_dir);
+    } else if (cfg_.train.sample_every > 0) {
+      sample_grid();
+    }
+  }
+  log_->flush();
+  return summary_;
 }
 
 }  // namespace
@@ -141,330 +768,6 @@ void record_step(Window& win, double loss, double grad_norm, const torch::Tensor
 void request_stop(int signal) noexcept { g_stop_signal.store(signal); }
 void clear_stop_request() noexcept { g_stop_signal.store(0); }
 
-TrainSummary train(const TrainRequest& req) {
-  Config cfg = req.config;
-  const bool main_rank = req.rank == 0;
-  TrainSummary summary;
-  if (req.run_dir.empty()) throw UsageError("a run directory is needed (--run-dir)");
-  summary.run_dir = req.run_dir;
-  if (req.resume_from.empty() && main_rank) prepare_fresh_run_dir(req.run_dir, req.overwrite);
-  fs::create_directories(req.run_dir);
-
-  // Resuming: the checkpoint carries the config it was trained with; the caller's config
-  // (checkpoint config + overrides) decides the rest (e.g. more steps).
-  std::unique_ptr<CheckpointReader> ckpt;
-  const auto device = resolve_device(cfg.train.device);
-  if (!req.resume_from.empty()) ckpt = std::make_unique<CheckpointReader>(resolve_checkpoint(req.resume_from), device);
-  validate(cfg);
-  const int threads = configure_threads(static_cast<int>(cfg.train.threads));
-  const std::string precision = resolve_precision(cfg.train.precision, device);
-
-  summary.log = (fs::path(req.run_dir) / "train.log").string();
-  summary.metrics = (fs::path(req.run_dir) / "metrics.jsonl").string();
-  summary.config = (fs::path(req.run_dir) / "config.yaml").string();
-  const bool tty = stderr_is_terminal();
-  auto log = make_logger(main_rank ? summary.log : "", tty);
-
-  const std::string config_yaml = to_yaml(cfg);
-  if (main_rank) write_file_atomic(summary.config, config_yaml);
-
-  torch::manual_seed(cfg.train.seed);
-
-  // Data.
-  auto dataset = make_dataset(cfg.data, cfg.train.seed);
-  const DataShape shape = data_shape(*dataset, cfg.data);
-  if (cfg.model.class_cond) {
-    // A label outside the embedding would fail mid-run (a device assert on CUDA): refuse it now.
-    if (dataset->num_classes() == 0)
-      throw UsageError("model.class_cond: true, but the data (" + dataset->describe() + ") has no class labels");
-    if (cfg.model.num_classes > 0 && cfg.model.num_classes < dataset->num_classes())
-      throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes", cfg.model.num_classes,
-                                   dataset->num_classes()));
-  }
-  if (ckpt && ckpt->meta().data.shape != shape.shape)
-    throw UsageError("checkpoint '" + ckpt->path() + "' was trained on data of another shape than data.* gives now");
-  auto lo = loader_options(cfg.data, cfg.train.batch_size, cfg.train.seed, req.rank, req.world_size);
-  lo.pin_memory = device.is_cuda();
-  LoaderPosition start_pos{0, 0};
-  if (ckpt) start_pos = {ckpt->meta().data_epoch, ckpt->meta().data_offset};
-  DataLoader loader(dataset, lo, start_pos);
-
-  // Model, EMA, optimizer (built on CPU, weights loaded, then moved).
-  auto diffusion = make_diffusion(cfg);
-  auto model = make_model(cfg, shape);
-  auto ema_model = make_model(cfg, shape);
-  if (ckpt) {
-    model->to(torch::kCPU);
-    ckpt->load_weights(*model, false);
-  }
-  model->to(device);
-  ema_model->to(device);
-  if (cfg.train.channels_last && shape.shape.size() == 3) {
-    convert_to_channels_last(*model);
-    convert_to_channels_last(*ema_model);
-  }
-  Ema ema(model, ema_model, cfg.train.ema_decay, cfg.train.ema_warmup);
-  if (ckpt && ckpt->has_ema()) ckpt->load_weights(*ema_model, true);
-  ema_model->eval();
-
-  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(cfg.train.lr)
-                                                         .betas({cfg.train.adam_beta1, cfg.train.adam_beta2})
-                                                         .eps(cfg.train.adam_eps)
-                                                         .weight_decay(cfg.train.weight_decay));
-  auto tsampler = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps());
-  int64_t step = 0;
-  DynamicLossScale loss_scale(precision == "fp16");
-  double prior_elapsed = 0.0;
-  if (ckpt) {
-    const auto& m = ckpt->meta();
-    ckpt->load_optimizer(optimizer);
-    step = m.step;
-    if (m.cpu_rng_state.defined()) {
-      at::Generator g = at::detail::getDefaultCPUGenerator();  // shares the default's state
-      g.set_state(m.cpu_rng_state);
-    }
-    if (device.is_cuda() && m.device_rng_state.defined()) {
-      at::Generator g = at::globalContext().defaultGenerator(device);
-      g.set_state(m.device_rng_state);
-    }
-    if (m.timestep_sampler_state.defined()) tsampler->load_state(m.timestep_sampler_state);
-    loss_scale.restore(m.loss_scale, m.loss_scale_good_steps);  // only when fp16 then and now
-    prior_elapsed = m.elapsed_seconds;
-    log->info("resumed from {} at step {}", ckpt->path(), step);
-  }
-  if (main_rank) {
-    if (ckpt) truncate_metrics(summary.metrics, step);
-    else if (fs::exists(summary.metrics)) fs::remove(summary.metrics);
-  }
-  ckpt.reset();  // release the archive's memory
-
-  LrSchedule lrs{cfg.train.lr, cfg.train.warmup_steps, cfg.train.lr_schedule, cfg.train.min_lr, cfg.train.steps};
-  LossConfig loss_cfg{cfg.diffusion.loss, cfg.diffusion.hybrid_lambda, cfg.diffusion.loss_weighting,
-                      cfg.diffusion.min_snr_gamma};
-  const int64_t T = diffusion.num_timesteps();
-  auto cpu_gen = at::detail::getDefaultCPUGenerator();
-  const bool class_cond = model->class_conditional();
-
-  log->info("diffuse train: {} parameters, data {} ({} examples), device {} ({}), {} threads, batch {} x {} accum",
-            count_parameters(*model), dataset->describe(), dataset->size(), device.str(), precision, threads,
-            cfg.train.batch_size, cfg.train.grad_accum);
-  log->info("run directory {}", req.run_dir);
-
-  std::ofstream metrics;
-  if (main_rank) metrics.open(summary.metrics, std::ios::app);
-
-  int64_t checkpointed_step = -1;
-  auto checkpoint = [&](double elapsed) {
-    if (!main_rank || checkpointed_step == step) return;  // this step is on disk already
-    checkpointed_step = step;
-    CheckpointMeta meta;
-    meta.step = step;
-    meta.config_yaml = config_yaml;
-    meta.data = shape;
-    const auto pos = loader.position();
-    meta.data_epoch = pos.epoch;
-    meta.data_offset = pos.offset;
-    meta.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
-    if (device.is_cuda()) meta.device_rng_state = at::globalContext().defaultGenerator(device).get_state();
-    meta.timestep_sampler_state = tsampler->state();
-    meta.loss_scale = loss_scale.scale();
-    meta.loss_scale_good_steps = loss_scale.good_steps();
-    meta.elapsed_seconds = elapsed;
-    summary.checkpoint = save_run_checkpoint(req.run_dir, cfg.train.keep_checkpoints, meta, *model, ema_model.get(),
-                                             &optimizer);
-    log->info("step {}: checkpoint {}", step, summary.checkpoint);
-  };
-  auto sample_grid = [&]() {
-    if (!main_rank || cfg.train.sample_every <= 0 || cfg.train.sample_num <= 0) return;
-    GenerateRequest g;
-    g.sample = cfg.sample;
-    g.sample.steps = std::min<int64_t>(cfg.train.sample_steps, T);
-    g.sample.num = cfg.train.sample_num;
-    g.sample.sampler = "ddim";
-    g.sample.spacing = "";
-    g.sample.seed = cfg.train.seed;  // the same noise every time, so grids are comparable
-    g.device = device;
-    auto images = generate(*ema_model, diffusion, shape, g);
-    const auto path = (fs::path(req.run_dir) / "samples" / fmt::format("step_{:08d}.png", step)).string();
-    fs::create_directories(fs::path(path).parent_path());
-    // Images: a grid; 2-D points: a density picture.
-    save_png(path, shape.shape.size() == 3 ? make_grid(images.cpu()) : plot_points(images),
-             {{"diffuse", "training sample grid"}, {"step", std::to_string(step)}, {"sampler", "ddim"},
-              {"steps", std::to_string(g.sample.steps)}, {"seed", std::to_string(g.sample.seed)}, {"weights", "ema"}});
-    summary.grid = path;
-    log->info("step {}: sample grid {}", step, path);
-  };
-
-  summary.start_step = step;
-  summary.parameters = count_parameters(*model);
-  summary.threads = threads;
-  summary.device = device.str();
-  summary.precision = precision;
-  const int64_t steady_from = step + req.timing_warmup_steps;
-  std::chrono::steady_clock::time_point steady_t0;
-  int64_t steady_images = 0;
-  ProgressBar bar("train", cfg.train.steps, step, tty && main_rank);
-  Window win(device);
-  const auto t0 = std::chrono::steady_clock::now();
-  steady_t0 = t0;  // replaced at the end of the last warm-up step, if any
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  double last_loss = std::numeric_limits<double>::quiet_NaN();
-  int64_t images_total = 0;
-  model->train();
-
-  while (step < cfg.train.steps) {
-    if (g_stop_signal.load() != 0) break;
-    if (req.stop_after_step > 0 && step >= req.stop_after_step) break;
-    // One optimizer step over grad_accum micro-batches.
-    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
-    torch::Tensor mse_sum = torch::zeros({}, torch::TensorOptions().device(device));
-    torch::Tensor vb_sum = torch::zeros({}, torch::TensorOptions().device(device));
-    std::vector<torch::Tensor> step_losses;  // per micro-batch, in the order of step_draw
-    // Everything random about the step except dropout is drawn for all micro-batches at once:
-    // the timesteps, then the noise, then the label drops. K micro-batches of B then use the
-    // random streams exactly as one batch of K*B does, so accumulation makes the same step as
-    // the larger batch would (Train.GradAccumulationEqualsOneBatchOfTheSameExamples).
-    std::vector<Batch> micro_batches;
-    int64_t step_examples = 0;
-    for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
-      micro_batches.push_back(loader.next());
-      step_examples += micro_batches.back().x.size(0);
-    }
-    const auto step_draw = tsampler->sample(step_examples, device, cpu_gen);  // drawn on the CPU, copied without a sync
-    auto noise_shape = micro_batches.front().x.sizes().vec();
-    noise_shape[0] = step_examples;
-    const auto step_noise = torch::randn(noise_shape, torch::TensorOptions().device(device));
-    torch::Tensor step_drop;
-    if (class_cond && cfg.model.p_uncond > 0)
-      step_drop = torch::rand({step_examples}, torch::TensorOptions().device(device)) < cfg.model.p_uncond;
-    int64_t first = 0;
-    for (auto& batch : micro_batches) {
-      auto x0 = batch.x.to(device, /*non_blocking=*/true);
-      if (cfg.train.channels_last && x0.dim() == 4) x0 = x0.contiguous(torch::MemoryFormat::ChannelsLast);
-      const int64_t B = x0.size(0);
-      TimestepDraw draw{step_draw.t.narrow(0, first, B), step_draw.weights.narrow(0, first, B)};
-      auto noise = step_noise.narrow(0, first, B).contiguous(x0.suggest_memory_format());
-      auto x_t = diffusion.q_sample(x0, draw.t, noise);
-      torch::Tensor y;
-      if (class_cond) {
-        y = batch.y.to(device, /*non_blocking=*/true);  // pinned by the loader on CUDA
-        // Classifier-free guidance training: replace labels by the null label with prob p_uncond.
-        if (step_drop.defined())
-          y = torch::where(step_drop.narrow(0, first, B), torch::full_like(y, model->null_label()), y);
-      }
-      first += B;
-      torch::Tensor out;
-      {
-        AutocastGuard ac(precision, device);
-        out = model->forward(x_t, draw.t.to(torch::kFloat32), y);
-      }
-      auto losses = training_losses(diffusion, loss_cfg, out.to(torch::kFloat32), x0, x_t, draw.t, noise);
-      auto loss = (losses.loss * draw.weights).mean() / static_cast<double>(cfg.train.grad_accum);
-      loss_scale.apply(loss).backward();
-      loss_sum += loss.detach();
-      if (losses.mse.defined()) mse_sum += losses.mse.detach().mean() / static_cast<double>(cfg.train.grad_accum);
-      if (losses.vb.defined()) vb_sum += losses.vb.detach().mean() / static_cast<double>(cfg.train.grad_accum);
-      step_losses.push_back(losses.loss.detach());
-      images_total += B;
-      win.images += B;
-    }
-    loss_scale.unscale(model->parameters());
-    // The gradient norm before clipping (with grad_clip = 0 it is only measured), clipped on the
-    // device, then loss and norm read in one host sync (torch's clip_grad_norm_ syncs on its own).
-    const auto clipped = clip_grad_norm(model->parameters(), cfg.train.grad_clip);
-    const auto host = torch::stack({loss_sum.to(torch::kFloat64), clipped.to(loss_sum.device(), torch::kFloat64)}).cpu();
-    const double loss_value = host[0].item<double>(), grad_norm = host[1].item<double>();
-    const bool finite = std::isfinite(loss_value) && std::isfinite(grad_norm);
-    ++step;
-    if (step == steady_from) steady_t0 = std::chrono::steady_clock::now();
-    if (step > steady_from) steady_images += cfg.train.batch_size * cfg.train.grad_accum;
-    const double lr = lrs.at(step);
-    if (!finite) {
-      optimizer.zero_grad();
-      if (loss_scale.enabled() && std::isfinite(loss_value) && loss_scale.update(/*overflow=*/true)) {
-        // fp16 overflow in the gradients: lower the scale and try the next batch (as GradScaler).
-        log->warn("step {}: gradient overflow in fp16, loss scale now {}", step, loss_scale.scale());
-      } else if (cfg.train.on_nonfinite == "skip") {
-        ++summary.skipped_steps;
-        log->warn("step {}: non-finite {} ({}), step skipped", step, std::isfinite(loss_value) ? "gradient" : "loss",
-                  std::isfinite(loss_value) ? grad_norm : loss_value);
-      } else {
-        // The last good checkpoint stays untouched: nothing is saved after a bad step.
-        throw std::runtime_error(fmt::format(
-            "step {}: non-finite {} ({}); stopping. The last good checkpoint is kept. Lower train.lr, "
-            "check the data, or set train.on_nonfinite: skip",
-            step, std::isfinite(loss_value) ? "gradient norm" : "loss",
-            std::isfinite(loss_value) ? grad_norm : loss_value));
-      }
-    } else {
-      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-      optimizer.step();
-      optimizer.zero_grad();
-      ema.update(step);
-      loss_scale.update(/*overflow=*/false);
-      const auto losses_all = torch::cat(step_losses);
-      tsampler->update(step_draw.t, losses_all);
-      record_step(win, loss_value, grad_norm, mse_sum, vb_sum, step_draw.t, losses_all, T);
-    }
-    const double el = elapsed();
-    const double rate = static_cast<double>(images_total) / std::max(el, 1e-9);
-    const bool last = step == cfg.train.steps;
-    // A skipped step still counts for the periodic checkpoint and grid below; only the window
-    // statistics leave it out.
-    if (win.steps > 0) bar.update(step, fmt::format("loss {:.4f} {:.1f} img/s", win.loss / win.steps, rate));
-    if (win.steps > 0 && (step % cfg.train.log_every == 0 || last)) {
-      const double wsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - win.start).count();
-      last_loss = win.loss / win.steps;
-      const auto parts = win.parts.cpu();
-      const auto qs = win.quarters.cpu();
-      const double mse = parts[0].item<double>() / win.steps, vb = parts[1].item<double>() / win.steps;
-      std::string quarters;
-      for (int k = 0; k < 4; ++k) {
-        const double n = qs[1][k].item<double>();
-        quarters += fmt::format(", \"loss_q{}\": {}", k, n > 0 ? json_double(qs[0][k].item<double>() / n) : "null");
-      }
-      if (main_rank) {
-        metrics << fmt::format(
-            "{{\"step\": {}, \"loss\": {}, \"mse\": {}, \"vb\": {}{}, \"grad_norm\": {}, \"lr\": {}, "
-            "\"images_per_sec\": {}, \"elapsed\": {}}}\n",
-            step, json_double(last_loss), json_double(mse), json_double(vb), quarters,
-            json_double(win.grad_norm / win.steps), json_double(lr), json_double(win.images / std::max(wsec, 1e-9)),
-            json_double(prior_elapsed + el));
-        metrics.flush();
-      }
-      log->info("step {}/{} loss {:.5f} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step, cfg.train.steps,
-                last_loss, win.grad_norm / win.steps, lr, win.images / std::max(wsec, 1e-9),
-                format_duration(prior_elapsed + el));
-      win = Window(device);
-    }
-    if (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && !last)
-      checkpoint(prior_elapsed + el);
-    if (cfg.train.sample_every > 0 && step % cfg.train.sample_every == 0 && !last) {
-      sample_grid();
-      model->train();
-    }
-  }
-  bar.finish();
-  summary.stop_signal = g_stop_signal.load();
-  summary.end_step = step;
-  summary.seconds = elapsed();
-  summary.images_per_second = static_cast<double>(images_total) / std::max(summary.seconds, 1e-9);
-  if (std::isnan(last_loss) && win.steps > 0) last_loss = win.loss / win.steps;
-  summary.final_loss = last_loss;
-  if (step > steady_from) {
-    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - steady_t0).count();
-    summary.steady_images_per_second = static_cast<double>(steady_images) / std::max(sec, 1e-9);
-  }
-  if (req.save_final && (step > summary.start_step || summary.stop_signal)) {
-    checkpoint(prior_elapsed + summary.seconds);
-    if (summary.stop_signal) {
-      log->warn("stopped by signal {} at step {}; resume with --resume {}", summary.stop_signal, step, req.run_dir);
-    } else if (cfg.train.sample_every > 0) {
-      sample_grid();
-    }
-  }
-  log->flush();
-  return summary;
-}
+TrainSummary train(const TrainRequest& request) { return TrainLoop(request).run(); }
 
 }  // namespace diffuse

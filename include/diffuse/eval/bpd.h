@@ -58,9 +58,17 @@ struct BpdSummary {
   std::string decoder_cdf = "exact";  // the normal CDF used for L_0 (eval.decoder_cdf)
 };
 
+// A batch's results as one row per image, float64 on the CPU (one host copy): total, prior,
+// decoder, diffusion, then terms, x0_mse and eps_mse at t = 0..T-1: [B, 4 + 3T]. The form in
+// which ranks send their batches to rank 0.
+torch::Tensor bpd_rows(const BpdResult& batch);
+
 class BpdAccumulator {
  public:
-  void add(const BpdResult& batch);  // one host copy per batch
+  void add(const BpdResult& batch) { add_rows(bpd_rows(batch)); }
+  // Rows of bpd_rows, in image order (rows of several batches at once give the same sums as the
+  // batches one after another).
+  void add_rows(const torch::Tensor& rows);
   int64_t num_images() const { return n_; }
   BpdSummary summary() const;
 

@@ -16,6 +16,7 @@
 namespace diffuse {
 
 class Network;
+class ProcessGroup;
 
 struct SweepEntry {
   std::string sampler;
@@ -35,6 +36,11 @@ struct EvalRequest {
   // bpd-mc: p(t) for importance sampling (e.g. the training sampler's), undefined = uniform.
   torch::Tensor timestep_probabilities;
   uint64_t seed = 0;
+  // Ranks that share the work (null: this process alone). Bits/dim batches go round-robin to
+  // the ranks, samples and feature extraction are split by rank_slice; everything is gathered,
+  // so rank 0's numbers are those of one rank. Only rank 0 writes files, and only its report is
+  // complete. Every rank must call evaluate with the same request.
+  ProcessGroup* group = nullptr;
 };
 
 struct EvalReport {

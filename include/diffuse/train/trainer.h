@@ -1,13 +1,15 @@
 // The training loop: data -> noise -> loss -> AdamW step -> EMA, with logging, periodic
 // sample grids and atomic checkpoints in a run directory, resumable bit-for-bit on CPU.
 //
-// Distributed data parallel (a later step) slots in through TrainRequest::rank/world_size:
-// the loader already shards by rank, and only rank 0 logs, samples and checkpoints.
+// Data parallel over several ranks (TrainRequest::dist, from torchrun's variables): every rank
+// trains on its shard of each global batch, gradients are averaged by bucketed all-reduce, and
+// rank 0 alone writes the run directory. docs/distributed.md has the whole contract.
 #pragma once
 
 #include <string>
 
 #include "diffuse/config.h"
+#include "diffuse/dist/process_group.h"
 
 namespace diffuse {
 
@@ -19,8 +21,7 @@ struct TrainRequest {
   // so no run is ever written over by accident; with overwrite the old run's checkpoints,
   // samples, metrics and log are deleted first (other files in the directory are left alone).
   bool overwrite = false;
-  int64_t rank = 0;
-  int64_t world_size = 1;
+  DistEnv dist;  // one rank unless launched (read_dist_env())
   // Benchmarks: steady-state speed is measured after this many steps, and the final
   // checkpoint / sample grid can be skipped.
   int64_t timing_warmup_steps = 0;
