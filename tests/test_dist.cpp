@@ -333,15 +333,18 @@ TEST(Dist, TwoNodesOfOneProcessEqualTwoLocalRanks) {
     EXPECT_EQ(ml[i]["loss"].as<std::string>(), mn[i]["loss"].as<std::string>()) << "step " << i + 1;
 }
 
-// A rank killed with SIGKILL: the survivor stops with an error naming it, well within the
-// timeout (the broken connection is noticed at once; the heartbeats name the rank).
-void expect_death_named(int victim) {
+// A rank killed with SIGKILL (or stopped with SIGSTOP, a hang): the survivor stops with an error
+// naming it. A death is noticed at once (the connection breaks); a hang when the collective
+// times out. The heartbeats in the store name the rank.
+void expect_death_named(int victim, int signal = SIGKILL) {
   if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   TempDir dir;
   const auto run = dir.path() / "run";
   const int port = free_port();
   std::vector<std::unique_ptr<Background>> ranks;
-  const std::string args = tiny_args(run, 8, "--set train.steps=100000 --set train.dist_timeout=20");
+  const int timeout = signal == SIGKILL ? 20 : 6;
+  const std::string args =
+      tiny_args(run, 8, fmt::format("--set train.steps=100000 --set train.dist_timeout={}", timeout));
   for (int r = 0; r < 2; ++r)
     ranks.push_back(std::make_unique<Background>(
         args, dir.path() / fmt::format("out{}", r), dir.path() / fmt::format("err{}", r),
@@ -353,13 +356,16 @@ void expect_death_named(int victim) {
   while (read_metrics(run).size() < 3 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_GE(read_metrics(run).size(), 3u) << ranks[0]->err();
-  ::kill(ranks[victim]->pid(), SIGKILL);
+  ::kill(ranks[victim]->pid(), signal);
   const auto t0 = std::chrono::steady_clock::now();
   const int survivor = 1 - victim;
   const int code = ranks[survivor]->wait();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (signal == SIGSTOP) ::kill(ranks[victim]->pid(), SIGKILL);  // the hung rank is not waited for
   EXPECT_NE(code, 0);
-  EXPECT_LT(seconds, 20.0);
+  // Noticed within the timeout (plus the diagnosis's few seconds), never a silent hang.
+  EXPECT_LT(seconds, timeout + 10.0);
+  if (signal == SIGKILL) EXPECT_LT(seconds, 10.0);
   const auto err = ranks[survivor]->err();
   EXPECT_NE(err.find(fmt::format("rank {}", survivor)), std::string::npos) << err;
   EXPECT_NE(err.find(victim == 0 ? "rank 0, which hosts it" : "rank 1 stopped responding"), std::string::npos)
@@ -368,6 +374,7 @@ void expect_death_named(int victim) {
 
 TEST(Dist, KilledRankIsNamedByTheSurvivor) { expect_death_named(1); }
 TEST(Dist, KilledStoreHostIsNamedByTheSurvivor) { expect_death_named(0); }
+TEST(Dist, HungRankIsNamedWithinTheTimeout) { expect_death_named(1, SIGSTOP); }
 
 // SIGTERM to the launcher: both ranks stop after the same step, one checkpoint at that step,
 // exit 128 + 15.
@@ -411,6 +418,43 @@ TEST(Dist, TorchrunLaunchesTheSameRun) {
   ASSERT_EQ(mt.size(), 6u);
   for (size_t i = 0; i < 6; ++i)
     EXPECT_EQ(ml[i]["loss"].as<std::string>(), mt[i]["loss"].as<std::string>()) << "step " << i + 1;
+}
+
+// torchrun --max_restarts 1: a rank killed mid-run makes torchrun restart the ranks, which
+// resume from latest.pt by themselves and finish; metrics.jsonl then has each step once.
+TEST(Dist, TorchrunRestartResumesFromTheLatestCheckpoint) {
+  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  if (std::system("command -v torchrun >/dev/null 2>&1") != 0) {
+    if (std::getenv("DIFFUSE_REQUIRE_TORCHRUN")) FAIL() << "torchrun is not installed (python3-torch)";
+    GTEST_SKIP() << "torchrun is not installed (python3-torch)";
+  }
+  TempDir dir;
+  const auto run = dir.path() / "run";
+  const std::string cmd = fmt::format(
+      "cd {} && exec torchrun --nproc_per_node=2 --max_restarts=1 --master_port={} --redirects 1 --tee 1 "
+      "--log_dir {} --no_python {} {} >{}/torchrun.out 2>&1",
+      dir.str(), free_port(), (dir.path() / "logs").string(), DIFFUSE_BINARY,
+      tiny_args(run, 8, "--set train.steps=24 --set train.checkpoint_every=5"), dir.str());
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (read_metrics(run).size() < 12 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_GE(read_metrics(run).size(), 12u);
+  // One of the ranks (torchrun's own command line starts with python3).
+  const std::string kill = fmt::format("pkill -KILL -n -f '^{} train .*{}'", DIFFUSE_BINARY, run.string());
+  ASSERT_EQ(std::system(kill.c_str()), 0);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  const auto out = Background::slurp(dir.path() / "torchrun.out");
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  EXPECT_NE(out.find("restart 1 of the job: resuming from"), std::string::npos) << out;
+  const auto m = read_metrics(run);
+  ASSERT_EQ(m.size(), 24u);
+  for (size_t i = 0; i < m.size(); ++i) EXPECT_EQ(m[i]["step"].as<size_t>(), i + 1);
 }
 
 }  // namespace
