@@ -118,12 +118,13 @@ int launch_local_ranks(int n) {
   std::cerr << fmt::format("diffuse: launched {} ranks on 127.0.0.1:{} ({} thread(s) each unless OMP_NUM_THREADS is set)\n",
                            n, port, threads);
 
-  int result = 0, running = n;
+  int result = 0, running = n, forwarded = 0;
   bool failed = false;
   auto failed_at = std::chrono::steady_clock::now();
   std::vector<bool> done(n, false);
   while (running > 0) {
     if (const int sig = g_forward_signal.exchange(0)) {
+      forwarded = sig;
       for (int r = 0; r < n; ++r)
         if (!done[r]) ::kill(pids[r], sig);
     }
@@ -135,7 +136,9 @@ int launch_local_ranks(int n) {
       done[r] = true;
       --running;
       const int code = exit_code(status);
-      if (code != 0) {
+      if (code != 0 && code == 128 + forwarded) {
+        if (result == 0) result = code;  // stopped as asked, after its checkpoint
+      } else if (code != 0) {
         std::cerr << fmt::format("diffuse: rank {} {}\n", r, describe_status(status));
         if (result == 0) result = code;
         if (!failed) failed_at = std::chrono::steady_clock::now();

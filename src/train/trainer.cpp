@@ -325,8 +325,10 @@ void TrainLoop::prepare_run_dir() {
   precision_ = resolve_precision(cfg_.train.precision, device_);
   tty_ = stderr_is_terminal();
   std::string log_path = main_rank_ ? summary_.log : "";
-  if (!main_rank_ && cfg_.train.dist_rank_logs)
+  if (!main_rank_ && cfg_.train.dist_rank_logs) {
+    fs::create_directories(req_.run_dir);  // another node's filesystem may not have it yet
     log_path = (fs::path(req_.run_dir) / fmt::format("rank_{}.log", rank_)).string();
+  }
   log_ = make_logger(log_path, tty_ || !main_rank_, W_ > 1 ? fmt::format("[rank {}] ", rank_) : "");
   config_yaml_ = to_yaml(cfg_);
   if (main_rank_)
