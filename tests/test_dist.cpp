@@ -135,13 +135,19 @@ TEST(Dist, CollectivesGiveWhatEveryRankSent) {
 // gradients the ranks computed alone (checked against autograd on each rank's inputs here).
 void check_gradient_sync(int64_t bucket_bytes, int64_t micro_batches) {
   on_ranks(2, [&](ProcessGroup& pg) {
-    torch::manual_seed(7);  // the same weights on both ranks
+    // The ranks are threads of one process: every draw comes from a generator of its own (the
+    // default one is shared), so both ranks start from the same weights.
     torch::nn::Sequential net(torch::nn::Linear(5, 8), torch::nn::Tanh(), torch::nn::Linear(8, 3));
     auto unused = torch::nn::Linear(2, 2);  // a parameter backward never reaches
     net->register_module("unused", unused);
+    {
+      torch::NoGradGuard no_grad;
+      auto gen = at::detail::createCPUGenerator(7);
+      for (auto& p : net->parameters()) p.copy_(torch::randn(p.sizes(), gen));
+    }
     auto inputs = [](int64_t rank, int64_t micro) {
-      torch::manual_seed(100 + 10 * rank + micro);
-      return torch::randn({4, 5});
+      auto gen = at::detail::createCPUGenerator(100 + 10 * rank + micro);
+      return torch::randn({4, 5}, gen);
     };
     // Truth: the per-rank gradients of the sum over micro-batches, averaged over ranks.
     std::vector<torch::Tensor> expected;

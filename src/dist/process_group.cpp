@@ -100,6 +100,7 @@ RankSlice rank_slice(int64_t n, int64_t rank, int64_t world_size) {
 
 struct PendingCollective::Impl {
   WorkPtr work;
+  torch::Tensor staged, target;  // a copy on the communication device, copied back after the wait
   std::function<std::string(const std::exception&)> describe;  // the error message on failure
 };
 
@@ -129,6 +130,7 @@ void PendingCollective::wait() {
   } catch (const std::exception& e) {
     throw DistError(impl->describe(e));
   }
+  if (impl->staged.defined()) impl->target.copy_(impl->staged);
 }
 
 // --- ProcessGroup -----------------------------------------------------------------------------
@@ -198,6 +200,14 @@ struct ProcessGroup::Impl {
     }
   }
 
+  // NCCL takes CUDA tensors only: host tensors (flags, fingerprints, strings) travel through a
+  // copy on this rank's device. Gloo takes both.
+  torch::Tensor staged(const torch::Tensor& t) const {
+    if (options.device.is_cuda() && !t.is_cuda() && backend_name == "nccl") return t.to(options.device);
+    return t;
+  }
+  std::string backend_name;
+
   std::string failure(const char* op, const char* what, const std::exception& e) const {
     std::string msg = e.what();
     if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
@@ -236,6 +246,7 @@ ProcessGroup::ProcessGroup(const DistEnv& env, const DistOptions& options)
   if (backend == "nccl" && !options.device.is_cuda())
     throw UsageError("train.dist_backend: nccl needs a CUDA device (train.device); use gloo on the CPU");
   backend_ = backend;
+  m.backend_name = backend;
   const auto timeout = std::chrono::milliseconds(options.timeout);
   try {
     m.store = m.connect(env.rank == 0 && !env.agent_store, timeout);
@@ -289,11 +300,16 @@ void ProcessGroup::all_reduce_sum(torch::Tensor& t, const char* what) { all_redu
 PendingCollective ProcessGroup::all_reduce_sum_async(torch::Tensor& t, const char* what) {
   PendingCollective p;
   if (!distributed()) return p;
-  std::vector<at::Tensor> ts{t};
   auto* m = impl_.get();
+  auto dev = m->staged(t);
+  std::vector<at::Tensor> ts{dev};
   auto work = m->start("all-reduce", what, [&] { return m->backend->allreduce(ts); });
   p.impl_ = std::make_unique<PendingCollective::Impl>();
   p.impl_->work = work;
+  if (!dev.is_same(t)) {
+    p.impl_->staged = dev;
+    p.impl_->target = t;
+  }
   const std::string label = what;
   p.impl_->describe = [m, label](const std::exception& e) { return m->failure("all-reduce", label.c_str(), e); };
   return p;
@@ -301,19 +317,23 @@ PendingCollective ProcessGroup::all_reduce_sum_async(torch::Tensor& t, const cha
 
 void ProcessGroup::all_reduce_max(torch::Tensor& t, const char* what) {
   if (!distributed()) return;
-  std::vector<at::Tensor> ts{t};
+  auto dev = impl_->staged(t);
+  std::vector<at::Tensor> ts{dev};
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MAX;
   impl_->wait(impl_->start("all-reduce (max)", what, [&] { return impl_->backend->allreduce(ts, o); }),
               "all-reduce (max)", what);
+  if (!dev.is_same(t)) t.copy_(dev);
 }
 
 void ProcessGroup::broadcast(torch::Tensor& t, int64_t root, const char* what) {
   if (!distributed()) return;
-  std::vector<at::Tensor> ts{t};
+  auto dev = impl_->staged(t);
+  std::vector<at::Tensor> ts{dev};
   c10d::BroadcastOptions o;
   o.rootRank = static_cast<int>(root);
   impl_->wait(impl_->start("broadcast", what, [&] { return impl_->backend->broadcast(ts, o); }), "broadcast", what);
+  if (!dev.is_same(t)) t.copy_(dev);
 }
 
 torch::Tensor ProcessGroup::all_gather(const torch::Tensor& t, const char* what) {
@@ -327,12 +347,14 @@ torch::Tensor ProcessGroup::all_gather(const torch::Tensor& t, const char* what)
     out[0].copy_(in);
     return out;
   }
-  std::vector<at::Tensor> inputs{in};
+  auto dev_in = impl_->staged(in);
+  auto dev_out = impl_->staged(out);
+  std::vector<at::Tensor> inputs{dev_in};
   std::vector<std::vector<at::Tensor>> outputs(1);
-  for (int64_t r = 0; r < world_size_; ++r) outputs[0].push_back(out[r]);
+  for (int64_t r = 0; r < world_size_; ++r) outputs[0].push_back(dev_out[r]);
   impl_->wait(impl_->start("all-gather", what, [&] { return impl_->backend->allgather(outputs, inputs); }),
               "all-gather", what);
-  return out;
+  return dev_out.is_same(out) ? out : dev_out.to(in.device());
 }
 
 void ProcessGroup::barrier(const char* what) {
