@@ -58,7 +58,7 @@ dp_run() {  # name ranks threads batch
   (( $2 > 1 )) && extra=(--nproc-per-node "$2")
   OMP_NUM_THREADS=$3 quiet $D train -c configs/fashion-mnist-quick.yaml --run-dir "$DP/$1" --overwrite \
     --set train.steps="$DP_STEPS" --set train.batch_size="$4" --set train.log_every=1 --set train.sample_every=0 \
-    --set train.checkpoint_every=100000 --set train.threads="$3" --set train.precision=fp32 "${extra[@]}"
+    --set train.checkpoint_every=100000 --set train.threads="$3" --set train.precision=fp32 "${extra[@]}" >/dev/null
   $PY - "$1" "$2" "$3" "$DP/$1/metrics.jsonl" <<'PY'
 import json, sys
 name, ranks, threads, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
