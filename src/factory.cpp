@@ -21,6 +21,15 @@ ScheduleSpec schedule_spec(const DiffusionConfig& cfg) {
 
 NoiseSchedule make_schedule(const DiffusionConfig& cfg) { return NoiseSchedule::from_spec(schedule_spec(cfg)); }
 
+void resolve_betas_file(DiffusionConfig& cfg) {
+  if (cfg.schedule != ScheduleKind::Custom || cfg.betas_file.empty() || !cfg.betas.empty()) return;
+  ScheduleSpec s = schedule_spec(cfg);
+  s.zero_terminal_snr = false;  // applied to the betas whenever the schedule is made
+  cfg.betas = make_betas(s);
+  cfg.timesteps = static_cast<int64_t>(cfg.betas.size());
+  cfg.betas_file.clear();
+}
+
 VarianceType effective_variance(const Config& cfg) {
   if (cfg.model.learn_sigma && !is_learned(cfg.diffusion.variance)) return VarianceType::LearnedRange;
   return cfg.diffusion.variance;

@@ -44,6 +44,16 @@ namespace {
 
 constexpr unsigned char kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
+// A header's width and height decide how much a decode allocates (w * h * channels bytes): a
+// file of a few bytes can ask for gigabytes, so sizes beyond this are refused before decoding.
+constexpr int kMaxImageSide = 16384;
+
+void check_image_size(const std::string& name, int w, int h) {
+  if (w > kMaxImageSide || h > kMaxImageSide)
+    throw UsageError(fmt::format("'{}' is {}x{} pixels: images larger than {}x{} are refused (a corrupt header?)",
+                                 name, w, h, kMaxImageSide, kMaxImageSide));
+}
+
 void put_be32(std::string& out, uint32_t v) {
   out.push_back(static_cast<char>(v >> 24));
   out.push_back(static_cast<char>(v >> 16));
@@ -240,8 +250,9 @@ torch::Tensor decode_image(const std::string& bytes, const std::string& name, in
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
     throw UsageError(fmt::format("'{}' is too large to decode ({} bytes)", name, bytes.size()));
   int w = 0, h = 0, c = 0;
-  unsigned char* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
-                                            static_cast<int>(bytes.size()), &w, &h, &c, static_cast<int>(channels));
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  if (stbi_info_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c)) check_image_size(name, w, h);
+  unsigned char* px = stbi_load_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c, static_cast<int>(channels));
   if (!px) throw UsageError(fmt::format("cannot decode image '{}': {}", name, stbi_failure_reason()));
   const int64_t cc = channels > 0 ? channels : c;
   torch::Tensor out;
@@ -269,6 +280,7 @@ ImageInfo image_info(const std::string& path) {
     std::fclose(f);
     throw UsageError(fmt::format("'{}' is not a decodable image: {}", path, stbi_failure_reason()));
   }
+  check_image_size(path, w, h);
   return {w, h, c};
 }
 

@@ -2,6 +2,9 @@
 
 #include <cmath>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "diffuse/error.h"
 
 namespace diffuse {
@@ -92,12 +95,29 @@ torch::Tensor ImportanceTimestepSampler::state() const {
   return s;
 }
 
-void ImportanceTimestepSampler::load_state(const torch::Tensor& state) {
-  if (!state.defined() || state.dim() != 2 || state.size(0) != num_timesteps() || state.size(1) != history_ + 1)
-    throw std::runtime_error("importance sampler state has the wrong shape");
+void ImportanceTimestepSampler::load_state(const torch::Tensor& state, const std::string& origin) {
+  const int64_t T = num_timesteps();
+  if (!state.defined() || state.dim() != 2 || state.size(0) != T || state.size(1) != history_ + 1)
+    throw UsageError(fmt::format("{}: timestep_sampler_state has shape [{}], the importance sampler needs [{}, {}] "
+                                 "(diffusion.timesteps x history + 1)",
+                                 origin, state.defined() ? fmt::format("{}", fmt::join(state.sizes(), ", ")) : "",
+                                 T, history_ + 1));
+  if (!state.is_floating_point())
+    throw UsageError(fmt::format("{}: timestep_sampler_state is {}, not floating point", origin,
+                                 c10::toString(state.scalar_type())));
   auto s = state.to(torch::kCPU, torch::kFloat64).contiguous();
   auto a = s.accessor<double, 2>();
-  for (int64_t t = 0; t < num_timesteps(); ++t) {
+  for (int64_t t = 0; t < T; ++t) {
+    const double c = a[t][history_];
+    if (!(c >= 0 && c <= static_cast<double>(history_)) || c != std::floor(c))
+      throw UsageError(fmt::format("{}: timestep_sampler_state: the count for t = {} is {}, not an integer in 0..{}",
+                                   origin, t, c, history_));
+    for (int64_t h = 0; h < history_; ++h)
+      if (!std::isfinite(a[t][h]))
+        throw UsageError(fmt::format("{}: timestep_sampler_state: loss {} of t = {} is {}, not finite", origin, h, t,
+                                     a[t][h]));
+  }
+  for (int64_t t = 0; t < T; ++t) {
     for (int64_t h = 0; h < history_; ++h) losses_[static_cast<size_t>(t)][static_cast<size_t>(h)] = a[t][h];
     counts_[static_cast<size_t>(t)] = static_cast<int64_t>(a[t][history_]);
   }

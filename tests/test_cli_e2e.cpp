@@ -45,6 +45,36 @@ TEST(CliTrain, ConfigErrorsExitTwoNamingTheKey) {
   EXPECT_EQ(y["model"]["channel_mult"].size(), 3u);
 }
 
+// Hostile input (issue 9) is a usage error naming the culprit, not a raw library message with
+// exit 1: a --run-dir that is a file, an IDX header whose dimensions wrap 64 bits, and counts
+// of 0 (CLI11's own range check printed 2.2e-308 to 1.8e+308).
+TEST(CliTrain, HostileInputExitsTwoNamingThePathOrOption) {
+  diffuse::test::TempDir dir;
+  const auto file = (dir.path() / "a-file").string();
+  std::ofstream(file) << "not a directory";
+  expect_refused("train --config " + std::string(DIFFUSE_SOURCE_DIR) + "/configs/toy2d.yaml --set train.steps=1 --run-dir " +
+                     file, {file, "not a directory"});
+  const auto idx = dir.path() / "idx";
+  fs::create_directories(idx);
+  auto be32 = [](uint32_t v) {
+    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
+  };
+  std::ofstream(idx / "train-images-idx3-ubyte", std::ios::binary)
+      << std::string("\0\0\x08\x03", 4) + be32(65536) + be32(1u << 24) + be32(1u << 24);  // 16 bytes: 2^72 pixels
+  std::ofstream(idx / "train-labels-idx1-ubyte", std::ios::binary)
+      << std::string("\0\0\x08\x01", 4) + be32(65536) + std::string(65536, '\x03');  // as many labels as images
+  expect_refused("train --config " + tiny() + " --run-dir " + (dir.path() / "run").string() + " --set data.path=" +
+                     idx.string(), {(idx / "train-images-idx3-ubyte").string(), "2^40"});
+  for (const std::string opt : {"--num", "--steps", "--batch-size"}) {
+    const auto r = run_diffuse("sample --checkpoint " + dir.str() + " " + opt + " 0");
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(opt + ": must be >= 1, got 0"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("e+308"), std::string::npos) << r.err;
+  }
+  expect_refused("sample --checkpoint " + dir.str() + " --eta -0.5", {"--eta: must be >= 0, got -0.5"});
+  expect_refused("eval --checkpoint " + dir.str() + " --num-samples 0", {"--num-samples: must be >= 1, got 0"});
+}
+
 TEST(CliTrain, PrintModelShowsParameterCount) {
   if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   auto r = run_diffuse("train --config " + tiny() + " --print-model");

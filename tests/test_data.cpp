@@ -12,6 +12,7 @@
 
 #include "diffuse/data/cifar10.h"
 #include "diffuse/data/dataset.h"
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/data/idx.h"
 #include "diffuse/data/image_folder.h"
 #include "diffuse/data/image_transform.h"
@@ -284,6 +285,36 @@ TEST(DataIdx, BadFilesAreNamed) {
   expect_error([&] { make_dataset(fx.config("test")); }, {fx.dir.str(), "t10k-images-idx3-ubyte.gz"});
   auto cfg = fx.config("validation");
   expect_error([&] { make_dataset(cfg); }, {"data.split", "validation", "train, test"});
+}
+
+// Hostile files (issue 9). Dimensions whose product wraps 64 bits (65536 x 2^24 x 2^24 = 2^72,
+// 0 mod 2^64) would pass the size check with no data at all; a gzip stream far longer than its
+// header says is refused as soon as it passes that size, not after filling memory.
+TEST(DataIdx, WrappingDimensionsAndGzipBombsAreRefusedNamingTheFile) {
+  IdxFixture fx;
+  const auto images = fx.dir.path() / "train-images-idx3-ubyte";
+  spew(images, idx_bytes({65536, 1u << 24, 1u << 24}, {}));
+  auto unlabelled = fx.config("train");
+  unlabelled.class_labels = false;  // so that nothing else is refused first
+  expect_error([&] { make_dataset(unlabelled); }, {images.string(), "65536x16777216x16777216", "2^40"});
+  const auto gz = fx.dir.path() / "t10k-images-idx3-ubyte.gz";
+  spew_gz(gz, idx_bytes({6, 3, 4}, fx.pixels) + std::string(16 << 20, '\0'));
+  expect_error([&] { make_dataset(fx.config("test")); }, {gz.string(), "decompresses to more than"});
+  spew_gz(gz, idx_bytes({6, 3, 4}, fx.pixels) + "xx");  // a few stray bytes keep the exact message
+  expect_error([&] { make_dataset(fx.config("test")); }, {gz.string(), "2 bytes more"});
+}
+
+TEST(FileBytes, GunzipStopsAtItsLimit) {
+  test::TempDir dir;
+  std::string data;
+  for (int i = 0; i < 100000; ++i) data += static_cast<char>('a' + i % 7);
+  spew_gz(dir.path() / "x.gz", data);
+  const std::string gz = slurp(dir.path() / "x.gz");
+  EXPECT_EQ(gunzip(gz, "x.gz"), data);
+  EXPECT_EQ(gunzip(gz, "x.gz", data.size()), data);
+  expect_error([&] { gunzip(gz, "x.gz", data.size() - 1); }, {"'x.gz'", "more than 99999 bytes"});
+  EXPECT_EQ(gunzip_head(gz, "x.gz", 10), data.substr(0, 10));
+  EXPECT_EQ(gunzip_head(gz, "x.gz", 1 << 20), data);  // a shorter stream: all of it
 }
 
 // The real Fashion-MNIST (Debian's dataset-fashion-mnist), when installed.

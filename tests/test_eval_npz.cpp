@@ -153,3 +153,49 @@ TEST(EvalNpz, LoadsPytorchFidStyleStats) {
   write_file(cut, zip({{"mu.npy", mu_npy}, {"sigma.npy", sigma_npy}}, false).substr(0, 150));
   EXPECT_THROW(load_feature_stats(cut), UsageError);
 }
+
+// Hostile archives (issue 9): a ZIP64 extra field longer than the extra data that holds it (the
+// sizes would be read past the end of the file), an entry claiming more than deflate can expand
+// to (it would be allocated), and a shape whose element count overflows 64 bits (0 mod 2^64,
+// so it matched an empty payload) are refused naming the file and entry.
+TEST(EvalNpz, HostileHeadersAreRefusedNamingTheEntry) {
+  test::TempDir dir;
+  auto local_header = [](uint16_t method, const std::string& extra) {
+    std::string out;
+    put32(out, 0x04034b50u);
+    put16(out, 45), put16(out, 0), put16(out, method), put16(out, 0), put16(out, 0x21);
+    put32(out, 0), put32(out, 0xFFFFFFFFu), put32(out, 0xFFFFFFFFu);
+    put16(out, 5), put16(out, static_cast<uint16_t>(extra.size()));
+    return out + "a.npy" + extra;
+  };
+  auto expect_refused = [&](const std::string& bytes, const std::string& what) {
+    const auto path = dir.str() + "/hostile.npz";
+    write_file(path, bytes);
+    try {
+      read_npz(path);
+      ADD_FAILURE() << "accepted; expected an error about " << what;
+    } catch (const UsageError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(path), std::string::npos) << msg;
+      EXPECT_NE(msg.find("'a.npy'"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    }
+  };
+  std::string short_extra;
+  put16(short_extra, 1), put16(short_extra, 16);  // claims 16 bytes of sizes; none follow
+  expect_refused(local_header(0, short_extra), "extra field 0x0001 claims 16 bytes, 0 remain");
+  std::string bomb;
+  put16(bomb, 1), put16(bomb, 16), put64(bomb, uint64_t{1} << 40), put64(bomb, 10);
+  expect_refused(local_header(8, bomb) + std::string(10, '\0'), "cannot inflate");
+
+  const char none = 0;
+  try {
+    parse_npy(npy("<f8", false, {int64_t{1} << 32, int64_t{1} << 32, 16}, &none, 0), "wrap.npy");
+    ADD_FAILURE() << "a shape of 2^68 elements was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("wrap.npy"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("needs more than the 0 bytes"), std::string::npos) << e.what();
+  }
+  // A zero dimension still makes an empty array, whatever the others.
+  EXPECT_EQ(parse_npy(npy("<f8", false, {int64_t{1} << 40, 0}, &none, 0), "empty").numel(), 0);
+}

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "diffuse/error.h"
 #include "diffuse/image_io.h"
@@ -271,4 +272,38 @@ TEST(ImageIo, ErrorsNameThePath) {
   EXPECT_EQ(info.width, 16);
   EXPECT_EQ(info.height, 16);
   EXPECT_EQ(info.channels, 3);
+}
+
+// A header decides how much a decode allocates: a crafted PNG of a few dozen bytes claiming
+// 30000 x 30000 pixels (900 MB) is refused from its header, naming the file, and so is one
+// a pixel wider than the limit; one at the limit decodes.
+TEST(ImageIo, OversizedImagesAreRefusedFromTheHeader) {
+  test::TempDir dir;
+  std::string ihdr = be32_bytes(30000) + be32_bytes(30000);
+  ihdr += {8, 0, 0, 0, 0};  // 8-bit grey
+  const std::string idat = [] {
+    std::string z(64, '\0');
+    uLongf n = static_cast<uLongf>(z.size());
+    const std::string row(16, '\0');
+    compress(reinterpret_cast<Bytef*>(z.data()), &n, reinterpret_cast<const Bytef*>(row.data()), row.size());
+    return z.substr(0, n);
+  }();
+  const auto huge = (dir.path() / "huge.png").string();
+  spew(huge, std::string("\x89PNG\r\n\x1a\n", 8) + make_chunk("IHDR", ihdr) + make_chunk("IDAT", idat) +
+                 make_chunk("IEND", ""));
+  for (auto fn : {std::function<void()>([&] { load_image(huge); }), std::function<void()>([&] { image_info(huge); })}) {
+    try {
+      fn();
+      ADD_FAILURE() << "a 30000x30000 header was accepted";
+    } catch (const UsageError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(huge), std::string::npos) << msg;
+      EXPECT_NE(msg.find("30000x30000"), std::string::npos) << msg;
+    }
+  }
+  const auto wide = (dir.path() / "wide.png").string(), edge = (dir.path() / "edge.png").string();
+  save_png(wide, torch::zeros({1, 1, 16385}, torch::kUInt8));
+  save_png(edge, torch::zeros({1, 1, 16384}, torch::kUInt8));
+  EXPECT_THROW(load_image(wide), UsageError);
+  EXPECT_EQ(load_image(edge).size(2), 16384);
 }

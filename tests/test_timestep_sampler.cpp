@@ -2,7 +2,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 
+#include "diffuse/error.h"
 #include "diffuse/timestep_sampler.h"
 
 using namespace diffuse;
@@ -45,6 +47,47 @@ TEST(TimestepSampler, ImportanceSamplerIsUnbiasedAndFollowsSecondMoment) {
 
   // State round trip.
   ImportanceTimestepSampler r(T, 10, 0.001);
-  r.load_state(s.state());
+  r.load_state(s.state(), "test");
   EXPECT_TRUE(torch::allclose(r.probabilities(), p));
+}
+
+// A saved state is checked before any of it is used (issue 9): a count that is not an integer
+// in 0..history (a negative one indexed the ring out of bounds), non-finite losses, or another
+// shape are refused naming where the state came from, and the sampler keeps its own state.
+TEST(TimestepSampler, ImportanceStateIsValidatedBeforeItIsLoaded) {
+  const int64_t T = 4, H = 3;
+  ImportanceTimestepSampler s(T, H, 0.001);
+  auto good = torch::full({T, H + 1}, 0.5, torch::kFloat64);
+  good.select(1, H).fill_(static_cast<double>(H));
+  good[2][1] = 2.0;
+  s.load_state(good, "checkpoint 'x.pt'");
+  ASSERT_TRUE(s.warmed_up());
+  const auto p = s.probabilities();
+  auto with = [&](int64_t t, int64_t col, double v) {
+    auto b = good.clone();
+    b[t][col] = v;
+    return b;
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  const std::vector<std::pair<torch::Tensor, std::string>> bad = {
+      {with(1, H, -1), "count for t = 1 is -1"},
+      {with(1, H, H + 1), "not an integer in 0..3"},
+      {with(3, H, 1.5), "count for t = 3 is 1.5"},
+      {with(0, H, nan), "count for t = 0"},
+      {with(2, 0, inf), "loss 0 of t = 2 is inf"},
+      {with(0, 2, nan), "loss 2 of t = 0"},
+      {torch::zeros({T, H + 2}, torch::kFloat64), "[4, 5]"},
+      {torch::zeros({T, H + 1}, torch::kLong), "not floating point"},
+      {torch::Tensor(), "shape"}};
+  for (const auto& [state, what] : bad) {
+    try {
+      s.load_state(state, "checkpoint 'x.pt'");
+      ADD_FAILURE() << "accepted; expected " << what;
+    } catch (const UsageError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("checkpoint 'x.pt': timestep_sampler_state"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    }
+    EXPECT_TRUE(torch::equal(s.probabilities(), p)) << "a refused state changed the sampler (" << what << ")";
+  }
 }

@@ -4,13 +4,20 @@
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
 
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 
 #include <fmt/format.h>
 
 #include "diffuse/config.h"
 #include "diffuse/error.h"
+#include "diffuse/factory.h"
 #include "diffuse/models/network.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/trainer.h"
@@ -290,4 +297,153 @@ TEST(Train, NonFiniteLossStopsNamingTheStepAndKeepsTheCheckpoint) {
   EXPECT_EQ(s.end_step, 10);
   EXPECT_GT(s.skipped_steps, 0);
   EXPECT_EQ(run_checkpoints(dir2.str()).size(), 10u);
+}
+
+// Issue 9: hostile input and crashes.
+
+// A checkpoint whose timestep-sampler history was tampered with is refused on resume, naming it.
+TEST(Train, BadSamplerStateInACheckpointIsRefusedNamingTheFile) {
+  test::TempDir dir;
+  Config c = toy_config(2, 64);
+  c.diffusion.timestep_sampler = TimestepSamplerKind::Importance;
+  const auto s = train(request(c, dir.str()));
+  CheckpointReader r(s.checkpoint);
+  CheckpointMeta m = r.meta();
+  ASSERT_TRUE(m.timestep_sampler_state.defined());
+  m.timestep_sampler_state = m.timestep_sampler_state.clone();
+  m.timestep_sampler_state[7][m.timestep_sampler_state.size(1) - 1] = -3.0;  // the count of t = 7
+  auto net = load_network(r, c, false, torch::kCPU).net;
+  torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(c.train.lr));
+  r.load_optimizer(opt);
+  const auto bad = (dir.path() / "tampered.pt").string();
+  save_checkpoint(bad, m, *net, nullptr, &opt);
+  Config more = c;
+  more.train.steps = 4;
+  try {
+    train(request(more, dir.str(), bad));
+    FAIL() << "a tampered sampler state was accepted";
+  } catch (const UsageError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(bad), std::string::npos) << msg;
+    EXPECT_NE(msg.find("count for t = 7 is -3"), std::string::npos) << msg;
+  }
+}
+
+// Resuming from an older checkpoint abandons the steps after it. Their checkpoints and grids
+// are moved aside: left in place, name-ordered pruning kept them instead of the new ones and,
+// with a smaller keep_checkpoints, deleted the checkpoint just written (latest.pt then named
+// nothing).
+TEST(Train, ResumeFromAnOlderCheckpointSetsTheAbandonedStepsAside) {
+  test::TempDir dir;
+  Config c = toy_config(6, 64);
+  c.train.checkpoint_every = 2;
+  c.train.keep_checkpoints = 10;
+  c.train.sample_every = 2;
+  c.train.sample_num = 16;
+  c.train.sample_steps = 2;
+  train(request(c, dir.str()));
+  const auto names = [&](const std::vector<fs::path>& paths) {
+    std::vector<std::string> n;
+    for (const auto& p : paths) n.push_back(p.filename().string());
+    std::sort(n.begin(), n.end());
+    return n;
+  };
+  const auto ls = [&](const fs::path& d) {
+    std::vector<fs::path> p;
+    for (const auto& e : fs::directory_iterator(d)) p.push_back(e.path());
+    return names(p);
+  };
+  const auto ckpts = run_checkpoints(dir.str());
+  ASSERT_EQ(ckpts.size(), 3u);  // steps 2, 4, 6
+  Config again = c;
+  again.train.steps = 3;
+  again.train.keep_checkpoints = 1;
+  const auto s = train(request(again, dir.str(), ckpts[0]));
+  EXPECT_EQ(s.end_step, 3);
+  const auto kept = run_checkpoints(dir.str());
+  EXPECT_EQ(names({kept.begin(), kept.end()}), (std::vector<std::string>{"ckpt_00000003.pt"}));
+  EXPECT_EQ(CheckpointReader(resolve_checkpoint(dir.str())).meta().step, 3);
+  EXPECT_EQ(ls(dir.path() / "samples"), (std::vector<std::string>{"step_00000002.png", "step_00000003.png"}));
+  EXPECT_EQ(ls(dir.path() / "abandoned_after_step_2"),
+            (std::vector<std::string>{"ckpt_00000004.pt", "ckpt_00000006.pt", "step_00000004.png", "step_00000006.png"}));
+  EXPECT_NE(test::Background::slurp(s.log).find("abandoned_after_step_2"), std::string::npos);
+}
+
+// A line torn by a crash at the end of metrics.jsonl is dropped on resume, so the resumed run's
+// lines are not glued onto it.
+TEST(Train, ATornLastMetricsLineIsDroppedOnResume) {
+  test::TempDir dir;
+  const auto first = train(request(toy_config(2, 64), dir.str()));
+  std::ofstream(first.metrics, std::ios::app) << "{\"step\": 2, \"loss\": 0.4";  // no brace, no newline
+  Config more = toy_config(4, 64);
+  const auto s = train(request(more, dir.str(), first.checkpoint));
+  const auto rows = read_metrics(s.metrics);  // every line parses
+  ASSERT_EQ(rows.size(), 4u);
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i]["step"].as<int64_t>(), static_cast<int64_t>(i + 1));
+  EXPECT_EQ(test::Background::slurp(s.metrics).find("0.4{"), std::string::npos);
+}
+
+// A checkpoint that cannot be written (here: files may not grow past 64 KiB, so write() fails
+// with EFBIG as it would with ENOSPC on a full disk) is logged in train.log, not only on stderr,
+// and leaves no temporary behind.
+TEST(Train, AFailedCheckpointWriteIsLoggedInTrainLog) {
+  test::TempDir dir;
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit small = old;
+  small.rlim_cur = 64 << 10;
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string message;
+  try {
+    train(request(toy_config(2, 64), dir.str()));
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  ASSERT_NE(message.find("cannot write"), std::string::npos) << message;
+  const auto log = test::Background::slurp(dir.path() / "train.log");
+  EXPECT_NE(log.find("error: " + message), std::string::npos) << log;
+  for (const auto& e : fs::directory_iterator(dir.path() / "checkpoints"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+}
+
+// A betas_file schedule is stored with the run (diffusion.betas in the resolved config):
+// editing or removing the file afterwards changes nothing sample and eval use.
+TEST(Train, BetasFileScheduleIsStoredWithTheRun) {
+  test::TempDir dir;
+  const auto file = dir.path() / "betas.txt";
+  std::vector<double> betas;
+  for (int i = 0; i < 50; ++i) betas.push_back(1e-4 + 0.02 * std::pow(i / 49.0, 1.7));
+  {
+    std::ofstream out(file);
+    out << std::setprecision(17);
+    for (double b : betas) out << b << ",\n";
+  }
+  Config c = toy_config(2, 64);
+  c.diffusion.schedule = ScheduleKind::Custom;
+  c.diffusion.betas_file = file.string();
+  c.sample.steps = 20;
+  c.train.sample_steps = 20;
+  const auto run = (dir.path() / "run").string();
+  const auto s = train(request(c, run));
+  const auto trained = make_schedule(c.diffusion).betas();
+  ASSERT_EQ(trained, betas);
+  auto stored = [&] {
+    CheckpointReader r(resolve_checkpoint(run));
+    const Config cfg = parse_config(r.meta().config_yaml, r.path());
+    EXPECT_TRUE(cfg.diffusion.betas_file.empty());
+    EXPECT_EQ(cfg.diffusion.timesteps, 50);
+    return make_diffusion(cfg).schedule().betas();
+  };
+  EXPECT_EQ(stored(), betas);
+  EXPECT_EQ(load_config(s.config).diffusion.betas, betas);
+  std::ofstream(file) << "0.5 0.5 0.5\n";  // edited
+  EXPECT_EQ(stored(), betas);
+  fs::remove(file);
+  EXPECT_EQ(stored(), betas);
+  const auto r = test::run_diffuse("sample --checkpoint " + run + " --num 4 --steps 5 --out " +
+                                   (dir.path() / "samples").string());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }

@@ -5,9 +5,14 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
 
 #include "test_util.h"
 
+#include "diffuse/error.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/ema.h"
 #include "diffuse/train/grad_clip.h"
@@ -244,4 +249,74 @@ TEST(Checkpoint, EveryFieldRoundTrips) {
   opt.step();
   opt2.step();
   EXPECT_TRUE(torch::equal(model2->weight, model->weight));
+}
+
+// A crafted data_shape (issue 9) was read as contiguous int64 whatever it was: another dtype,
+// rank, length or sizes out of range are refused naming the file, and a strided tensor is read
+// by value.
+TEST(Checkpoint, BadDataShapeIsRefusedNamingTheFile) {
+  test::TempDir dir;
+  const auto path = (dir.path() / "crafted.pt").string();
+  auto write = [&](const torch::Tensor& shape) {
+    torch::serialize::OutputArchive ar;
+    ar.write("diffuse_checkpoint", c10::IValue(kCheckpointMagic));
+    ar.write("format", c10::IValue(kCheckpointFormat));
+    for (const char* key : {"step", "num_classes", "data_epoch", "data_offset"}) ar.write(key, c10::IValue(int64_t{0}));
+    ar.write("config", c10::IValue(std::string("{}")));
+    if (shape.defined()) ar.write("data_shape", shape);
+    ar.save_to(path);
+  };
+  const std::vector<std::pair<torch::Tensor, std::string>> bad = {
+      {torch::tensor({1.0, 28.0, 28.0}, torch::kFloat64), "Double tensor of shape [3]"},
+      {torch::ones({1, 3}, torch::kLong), "of shape [1, 3]"},
+      {torch::ones({5}, torch::kLong), "expected 1 to 4 int64 sizes"},
+      {torch::empty({0}, torch::kLong), "of shape [0]"},
+      {torch::tensor({1, 0, 28}, torch::kLong), "[1, 0, 28] has a size outside 1..1048576"},
+      {torch::tensor({1, -28, 28}, torch::kLong), "outside"},
+      {torch::tensor({int64_t{1}, int64_t{1} << 40}, torch::kLong), "outside"},
+      {torch::Tensor(), "lacks 'data_shape'"}};
+  for (const auto& [shape, what] : bad) {
+    write(shape);
+    try {
+      CheckpointReader r(path);
+      ADD_FAILURE() << "accepted; expected " << what;
+    } catch (const UsageError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(path), std::string::npos) << msg;
+      EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    }
+  }
+  write(torch::tensor({1, 9, 28, 9, 28}, torch::kLong).slice(0, 0, 5, 2));
+  EXPECT_EQ(CheckpointReader(path).meta().data.shape, (std::vector<int64_t>{1, 28, 28}));
+}
+
+// A save (issue 9) removes the temporaries that a writer killed mid-save left behind (its pid
+// is in the name; this process's own pid counts as gone, since it is not writing), keeps those
+// of a live writer, and never prunes the checkpoint it just wrote, even when checkpoints of
+// later steps sort after it: latest.pt always names a file.
+TEST(Checkpoint, SaveRemovesStaleTemporariesAndNeverPrunesTheNewCheckpoint) {
+  namespace fs = std::filesystem;
+  test::TempDir dir;
+  const auto ck = dir.path() / "checkpoints";
+  fs::create_directories(ck);
+  const pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ::waitpid(dead, nullptr, 0);
+  const auto stale = ck / fmt::format(".ckpt_00000002.pt.tmp.{}.0", dead);
+  const auto own = ck / fmt::format(".ckpt_00000001.pt.tmp.{}.3", ::getpid());
+  const auto live = ck / ".ckpt_00000002.pt.tmp.1.0";  // pid 1 is always there
+  const auto unrelated = ck / "notes.txt";
+  const auto later = ck / "ckpt_00000099.pt";  // e.g. of an abandoned continuation
+  for (const auto& p : {stale, own, live, unrelated, later}) std::ofstream(p) << "partial";
+  torch::nn::Linear model(3, 2);
+  CheckpointMeta m;
+  m.step = 2;
+  m.data.shape = {2};
+  const auto path = save_run_checkpoint(dir.str(), /*keep=*/1, m, *model, nullptr, nullptr);
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_FALSE(fs::exists(own));
+  EXPECT_TRUE(fs::exists(live));
+  EXPECT_TRUE(fs::exists(unrelated));
+  ASSERT_TRUE(fs::exists(path));
+  EXPECT_EQ(CheckpointReader(resolve_checkpoint(dir.str())).meta().step, 2);
 }

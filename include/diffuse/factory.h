@@ -15,6 +15,11 @@ class Dataset;
 
 ScheduleSpec schedule_spec(const DiffusionConfig& cfg);
 NoiseSchedule make_schedule(const DiffusionConfig& cfg);
+// A custom schedule's diffusion.betas_file read into diffusion.betas (diffusion.timesteps set to
+// their count, betas_file cleared), so that the config a run stores (config.yaml, checkpoints)
+// holds the schedule itself, not the name of a file that may change or vanish. Other configs
+// are left as they are (validate() names a misused betas_file).
+void resolve_betas_file(DiffusionConfig& cfg);
 // The variance type in effect: model.learn_sigma with a fixed type means learned_range.
 VarianceType effective_variance(const Config& cfg);
 GaussianDiffusion make_diffusion(const Config& cfg);

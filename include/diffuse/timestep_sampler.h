@@ -33,7 +33,9 @@ class TimestepSampler {
   virtual void update(const torch::Tensor& t, const torch::Tensor& losses) {}
   // Serialisable state (empty for stateless samplers), for checkpoints.
   virtual torch::Tensor state() const { return torch::Tensor(); }
-  virtual void load_state(const torch::Tensor& state) {}
+  // Restores state(); `origin` (e.g. "checkpoint 'x.pt'") names it in the UsageError for a state
+  // that does not fit.
+  virtual void load_state(const torch::Tensor& state, const std::string& origin) {}
 
  private:
   int64_t num_timesteps_;
@@ -56,7 +58,9 @@ class ImportanceTimestepSampler final : public TimestepSampler {
   bool warmed_up() const;
   // [T, history + 1] float64: the loss history, with the count of entries in the last column.
   torch::Tensor state() const override;
-  void load_state(const torch::Tensor& state) override;
+  // Refuses (changing nothing) a state of another shape, counts that are not integers in
+  // 0..history, or non-finite losses.
+  void load_state(const torch::Tensor& state, const std::string& origin) override;
 
  private:
   int64_t history_;

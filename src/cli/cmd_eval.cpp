@@ -66,7 +66,7 @@ int run_eval(const EvalOptions& o) {
     const auto& st = reader.meta().timestep_sampler_state;
     ImportanceTimestepSampler sampler(cfg.diffusion.timesteps);
     if (!st.defined()) throw UsageError("--importance: the checkpoint has no timestep-sampler history");
-    sampler.load_state(st);
+    sampler.load_state(st, "checkpoint '" + path + "'");
     if (!sampler.warmed_up())
       throw UsageError("--importance: the checkpoint's loss history is not warmed up (train with "
                        "diffusion.timestep_sampler: importance for longer)");
@@ -103,14 +103,14 @@ void add_eval_command(CLI::App& app, Action& action) {
       ->delimiter(',')
       ->check(CLI::IsMember(eval_metric_names()));
   cmd->add_option("--split", o->split, "Held-out split for bpd")->check(CLI::IsMember({"train", "test"}));
-  cmd->add_option("--num-images", o->num_images, "Held-out images for bpd (0 = all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--batch-size", o->batch_size, "Images per batch")->check(CLI::PositiveNumber);
-  cmd->add_option("--mc-timesteps", o->mc_timesteps, "bpd-mc: random t per image")->check(CLI::PositiveNumber);
+  cmd->add_option("--num-images", o->num_images, "Held-out images for bpd (0 = all)")->check(at_least(0));
+  cmd->add_option("--batch-size", o->batch_size, "Images per batch")->check(at_least(1));
+  cmd->add_option("--mc-timesteps", o->mc_timesteps, "bpd-mc: random t per image")->check(at_least(1));
   cmd->add_option("--decoder-cdf", o->decoder_cdf,
                   "bpd: normal CDF of the decoder term: exact, or tanh (improved-diffusion's, to match published numbers)")
       ->check(CLI::IsMember(decoder_cdf_names()));
   cmd->add_flag("--importance", o->importance, "bpd-mc: draw t from the checkpoint's loss-aware sampler");
-  cmd->add_option("--num-samples", o->num_samples, "Generated samples for fid/kid/toy")->check(CLI::PositiveNumber);
+  cmd->add_option("--num-samples", o->num_samples, "Generated samples for fid/kid/toy")->check(at_least(1));
   cmd->add_option("--samples", o->samples, "fid/kid: an image folder to measure instead of generating");
   cmd->add_option("--reference", o->reference, "fid/kid: reference image folder (default: the data split)");
   cmd->add_option("--reference-stats", o->reference_stats, "fid: reference statistics cache (read if present, else written)");
@@ -121,7 +121,7 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed for noise, timesteps and samples");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(at_least(0));
   cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
   add_nproc_option(*cmd, &o->nproc);
   cmd->callback([o, &action] {

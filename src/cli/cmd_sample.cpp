@@ -237,18 +237,18 @@ void add_sample_command(CLI::App& app, Action& action) {
   o->cmd = cmd;
   cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint file or run directory")->required();
   cmd->add_option("--out,-o", o->out, "Output directory")->capture_default_str();
-  cmd->add_option("--num,-n", o->num, "Number of samples")->check(CLI::PositiveNumber);
+  cmd->add_option("--num,-n", o->num, "Number of samples")->check(at_least(1));
   cmd->add_option("--batch-size", o->batch_size, "Samples per batch (does not change the samples)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--sampler", o->sampler, "Sampler")->check(CLI::IsMember(sampler_names()));
-  cmd->add_option("--steps", o->steps, "Sampling steps")->check(CLI::PositiveNumber);
+  cmd->add_option("--steps", o->steps, "Sampling steps")->check(at_least(1));
   cmd->add_option("--spacing", o->spacing,
                   "Timestep spacing: leading, trailing, linspace, ddim, or a respacing spec ('ddim50', '10,15,20')");
   cmd->add_option("--seed", o->seed, "Seed: sample i depends only on (seed, i)");
   cmd->add_option("--first-index", o->first_index, "Global index of the first sample (to split work)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--eta", o->eta, "DDIM / Euler-ancestral noise per step, 0 = deterministic (default: DDIM 0, Euler-ancestral 1)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}));
   cmd->add_option("--label", o->labels, "Class label(s) for a class-conditional model (cycled)");
   cmd->add_option("--guidance-scale", o->guidance_scale, "Classifier-free guidance scale (1 = off)");
@@ -261,11 +261,11 @@ void add_sample_command(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "auto"}));
   cmd->add_option("--rho", o->rho, "Karras rho");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(at_least(0));
   cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
   cmd->add_option("--trajectory", o->trajectory, "Save a strip of x_t and predicted x0 at this many steps")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--nrow", o->nrow, "Images per grid row (0 = square)")->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
+  cmd->add_option("--nrow", o->nrow, "Images per grid row (0 = square)")->check(at_least(0));
   cmd->add_flag("--save-tensor", o->save_tensor, "Also write samples.pt (raw float tensor)");
   cmd->add_flag("--no-images", o->no_images, "Write only the grid, not one PNG per sample");
   add_nproc_option(*cmd, &o->nproc);

@@ -7,6 +7,8 @@
 #include <csignal>
 #include <cstring>
 
+#include <fmt/format.h>
+
 #include "diffuse/train/trainer.h"
 
 namespace diffuse::cli {
@@ -24,6 +26,16 @@ Config config_from_checkpoint_yaml(const std::string& yaml, const std::string& o
   for (const auto& o : overrides) apply_override(cfg, o);
   validate(cfg);
   return cfg;
+}
+
+CLI::Validator at_least(double lo) {
+  return CLI::Validator(
+      [lo](std::string& s) {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(s, v)) return std::string();  // not a number: the conversion says so
+        return v >= lo ? std::string() : fmt::format("must be >= {}, got {}", lo, s);
+      },
+      fmt::format(">= {}", lo));
 }
 
 namespace {

@@ -2,6 +2,8 @@
 // and signal handling.
 #pragma once
 
+#include <CLI/CLI.hpp>
+
 #include <string>
 #include <vector>
 
@@ -14,6 +16,10 @@ Config resolve_config(const std::string& path, const std::vector<std::string>& o
 // Config stored in a checkpoint, then each "key=value".
 Config config_from_checkpoint_yaml(const std::string& yaml, const std::string& origin,
                                    const std::vector<std::string>& overrides);
+
+// A check that a numeric option is >= lo, worded as config keys are ("--num: must be >= 1, got
+// 0"); CLI::PositiveNumber / NonNegativeNumber print their range as 2.2e-308 to 1.8e308.
+CLI::Validator at_least(double lo);
 
 // SIGINT/SIGTERM ask the library to stop cleanly (diffuse::request_stop). A repeat within a
 // second is the same request delivered twice and is ignored; a later one kills the process the

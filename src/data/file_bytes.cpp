@@ -1,6 +1,7 @@
 #include "diffuse/data/file_bytes.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -10,8 +11,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
+#include <regex>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -22,18 +26,24 @@ namespace diffuse {
 namespace {
 
 // Feeds `in` through an inflate stream set up with `window_bits` (15 + 16: gzip, 15: zlib).
-// A gzip file may hold several members one after another (gzip's own rule).
-std::string inflate_all(const char* in, size_t in_size, int window_bits, size_t size_hint,
+// A gzip file may hold several members one after another (gzip's own rule). Output beyond
+// `max_out` bytes is an error, or with `head` the end: the first max_out bytes are returned.
+std::string inflate_all(const char* in, size_t in_size, int window_bits, size_t size_hint, size_t max_out, bool head,
                         const std::string& name, const char* what) {
   z_stream zs{};
   if (inflateInit2(&zs, window_bits) != Z_OK) throw std::runtime_error("zlib: inflateInit2 failed");
+  const size_t cap = head ? max_out : max_out + 1;  // one byte past the limit shows there is more
   std::string out;
-  out.resize(std::max<size_t>(size_hint, 1 << 16));
+  out.resize(std::min(std::max<size_t>(size_hint, 1 << 16), cap));
   size_t in_pos = 0, out_pos = 0;
   constexpr size_t kChunk = size_t{1} << 30;  // z_stream counts are 32-bit
   auto fail = [&](const std::string& msg) {
     inflateEnd(&zs);
     throw UsageError(fmt::format("'{}': {}", name, msg));
+  };
+  auto too_long = [&] {
+    fail(fmt::format("the {} data decompresses to more than {} bytes, the most expected here (a corrupt file, or a "
+                     "decompression bomb)", what, max_out));
   };
   for (;;) {
     if (zs.avail_in == 0 && in_pos < in_size) {
@@ -42,7 +52,13 @@ std::string inflate_all(const char* in, size_t in_size, int window_bits, size_t 
       zs.avail_in = static_cast<uInt>(n);
       in_pos += n;
     }
-    if (out_pos == out.size()) out.resize(out.size() * 2);
+    if (out_pos == out.size()) {
+      if (out_pos >= cap) {
+        if (head) break;
+        too_long();
+      }
+      out.resize(std::min(out.size() * 2, cap));
+    }
     const size_t room = std::min(out.size() - out_pos, kChunk);
     zs.next_out = reinterpret_cast<Bytef*>(&out[out_pos]);
     zs.avail_out = static_cast<uInt>(room);
@@ -63,6 +79,7 @@ std::string inflate_all(const char* in, size_t in_size, int window_bits, size_t 
       fail(fmt::format("corrupt {} data ({})", what, zs.msg ? zs.msg : zError(ret)));
     }
   }
+  if (out_pos > max_out) too_long();  // the stream ended just as it passed the limit
   inflateEnd(&zs);
   out.resize(out_pos);
   return out;
@@ -94,7 +111,7 @@ bool is_gzip(const std::string& bytes) {
   return bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == 0x1f && static_cast<uint8_t>(bytes[1]) == 0x8b;
 }
 
-std::string gunzip(const std::string& compressed, const std::string& name) {
+std::string gunzip(const std::string& compressed, const std::string& name, size_t max_size) {
   // ISIZE, the last 4 bytes, is the uncompressed size mod 2^32: a good first allocation.
   size_t hint = 0;
   if (compressed.size() >= 18) {
@@ -102,16 +119,20 @@ std::string gunzip(const std::string& compressed, const std::string& name) {
     hint = uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
     hint = std::min<size_t>(hint + 1, compressed.size() * 1100 + 1);  // deflate expands at most ~1032x
   }
-  return inflate_all(compressed.data(), compressed.size(), 15 + 16, hint, name, "gzip");
+  return inflate_all(compressed.data(), compressed.size(), 15 + 16, hint, max_size, false, name, "gzip");
 }
 
-std::string zlib_decompress(const char* data, size_t size, const std::string& name) {
-  return inflate_all(data, size, 15, size * 4, name, "zlib");
+std::string gunzip_head(const std::string& compressed, const std::string& name, size_t n) {
+  return inflate_all(compressed.data(), compressed.size(), 15 + 16, n, n, true, name, "gzip");
 }
 
-std::string read_file_maybe_gzip(const std::string& path) {
+std::string zlib_decompress(const char* data, size_t size, const std::string& name, size_t max_size) {
+  return inflate_all(data, size, 15, size * 4, max_size, false, name, "zlib");
+}
+
+std::string read_file_maybe_gzip(const std::string& path, size_t max_size) {
   std::string bytes = read_file_bytes(path);
-  if (is_gzip(bytes)) return gunzip(bytes, path);
+  if (is_gzip(bytes)) return gunzip(bytes, path, max_size);
   return bytes;
 }
 
@@ -121,6 +142,8 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   const fs::path target(path);
   fs::path dir = target.parent_path();
   if (dir.empty()) dir = ".";
+  // The name carries the writer's pid, so remove_stale_temporaries can tell a leftover of a killed
+  // writer from a file being written.
   const fs::path tmp = dir / fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(), counter++);
   auto fail = [&](const std::string& step, int err, bool remove) {
     if (remove) ::unlink(tmp.c_str());
@@ -152,6 +175,25 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     ::fsync(dfd);
     ::close(dfd);
   }
+}
+
+int remove_stale_temporaries(const std::string& dir) {
+  namespace fs = std::filesystem;
+  static const std::regex temporary(R"(\..+\.tmp\.([1-9]\d{0,9})\.\d+)");  // write_file_atomic's names
+  std::vector<fs::path> stale;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (!std::regex_match(name, m, temporary)) continue;
+    const long long pid = std::stoll(m[1].str());
+    if (pid > std::numeric_limits<pid_t>::max()) continue;
+    const bool gone = pid == ::getpid() || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH);
+    if (gone) stale.push_back(e.path());
+  }
+  int removed = 0;
+  for (const auto& p : stale) removed += fs::remove(p, ec) ? 1 : 0;
+  return removed;
 }
 
 }  // namespace diffuse

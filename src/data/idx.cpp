@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "diffuse/data/file_bytes.h"
@@ -19,10 +20,14 @@ uint32_t read_be32(const std::string& b, size_t at) {
 
 std::string dims_string(const std::vector<int64_t>& dims) { return fmt::format("{}", fmt::join(dims, "x")); }
 
-}  // namespace
+struct IdxHeader {
+  std::vector<int64_t> dims;
+  size_t size = 0;     // bytes of header
+  uint64_t count = 0;  // elements (bytes) of data it promises
+};
 
-IdxArray parse_idx(std::string bytes, const std::string& name) {
-  IdxArray a;
+// Magic number, element type and dimensions, from the first bytes of an IDX file.
+IdxHeader parse_header(const std::string& bytes, const std::string& name) {
   const size_t n = bytes.size();
   if (n < 4)
     throw UsageError(fmt::format("'{}' is not an IDX file: {} bytes, shorter than the 4-byte magic number", name, n));
@@ -34,30 +39,54 @@ IdxArray parse_idx(std::string bytes, const std::string& name) {
   if (p[2] != 0x08)
     throw UsageError(fmt::format("'{}': IDX element type 0x{:02x} is not supported (only 0x08, unsigned byte)", name, p[2]));
   const int ndim = p[3];
-  const size_t header = 4 + 4 * static_cast<size_t>(ndim);
-  if (n < header)
+  IdxHeader h;
+  h.size = 4 + 4 * static_cast<size_t>(ndim);
+  if (n < h.size)
     throw UsageError(fmt::format("'{}' is truncated: {} bytes, shorter than its {}-dimensional IDX header ({} bytes)",
-                                 name, n, ndim, header));
-  uint64_t count = 1;
-  for (int d = 0; d < ndim; ++d) {
-    const uint32_t v = read_be32(bytes, 4 + 4 * static_cast<size_t>(d));
-    a.dims.push_back(v);
-    count *= v;
-    if (count > (uint64_t{1} << 40)) throw UsageError(fmt::format("'{}': implausible IDX dimensions", name));
+                                 name, n, ndim, h.size));
+  for (int d = 0; d < ndim; ++d) h.dims.push_back(read_be32(bytes, 4 + 4 * static_cast<size_t>(d)));
+  // Checked before each multiplication, so the product cannot wrap (and then pass the size check).
+  constexpr uint64_t kMaxElements = uint64_t{1} << 40;
+  h.count = 1;
+  for (const int64_t v : h.dims) {
+    if (v != 0 && h.count > kMaxElements / static_cast<uint64_t>(v))
+      throw UsageError(fmt::format("'{}': implausible IDX dimensions {}: more than 2^40 elements (a corrupt header?)",
+                                   name, dims_string(h.dims)));
+    h.count *= static_cast<uint64_t>(v);
   }
-  const uint64_t expected = header + count;
+  return h;
+}
+
+}  // namespace
+
+IdxArray parse_idx(std::string bytes, const std::string& name) {
+  const IdxHeader h = parse_header(bytes, name);
+  const size_t n = bytes.size();
+  IdxArray a;
+  a.dims = h.dims;
+  const uint64_t expected = h.size + h.count;
   if (n < expected)
     throw UsageError(fmt::format("'{}' is truncated: its header promises {} = {} bytes of data, the file has {}",
-                                 name, dims_string(a.dims), count, n - header));
+                                 name, dims_string(a.dims), h.count, n - h.size));
   if (n > expected)
     throw UsageError(fmt::format("'{}' has {} bytes more than its header's {} = {} bytes of data", name,
-                                 n - expected, dims_string(a.dims), count));
+                                 n - expected, dims_string(a.dims), h.count));
   a.bytes = std::move(bytes);
-  a.data_offset = header;
+  a.data_offset = h.size;
   return a;
 }
 
-IdxArray read_idx(const std::string& path) { return parse_idx(read_file_maybe_gzip(path), path); }
+IdxArray read_idx(const std::string& path) {
+  std::string bytes = read_file_bytes(path);
+  if (is_gzip(bytes)) {
+    // Inflate no more than the header says the file holds (a margin more, so that a few stray
+    // bytes get parse_idx's message): a gzip bomb is refused before it fills memory.
+    constexpr size_t kMaxHeader = 4 + 4 * 4, kMargin = 64 << 10;
+    const IdxHeader h = parse_header(gunzip_head(bytes, path, kMaxHeader), path);
+    bytes = gunzip(bytes, path, std::min<uint64_t>(h.size + h.count + kMargin, kMaxDecompressedBytes));
+  }
+  return parse_idx(std::move(bytes), path);
+}
 
 IdxFiles find_idx_files(const std::string& dir, const std::string& split, bool need_labels) {
   namespace fs = std::filesystem;

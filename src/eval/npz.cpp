@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -101,12 +102,19 @@ torch::Tensor parse_npy(const std::string& b, const std::string& origin) {
   else
     throw UsageError(fmt::format("{}: unsupported .npy dtype '{}' (expected little-endian f8, f4, i8 or i4)", origin,
                                  descr));
-  int64_t count = 1;
-  for (auto d : shape) {
-    if (d < 0) throw UsageError(fmt::format("{}: negative dimension in .npy header", origin));
-    count *= d;
-  }
   const size_t data = start + hlen;
+  // The element count, bounded by the data present before each multiplication (it cannot wrap).
+  for (auto d : shape)
+    if (d < 0) throw UsageError(fmt::format("{}: negative dimension in .npy header", origin));
+  const bool empty = std::find(shape.begin(), shape.end(), 0) != shape.end();
+  uint64_t count = empty ? 0 : 1;
+  for (auto d : shape) {
+    if (empty) break;
+    if (count > (b.size() - data) / item / static_cast<uint64_t>(d))
+      throw UsageError(fmt::format("{}: .npy shape ({}) of {} needs more than the {} bytes of data there are", origin,
+                                   fmt::join(shape, ", "), descr, b.size() - data));
+    count *= static_cast<uint64_t>(d);
+  }
   if (b.size() - data != static_cast<size_t>(count) * item)
     throw UsageError(fmt::format("{}: .npy data has {} bytes, shape ({}) of {} needs {}", origin, b.size() - data,
                                  fmt::join(shape, ", "), descr, static_cast<size_t>(count) * item));
@@ -149,8 +157,12 @@ std::map<std::string, torch::Tensor> read_npz(const std::string& path) {
     const std::string origin = fmt::format(".npz file '{}', entry '{}'", path, name);
     if (csize == 0xFFFFFFFFu || usize == 0xFFFFFFFFu) {
       bool found = false;
-      for (size_t x = pos + 30 + nlen; x + 4 <= pos + 30 + nlen + xlen;) {
+      const size_t extra_end = pos + 30 + nlen + xlen;
+      for (size_t x = pos + 30 + nlen; x + 4 <= extra_end;) {
         const uint16_t id = u16(b, x), len = u16(b, x + 2);
+        if (x + 4 + len > extra_end)
+          throw UsageError(fmt::format("{}: extra field 0x{:04x} claims {} bytes, {} remain in the header's extra data",
+                                       origin, id, len, extra_end - x - 4));
         if (id == 0x0001) {
           size_t f = x + 4;
           if (usize == 0xFFFFFFFFu && f + 8 <= x + 4 + len) usize = u64(b, f), f += 8;
@@ -168,6 +180,9 @@ std::map<std::string, torch::Tensor> read_npz(const std::string& path) {
     if (csize > b.size() - data) throw UsageError(fmt::format("{}: entry runs past the end of the file", origin));
     std::string payload;
     if (method == 0) payload = b.substr(data, csize);
+    else if (method == 8 && usize / 1032 > csize)  // deflate expands at most 1032:1
+      throw UsageError(fmt::format("{}: {} compressed bytes cannot inflate to the {} bytes the entry claims", origin,
+                                   csize, usize));
     else if (method == 8) payload = inflate_raw(b.substr(data, csize), usize, origin);
     else throw UsageError(fmt::format("{}: unsupported compression method {}", origin, method));
     if (payload.size() != usize) throw UsageError(fmt::format("{}: size mismatch", origin));

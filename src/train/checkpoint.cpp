@@ -20,17 +20,34 @@ namespace fs = std::filesystem;
 namespace diffuse {
 
 namespace {
-constexpr int64_t kMagic = 0x646966667573;  // "diffus"
-
 torch::Tensor int_tensor(const std::vector<int64_t>& v) {
   return torch::tensor(v.empty() ? std::vector<int64_t>{} : v, torch::kLong);
+}
+
+// data_shape: 1..4 positive int64 sizes (C x H x W for images, D for points), read whatever the
+// stored tensor's layout.
+std::vector<int64_t> read_data_shape(torch::serialize::InputArchive& ar, const std::string& path) {
+  torch::Tensor t;
+  if (!ar.try_read("data_shape", t))
+    throw UsageError("checkpoint '" + path + "' lacks 'data_shape' (corrupt or from another version)");
+  if (t.scalar_type() != torch::kLong || t.dim() != 1 || t.numel() < 1 || t.numel() > 4)
+    throw UsageError(fmt::format("checkpoint '{}': data_shape is a {} tensor of shape [{}], expected 1 to 4 int64 "
+                                 "sizes (corrupt?)", path, c10::toString(t.scalar_type()), fmt::join(t.sizes(), ", ")));
+  t = t.cpu().contiguous();
+  std::vector<int64_t> shape(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  constexpr int64_t kMaxSize = int64_t{1} << 20;
+  for (const int64_t v : shape)
+    if (v < 1 || v > kMaxSize)
+      throw UsageError(fmt::format("checkpoint '{}': data_shape [{}] has a size outside 1..{} (corrupt?)", path,
+                                   fmt::join(shape, ", "), kMaxSize));
+  return shape;
 }
 }  // namespace
 
 void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn::Module& model,
                      torch::nn::Module* ema, torch::optim::Optimizer* optimizer) {
   torch::serialize::OutputArchive ar;
-  ar.write("diffuse_checkpoint", c10::IValue(kMagic));
+  ar.write("diffuse_checkpoint", c10::IValue(kCheckpointMagic));
   ar.write("format", c10::IValue(kCheckpointFormat));
   ar.write("step", c10::IValue(m.step));
   ar.write("config", c10::IValue(m.config_yaml));
@@ -77,7 +94,7 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
     throw UsageError("checkpoint '" + path + "' is corrupt or not a checkpoint (" + what + ")");
   }
   c10::IValue v;
-  if (!archive_->try_read("diffuse_checkpoint", v) || !v.isInt() || v.toInt() != kMagic)
+  if (!archive_->try_read("diffuse_checkpoint", v) || !v.isInt() || v.toInt() != kCheckpointMagic)
     throw UsageError("'" + path + "' is a LibTorch archive but not a diffuse checkpoint");
   auto read_int = [&](const char* key) {
     c10::IValue iv;
@@ -105,10 +122,7 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
     if (d.toInt() < 1) throw UsageError(fmt::format("checkpoint '{}': world_size {} is not positive", path_, d.toInt()));
     meta_.world_size = d.toInt();
   }
-  torch::Tensor shape;
-  archive_->read("data_shape", shape);
-  shape = shape.cpu();
-  meta_.data.shape.assign(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + shape.numel());
+  meta_.data.shape = read_data_shape(*archive_, path_);
   // A fresh tensor for each key: try_read into a defined tensor calls set_() on it, which would
   // rewrite whatever shares its storage (t.cpu() of a CPU tensor is that same tensor).
   auto read_state = [&](const char* key, torch::Tensor& into) {
@@ -195,23 +209,35 @@ std::vector<std::string> run_checkpoints(const std::string& run_dir) {
   return ckpts;
 }
 
+void link_latest_checkpoint(const std::string& run_dir, const std::string& checkpoint) {
+  const fs::path dir = fs::path(run_dir) / "checkpoints", link = dir / "latest.pt";
+  std::error_code ec;
+  if (checkpoint.empty()) {
+    fs::remove(link, ec);
+    return;
+  }
+  // A relative symlink, swapped in atomically.
+  const fs::path tmp_link = dir / ".latest.pt.tmp";
+  fs::remove(tmp_link, ec);
+  fs::create_symlink(fs::path(checkpoint).filename(), tmp_link);
+  fs::rename(tmp_link, link);
+}
+
 std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,
                                 torch::nn::Module& model, torch::nn::Module* ema, torch::optim::Optimizer* optimizer) {
   const fs::path dir = fs::path(run_dir) / "checkpoints";
   fs::create_directories(dir);
-  const std::string name = fmt::format("ckpt_{:08d}.pt", meta.step);
-  const fs::path path = dir / name;
+  remove_stale_temporaries(dir.string());  // left by a writer that was killed mid-save
+  const fs::path path = dir / fmt::format("ckpt_{:08d}.pt", meta.step);
   save_checkpoint(path.string(), meta, model, ema, optimizer);
-  // latest.pt: a relative symlink, swapped in atomically.
-  const fs::path tmp_link = dir / ".latest.pt.tmp";
-  std::error_code ec;
-  fs::remove(tmp_link, ec);
-  fs::create_symlink(name, tmp_link);
-  fs::rename(tmp_link, dir / "latest.pt");
-  // Keep the newest `keep` step checkpoints.
+  link_latest_checkpoint(run_dir, path.string());
+  // Keep the newest `keep` step checkpoints, and always the one just written (latest.pt's),
+  // even when checkpoints of later steps are there.
   const auto ckpts = run_checkpoints(run_dir);
+  std::error_code ec;
   if (keep > 0 && static_cast<int64_t>(ckpts.size()) > keep)
-    for (size_t i = 0; i + static_cast<size_t>(keep) < ckpts.size(); ++i) fs::remove(ckpts[i], ec);
+    for (size_t i = 0; i + static_cast<size_t>(keep) < ckpts.size(); ++i)
+      if (fs::path(ckpts[i]).filename() != path.filename()) fs::remove(ckpts[i], ec);
   return path.string();
 }
 

@@ -91,6 +91,16 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
+// The sample grids of a run directory (run_dir/samples/step_<step>.png).
+std::vector<fs::path> run_grids(const std::string& run_dir) {
+  static const std::regex grid(R"(step_\d{8,}\.png)");
+  std::vector<fs::path> grids;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "samples", ec))
+    if (std::regex_match(e.path().filename().string(), grid)) grids.push_back(e.path());
+  return grids;
+}
+
 // A fresh run must not write over another run (its config, metrics, or checkpoints that the
 // keep-last-K pruning would then mix with the new ones). See TrainRequest::overwrite.
 void prepare_fresh_run_dir(const std::string& run_dir, bool overwrite) {
@@ -111,11 +121,38 @@ void prepare_fresh_run_dir(const std::string& run_dir, bool overwrite) {
   fs::remove(ck / "latest.pt", ec);
   fs::remove(ck / ".latest.pt.tmp", ec);
   for (const char* f : {"metrics.jsonl", "train.log", "config.yaml"}) fs::remove(root / f, ec);
-  if (fs::is_directory(root / "samples", ec)) {
-    static const std::regex grid(R"(step_\d{8,}\.png)");
-    for (const auto& e : fs::directory_iterator(root / "samples", ec))
-      if (std::regex_match(e.path().filename().string(), grid)) fs::remove(e.path(), ec);
+  for (const auto& g : run_grids(run_dir)) fs::remove(g, ec);
+}
+
+// The step in the name of a run's file (ckpt_00001000.pt, step_00001000.png).
+int64_t step_in_name(const fs::path& p) {
+  const auto name = p.filename().string();
+  return std::strtoll(name.c_str() + name.find_first_of("0123456789"), nullptr, 10);
+}
+
+// Resuming from `step` abandons what the run did after it. Its later checkpoints and grids would
+// otherwise linger: name-ordered pruning would keep them instead of the new ones, and they would
+// pass for the resumed run's. They are moved aside, not deleted (a resume from an old checkpoint
+// may be a mistake), into run_dir/abandoned_after_step_<step>[.N]/, and latest.pt then names the
+// newest checkpoint left.
+void set_aside_later_steps(const std::string& run_dir, int64_t step, spdlog::logger& log) {
+  std::vector<fs::path> later;
+  for (const auto& c : run_checkpoints(run_dir))
+    if (step_in_name(c) > step) later.emplace_back(c);
+  const size_t num_ckpts = later.size();
+  for (const auto& g : run_grids(run_dir))
+    if (step_in_name(g) > step) later.push_back(g);
+  if (later.empty()) return;
+  fs::path aside = fs::path(run_dir) / fmt::format("abandoned_after_step_{}", step);
+  for (int k = 2; fs::exists(aside); ++k) aside = fs::path(run_dir) / fmt::format("abandoned_after_step_{}.{}", step, k);
+  fs::create_directories(aside);
+  for (const auto& p : later) fs::rename(p, aside / p.filename());
+  if (num_ckpts > 0) {
+    const auto left = run_checkpoints(run_dir);
+    link_latest_checkpoint(run_dir, left.empty() ? "" : left.back());
   }
+  log.warn("resuming from step {}: moved {} checkpoint(s) and {} sample grid(s) of later steps, which this run "
+           "replaces, to {}", step, num_ckpts, later.size() - num_ckpts, aside.string());
 }
 
 std::string json_double(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
@@ -225,6 +262,8 @@ class TrainLoop {
   TrainSummary run();
 
  private:
+  TrainSummary run_unlogged();
+  void log_fatal(const char* what);
   // Set-up, in order.
   void join_ranks();
   void prepare_run_dir();
@@ -307,14 +346,19 @@ void TrainLoop::prepare_run_dir() {
   summary_.config = (fs::path(req_.run_dir) / "config.yaml").string();
   on_every_rank(*pg_, "preparing the run directory", [&] {
     if (!main_rank_) return;
+    std::error_code ec;
+    if (fs::exists(req_.run_dir, ec) && !fs::is_directory(req_.run_dir, ec))
+      throw UsageError(fmt::format("run directory '{}' exists and is not a directory (--run-dir)", req_.run_dir));
     if (req_.resume_from.empty()) prepare_fresh_run_dir(req_.run_dir, req_.overwrite);
-    fs::create_directories(req_.run_dir);
+    if (!fs::create_directories(req_.run_dir, ec) && ec)
+      throw UsageError(fmt::format("cannot create run directory '{}' (--run-dir): {}", req_.run_dir, ec.message()));
   });
   // Resuming: the checkpoint carries the config it was trained with; the caller's config
   // (checkpoint config + overrides) decides the rest (e.g. more steps).
   on_every_rank(*pg_, "reading the checkpoint", [&] {
     if (!req_.resume_from.empty())
       ckpt_ = std::make_unique<CheckpointReader>(resolve_checkpoint(req_.resume_from), device_);
+    resolve_betas_file(cfg_.diffusion);  // the run's config and checkpoints carry the betas themselves
     validate(cfg_);
   });
   int threads = static_cast<int>(cfg_.train.threads);
@@ -414,13 +458,15 @@ void TrainLoop::restore() {
       at::Generator g = at::globalContext().defaultGenerator(device_);
       g.set_state(m.device_rng_state);
     }
-    if (m.timestep_sampler_state.defined()) tsampler_->load_state(m.timestep_sampler_state);
+    if (m.timestep_sampler_state.defined())
+      tsampler_->load_state(m.timestep_sampler_state, "checkpoint '" + ckpt_->path() + "'");
     loss_scale_->restore(m.loss_scale, m.loss_scale_good_steps);  // only when fp16 then and now
     prior_elapsed_ = m.elapsed_seconds;
     loader_->seek(map_position(m, W_, *log_));
     log_->info("resumed from {} at step {}", ckpt_->path(), step_);
   }
   if (main_rank_) {
+    if (ckpt_) set_aside_later_steps(req_.run_dir, step_, *log_);
     if (ckpt_) truncate_metrics(summary_.metrics, step_);
     else if (fs::exists(summary_.metrics)) fs::remove(summary_.metrics);
     metrics_.open(summary_.metrics, std::ios::app);
@@ -691,7 +737,27 @@ void TrainLoop::sample_grid() {
   model_->train();
 }
 
+// An error that ends the run (a checkpoint that cannot be written, a non-finite step) goes to
+// train.log as well; main() prints it on stderr, so it is not printed to the console twice.
 TrainSummary TrainLoop::run() {
+  try {
+    return run_unlogged();
+  } catch (const std::exception& e) {
+    log_fatal(e.what());
+    throw;
+  }
+}
+
+void TrainLoop::log_fatal(const char* what) {
+  if (!log_) return;  // failed before the log was opened
+  auto& console = *log_->sinks().front();  // make_logger puts the console first
+  const auto level = console.level();
+  console.set_level(spdlog::level::off);
+  log_->error("{}", what);
+  console.set_level(level);
+}
+
+TrainSummary TrainLoop::run_unlogged() {
   join_ranks();
   prepare_run_dir();
   build_data();

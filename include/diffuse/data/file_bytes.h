@@ -14,19 +14,35 @@ std::string read_file_bytes(const std::string& path);
 // True when `bytes` start with the gzip magic number 1f 8b.
 bool is_gzip(const std::string& bytes);
 
+// The most a decompression yields unless the caller knows better: a few kilobytes of gzip can
+// expand to gigabytes, so output beyond the limit is refused (naming the file) as it is reached.
+constexpr size_t kMaxDecompressedBytes = size_t{4} << 30;  // 4 GiB
+
 // Decompresses a gzip stream (concatenated members allowed). `name` (the file) appears in the
-// error for truncated or corrupt data or trailing garbage.
-std::string gunzip(const std::string& compressed, const std::string& name);
+// error for truncated or corrupt data, trailing garbage, or output beyond `max_size` bytes.
+std::string gunzip(const std::string& compressed, const std::string& name,
+                   size_t max_size = kMaxDecompressedBytes);
+// The first `n` bytes a gzip stream decompresses to (all of them when there are fewer), without
+// inflating the rest: enough to read a header that says how large the whole should be.
+std::string gunzip_head(const std::string& compressed, const std::string& name, size_t n);
 
 // Decompresses a zlib (RFC 1950) stream, as in PNG zTXt/iTXt chunks.
-std::string zlib_decompress(const char* data, size_t size, const std::string& name);
+std::string zlib_decompress(const char* data, size_t size, const std::string& name,
+                            size_t max_size = kMaxDecompressedBytes);
 
-// The file's bytes, gunzipped when they start with the gzip magic number.
-std::string read_file_maybe_gzip(const std::string& path);
+// The file's bytes, gunzipped (to at most `max_size` bytes) when they start with the gzip magic
+// number.
+std::string read_file_maybe_gzip(const std::string& path, size_t max_size = kMaxDecompressedBytes);
 
 // Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename
 // over `path`, fsync of the directory. Readers see the old file or the complete new one, never
 // a partial one. std::runtime_error naming the path on failure (the temporary is removed).
 void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// Removes the temporaries write_file_atomic left in `dir` when its writer was killed
+// (".<name>.tmp.<pid>.<n>") and that process is gone. A temporary named with this process's
+// own pid counts as gone too (a previous process of the same pid, as after a container
+// restart), so call it when this process is not writing into `dir`. Returns how many it removed.
+int remove_stale_temporaries(const std::string& dir);
 
 }  // namespace diffuse

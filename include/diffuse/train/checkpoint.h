@@ -40,6 +40,7 @@ struct CheckpointMeta {
 };
 
 constexpr int64_t kCheckpointFormat = 1;
+constexpr int64_t kCheckpointMagic = 0x646966667573;  // "diffus", the archive's "diffuse_checkpoint" key
 
 // Writes the checkpoint atomically (temp file, fsync, rename). `ema` and `optimizer` may be null.
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
@@ -85,8 +86,13 @@ std::string resolve_checkpoint(const std::string& path_or_run_dir);
 // empty when there are none (or no such directory).
 std::vector<std::string> run_checkpoints(const std::string& run_dir);
 
+// Points run_dir/checkpoints/latest.pt at `checkpoint` (a file in that folder) atomically;
+// removes latest.pt when `checkpoint` is empty.
+void link_latest_checkpoint(const std::string& run_dir, const std::string& checkpoint);
+
 // Saves into run_dir/checkpoints/ckpt_<step>.pt, points latest.pt at it and removes all but the
-// newest `keep` step checkpoints. Returns the path written.
+// newest `keep` step checkpoints (never the one just written). Temporaries that a killed save
+// left in the folder are removed first. Returns the path written.
 std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,
                                 torch::nn::Module& model, torch::nn::Module* ema, torch::optim::Optimizer* optimizer);
 
