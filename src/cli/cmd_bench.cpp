@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <unistd.h>
 
 #include <fmt/format.h>
 

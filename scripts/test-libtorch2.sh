@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Builds diffuse against LibTorch 2.x and runs every test there (ctest): a Debian trixie root
+# (LibTorch 2.6) in .cache/trixie-root, made on the first run (about 3 minutes) and reused after;
+# the project is mounted read-only at /src in it and built into build-lt2/ (the host's build/ is
+# not touched), with a ccache inside the root. Needs root (mmdebstrap, mounts, chroot). Safe to run
+# again at any time, also after an interrupted run.
+#   scripts/test-libtorch2.sh [CTEST_ARGS...]
+#   scripts/test-libtorch2.sh --run 'COMMAND'   build, then run COMMAND in the root at /src (the
+#                                               project mounted read-write this time)
+#   scripts/test-libtorch2.sh --root-only       only make (or check) the root
+#   JOBS=N              build and ctest parallelism (default: nproc)
+#   LT2_ROOT=DIR        the root (default .cache/trixie-root)
+#   LT2_BUILD_DIR=DIR   the build folder, inside the project (default build-lt2)
+#   LT2_EXTRA_PACKAGES="a b"   more Debian packages for the root
+#   CCACHE_DISABLE=1    build without the cache (for timing a fresh build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=$(pwd)
+TROOT_TAG=test-libtorch2
+# shellcheck source=lib/trixie-root.sh
+. scripts/lib/trixie-root.sh
+
+RUN_CMD="" ROOT_ONLY=0
+if [[ ${1:-} == --run ]]; then
+  RUN_CMD=${2:?--run needs a command}
+  shift 2
+elif [[ ${1:-} == --root-only ]]; then
+  ROOT_ONLY=1
+  shift
+fi
+JOBS=${JOBS:-$(nproc)}
+ROOT=${LT2_ROOT:-$SRC/.cache/trixie-root}
+BUILD_DIR=${LT2_BUILD_DIR:-build-lt2}
+[[ $BUILD_DIR != /* && $BUILD_DIR != *..* ]] || troot_die "LT2_BUILD_DIR must be a folder inside the project"
+
+# The packages bootstrap.sh installs, plus what the c10d headers (Gloo) and the GPU check's
+# torchrun (python3-torch) need.
+eval "$(sed -n '/^PACKAGES=(/,/)/p' scripts/bootstrap.sh)"
+PACKAGES+=(libgloo-dev nlohmann-json3-dev python3-torch python3-safetensors ${LT2_EXTRA_PACKAGES:-})
+mapfile -t PACKAGES < <(printf '%s\n' "${PACKAGES[@]}" | awk 'NF && !seen[$0]++')
+
+t0=$SECONDS
+troot_log "[1/3] root: $ROOT"
+troot_ensure "$ROOT" trixie main,contrib "${PACKAGES[@]}"
+root_state=$TROOT_STATE root_s=$TROOT_SECONDS
+((ROOT_ONLY)) && exit 0
+torch_version=$(troot_run "$ROOT" -- dpkg-query -W -f='${Version}' libtorch-dev)
+troot_log "LibTorch $torch_version, $(troot_run "$ROOT" -- g++ --version | head -1), $(troot_run "$ROOT" -- cmake --version | head -1)"
+
+mkdir -p "$BUILD_DIR"
+LOG="$BUILD_DIR/lt2-build.log"
+src_opt=ro
+[[ -n $RUN_CMD ]] && src_opt=rw
+in_root() {
+  local pass=() v
+  for v in CI CCACHE_DISABLE CCACHE_RECACHE GPU_CHECK_DEVICE GPU_CHECK_STEPS; do
+    [[ -n ${!v:-} ]] && pass+=(-e "$v=${!v}")
+  done
+  troot_run "$ROOT" -b "$SRC:/src:$src_opt" -b "$SRC/$BUILD_DIR:/src/$BUILD_DIR" \
+    -e CCACHE_DIR=/var/cache/ccache -e CCACHE_MAXSIZE=4G -e JOBS="$JOBS" "${pass[@]}" -- "$@"
+}
+
+troot_log "[2/3] build: /src/$BUILD_DIR with $JOBS jobs${CCACHE_DISABLE:+ (ccache disabled)} (log: $LOG)"
+t_build=$SECONDS
+in_root ccache -z >/dev/null
+set +e
+in_root /bin/bash -c "cd /src && DIFFUSE_SKIP_DEPS=1 BUILD_DIR=$BUILD_DIR scripts/bootstrap.sh" 2>&1 | tee "$LOG"
+build_rc=${PIPESTATUS[0]}
+set -e
+build_s=$((SECONDS - t_build))
+warnings=$(grep -E ': warning: ' "$LOG" | sort -u | wc -l || true)
+ccache_stats=$(in_root ccache -s 2>/dev/null | awk -F': *' '/^ *(Hits|Misses|Cacheable calls)/{gsub(/^ +/,"",$1); if (!seen[$1]++) { gsub(/  +/," ",$2); printf "%s%s %s", sep, $1, $2; sep=", " }}' || true)
+if ((build_rc != 0)); then
+  troot_log "build FAILED (rc $build_rc) after ${build_s}s; errors:"
+  grep -E ': error: |error:' "$LOG" | sort -u | head -n 20 >&2 || true
+  exit "$build_rc"
+fi
+troot_log "built in ${build_s}s, $warnings distinct warnings${ccache_stats:+; ccache: $ccache_stats}"
+
+if [[ -n $RUN_CMD ]]; then
+  troot_log "[3/3] running in the root: $RUN_CMD"
+  in_root /bin/bash -c "cd /src && $RUN_CMD"
+  exit
+fi
+
+troot_log "[3/3] tests: ctest -j $JOBS in /src/$BUILD_DIR"
+t_test=$SECONDS
+TLOG="$BUILD_DIR/lt2-ctest.log"
+set +e
+in_root /bin/bash -c 'cd "/src/$1" && shift && ctest --output-on-failure -j "$JOBS" "$@"' ctest "$BUILD_DIR" "$@" 2>&1 | tee "$TLOG"
+test_rc=${PIPESTATUS[0]}
+set -e
+test_s=$((SECONDS - t_test))
+counts=$(grep -E 'tests passed, [0-9]+ tests? failed out of' "$TLOG" | tail -1 || true)
+
+summary="LibTorch $torch_version in $ROOT
+  root:  ${root_state} (${root_s}s)
+  build: ${build_s}s, $warnings distinct compiler warnings (log: $LOG)
+  tests: ${test_s}s, ${counts:-no ctest summary} (rc $test_rc, log: $TLOG)
+  total: $((SECONDS - t0))s"
+printf '\n== test-libtorch2 summary ==\n%s\n' "$summary" | tee "$BUILD_DIR/lt2-summary.txt"
+exit "$test_rc"
