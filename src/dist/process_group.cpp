@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <optional>
 #include <thread>
+#include <type_traits>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -57,6 +59,17 @@ bool is_loopback(const std::string& addr) {
 }
 
 std::vector<uint8_t> to_bytes(const std::string& s) { return {s.begin(), s.end()}; }
+
+// LibTorch 2.4+ serves TCPStore through libuv by default, which Debian's 2.6 is built without;
+// the classic server is in every version. Older versions lack the switch.
+template <class T, class = void>
+struct HasUseLibUV : std::false_type {};
+template <class T>
+struct HasUseLibUV<T, std::void_t<decltype(std::declval<T&>().useLibUV)>> : std::true_type {};
+template <class Options>
+void use_classic_store_server(Options& o) {
+  if constexpr (HasUseLibUV<Options>::value) o.useLibUV = false;
+}
 
 constexpr auto kHeartbeatPeriod = std::chrono::milliseconds(1000);
 
@@ -151,6 +164,7 @@ struct ProcessGroup::Impl {
     o.numWorkers = server ? c10::optional<std::size_t>(env.world_size) : c10::nullopt;
     o.waitWorkers = false;
     o.timeout = timeout;
+    use_classic_store_server(o);
     c10::intrusive_ptr<c10d::Store> s = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
     // torchrun's agent store: one key space per restart attempt, as torch.distributed uses it.
     if (env.agent_store)
