@@ -44,6 +44,24 @@ troot_log "[1/3] root: $ROOT"
 troot_ensure "$ROOT" trixie main,contrib "${PACKAGES[@]}"
 root_state=$TROOT_STATE root_s=$TROOT_SECONDS
 ((ROOT_ONLY)) && exit 0
+# Debian's PyTorch 2.6 is built without libuv, which TCPStore asks for by default; torchrun's
+# rendezvous stores pass no use_libuv (and USE_LIBUV=0 does not reach them), so a torchrun in
+# /usr/local/bin (first in PATH) runs the real one with use_libuv=False.
+if [[ ! -f $ROOT/usr/local/bin/torchrun ]] &&
+   ! troot_run "$ROOT" -- python3 -c 'import torch.distributed as d; d.TCPStore("127.0.0.1", 0, 1, True, use_libuv=True)' >/dev/null 2>&1; then
+  cat >"$ROOT/usr/local/bin/torchrun" <<'EOF'
+#!/usr/bin/python3
+# Written by diffuse's scripts/test-libtorch2.sh: this PyTorch has no libuv, which TCPStore asks for
+# by default, and torchrun's own stores pass no use_libuv.
+import functools, sys
+import torch.distributed as dist
+dist.TCPStore = functools.partial(dist.TCPStore, use_libuv=False)
+from torch.distributed.run import main
+sys.exit(main())
+EOF
+  chmod +x "$ROOT/usr/local/bin/torchrun"
+  troot_log "PyTorch without libuv: /usr/local/bin/torchrun turns TCPStore's use_libuv off"
+fi
 torch_version=$(troot_run "$ROOT" -- dpkg-query -W -f='${Version}' libtorch-dev)
 troot_log "LibTorch $torch_version, $(troot_run "$ROOT" -- g++ --version | head -1), $(troot_run "$ROOT" -- cmake --version | head -1)"
 

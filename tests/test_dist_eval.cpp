@@ -131,8 +131,11 @@ TEST_F(DistEval, TwoRankSampleWritesTheOneRankFiles) {
                                             " --nproc-per-node 2 --out " + own.string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(names_in(one), names_in(own));
-  for (const auto& name : names_in(one))
-    if (name != "samples.pt") EXPECT_EQ(Background::slurp(one / name), Background::slurp(own / name)) << name;
+  for (const auto& name : names_in(one)) {
+    if (name != "samples.pt") {
+      EXPECT_EQ(Background::slurp(one / name), Background::slurp(own / name)) << name;
+    }
+  }
 
   // One batch of 6 on one rank, 3 + 3 on two: the trajectory's 6 rows come from both ranks, in
   // order (the batches differ, so float rounding may too: compared up to 2 levels of 255).
