@@ -5,7 +5,9 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/version.h>
-#ifdef DIFFUSE_WITH_CUDA
+// A CUDA LibTorch built without NCCL leaves ProcessGroupNCCL.hpp empty.
+#if defined(DIFFUSE_WITH_CUDA) && defined(USE_C10D_NCCL)
+#define DIFFUSE_WITH_NCCL 1
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -286,13 +288,13 @@ ProcessGroup::ProcessGroup(const DistEnv& env, const DistOptions& options)
       m.backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group_store, static_cast<int>(env.rank),
                                                               static_cast<int>(env.world_size), o);
     } else {
-#ifdef DIFFUSE_WITH_CUDA
+#ifdef DIFFUSE_WITH_NCCL
       auto o = c10d::ProcessGroupNCCL::Options::create();
       o->timeout = timeout;
       m.backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(group_store, static_cast<int>(env.rank),
                                                               static_cast<int>(env.world_size), o);
 #else
-      throw UsageError("train.dist_backend: nccl, but this build of diffuse has no CUDA");
+      throw UsageError("train.dist_backend: nccl, but this build of diffuse has no NCCL (LibTorch without CUDA or NCCL)");
 #endif
     }
   } catch (const UsageError&) {
