@@ -390,26 +390,14 @@ std::string broadcast_bytes(ProcessGroup& pg, const std::string& bytes, int64_t 
   return std::string(reinterpret_cast<const char*>(buf.data_ptr()), static_cast<size_t>(buf.numel()));
 }
 
-std::vector<std::string> all_gather_strings(ProcessGroup& pg, const std::string& s, const char* what) {
-  if (!pg.distributed()) return {s};
-  auto bytes = torch::empty({static_cast<int64_t>(s.size())}, torch::kUInt8);
-  if (!s.empty()) std::memcpy(bytes.data_ptr(), s.data(), s.size());
-  auto n = pg.all_gather(torch::tensor({bytes.size(0)}, torch::kInt64), what);
-  auto all = all_gather_rows(pg, bytes, what);
-  std::vector<std::string> out;
-  int64_t at = 0;
-  for (int64_t r = 0; r < pg.world_size(); ++r) {
-    const int64_t len = n[r][0].item<int64_t>();
-    out.emplace_back(reinterpret_cast<const char*>(all.data_ptr<uint8_t>()) + at, static_cast<size_t>(len));
-    at += len;
-  }
-  return out;
-}
+namespace {
 
-torch::Tensor all_gather_rows(ProcessGroup& pg, const torch::Tensor& t, const char* what) {
-  if (!pg.distributed()) return t;
-  auto counts = pg.all_gather(torch::tensor({t.size(0)}, torch::TensorOptions().dtype(torch::kInt64).device(t.device())),
-                              what).cpu();
+// Every rank's t in rank order, as one tensor each; the first dimension may differ between ranks
+// (padded for the transfer, trimmed after). One all-gather of the counts, one of the rows.
+std::vector<torch::Tensor> gather_row_parts(ProcessGroup& pg, const torch::Tensor& t, const char* what) {
+  auto counts =
+      pg.all_gather(torch::tensor({t.size(0)}, torch::TensorOptions().dtype(torch::kInt64).device(t.device())), what)
+          .cpu();
   const int64_t most = counts.max().item<int64_t>();
   auto sizes = t.sizes().vec();
   sizes[0] = most;
@@ -418,7 +406,26 @@ torch::Tensor all_gather_rows(ProcessGroup& pg, const torch::Tensor& t, const ch
   auto all = pg.all_gather(padded, what);
   std::vector<torch::Tensor> parts;
   for (int64_t r = 0; r < pg.world_size(); ++r) parts.push_back(all[r].narrow(0, 0, counts[r][0].item<int64_t>()));
-  return torch::cat(parts);
+  return parts;
+}
+
+}  // namespace
+
+std::vector<std::string> all_gather_strings(ProcessGroup& pg, const std::string& s, const char* what) {
+  if (!pg.distributed()) return {s};
+  auto bytes = torch::empty({static_cast<int64_t>(s.size())}, torch::kUInt8);
+  if (!s.empty()) std::memcpy(bytes.data_ptr(), s.data(), s.size());
+  std::vector<std::string> out;
+  for (const auto& part : gather_row_parts(pg, bytes, what)) {
+    const auto c = part.contiguous();
+    out.emplace_back(reinterpret_cast<const char*>(c.data_ptr<uint8_t>()), static_cast<size_t>(c.numel()));
+  }
+  return out;
+}
+
+torch::Tensor all_gather_rows(ProcessGroup& pg, const torch::Tensor& t, const char* what) {
+  if (!pg.distributed()) return t;
+  return torch::cat(gather_row_parts(pg, t, what));
 }
 
 }  // namespace diffuse
