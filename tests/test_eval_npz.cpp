@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+
+#include "fuzz/targets.h"
 #include <torch/torch.h>
 #include <zlib.h>
 
@@ -37,19 +39,7 @@ std::string npy(const std::string& descr, bool fortran, const std::vector<int64_
   return out;
 }
 
-std::string deflate_raw(const std::string& in) {
-  z_stream z{};
-  deflateInit2(&z, 6, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
-  std::string out(deflateBound(&z, in.size()), '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  z.avail_in = static_cast<uInt>(in.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  deflate(&z, Z_FINISH);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
-}
+std::string deflate_raw(const std::string& in) { return diffuse::fuzz::deflate_bytes(in, -MAX_WBITS); }
 
 // A zip archive laid out as Python's zipfile writes np.savez files (force_zip64: the 32-bit
 // size fields hold 0xFFFFFFFF and a ZIP64 extra field carries the sizes), with a central

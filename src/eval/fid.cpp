@@ -214,12 +214,21 @@ FeatureStats load_feature_stats(const std::string& path) {
       c10::IValue v;
       if (ar.try_read("extractor", v) && v.isString()) s.extractor = v.toStringRef();
       if (ar.try_read("reference", v) && v.isString()) s.reference = v.toStringRef();
+    } catch (const UsageError&) {
+      throw;
     } catch (const c10::Error& e) {
       throw UsageError(fmt::format("feature statistics file '{}' could not be read (expected a file written by "
                                    "save_feature_stats, or an .npz with mu and sigma): {}",
                                    path, e.what_without_backtrace()));
+    } catch (const std::exception& e) {  // LibTorch's unpickler throws std::out_of_range and others too
+      throw UsageError(fmt::format("feature statistics file '{}' could not be read (expected a file written by "
+                                   "save_feature_stats, or an .npz with mu and sigma): {}",
+                                   path, e.what()));
     }
   }
+  auto real = [](const torch::Tensor& t) { return t.defined() && (t.is_floating_point() || !t.is_complex()) && t.scalar_type() != torch::kBool; };
+  if (!real(s.mu) || !real(s.sigma) || !real(n))
+    throw UsageError(fmt::format("feature statistics file '{}': mu, sigma and n must be real numbers", path));
   const bool ok = s.mu.dim() == 1 && s.sigma.dim() == 2 && s.sigma.size(0) == s.mu.size(0) &&
                   s.sigma.size(1) == s.mu.size(0) && n.numel() == 1;
   if (!ok)

@@ -36,6 +36,7 @@
 #include "diffuse/runtime.h"
 #include "diffuse/timestep_sampler.h"
 #include "diffuse/train/checkpoint.h"
+#include "diffuse/train/metrics_file.h"
 #include "diffuse/train/ema.h"
 #include "diffuse/train/grad_clip.h"
 #include "diffuse/train/loss_scale.h"
@@ -72,23 +73,6 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& log_path, bool qu
   logger->set_level(spdlog::level::info);
   logger->flush_on(spdlog::level::info);
   return logger;
-}
-
-// Keep only metrics lines up to `step` (a resume from an older checkpoint replays later steps).
-void truncate_metrics(const std::string& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::ifstream in(path);
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    const auto pos = line.find("\"step\": ");
-    // A line torn by a crash (no closing brace, or no step number) is dropped.
-    if (pos == std::string::npos || line.empty() || line.back() != '}') continue;
-    char* end = nullptr;
-    const long long s = std::strtoll(line.c_str() + pos + 8, &end, 10);
-    if (end == line.c_str() + pos + 8) continue;
-    if (s <= step) kept += line + "\n";
-  }
-  write_file_atomic(path, kept);
 }
 
 // The sample grids of a run directory (run_dir/samples/step_<step>.png).
