@@ -830,8 +830,9 @@ Config parse_config(const std::string& yaml_text, const std::string& origin) {
   const Table& t = table();
   std::unordered_map<std::string, int> seen_sections;
   for (auto it = root.begin(); it != root.end(); ++it) {
-    const YAML::Node& k = it->first;
-    const YAML::Node& body = it->second;
+    // Copies: it-> yields a temporary pair proxy, so references into it would dangle (ASan: stack-use-after-scope).
+    const YAML::Node k = it->first;
+    const YAML::Node body = it->second;
     if (!k.IsScalar()) fail(src, k.Mark(), "section names must be plain words, got " + describe(k));
     const std::string& sec_name = k.Scalar();
     const Section* sec = t.find_section(sec_name);
@@ -845,7 +846,7 @@ Config parse_config(const std::string& yaml_text, const std::string& origin) {
            fmt::format("section '{}' must be a map of key: value lines, got {}", sec_name, describe(body)));
     std::unordered_map<std::string, int> seen_keys;
     for (auto kv = body.begin(); kv != body.end(); ++kv) {
-      const YAML::Node& key = kv->first;
+      const YAML::Node key = kv->first;  // a copy, as above
       if (!key.IsScalar())
         fail(src, key.Mark(), fmt::format("keys of section '{}' must be plain words, got {}", sec_name, describe(key)));
       const std::string path = sec_name + "." + key.Scalar();
