@@ -32,9 +32,10 @@ fi
 scripts/bootstrap.sh >/dev/null
 
 start=$SECONDS
+mkdir -p "$BUILD"
 CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DDIFFUSE_FUZZ=ON -DDIFFUSE_SANITIZE=address,undefined -DDIFFUSE_BUILD_TESTS=OFF >"$BUILD.configure.log" 2>&1 ||
-  { cat "$BUILD.configure.log"; exit 1; }
+  -DDIFFUSE_FUZZ=ON -DDIFFUSE_SANITIZE=address,undefined -DDIFFUSE_BUILD_TESTS=OFF >"$BUILD/fuzz-configure.log" 2>&1 ||
+  { cat "$BUILD/fuzz-configure.log"; exit 1; }
 ninja -C "$BUILD" diffuse_fuzz >"$BUILD/fuzz-build.log" 2>&1 || { tail -50 "$BUILD/fuzz-build.log"; exit 1; }
 echo "fuzz: built $BUILD/diffuse_fuzz in $((SECONDS - start))s"
 

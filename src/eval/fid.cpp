@@ -194,6 +194,11 @@ FeatureStats load_feature_stats(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
     throw UsageError(fmt::format("feature statistics file '{}' does not exist or is not a file", path));
+  auto unreadable = [&](const std::string& why) {
+    return UsageError(fmt::format("feature statistics file '{}' could not be read (expected a file written by "
+                                  "save_feature_stats, or an .npz with mu and sigma): {}",
+                                  path, why));
+  };
   FeatureStats s;
   torch::Tensor n;
   if (is_npz_file(path)) {
@@ -217,16 +222,12 @@ FeatureStats load_feature_stats(const std::string& path) {
     } catch (const UsageError&) {
       throw;
     } catch (const c10::Error& e) {
-      throw UsageError(fmt::format("feature statistics file '{}' could not be read (expected a file written by "
-                                   "save_feature_stats, or an .npz with mu and sigma): {}",
-                                   path, e.what_without_backtrace()));
+      throw unreadable(e.what_without_backtrace());
     } catch (const std::exception& e) {  // LibTorch's unpickler throws std::out_of_range and others too
-      throw UsageError(fmt::format("feature statistics file '{}' could not be read (expected a file written by "
-                                   "save_feature_stats, or an .npz with mu and sigma): {}",
-                                   path, e.what()));
+      throw unreadable(e.what());
     }
   }
-  auto real = [](const torch::Tensor& t) { return t.defined() && (t.is_floating_point() || !t.is_complex()) && t.scalar_type() != torch::kBool; };
+  auto real = [](const torch::Tensor& t) { return t.defined() && !t.is_complex() && t.scalar_type() != torch::kBool; };
   if (!real(s.mu) || !real(s.sigma) || !real(n))
     throw UsageError(fmt::format("feature statistics file '{}': mu, sigma and n must be real numbers", path));
   const bool ok = s.mu.dim() == 1 && s.sigma.dim() == 2 && s.sigma.size(0) == s.mu.size(0) &&

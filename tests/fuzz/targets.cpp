@@ -3,11 +3,10 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 
 #include "diffuse/config.h"
 #include "diffuse/data/cifar10.h"
@@ -20,8 +19,10 @@
 #include "diffuse/image_io.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/metrics_file.h"
+#include "byte_writers.h"
 
 namespace fs = std::filesystem;
+using namespace diffuse::test_bytes;
 
 namespace diffuse::fuzz {
 namespace {
@@ -41,20 +42,13 @@ struct Scratch {
   }
 };
 
-void write_plain(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 std::string put_file(const std::string& name, const std::string& bytes) {
   const auto path = scratch_path(name);
-  write_plain(path, bytes);
+  write_file(path, bytes);
   return path;
 }
 
-std::string slurp(const std::string& path) { return read_file_bytes(path); }
-
-std::string gzip(const std::string& in) { return deflate_bytes(in, 15 + 16); }
+std::string gzip(const std::string& in) { return deflate_bytes(in, MAX_WBITS + 16); }
 
 std::string be32(uint32_t v) {
   return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
@@ -122,7 +116,7 @@ bool run_image(const std::string& bytes) {
   return accepts([&] {
     const auto dir = scratch_path("folder");
     fs::create_directories(dir);
-    write_plain(dir + "/a.png", bytes);
+    write_file(dir + "/a.png", bytes);
     ImageFolderOptions o;
     o.image.image_size = 8;
     ImageFolderDataset d(dir, o);
@@ -153,41 +147,13 @@ bool run_npz(const std::string& bytes) {
   });
 }
 std::vector<std::string> seeds_npz() {
-  // np.savez-style archives come from the FID cache writer's .npz reader tests; here the
-  // seeds are plain .npy payloads and a stored zip of them, built by hand.
-  auto npy = [](const std::string& descr, const std::string& shape, size_t nbytes) {
-    std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
-    while ((10 + header.size() + 1) % 64) header += ' ';
-    header += '\n';
-    std::string s = "\x93NUMPY\x01";
-    s += '\0';
-    s += char(header.size() & 0xff), s += char(header.size() >> 8);
-    s += header;
-    for (size_t i = 0; i < nbytes; ++i) s += char(i * 3 & 0x3f);
-    return s;
-  };
-  const auto mu = npy("<f8", "(3,)", 24), sigma = npy("<f4", "(3, 3)", 36), n = npy("<i8", "()", 8);
-  auto le = [](uint64_t v, int bytes) {
-    std::string s;
-    for (int i = 0; i < bytes; ++i) s += char((v >> (8 * i)) & 0xff);
-    return s;
-  };
-  std::string zip, central;
-  int count = 0;
-  for (const auto& [name, data] : std::vector<std::pair<std::string, std::string>>{{"mu.npy", mu}, {"sigma.npy", sigma}}) {
-    const uint32_t crc = crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size()));
-    const size_t offset = zip.size();
-    zip += le(0x04034b50, 4) + le(20, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(crc, 4) + le(data.size(), 4) +
-           le(data.size(), 4) + le(name.size(), 2) + le(0, 2) + name + data;
-    central += le(0x02014b50, 4) + le(20, 2) + le(20, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(crc, 4) +
-               le(data.size(), 4) + le(data.size(), 4) + le(name.size(), 2) + le(0, 2) + le(0, 2) + le(0, 2) +
-               le(0, 2) + le(0, 4) + le(offset, 4) + name;
-    ++count;
-  }
-  const size_t cd = zip.size();
-  zip += central + le(0x06054b50, 4) + le(0, 2) + le(0, 2) + le(count, 2) + le(count, 2) + le(central.size(), 4) +
-         le(cd, 4) + le(0, 2);
-  return {mu, sigma, n, zip};
+  const double mu[3] = {0.5, -1.0, 2.0};
+  const float sigma[9] = {1, 0, 0, 0, 2, 0, 0, 0, 3};
+  const int64_t n = 16;
+  const auto mu_npy = npy("<f8", false, {3}, mu, sizeof mu), sigma_npy = npy("<f4", true, {3, 3}, sigma, sizeof sigma),
+             n_npy = npy("<i8", false, {}, &n, sizeof n);
+  return {mu_npy, sigma_npy, n_npy, zip({{"mu.npy", mu_npy}, {"sigma.npy", sigma_npy}}, false),
+          zip({{"mu.npy", mu_npy}, {"sigma.npy", sigma_npy}, {"n.npy", n_npy}}, true)};
 }
 
 // A config file, then `--set` assignments, one per line after a line "---set".
@@ -207,7 +173,7 @@ std::vector<std::string> seeds_config() {
   std::vector<std::string> out{to_yaml(Config{}), "train:\n  lr: 1.0e-4\n---set\ntrain.lr=2e-4\ntrain.batch_size=16\n"};
 #ifdef DIFFUSE_SOURCE_DIR
   for (const auto& e : fs::directory_iterator(fs::path(DIFFUSE_SOURCE_DIR) / "configs"))
-    if (e.path().extension() == ".yaml") out.push_back(slurp(e.path().string()));
+    if (e.path().extension() == ".yaml") out.push_back(read_file_bytes(e.path().string()));
 #endif
   return out;
 }
@@ -237,7 +203,7 @@ std::vector<std::string> seeds_checkpoint() {
   save_checkpoint(a, m, *model, ema.get(), &opt);
   m.timestep_sampler_state = torch::Tensor();
   save_checkpoint(b, m, *model, nullptr, nullptr);
-  return {slurp(a), slurp(b)};
+  return {read_file_bytes(a), read_file_bytes(b)};
 }
 
 // metrics.jsonl on resume, and the rewritten file read back.
@@ -267,24 +233,10 @@ std::vector<std::string> seeds_fid_cache() {
   s.reference = "seed";
   const auto path = scratch_path("seed-ref.pt");
   save_feature_stats(s, path);
-  return {slurp(path), seeds_npz().back()};
+  return {read_file_bytes(path), seeds_npz().back()};
 }
 
 }  // namespace
-
-std::string deflate_bytes(const std::string& in, int window_bits) {
-  z_stream z{};
-  deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY);
-  std::string out(deflateBound(&z, in.size()) + 32, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  z.avail_in = static_cast<uInt>(in.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  deflate(&z, Z_FINISH);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
-}
 
 std::string scratch_path(const std::string& file) {
   static Scratch scratch;

@@ -25,9 +25,6 @@ struct Target {
 const std::vector<Target>& targets();
 const Target* find_target(const std::string& name);  // nullptr when unknown
 
-// zlib's deflate of `in`: window_bits -15 raw (zip entries), 15 zlib, 31 gzip.
-std::string deflate_bytes(const std::string& in, int window_bits);
-
 // A scratch directory of this process, for readers that take a path; removed at exit.
 std::string scratch_path(const std::string& file);
 
