@@ -6,11 +6,12 @@
 #   CMAKE_PREFIX_PATH=/path/to/libtorch scripts/bootstrap.sh   build against another LibTorch
 #   DIFFUSE_SKIP_DEPS=1 scripts/bootstrap.sh                   build only
 #   DIFFUSE_TEST_DEPS=1 scripts/bootstrap.sh                   also what the tests use (torchrun)
+#   DIFFUSE_SANITIZE=address,undefined scripts/bootstrap.sh    instrumented build (docs/decisions.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(libtorch-dev libopenblas0-pthread libcli11-dev libspdlog-dev libfmt-dev libstb-dev
-          libyaml-cpp-dev libgtest-dev zlib1g-dev libgloo-dev cmake g++ ninja-build ccache dataset-fashion-mnist)
+          libyaml-cpp-dev nlohmann-json3-dev libgtest-dev zlib1g-dev libgloo-dev cmake g++ ninja-build ccache dataset-fashion-mnist)
 
 # torchrun (Debian's python3-torch) for the launcher tests.
 if [[ "${DIFFUSE_TEST_DEPS:-0}" == 1 ]]; then PACKAGES+=(python3-torch); fi
@@ -42,6 +43,7 @@ GENERATOR=()
 command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 if [[ -f "$BUILD_DIR/CMakeCache.txt" ]]; then GENERATOR=(); fi  # keep the generator it was made with
 cmake -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-Release} \
+  -DDIFFUSE_SANITIZE="${DIFFUSE_SANITIZE:-}" \
   ${CMAKE_PREFIX_PATH:+-DCMAKE_PREFIX_PATH="$CMAKE_PREFIX_PATH"} >/dev/null
 cmake --build "$BUILD_DIR" -j "${JOBS:-$(nproc)}"
 echo "bootstrap: built $BUILD_DIR/diffuse"

@@ -13,6 +13,8 @@
 #   LT2_BUILD_DIR=DIR   the build folder, inside the project (default build-lt2)
 #   LT2_EXTRA_PACKAGES="a b"   more Debian packages for the root
 #   CCACHE_DISABLE=1    build without the cache (for timing a fresh build)
+#   LT2_SANITIZE=address,undefined   build and test under AddressSanitizer and UBSan (what CI
+#                       does: one build gives both LibTorch 2.x and the sanitizers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
@@ -65,13 +67,24 @@ fi
 torch_version=$(troot_run "$ROOT" -- dpkg-query -W -f='${Version}' libtorch-dev)
 troot_log "LibTorch $torch_version, $(troot_run "$ROOT" -- g++ --version | head -1), $(troot_run "$ROOT" -- cmake --version | head -1)"
 
+if [[ -n ${LT2_SANITIZE:-} ]]; then
+  # LibTorch stays uninstrumented; its one-time allocations are not leaks (tests/fuzz/lsan.supp).
+  export DIFFUSE_SANITIZE=$LT2_SANITIZE
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_odr_violation=0}
+  export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=/src/tests/fuzz/lsan.supp:print_suppressions=0}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+  troot_log "sanitizers: $LT2_SANITIZE"
+else
+  export DIFFUSE_SANITIZE=""
+fi
 mkdir -p "$BUILD_DIR"
 LOG="$BUILD_DIR/lt2-build.log"
 src_opt=ro
 [[ -n $RUN_CMD ]] && src_opt=rw
 in_root() {
   local pass=() v
-  for v in CI CCACHE_DISABLE CCACHE_RECACHE GPU_CHECK_DEVICE GPU_CHECK_STEPS; do
+  for v in CI CCACHE_DISABLE CCACHE_RECACHE GPU_CHECK_DEVICE GPU_CHECK_STEPS DIFFUSE_SANITIZE ASAN_OPTIONS \
+           LSAN_OPTIONS UBSAN_OPTIONS; do
     [[ -n ${!v:-} ]] && pass+=(-e "$v=${!v}")
   done
   troot_run "$ROOT" -b "$SRC:/src:$src_opt" -b "$SRC/$BUILD_DIR:/src/$BUILD_DIR" \

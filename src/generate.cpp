@@ -38,7 +38,7 @@ void check_request(Network& net, const SampleConfig& s) {
   if (s.num < 1) throw UsageError("sample.num must be >= 1");
   if (s.batch_size < 1) throw UsageError("sample.batch_size must be >= 1");
   const bool cond = net.class_conditional();
-  if (!cond && !s.labels.empty()) throw UsageError("class labels were given, but the model is not class-conditional");
+  if (!cond && !s.labels.empty()) throw UsageError("class labels were given (sample.labels, --label), but the model is not class-conditional");
   if (!cond && s.guidance_scale != 1.0)
     throw UsageError("sample.guidance_scale needs a class-conditional model (trained with model.class_cond)");
   for (auto l : s.labels)

@@ -216,6 +216,35 @@ TEST(DataIdx, PlainAndGzipReadTheSameExamples) {
   }
 }
 
+// The fingerprint is a function of the examples: the same bytes give the same one wherever
+// they are (plain or gzipped, copied elsewhere), one pixel or label changed gives another, and
+// data.limit does not change it (the limit is in the config a resume compares anyway).
+TEST(DataIdx, FingerprintFollowsTheExamplesNotTheFiles) {
+  IdxFixture fx;
+  const auto train = make_dataset(fx.config("train"))->fingerprint();
+  EXPECT_EQ(train.rfind("fnv1a64:", 0), 0u) << train;
+  EXPECT_EQ(train.size(), 8u + 16u);
+  EXPECT_EQ(make_dataset(fx.config("test"))->fingerprint(), train);  // gzipped copy of the same
+  auto limited = fx.config("train");
+  limited.limit = 2;
+  EXPECT_EQ(make_dataset(limited)->fingerprint(), train);
+  auto pixels = fx.pixels;
+  pixels[17] ^= 1;
+  spew(fx.dir.path() / "train-images-idx3-ubyte", idx_bytes({6, 3, 4}, pixels));
+  const auto changed = make_dataset(fx.config("train"))->fingerprint();
+  EXPECT_NE(changed, train);
+  auto labels = fx.labels;
+  labels[0] = (labels[0] + 1) % 10;
+  spew(fx.dir.path() / "train-images-idx3-ubyte", idx_bytes({6, 3, 4}, fx.pixels));
+  spew(fx.dir.path() / "train-labels-idx1-ubyte", idx_bytes({6}, labels));
+  const auto relabelled = make_dataset(fx.config("train"))->fingerprint();
+  EXPECT_NE(relabelled, train);
+  EXPECT_NE(relabelled, changed);
+  auto unlabelled = fx.config("train");
+  unlabelled.class_labels = false;
+  EXPECT_NE(make_dataset(unlabelled)->fingerprint(), relabelled);
+}
+
 TEST(DataIdx, ImageSizeChannelsLabelsAndLimit) {
   IdxFixture fx;
   auto cfg = fx.config("train");
@@ -519,6 +548,32 @@ TEST(DataImageFolder, ClassSubfoldersGeometryAndChannels) {
     const auto name = fs::path(some.file(i)).filename().string();
     EXPECT_TRUE(name != "top.png" && name != "d.bmp") << name;
   }
+}
+
+// A file replaced after the folder was listed is refused when it is read, naming it, and the
+// fingerprint (relative paths and sizes) does not depend on where the folder is.
+TEST(DataImageFolder, AFileReplacedUnderTheDatasetIsRefused) {
+  FolderFixture fx;
+  DataConfig cfg;
+  cfg.dataset = DatasetKind::ImageFolder;
+  cfg.path = fx.dir.str();
+  const auto ds = make_dataset(cfg);
+  const auto fp = ds->fingerprint();
+  test::TempDir copy;
+  fs::copy(fx.dir.path(), copy.path(), fs::copy_options::recursive);
+  cfg.path = copy.str();
+  EXPECT_EQ(make_dataset(cfg)->fingerprint(), fp);
+  for (int64_t i = 0; i < ds->size(); ++i) ds->get(i);
+  auto folder = std::dynamic_pointer_cast<ImageFolderDataset>(ds);
+  ASSERT_TRUE(folder);
+  const std::string victim = folder->file(1), other = folder->file(0);
+  save_png(victim, random_u8({3, 9, 9}, 99));  // another size
+  expect_error([&] { ds->get(1); }, {victim, "changed"});
+  fs::remove(other);
+  expect_error([&] { ds->get(0); }, {other, "gone"});
+  EXPECT_NO_THROW(ds->get(2));
+  cfg.path = fx.dir.str();
+  EXPECT_NE(make_dataset(cfg)->fingerprint(), fp);
 }
 
 TEST(DataImageFolder, BadFilesErrorOrAreSkippedAndCounted) {

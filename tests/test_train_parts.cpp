@@ -13,7 +13,11 @@
 #include "test_util.h"
 
 #include "diffuse/error.h"
+#include "diffuse/config.h"
+#include "diffuse/factory.h"
+#include "diffuse/models/network.h"
 #include "diffuse/train/checkpoint.h"
+#include "diffuse/train/checkpoint_info.h"
 #include "diffuse/train/ema.h"
 #include "diffuse/train/grad_clip.h"
 #include "diffuse/train/loss_scale.h"
@@ -217,6 +221,7 @@ TEST(Checkpoint, EveryFieldRoundTrips) {
   m.loss_scale_good_steps = 1999;
   m.elapsed_seconds = 61.25;
   m.world_size = 3;
+  m.data_fingerprint = "fnv1a64:0123456789abcdef";
   const auto path = (dir.path() / "c.pt").string();
   save_checkpoint(path, m, *model, ema.get(), &opt);
   CheckpointReader r(path);
@@ -234,6 +239,7 @@ TEST(Checkpoint, EveryFieldRoundTrips) {
   EXPECT_EQ(b.loss_scale_good_steps, 1999);
   EXPECT_EQ(b.elapsed_seconds, 61.25);
   EXPECT_EQ(b.world_size, 3);
+  EXPECT_EQ(b.data_fingerprint, m.data_fingerprint);
   EXPECT_TRUE(r.has_ema());
   r.load_weights(*model2, false);
   r.load_weights(*ema2, true);
@@ -319,4 +325,67 @@ TEST(Checkpoint, SaveRemovesStaleTemporariesAndNeverPrunesTheNewCheckpoint) {
   EXPECT_TRUE(fs::exists(unrelated));
   ASSERT_TRUE(fs::exists(path));
   EXPECT_EQ(CheckpointReader(resolve_checkpoint(dir.str())).meta().step, 2);
+}
+
+// `diffuse info` reads a checkpoint whole and fingerprints its parts: equal states give equal
+// fingerprints whatever else differs (wall time), and a change to one part changes only that
+// part's fingerprint.
+TEST(CheckpointInfo, FingerprintsTellTheStatesApart) {
+  test::TempDir dir;
+  Config cfg;
+  cfg.model.type = ModelType::Mlp;
+  cfg.data.dataset = DatasetKind::Toy2d;
+  const DataShape shape{{2}, 0};
+  torch::manual_seed(3);
+  auto net = make_model(cfg, shape), ema = make_model(cfg, shape);
+  torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(1e-3));
+  net->forward(torch::randn({4, 2}), torch::zeros({4}, torch::kLong)).pow(2).sum().backward();
+  opt.step();
+  CheckpointMeta m;
+  m.step = 7;
+  m.config_yaml = to_yaml(cfg);
+  m.data = shape;
+  m.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
+  m.data_fingerprint = "fnv1a64:00000000000000aa";
+  auto save = [&](const std::string& name, torch::optim::Optimizer* o) {
+    const auto path = (dir.path() / name).string();
+    save_checkpoint(path, m, *net, ema.get(), o);
+    return inspect_checkpoint(path);
+  };
+  const auto a = save("a.pt", &opt);
+  m.elapsed_seconds = 99;
+  const auto b = save("b.pt", &opt);
+  EXPECT_EQ(a.meta.step, 7);
+  EXPECT_EQ(a.model, "mlp");
+  EXPECT_EQ(a.parameters, count_parameters(*net));
+  EXPECT_TRUE(a.has_ema && a.has_optimizer);
+  EXPECT_EQ(b.meta.elapsed_seconds, 99);
+  EXPECT_EQ(info_json(a).find("\"data_fingerprint\":\"fnv1a64:00000000000000aa\""), info_json(a).find("\"data_fingerprint\""));
+  for (const auto& [x, y] : {std::pair{a.weights_fingerprint, b.weights_fingerprint},
+                             {a.ema_fingerprint, b.ema_fingerprint},
+                             {a.optimizer_fingerprint, b.optimizer_fingerprint},
+                             {a.progress_fingerprint, b.progress_fingerprint}})
+    EXPECT_EQ(x, y);
+  {
+    torch::NoGradGuard ng;
+    net->parameters()[0].view(-1)[0] += 1e-3;
+  }
+  const auto c = save("c.pt", &opt);
+  EXPECT_NE(c.weights_fingerprint, a.weights_fingerprint);
+  EXPECT_EQ(c.ema_fingerprint, a.ema_fingerprint);
+  EXPECT_EQ(c.optimizer_fingerprint, a.optimizer_fingerprint);
+  m.step = 8;
+  const auto d = save("d.pt", nullptr);
+  EXPECT_NE(d.progress_fingerprint, c.progress_fingerprint);
+  EXPECT_FALSE(d.has_optimizer);
+  EXPECT_NE(info_text(d).find("cannot resume"), std::string::npos);
+  // A truncated file is refused naming it.
+  const auto bytes = test::Background::slurp(dir.path() / "a.pt");
+  std::ofstream(dir.path() / "half.pt", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  try {
+    inspect_checkpoint((dir.path() / "half.pt").string());
+    ADD_FAILURE() << "expected UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("half.pt"), std::string::npos) << e.what();
+  }
 }

@@ -109,7 +109,7 @@ int run_sample(const SampleOptions& o) {
   const bool lead = group->rank() == 0;
   const auto share = rank_slice(s.num, group->rank(), group->world_size());
   const int64_t my_first = o.first_index + share.begin;
-  if (lead) fs::create_directories(o.out);
+  if (lead) check_output_dir(o.out, "--out");
   GenerateRequest req;
   req.sample = s;
   req.device = device;
@@ -181,6 +181,7 @@ int run_sample(const SampleOptions& o) {
                                           {"guidance_scale", fmt::format("{}", s.guidance_scale)},
                                           {"precision", resolve_precision(s.precision, device)}};
   if (!s.spacing.empty()) meta["spacing"] = s.spacing;
+  fs::create_directories(o.out);  // now that there is something to write (checked above)
   std::vector<std::string> written;
   if (images) {
     if (!o.no_images) {

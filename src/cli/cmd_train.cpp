@@ -31,6 +31,7 @@ struct TrainOptions {
   bool print_model = false;
   bool dry_run = false;
   bool overwrite = false;
+  bool allow_data_change = false;
   int nproc = 1;
 };
 
@@ -67,6 +68,7 @@ int run_train(const TrainOptions& o) {
     req.config = resolve_config(o.config, o.overrides);
   }
   req.overwrite = o.overwrite;
+  req.allow_data_change = o.allow_data_change;
   if (!o.run_dir.empty()) {
     req.run_dir = o.run_dir;
   } else if (!resume_path.empty()) {
@@ -130,6 +132,8 @@ void add_train_command(CLI::App& app, Action& action) {
   auto* overwrite = cmd->add_flag("--overwrite", o->overwrite,
                                   "Start afresh in a run directory that holds a run, deleting its checkpoints, "
                                   "samples, metrics and log (without it, train refuses such a directory)");
+  cmd->add_flag("--allow-data-change", o->allow_data_change,
+                "Resume even though the data differs from the data the checkpoint was trained on");
   add_nproc_option(*cmd, &o->nproc);
   cmd->add_flag("--print-model", o->print_model, "Print the layer summary and parameter count, then exit");
   cmd->add_flag("--dry-run", o->dry_run, "Print the resolved config, then exit");

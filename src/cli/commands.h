@@ -15,5 +15,6 @@ void add_train_command(CLI::App& app, Action& action);
 void add_sample_command(CLI::App& app, Action& action);
 void add_eval_command(CLI::App& app, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
+void add_info_command(CLI::App& app, Action& action);
 
 }  // namespace diffuse::cli

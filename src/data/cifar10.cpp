@@ -7,6 +7,7 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "diffuse/hash.h"
 
 namespace diffuse {
 
@@ -62,6 +63,9 @@ Cifar10Dataset::Cifar10Dataset(const std::vector<std::string>& files, const Imag
     starts_.push_back(starts_.back() + records);
   }
   count_ = starts_.back();
+  uint64_t h = kFnv1aOffsetBasis;
+  for (const auto& b : buffers_) h = fnv1a64(b.data(), b.size(), h);
+  fingerprint_ = fingerprint_string(h);
   transform_ = ImageTransform(3, 32, 32, options.image_size, options.channels);
 }
 

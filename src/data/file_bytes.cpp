@@ -177,6 +177,25 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
+void require_writable_directory(const std::string& dir, const std::string& option) {
+  const std::string probe = (std::filesystem::path(dir) / fmt::format(".write-probe.tmp.{}.0", ::getpid())).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0)
+    throw UsageError(fmt::format("'{}' ({}) is not writable: {}", dir, option, std::strerror(errno)));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+void check_output_dir(const std::string& dir, const std::string& option) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path p = fs::absolute(dir, ec);
+  while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path()) p = p.parent_path();
+  if (!fs::is_directory(p, ec))
+    throw UsageError(fmt::format("{} '{}' cannot be a directory: '{}' is a file", option, dir, p.string()));
+  require_writable_directory(p.string(), option + " '" + dir + "'");
+}
+
 int remove_stale_temporaries(const std::string& dir) {
   namespace fs = std::filesystem;
   static const std::regex temporary(R"(\..+\.tmp\.([1-9]\d{0,9})\.\d+)");  // write_file_atomic's names

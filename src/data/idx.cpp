@@ -8,6 +8,7 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "diffuse/hash.h"
 
 namespace diffuse {
 
@@ -139,6 +140,8 @@ IdxDataset::IdxDataset(const IdxFiles& files, const ImageOptions& options, std::
                                      num_classes_ - 1));
   }
   transform_ = ImageTransform(1, height_, width_, options.image_size, options.channels);
+  uint64_t h = fnv1a64(images_.data(), static_cast<size_t>(count_ * height_ * width_));
+  fingerprint_ = fingerprint_string(fnv1a64(labels_.data(), labels_.size(), h));
 }
 
 Example IdxDataset::get(int64_t index) const {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cctype>
@@ -13,6 +14,7 @@
 #include "diffuse/runtime.h"
 #include "diffuse/data/image_transform.h"
 #include "diffuse/error.h"
+#include "diffuse/hash.h"
 #include "diffuse/image_io.h"
 
 namespace diffuse {
@@ -31,6 +33,16 @@ bool is_image_name(const fs::path& p) {
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
   const auto& exts = image_folder_extensions();
   return std::find(exts.begin(), exts.end(), ext) != exts.end();
+}
+
+// Size and modification time, or {-1, -1} when the file cannot be stat'ed.
+struct FileStat {
+  int64_t size = -1, mtime_ns = -1;
+};
+FileStat stat_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
 }
 
 // Decoded pixels with alpha dropped: uint8 [1 or 3, H, W].
@@ -128,6 +140,16 @@ ImageFolderDataset::ImageFolderDataset(const std::string& root, const ImageFolde
   if (files_.empty())
     throw UsageError(fmt::format("image folder '{}': none of its {} image files decode", root, paths.size()));
 
+  uint64_t h = kFnv1aOffsetBasis;
+  for (const auto& f : files_) {
+    const FileStat st = stat_file(f);
+    stamps_.push_back({st.size, st.mtime_ns});
+    const auto rel_name = fs::path(f).lexically_relative(root).generic_string();
+    h = fnv1a64(rel_name.c_str(), rel_name.size() + 1, h);
+    h = fnv1a64(&st.size, sizeof st.size, h);
+  }
+  fingerprint_ = fingerprint_string(h);
+
   const ImageInfo first = image_info(files_[0]);
   image_size_ = options.image.image_size > 0 ? options.image.image_size : std::min(first.width, first.height);
   channels_ = options.image.channels > 0 ? options.image.channels : (first.channels >= 3 ? 3 : 1);
@@ -140,6 +162,14 @@ const std::string& ImageFolderDataset::file(int64_t index) const {
 
 Example ImageFolderDataset::get(int64_t index) const {
   check_index(index);
+  const FileStat now = stat_file(files_[index]);
+  const Stamp& then = stamps_[index];
+  if (now.size != then.size || now.mtime_ns != then.mtime_ns)
+    throw UsageError(fmt::format("'{}' changed after the image folder was listed ({}); the data is no longer what "
+                                 "this job started with", files_[index],
+                                 now.size < 0 ? std::string("it is gone")
+                                 : now.size != then.size ? fmt::format("{} bytes, was {}", now.size, then.size)
+                                                         : std::string("modified since")));
   const auto img = decode_without_alpha(files_[index]);
   const ImageTransform transform(img.size(0), img.size(1), img.size(2), image_size_, channels_);
   Example e;

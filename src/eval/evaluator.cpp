@@ -150,11 +150,14 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   ProcessGroup& pg = req.group ? *req.group : solo;
   const int64_t R = pg.rank(), W = pg.world_size();
   const bool lead = R == 0;  // writes the files and shows progress
-  if (lead) fs::create_directories(req.out_dir);
+  if (lead) check_output_dir(req.out_dir, "the output directory (--out)");
   Reporter rep;
   net.eval();
   torch::NoGradGuard no_grad;
-  auto out = [&](const std::string& name) { return (fs::path(req.out_dir) / name).string(); };
+  auto out = [&](const std::string& name) {
+    if (lead) fs::create_directories(req.out_dir);  // at the first file: a refused eval leaves no folder
+    return (fs::path(req.out_dir) / name).string();
+  };
 
   // --- the variational bound on held-out data -------------------------------------------------
   if (wants("bpd") || wants("bpd-mc")) {

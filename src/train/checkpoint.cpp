@@ -59,6 +59,7 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn
   ar.write("loss_scale_good_steps", c10::IValue(m.loss_scale_good_steps));
   ar.write("elapsed_seconds", c10::IValue(m.elapsed_seconds));
   ar.write("world_size", c10::IValue(m.world_size));
+  ar.write("data_fingerprint", c10::IValue(m.data_fingerprint));
   if (m.cpu_rng_state.defined()) ar.write("cpu_rng_state", m.cpu_rng_state);
   if (m.device_rng_state.defined()) ar.write("device_rng_state", m.device_rng_state.cpu());
   if (m.timestep_sampler_state.defined()) ar.write("timestep_sampler_state", m.timestep_sampler_state);
@@ -122,6 +123,7 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
     if (d.toInt() < 1) throw UsageError(fmt::format("checkpoint '{}': world_size {} is not positive", path_, d.toInt()));
     meta_.world_size = d.toInt();
   }
+  if (archive_->try_read("data_fingerprint", d) && d.isString()) meta_.data_fingerprint = d.toStringRef();
   meta_.data.shape = read_data_shape(*archive_, path_);
   // A fresh tensor for each key: try_read into a defined tensor calls set_() on it, which would
   // rewrite whatever shares its storage (t.cpu() of a CPU tensor is that same tensor).

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -12,6 +13,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -24,7 +26,6 @@
 #include "diffuse/dist/grad_sync.h"
 #include "diffuse/dist/process_group.h"
 #include "diffuse/error.h"
-#include "diffuse/hash.h"
 #include "diffuse/eval/plot.h"
 #include "diffuse/factory.h"
 #include "diffuse/generate.h"
@@ -41,6 +42,7 @@
 #include "diffuse/train/grad_clip.h"
 #include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
+#include "diffuse/train/training_state.h"
 
 namespace fs = std::filesystem;
 
@@ -52,7 +54,31 @@ std::atomic<int> g_stop_signal{0};
 
 // quiet_console: the console shows warnings and errors only (a terminal with a bar, or a rank
 // other than 0); prefix marks the rank's lines in a data-parallel run.
-std::shared_ptr<spdlog::logger> make_logger(const std::string& log_path, bool quiet_console, const std::string& prefix) {
+// Holds the log lines of set-up until the run directory is written to: a run refused for bad
+// input leaves no train.log behind.
+class HeldLines : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::string text() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return text_;
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t buf;
+    formatter_->format(msg, buf);
+    text_.append(buf.data(), buf.size());
+  }
+  void flush_() override {}
+
+ private:
+  std::string text_;
+};
+
+constexpr const char* kFilePattern = "[%Y-%m-%d %H:%M:%S.%e] {}%l: %v";
+
+// The console first, then a HeldLines sink that open_log_file() replaces with the file.
+std::shared_ptr<spdlog::logger> make_logger(bool quiet_console, const std::string& prefix) {
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   // On a terminal the bar carries progress; the console shows warnings and errors, clearing
   // the bar's line first. In a log, every info line is printed.
@@ -63,16 +89,29 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& log_path, bool qu
   } else {
     console->set_pattern("[%Y-%m-%d %H:%M:%S] " + prefix + "%^%l%$: %v");
   }
-  std::vector<spdlog::sink_ptr> sinks{console};
-  if (!log_path.empty()) {
-    auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_path, /*truncate=*/false);
-    file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] " + prefix + "%l: %v");
-    sinks.push_back(file);
-  }
+  auto held = std::make_shared<HeldLines>();
+  held->set_pattern(fmt::format(kFilePattern, prefix));
+  std::vector<spdlog::sink_ptr> sinks{console, held};
   auto logger = std::make_shared<spdlog::logger>("train", sinks.begin(), sinks.end());
   logger->set_level(spdlog::level::info);
   logger->flush_on(spdlog::level::info);
   return logger;
+}
+
+// Appends the held lines to log_path and logs there from now on ("" = no file: drop them).
+void open_log_file(spdlog::logger& logger, const std::string& log_path, const std::string& prefix) {
+  auto& sinks = logger.sinks();
+  auto held = std::dynamic_pointer_cast<HeldLines>(sinks.back());
+  if (!held) return;  // opened already
+  sinks.pop_back();
+  if (log_path.empty()) return;
+  {
+    std::ofstream f(log_path, std::ios::app);
+    f << held->text();
+  }
+  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_path, /*truncate=*/false);
+  file->set_pattern(fmt::format(kFilePattern, prefix));
+  sinks.push_back(file);
 }
 
 // The sample grids of a run directory (run_dir/samples/step_<step>.png).
@@ -87,21 +126,25 @@ std::vector<fs::path> run_grids(const std::string& run_dir) {
 
 // A fresh run must not write over another run (its config, metrics, or checkpoints that the
 // keep-last-K pruning would then mix with the new ones). See TrainRequest::overwrite.
-void prepare_fresh_run_dir(const std::string& run_dir, bool overwrite) {
+void refuse_other_run(const std::string& run_dir, bool overwrite) {
   const auto ckpts = run_checkpoints(run_dir);
+  std::error_code ec;
+  const fs::path latest = fs::path(run_dir) / "checkpoints" / "latest.pt";
+  const bool has_latest = fs::is_symlink(latest, ec) || fs::exists(latest, ec);
+  if ((ckpts.empty() && !has_latest) || overwrite) return;
+  const auto last = ckpts.empty() ? std::string("latest.pt") : fs::path(ckpts.back()).filename().string();
+  throw UsageError(fmt::format(
+      "run directory '{}' already holds a run ({} checkpoint(s), newest {}): resume it with "
+      "`diffuse train --resume {}`, choose another --run-dir, or pass --overwrite to delete that run "
+      "and start again",
+      run_dir, ckpts.size(), last, run_dir));
+}
+
+// --overwrite: what an earlier run wrote into run_dir goes, other files stay.
+void clear_old_run(const std::string& run_dir) {
   const fs::path root(run_dir), ck = root / "checkpoints";
   std::error_code ec;
-  const bool has_latest = fs::is_symlink(ck / "latest.pt", ec) || fs::exists(ck / "latest.pt", ec);
-  if (ckpts.empty() && !has_latest) return;
-  if (!overwrite) {
-    const auto last = ckpts.empty() ? std::string("latest.pt") : fs::path(ckpts.back()).filename().string();
-    throw UsageError(fmt::format(
-        "run directory '{}' already holds a run ({} checkpoint(s), newest {}): resume it with "
-        "`diffuse train --resume {}`, choose another --run-dir, or pass --overwrite to delete that run "
-        "and start again",
-        run_dir, ckpts.size(), last, run_dir));
-  }
-  for (const auto& c : ckpts) fs::remove(c);
+  for (const auto& c : run_checkpoints(run_dir)) fs::remove(c);
   fs::remove(ck / "latest.pt", ec);
   fs::remove(ck / ".latest.pt.tmp", ec);
   for (const char* f : {"metrics.jsonl", "train.log", "config.yaml"}) fs::remove(root / f, ec);
@@ -199,32 +242,6 @@ void on_every_rank(ProcessGroup& pg, const char* what, F&& f) {
   }
 }
 
-// A fingerprint of every tensor that must be equal on all ranks (weights, EMA, optimizer
-// moments, RNG and timestep-sampler state), compared across ranks at each checkpoint.
-uint64_t fingerprint(const std::vector<torch::Tensor>& tensors) {
-  uint64_t h = kFnv1aOffsetBasis;
-  for (const auto& t : tensors) {
-    if (!t.defined()) continue;
-    const auto c = t.detach().cpu().contiguous();
-    h = fnv1a64(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size(), h);
-  }
-  return h;
-}
-
-// An optimizer's state entry for a parameter: keyed by the TensorImpl's address, as a string in
-// LibTorch 1.13 and as the pointer itself in 2.x.
-template <class Map>
-auto find_param_state(Map& state, const torch::Tensor& p) {
-  using Key = typename Map::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream key;
-    key << p.unsafeGetTensorImpl();
-    return state.find(key.str());
-  } else {
-    return state.find(static_cast<Key>(p.unsafeGetTensorImpl()));
-  }
-}
-
 // What one optimizer step drew for the whole global batch (every rank draws the same), and this
 // rank's share of it: the examples at global positions rank, rank + W, ..., which is how the
 // loader shards a batch, so W ranks of B see the draws one rank of W*B would.
@@ -252,8 +269,11 @@ class TrainLoop {
   void join_ranks();
   void prepare_run_dir();
   void build_data();
+  void check_same_data(const std::string& checkpoint_fingerprint);
   void build_model();
   void restore();
+  void commit_run_dir();
+  void remove_created_dirs();
   void broadcast_state();
   // One optimizer step and what follows it.
   bool stop_agreed();
@@ -285,6 +305,10 @@ class TrainLoop {
   bool tty_ = false;
   std::shared_ptr<spdlog::logger> log_;
   std::string config_yaml_;
+  std::string data_fingerprint_;
+  std::vector<fs::path> created_dirs_;  // by prepare_run_dir, deepest first
+  bool committed_ = false;              // commit_run_dir has run: the run directory is written to
+  std::string log_prefix() const { return W_ > 1 ? fmt::format("[rank {}] ", rank_) : ""; }
   std::unique_ptr<CheckpointReader> ckpt_;
 
   std::shared_ptr<Dataset> dataset_;
@@ -322,6 +346,8 @@ void TrainLoop::join_ranks() {
     pg_ = std::make_unique<ProcessGroup>();
 }
 
+// Checks the run directory and reads what set-up needs, writing nothing into it yet (see
+// commit_run_dir): only a directory that did not exist is created, to check that it can be.
 void TrainLoop::prepare_run_dir() {
   if (req_.run_dir.empty()) throw UsageError("a run directory is needed (--run-dir)");
   summary_.run_dir = req_.run_dir;
@@ -333,9 +359,16 @@ void TrainLoop::prepare_run_dir() {
     std::error_code ec;
     if (fs::exists(req_.run_dir, ec) && !fs::is_directory(req_.run_dir, ec))
       throw UsageError(fmt::format("run directory '{}' exists and is not a directory (--run-dir)", req_.run_dir));
-    if (req_.resume_from.empty()) prepare_fresh_run_dir(req_.run_dir, req_.overwrite);
+    for (fs::path p = fs::absolute(req_.run_dir, ec); !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+      created_dirs_.push_back(p);
+      if (p == p.parent_path()) break;
+    }
     if (!fs::create_directories(req_.run_dir, ec) && ec)
       throw UsageError(fmt::format("cannot create run directory '{}' (--run-dir): {}", req_.run_dir, ec.message()));
+    require_writable_directory(req_.run_dir, "the run directory");
+    if (fs::is_directory(fs::path(req_.run_dir) / "checkpoints", ec))
+      require_writable_directory((fs::path(req_.run_dir) / "checkpoints").string(), "the run's checkpoint folder");
+    if (req_.resume_from.empty()) refuse_other_run(req_.run_dir, req_.overwrite);
   });
   // Resuming: the checkpoint carries the config it was trained with; the caller's config
   // (checkpoint config + overrides) decides the rest (e.g. more steps).
@@ -352,18 +385,40 @@ void TrainLoop::prepare_run_dir() {
   threads_ = configure_threads(threads);
   precision_ = resolve_precision(cfg_.train.precision, device_);
   tty_ = stderr_is_terminal();
+  log_ = make_logger(tty_ || !main_rank_, log_prefix());
+  config_yaml_ = to_yaml(cfg_);
+}
+
+// Set-up has succeeded: from here on the run writes into its directory (the old run cleared
+// for --overwrite, config.yaml, train.log with set-up's lines, metrics.jsonl continued).
+void TrainLoop::commit_run_dir() {
   std::string log_path = main_rank_ ? summary_.log : "";
   if (!main_rank_ && cfg_.train.dist_rank_logs) {
     fs::create_directories(req_.run_dir);  // another node's filesystem may not have it yet
     log_path = (fs::path(req_.run_dir) / fmt::format("rank_{}.log", rank_)).string();
   }
-  log_ = make_logger(log_path, tty_ || !main_rank_, W_ > 1 ? fmt::format("[rank {}] ", rank_) : "");
-  config_yaml_ = to_yaml(cfg_);
-  if (main_rank_)
+  if (main_rank_) {
+    if (req_.resume_from.empty() && req_.overwrite) clear_old_run(req_.run_dir);
     write_file_atomic(summary_.config,
                       fmt::format("# world_size {}, global batch {} = {} ranks x batch_size {} x grad_accum {}\n{}",
                                   W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum, W_,
                                   cfg_.train.batch_size, cfg_.train.grad_accum, config_yaml_));
+  }
+  open_log_file(*log_, log_path, log_prefix());
+  committed_ = true;
+  if (main_rank_) {
+    if (ckpt_) set_aside_later_steps(req_.run_dir, step_, *log_);
+    if (ckpt_) truncate_metrics(summary_.metrics, step_);
+    else if (fs::exists(summary_.metrics)) fs::remove(summary_.metrics);
+    metrics_.open(summary_.metrics, std::ios::app);
+  }
+  ckpt_.reset();  // release the archive's memory
+}
+
+// A set-up that failed leaves no directory it created (they are empty: nothing was written).
+void TrainLoop::remove_created_dirs() {
+  std::error_code ec;
+  for (const auto& p : created_dirs_) fs::remove(p, ec);
 }
 
 void TrainLoop::build_data() {
@@ -381,10 +436,23 @@ void TrainLoop::build_data() {
     }
     if (ckpt_ && ckpt_->meta().data.shape != shape_.shape)
       throw UsageError("checkpoint '" + ckpt_->path() + "' was trained on data of another shape than data.* gives now");
+    data_fingerprint_ = dataset_->fingerprint();
+    if (ckpt_) check_same_data(ckpt_->meta().data_fingerprint);
     auto lo = loader_options(cfg_.data, cfg_.train.batch_size, cfg_.train.seed, rank_, W_);
     lo.pin_memory = device_.is_cuda();
     loader_ = std::make_unique<DataLoader>(dataset_, lo, LoaderPosition{0, 0});
   });
+}
+
+void TrainLoop::check_same_data(const std::string& then) {
+  if (then.empty() || data_fingerprint_.empty() || then == data_fingerprint_) return;
+  const auto what = fmt::format("data.path '{}': the data is not the data checkpoint '{}' was trained on (its "
+                                "fingerprint is {}, the checkpoint's {})",
+                                cfg_.data.path, ckpt_->path(), data_fingerprint_, then);
+  if (!req_.allow_data_change)
+    throw UsageError(what + "; resuming would continue its data order over other examples (pass "
+                            "--allow-data-change to resume anyway)");
+  log_->warn("{}; resuming on it (--allow-data-change)", what);
 }
 
 void TrainLoop::build_model() {
@@ -449,29 +517,13 @@ void TrainLoop::restore() {
     loader_->seek(map_position(m, W_, *log_));
     log_->info("resumed from {} at step {}", ckpt_->path(), step_);
   }
-  if (main_rank_) {
-    if (ckpt_) set_aside_later_steps(req_.run_dir, step_, *log_);
-    if (ckpt_) truncate_metrics(summary_.metrics, step_);
-    else if (fs::exists(summary_.metrics)) fs::remove(summary_.metrics);
-    metrics_.open(summary_.metrics, std::ios::app);
-  }
-  ckpt_.reset();  // release the archive's memory
 }
 
+// Every tensor that must be equal on all ranks: weights, EMA, optimizer moments.
 std::vector<torch::Tensor> TrainLoop::replicated_state() {
-  std::vector<torch::Tensor> v;
-  for (auto* m : {model_.get(), ema_model_.get()}) {
-    for (const auto& p : m->parameters()) v.push_back(p);
-    for (const auto& b : m->buffers()) v.push_back(b);
-  }
-  for (const auto& p : model_->parameters()) {
-    const auto it = find_param_state(optimizer_->state(), p);
-    if (it == optimizer_->state().end()) continue;
-    const auto& st = static_cast<const torch::optim::AdamWParamState&>(*it->second);
-    v.push_back(st.exp_avg());
-    v.push_back(st.exp_avg_sq());
-    if (st.max_exp_avg_sq().defined()) v.push_back(st.max_exp_avg_sq());
-  }
+  auto v = module_tensors(*model_);
+  for (auto& t : module_tensors(*ema_model_)) v.push_back(t);
+  for (auto& t : adamw_moments(*optimizer_, model_->parameters())) v.push_back(t);
   return v;
 }
 
@@ -490,7 +542,7 @@ void TrainLoop::verify_replicas(const char* when) {
   state.push_back(cpu_gen_.get_state());
   state.push_back(tsampler_->state());
   state.push_back(torch::tensor({step_, loader_->position().epoch, loader_->position().offset}));
-  const auto h = static_cast<int64_t>(fingerprint(state));
+  const auto h = static_cast<int64_t>(tensors_fingerprint(state));
   const auto all = pg_->all_gather(torch::tensor({h}, torch::kInt64), "state fingerprints");
   std::vector<std::string> differ;
   for (int64_t r = 1; r < W_; ++r)
@@ -689,6 +741,7 @@ void TrainLoop::checkpoint() {
   meta.data_epoch = pos.epoch;
   meta.data_offset = pos.offset;
   meta.world_size = W_;
+  meta.data_fingerprint = data_fingerprint_;
   meta.cpu_rng_state = cpu_gen_.get_state();
   if (device_.is_cuda()) meta.device_rng_state = at::globalContext().defaultGenerator(device_).get_state();
   meta.timestep_sampler_state = tsampler_->state();
@@ -727,7 +780,8 @@ TrainSummary TrainLoop::run() {
   try {
     return run_unlogged();
   } catch (const std::exception& e) {
-    log_fatal(e.what());
+    if (committed_) log_fatal(e.what());
+    else remove_created_dirs();
     throw;
   }
 }
@@ -747,6 +801,7 @@ TrainSummary TrainLoop::run_unlogged() {
   build_data();
   build_model();
   restore();
+  commit_run_dir();
   broadcast_state();
   if (W_ > 1) {
     // A signal during set-up stops every rank before the first step, or none.

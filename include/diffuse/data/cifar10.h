@@ -31,6 +31,7 @@ class Cifar10Dataset : public Dataset {
   int64_t num_classes() const override { return labels_ ? 10 : 0; }
   std::vector<int64_t> shape() const override { return transform_.out_shape(); }
   std::string describe() const override;
+  std::string fingerprint() const override { return fingerprint_; }
 
  private:
   std::vector<std::string> buffers_;  // one per file
@@ -38,7 +39,7 @@ class Cifar10Dataset : public Dataset {
   int64_t count_ = 0;
   bool labels_ = true;
   ImageTransform transform_;
-  std::string split_;
+  std::string split_, fingerprint_;
 };
 
 }  // namespace diffuse

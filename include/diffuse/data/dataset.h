@@ -32,6 +32,10 @@ class Dataset {
   virtual std::vector<int64_t> shape() const;
   // One line for logs, e.g. "fashion-mnist train: 60000 x [1,32,32] (from 28x28), 10 classes".
   virtual std::string describe() const;
+  // What identifies the examples, so that a resume can tell the data changed under a run: a
+  // content hash ("fnv1a64:<16 hex digits>"), or "" when the examples are a function of the
+  // config alone (toy, synthetic). May read every example once; later calls are free.
+  virtual std::string fingerprint() const { return ""; }
 
  protected:
   void check_index(int64_t index) const;  // throws std::out_of_range
@@ -46,6 +50,7 @@ class LimitedDataset : public Dataset {
   int64_t num_classes() const override { return base_->num_classes(); }
   std::vector<int64_t> shape() const override { return base_->shape(); }
   std::string describe() const override;
+  std::string fingerprint() const override { return base_->fingerprint(); }
 
  private:
   std::shared_ptr<const Dataset> base_;

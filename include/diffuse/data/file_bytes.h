@@ -39,6 +39,16 @@ std::string read_file_maybe_gzip(const std::string& path, size_t max_size = kMax
 // a partial one. std::runtime_error naming the path on failure (the temporary is removed).
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+// UsageError naming `dir` and `option` unless a file can be created in it (a read-only mount, a
+// directory without write permission, a full inode table): checked before a job starts, so
+// that it does not fail at its first checkpoint.
+void require_writable_directory(const std::string& dir, const std::string& option);
+
+// Checks, before a job does any work, that `dir` can be created (or is) a writable directory:
+// UsageError naming it and `option` when it or an existing ancestor is a file, or the nearest
+// existing directory is not writable. Creates nothing, so a job refused later leaves no folder.
+void check_output_dir(const std::string& dir, const std::string& option);
+
 // Removes the temporaries write_file_atomic left in `dir` when its writer was killed
 // (".<name>.tmp.<pid>.<n>") and that process is gone. A temporary named with this process's
 // own pid counts as gone too (a previous process of the same pid, as after a container

@@ -46,6 +46,7 @@ class IdxDataset : public Dataset {
   int64_t num_classes() const override { return labels_.empty() ? 0 : num_classes_; }
   std::vector<int64_t> shape() const override { return transform_.out_shape(); }
   std::string describe() const override;
+  std::string fingerprint() const override { return fingerprint_; }
 
   const std::vector<uint8_t>& labels() const { return labels_; }  // empty when labels are off
 
@@ -54,7 +55,7 @@ class IdxDataset : public Dataset {
   std::vector<uint8_t> labels_;
   int64_t count_ = 0, height_ = 0, width_ = 0, num_classes_ = 10;
   ImageTransform transform_;
-  std::string name_, source_;
+  std::string name_, source_, fingerprint_;
 };
 
 }  // namespace diffuse

@@ -14,6 +14,12 @@
 // Bad files: every file's header is checked at construction; an undecodable file is a
 // UsageError naming it. With skip_bad_files every file is fully decoded once at construction
 // (in parallel) and the bad ones are left out, counted, and logged (spdlog warning).
+//
+// Change: each file's size and modification time are noted when the folder is listed, and
+// get() refuses a file whose size or time differ (UsageError naming it), so that a dataset
+// replaced under a running job stops it instead of silently feeding it other images. The
+// fingerprint is a hash of the relative paths and sizes (reading every image would take too
+// long for large folders).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +51,7 @@ class ImageFolderDataset : public Dataset {
   int64_t num_classes() const override { return static_cast<int64_t>(class_names_.size()); }
   std::vector<int64_t> shape() const override { return {channels_, image_size_, image_size_}; }
   std::string describe() const override;
+  std::string fingerprint() const override { return fingerprint_; }
 
   const std::string& file(int64_t index) const;             // absolute-or-as-given path
   const std::vector<std::string>& class_names() const { return class_names_; }
@@ -57,7 +64,12 @@ class ImageFolderDataset : public Dataset {
   std::vector<int64_t> labels_;  // empty when unlabelled
   std::vector<std::string> class_names_;
   std::vector<std::string> bad_files_;
+  struct Stamp {
+    int64_t size = 0, mtime_ns = 0;
+  };
+  std::vector<Stamp> stamps_;  // per file, as listed
   int64_t image_size_ = 0, channels_ = 0;
+  std::string fingerprint_;
 };
 
 }  // namespace diffuse

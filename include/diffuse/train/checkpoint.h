@@ -37,6 +37,7 @@ struct CheckpointMeta {
   int64_t loss_scale_good_steps = 0;  // good steps since its last change (GradScaler's growth tracker)
   double elapsed_seconds = 0.0;
   int64_t world_size = 1;    // ranks of the run that wrote it (data_offset is per rank); 1 for older files
+  std::string data_fingerprint;  // Dataset::fingerprint() of the training data; "" when unknown
 };
 
 constexpr int64_t kCheckpointFormat = 1;

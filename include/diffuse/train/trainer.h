@@ -21,6 +21,9 @@ struct TrainRequest {
   // so no run is ever written over by accident; with overwrite the old run's checkpoints,
   // samples, metrics and log are deleted first (other files in the directory are left alone).
   bool overwrite = false;
+  // A resume refuses data whose fingerprint differs from the checkpoint's (UsageError naming
+  // data.path): the data order would continue over other examples. This lets it go on anyway.
+  bool allow_data_change = false;
   DistEnv dist;  // one rank unless launched (read_dist_env())
   // Benchmarks: steady-state speed is measured after this many steps, and the final
   // checkpoint / sample grid can be skipped.
