@@ -94,7 +94,7 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
   ro.clip_x0 = opts.clip_x0;
   for (int64_t t = T - 1; t >= 0; --t) {
     auto tb = torch::full({B}, t, long_opts);
-    auto noise = randn_from(gen, x0);
+    auto noise = opts.noise ? opts.noise(t).to(x0.options()) : randn_from(gen, x0);
     auto x_t = diffusion.q_sample(x0, tb, noise);
     auto model_t = orig[static_cast<size_t>(t)] == t ? tb : torch::full({B}, orig[static_cast<size_t>(t)], long_opts);
     auto out = call_model(diffusion, model, x_t, model_t);

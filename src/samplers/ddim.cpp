@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "diffuse/error.h"
 #include "diffuse/schedule.h"
@@ -22,6 +23,28 @@ std::string default_ddim_spacing(int64_t T, int64_t steps) {
 }
 
 }  // namespace
+
+double ddim_sigma(double abar, double abar_to, double eta) {
+  if (abar_to <= abar || eta == 0.0) return 0.0;
+  // Song et al. eq. 16; eta = 1 gives the DDPM posterior variance.
+  return eta * std::sqrt((1.0 - abar_to) / (1.0 - abar) * (1.0 - abar / abar_to));
+}
+
+torch::Tensor ddim_update(const Predictions& pred, double abar_to, double sigma, const torch::Tensor& z) {
+  // Guard eta > 1, where sigma^2 may exceed 1 - abar_to.
+  const double c_eps = std::sqrt(std::max(0.0, 1.0 - abar_to - sigma * sigma));
+  auto x = torch::add(pred.x0 * std::sqrt(abar_to), pred.eps, c_eps);
+  if (sigma > 0.0) x.add_(z, sigma);
+  return x;
+}
+
+torch::Tensor ddim_step(const Denoiser& denoiser, const torch::Tensor& x, int64_t t, double abar_to, double eta,
+                        const torch::Tensor& z, const ReverseOptions& ropts) {
+  const double ab = denoiser.schedule().alpha_bar()[static_cast<size_t>(t)];
+  const double sigma = ddim_sigma(ab, abar_to, eta);
+  if (sigma > 0.0 && !z.defined()) throw std::invalid_argument("ddim_step: eta > 0 needs the noise z");
+  return ddim_update(denoiser.at_step(x, t, ropts).pred, abar_to, sigma, z);
+}
 
 torch::Tensor sample_ddim(const Denoiser& denoiser, NoiseSource& noise, const SamplerOptions& opts,
                           const torch::Tensor& x_T) {
@@ -45,12 +68,8 @@ torch::Tensor sample_ddim(const Denoiser& denoiser, NoiseSource& noise, const Sa
         opts.on_step(StepInfo{N - 1 - j, N, denoiser.model_t(static_cast<double>(t)), denoiser.sigmas()[static_cast<size_t>(t)],
                               x, d.pred.x0});
       if (j == 0) return d.pred.x0;  // abar_prev = 1: x_prev = x0 exactly
-      // Song et al. eq. 16; eta = 1 gives the DDPM posterior variance.
-      const double sigma = eta * std::sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev));
-      // Guard eta > 1, where sigma^2 may exceed 1 - abar_prev.
-      const double c_eps = std::sqrt(std::max(0.0, 1.0 - ab_prev - sigma * sigma));
-      x = torch::add(d.pred.x0 * std::sqrt(ab_prev), d.pred.eps, c_eps);
-      if (sigma > 0.0) x.add_(noise.next(), sigma);
+      const double sigma = ddim_sigma(ab, ab_prev, eta);
+      x = ddim_update(d.pred, ab_prev, sigma, sigma > 0.0 ? noise.next() : torch::Tensor());
     }
     return x;  // unreachable: N >= 1
   });
@@ -76,7 +95,7 @@ torch::Tensor ddim_invert(const Denoiser& denoiser, const torch::Tensor& x0, con
       if (opts.on_step)
         opts.on_step(StepInfo{j, N, denoiser.model_t(static_cast<double>(t_cur)),
                               denoiser.sigmas()[static_cast<size_t>(t_cur)], x, d.pred.x0});
-      x = torch::add(d.pred.x0 * std::sqrt(ab_next), d.pred.eps, std::sqrt(1.0 - ab_next));
+      x = ddim_update(d.pred, ab_next, 0.0, {});
     }
     return x;
   });

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <string>
 
 namespace diffuse {
 
@@ -46,6 +47,21 @@ NoiseSource NoiseSource::range(uint64_t seed, int64_t first, int64_t count, std:
   return NoiseSource(seed, std::move(idx), std::move(sample_shape), device, dtype);
 }
 
+NoiseSource NoiseSource::supplied(std::vector<torch::Tensor> draws) {
+  if (draws.empty()) throw std::invalid_argument("NoiseSource::supplied: no draws");
+  const auto& first = draws.front();
+  auto sample_shape = first.sizes().vec();
+  const int64_t batch = sample_shape.at(0);
+  sample_shape.erase(sample_shape.begin());
+  std::vector<int64_t> idx(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) idx[static_cast<size_t>(i)] = i;
+  NoiseSource n(0, std::move(idx), std::move(sample_shape), first.device(), first.scalar_type());
+  for (const auto& d : draws)
+    if (d.sizes() != first.sizes()) throw std::invalid_argument("NoiseSource::supplied: draws of different shapes");
+  n.supplied_ = std::move(draws);
+  return n;
+}
+
 uint64_t NoiseSource::stream_key(uint64_t seed, int64_t index, uint64_t draw) {
   uint64_t h = mix64(seed + kGolden);
   h = mix64(h ^ mix64(static_cast<uint64_t>(index) + 2 * kGolden));
@@ -69,6 +85,12 @@ void NoiseSource::fill_normal(uint64_t key, float* out, int64_t n) {
 }
 
 torch::Tensor NoiseSource::draw(uint64_t k) const {
+  if (!supplied_.empty()) {
+    if (k >= supplied_.size())
+      throw std::out_of_range("NoiseSource: draw " + std::to_string(k) + " of " + std::to_string(supplied_.size()) +
+                              " supplied");
+    return supplied_[k];
+  }
   std::vector<int64_t> shape{batch_size()};
   shape.insert(shape.end(), sample_shape_.begin(), sample_shape_.end());
   auto opts = torch::TensorOptions().dtype(torch::kFloat32);

@@ -446,8 +446,8 @@ void TrainLoop::build_data() {
 
 void TrainLoop::check_same_data(const std::string& then) {
   if (then.empty() || data_fingerprint_.empty() || then == data_fingerprint_) return;
-  const auto what = fmt::format("data.path '{}': the data is not the data checkpoint '{}' was trained on (its "
-                                "fingerprint is {}, the checkpoint's {})",
+  const auto what = fmt::format("data.path '{}': the data is not the data checkpoint '{}' was trained on "
+                                "(fingerprint {} now, {} in the checkpoint)",
                                 cfg_.data.path, ckpt_->path(), data_fingerprint_, then);
   if (!req_.allow_data_change)
     throw UsageError(what + "; resuming would continue its data order over other examples (pass "

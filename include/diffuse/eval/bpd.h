@@ -26,6 +26,9 @@ struct BpdOptions {
   bool clip_x0 = true;  // clamp the predicted x_0 to [-1, 1] (improved-diffusion's clip_denoised)
   DecoderCdf decoder_cdf = DecoderCdf::Exact;  // the normal CDF of the decoder term L_0
   std::function<void(int64_t t)> progress;  // called after the term at step t is done (optional)
+  // The noise for step t (x0's shape), instead of the generator's: to reproduce another
+  // program's draws (tests against improved-diffusion). Optional.
+  std::function<torch::Tensor(int64_t t)> noise;
 };
 
 // All [B] tensors are float64 on x0's device; [B, T] tensors have column t for step t

@@ -18,6 +18,16 @@ namespace diffuse {
 torch::Tensor sample_ddim(const Denoiser& denoiser, NoiseSource& noise, const SamplerOptions& opts,
                           const torch::Tensor& x_T = {});
 
+// One DDIM step from x at step t of the denoiser's schedule to the level abar_to (the target
+// step's abar; 1 for the data): x_to = sqrt(abar_to) x0 + sqrt(1 - abar_to - sigma^2) eps +
+// sigma z, with eq. 16's sigma for eta, which is 0 going up (abar_to < abar_t, as inversion
+// does). `z` is used only when sigma > 0. Both loops below are made of these steps.
+torch::Tensor ddim_step(const Denoiser& denoiser, const torch::Tensor& x, int64_t t, double abar_to, double eta,
+                        const torch::Tensor& z = {}, const ReverseOptions& ropts = {});
+// Eq. 16's sigma from level abar to abar_to (0 when abar_to <= abar), and the update itself.
+double ddim_sigma(double abar, double abar_to, double eta);
+torch::Tensor ddim_update(const Predictions& pred, double abar_to, double sigma, const torch::Tensor& z);
+
 // Deterministic DDIM inversion (improved-diffusion's ddim_reverse_sample): runs the eta = 0 ODE
 // from x_0 up through the same steps as sample_ddim with these options and returns x_T, so
 // sample_ddim(x_T) reproduces x_0 up to the discretisation error. Each step evaluates the

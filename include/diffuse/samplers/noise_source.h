@@ -21,6 +21,9 @@ class NoiseSource {
   // (e.g. {C, H, W}). Tensors come back as [B, sample_shape...] in `dtype` on `device`.
   NoiseSource(uint64_t seed, std::vector<int64_t> indices, std::vector<int64_t> sample_shape,
               torch::Device device = torch::kCPU, torch::ScalarType dtype = torch::kFloat32);
+  // Given draws instead of generated ones (draws[0] is x_T, draws[k] the k-th per-step noise),
+  // to feed a sampler another program's noise; a draw past the end is an std::out_of_range.
+  static NoiseSource supplied(std::vector<torch::Tensor> draws);
   // Samples first, first + 1, ..., first + count - 1.
   static NoiseSource range(uint64_t seed, int64_t first, int64_t count, std::vector<int64_t> sample_shape,
                            torch::Device device = torch::kCPU, torch::ScalarType dtype = torch::kFloat32);
@@ -53,6 +56,7 @@ class NoiseSource {
   torch::ScalarType dtype_;
   int64_t numel_per_sample_ = 1;
   uint64_t taken_ = 0;
+  std::vector<torch::Tensor> supplied_;
 };
 
 }  // namespace diffuse
