@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 using diffuse::test::run_diffuse;
 
 namespace {
-const char* kFashion = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
+const char* kFashion = diffuse::test::kFashionMnistImages;
 std::string tiny() { return std::string(DIFFUSE_SOURCE_DIR) + "/configs/tiny.yaml"; }
 
 // `diffuse ARGS` must be refused as a usage error: exit 2, with each needle in stderr.
@@ -76,7 +76,7 @@ TEST(CliTrain, HostileInputExitsTwoNamingThePathOrOption) {
 }
 
 TEST(CliTrain, PrintModelShowsParameterCount) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   auto r = run_diffuse("train --config " + tiny() + " --print-model");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("Total parameters: "), std::string::npos) << r.out;
@@ -92,7 +92,7 @@ TEST(CliTrain, PrintModelShowsParameterCount) {
 }
 
 TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   diffuse::test::TempDir dir;
   const auto run = (dir.path() / "run").string();
   auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run);
@@ -251,8 +251,36 @@ def forward(self, x):
 // SIGTERM mid-run: the current step finishes, a checkpoint is written, the exit is 128+15, and
 // the run resumes from it. The signal is sent twice, 50 ms apart, as `timeout` does (to the child
 // and then to its process group): the duplicate must not turn the clean stop into a kill.
+// A class-conditional tiny model: --label and --guidance-scale sample, the labels reach the
+// PNGs, guidance changes the samples, and a label outside the classes is refused.
+TEST(CliEndToEnd, ClassConditionalSamplingWithGuidance) {
+  REQUIRE_FASHION_MNIST();
+  diffuse::test::TempDir dir;
+  const auto run = (dir.path() / "run").string();
+  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run +
+                       " --set model.class_cond=true --set model.p_uncond=0.2 --set train.steps=4 --set data.limit=256");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto guided = (dir.path() / "g").string(), plain = (dir.path() / "p").string();
+  r = run_diffuse("sample --checkpoint " + run + " --num 4 --steps 3 --seed 2 --label 3 --label 7 --guidance-scale 3 "
+                  "--save-tensor --out " + guided);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_diffuse("sample --checkpoint " + run + " --num 4 --steps 3 --seed 2 --label 3 --label 7 --save-tensor --out " +
+                  plain);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (int i = 0; i < 4; ++i) {
+    const auto text = diffuse::read_png_text((fs::path(guided) / ("00000" + std::to_string(i) + ".png")).string());
+    EXPECT_EQ(text.at("label"), i % 2 ? "7" : "3") << i;
+    EXPECT_EQ(text.at("guidance_scale"), "3") << i;
+  }
+  torch::Tensor a, b;
+  torch::load(a, (fs::path(guided) / "samples.pt").string());
+  torch::load(b, (fs::path(plain) / "samples.pt").string());
+  EXPECT_GT((a - b).abs().max().item<double>(), 1e-4);
+  expect_refused("sample --checkpoint " + run + " --num 2 --steps 2 --label 12 --out " + plain, {"12"});
+}
+
 TEST(CliTrain, SignalMidRunLeavesALoadableCheckpoint) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   diffuse::test::TempDir dir;
   const auto run = dir.path() / "run";
   diffuse::test::Background proc("train --config " + tiny() + " --run-dir " + run.string() +

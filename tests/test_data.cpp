@@ -348,8 +348,7 @@ TEST(FileBytes, GunzipStopsAtItsLimit) {
 
 // The real Fashion-MNIST (Debian's dataset-fashion-mnist), when installed.
 TEST(DataIdx, RealFashionMnist) {
-  const std::string path = "/usr/share/datasets/fashion-mnist";
-  if (!fs::exists(path)) GTEST_SKIP() << path << " is not installed";
+  REQUIRE_FASHION_MNIST();
   DataConfig cfg;
   for (const std::string split : {"train", "test"}) {
     cfg.split = split;

@@ -185,7 +185,7 @@ TEST(Dist, GradientSyncCountsAccumulatedMicroBatches) { check_gradient_sync(16, 
 
 // --- whole runs ---------------------------------------------------------------------------
 
-const char* kFashion = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
+const char* kFashion = diffuse::test::kFashionMnistImages;
 
 std::vector<YAML::Node> read_metrics(const fs::path& run) {
   std::vector<YAML::Node> rows;
@@ -219,7 +219,7 @@ std::vector<torch::Tensor> final_weights(const fs::path& run) {
 // measured here 6e-8 relative for the loss and 2e-7 for the gradient norm; the bounds below
 // leave 30x for another BLAS or CPU, and weights after 6 AdamW steps at lr 2e-4 within 1e-5.
 void expect_same_training(const std::string& extra, int64_t steps_to_compare = 6) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   TempDir dir;
   const auto one = dir.path() / "one", two = dir.path() / "two";
   auto a = run_diffuse(tiny_args(one, 16, extra));
@@ -259,7 +259,7 @@ TEST(Dist, TwoRanksWithClassConditioning) {
 // 14 steps of 16 give each t about 22): its history, fed every rank's losses in global order, must equal the
 // 1-rank run's, and so must the steps drawn from it afterwards.
 TEST(Dist, TwoRanksFeedTheImportanceSamplerEveryRanksLosses) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   const std::string extra = "--set diffusion.timestep_sampler=importance --set diffusion.timesteps=10 "
                             "--set diffusion.schedule=cosine "
                             "--set train.steps=14";
@@ -284,7 +284,7 @@ TEST(Dist, TwoRanksFeedTheImportanceSamplerEveryRanksLosses) {
 
 // Stopped at step 3 and resumed: the same losses, bit for bit, as the run never stopped.
 TEST(Dist, TwoRankRunResumedEqualsUninterrupted) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   TempDir dir;
   const auto full = dir.path() / "full", split = dir.path() / "split";
   ASSERT_EQ(run_diffuse(tiny_args(full, 8, "") + " --nproc-per-node 2").exit_code, 0);
@@ -303,7 +303,7 @@ TEST(Dist, TwoRankRunResumedEqualsUninterrupted) {
 // A 2-rank checkpoint resumed by 1 rank of twice the batch: its data position (per rank) maps
 // to the same place in the epoch, so steps 4-6 are those of a 1-rank run throughout.
 TEST(Dist, CheckpointOfTwoRanksResumesOnOne) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   TempDir dir;
   const auto one = dir.path() / "one", moved = dir.path() / "moved";
   ASSERT_EQ(run_diffuse(tiny_args(one, 16, "")).exit_code, 0);
@@ -323,7 +323,7 @@ TEST(Dist, CheckpointOfTwoRanksResumesOnOne) {
 // Two "nodes" of one process each (LOCAL_WORLD_SIZE 1, the store on node 0's address) make
 // the same run as two local ranks.
 TEST(Dist, TwoNodesOfOneProcessEqualTwoLocalRanks) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   TempDir dir;
   const auto local = dir.path() / "local", nodes = dir.path() / "nodes";
   ASSERT_EQ(run_diffuse(tiny_args(local, 8, "") + " --nproc-per-node 2").exit_code, 0);
@@ -346,7 +346,7 @@ TEST(Dist, TwoNodesOfOneProcessEqualTwoLocalRanks) {
 // naming it. A death is noticed at once (the connection breaks); a hang when the collective
 // times out. The heartbeats in the store name the rank.
 void expect_death_named(int victim, int signal = SIGKILL) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   TempDir dir;
   const auto run = dir.path() / "run";
   const int port = free_port();
@@ -392,7 +392,7 @@ TEST(Dist, HungRankIsNamedWithinTheTimeout) { expect_death_named(1, SIGSTOP); }
 // SIGTERM to the launcher: both ranks stop after the same step, one checkpoint at that step,
 // exit 128 + 15.
 TEST(Dist, SignalToTheLauncherStopsEveryRankAtOneStep) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   TempDir dir;
   const auto run = dir.path() / "run";
   Background launcher(tiny_args(run, 8, "--set train.steps=100000") + " --nproc-per-node 2", dir.path() / "out",
@@ -410,18 +410,11 @@ TEST(Dist, SignalToTheLauncherStopsEveryRankAtOneStep) {
   EXPECT_EQ(r.meta().world_size, 2);
 }
 
-// torchrun comes with Debian's python3-torch; scripts/test.sh installs it and sets
-// DIFFUSE_REQUIRE_TORCHRUN, so there its absence is a failure, not a skip.
-#define SKIP_OR_FAIL_WITHOUT_TORCHRUN()                                                            \
-  if (std::system("command -v torchrun >/dev/null 2>&1") != 0) {                                   \
-    if (std::getenv("DIFFUSE_REQUIRE_TORCHRUN")) FAIL() << "torchrun is not installed (python3-torch)"; \
-    GTEST_SKIP() << "torchrun is not installed (python3-torch)";                                    \
-  }
 
 // torchrun (Debian's python3-torch) launches the binary itself, hosting the store in its agent.
 TEST(Dist, TorchrunLaunchesTheSameRun) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  SKIP_OR_FAIL_WITHOUT_TORCHRUN();
+  REQUIRE_FASHION_MNIST();
+  REQUIRE_TORCHRUN();
   TempDir dir;
   const auto local = dir.path() / "local", tr = dir.path() / "torchrun";
   ASSERT_EQ(run_diffuse(tiny_args(local, 8, "") + " --nproc-per-node 2").exit_code, 0);
@@ -441,8 +434,8 @@ TEST(Dist, TorchrunLaunchesTheSameRun) {
 // torchrun --max_restarts 1: a rank killed mid-run makes torchrun restart the ranks, which
 // resume from latest.pt by themselves and finish; metrics.jsonl then has each step once.
 TEST(Dist, TorchrunRestartResumesFromTheLatestCheckpoint) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  SKIP_OR_FAIL_WITHOUT_TORCHRUN();
+  REQUIRE_FASHION_MNIST();
+  REQUIRE_TORCHRUN();
   TempDir dir;
   const auto run = dir.path() / "run";
   const std::string cmd = fmt::format(

@@ -19,7 +19,7 @@ using diffuse::test::run_diffuse;
 
 namespace {
 
-const char* kFashion = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
+const char* kFashion = diffuse::test::kFashionMnistImages;
 
 // One tiny checkpoint for every test here (trained once, 2 steps: the numbers need not be good,
 // only the same on one rank and on two).
@@ -40,7 +40,7 @@ class DistEval : public ::testing::Test {
     dir_ = nullptr;
   }
   void SetUp() override {
-    if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+    REQUIRE_FASHION_MNIST();
     ASSERT_TRUE(trained_) << train_log_;
   }
   static std::string run_dir() { return (dir_->path() / "run").string(); }

@@ -151,6 +151,50 @@ TEST(Losses, KlTermsZeroAtTruePosteriorPositiveOtherwise) {
   }
 }
 
+// The KL term of an imperfect model against KL(q || p) written out from the betas: q's mean and
+// variance from Ho et al. eq. 7, p's mean from the model's x0, and p's variance per type
+// (fixed_small: beta-tilde, fixed_large: beta, learned_range: exp(f log beta + (1 - f) log
+// beta-tilde), f = (v + 1) / 2 with v != -1). Gaussians per element, averaged, in bits.
+TEST(Losses, KlTermEqualsTheClosedFormWrittenOutForEachVarianceType) {
+  ScheduleSpec spec;
+  spec.timesteps = 1000;
+  const auto sched = NoiseSchedule::from_spec(spec);
+  std::vector<double> abar(1000);
+  double a = 1.0;
+  for (size_t i = 0; i < 1000; ++i) abar[i] = a *= 1.0 - sched.betas()[i];
+  torch::manual_seed(9);
+  const auto x0 = torch::rand({3, 1, 2, 2}, torch::kFloat64) * 2 - 1;
+  const auto eps = torch::randn_like(x0);
+  const std::vector<int64_t> ts{1, 300, 999};
+  const auto t = torch::tensor(ts, torch::kLong);
+  const auto v = torch::full_like(x0, 0.4);
+  for (auto var : {VarianceType::FixedSmall, VarianceType::FixedLarge, VarianceType::LearnedRange}) {
+    const GaussianDiffusion d(sched, Prediction::Epsilon, var);
+    const auto x_t = d.q_sample(x0, t, eps);
+    const auto eps_hat = eps + 0.3 * torch::sin(3 * x0);  // an imperfect model
+    const auto out = var == VarianceType::LearnedRange ? torch::cat({eps_hat, v}, 1) : eps_hat;
+    const auto term = vlb_term_bpd(d, out, x0, x_t, t, ReverseOptions{false, 0.0});
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const auto k = static_cast<size_t>(ts[i]);
+      const double beta = sched.betas()[k], ab = abar[k], ab_prev = abar[k - 1];
+      const double q_var = beta * (1 - ab_prev) / (1 - ab);
+      const double c0 = std::sqrt(ab_prev) * beta / (1 - ab), ct = std::sqrt(1 - beta) * (1 - ab_prev) / (1 - ab);
+      const auto xi = x_t[i], x0i = x0[i];
+      const auto x0_hat = (xi - std::sqrt(1 - ab) * eps_hat[i]) / std::sqrt(ab);
+      const auto q_mean = c0 * x0i + ct * xi, p_mean = c0 * x0_hat + ct * xi;
+      double p_logvar = std::log(q_var);
+      if (var == VarianceType::FixedLarge) p_logvar = std::log(beta);
+      if (var == VarianceType::LearnedRange) p_logvar = 0.7 * std::log(beta) + 0.3 * std::log(q_var);
+      const auto kl = 0.5 * (-1.0 + p_logvar - std::log(q_var) + q_var / std::exp(p_logvar) +
+                             (q_mean - p_mean).pow(2) / std::exp(p_logvar));
+      const double expected = kl.mean().item<double>() / std::log(2.0);
+      EXPECT_NEAR(term.bpd[static_cast<int64_t>(i)].item<double>(), expected, 1e-9 * std::abs(expected) + 1e-12)
+          << to_string(var) << " t " << k;
+      EXPECT_GT(expected, 0.0);
+    }
+  }
+}
+
 // For the linear schedule this holds with DDPM's fixed betas 1e-4..0.02; improved-diffusion's
 // default rescales them by 1000/T, which keeps sum(beta) and hence alpha_bar_T nearly constant.
 TEST(Losses, PriorTermSmallAtT1000AndGrowsAsTShrinks) {
@@ -258,4 +302,15 @@ TEST(Losses, SnrWeightsExpressLossesInEpsilonUnits) {
     auto snr = d.schedule().gather(d.schedule().snr(), t, eps_mse);
     EXPECT_TRUE(torch::allclose(m.mse.to(torch::kFloat64), eps_mse * torch::clamp_max(snr, 5.0) / snr, 1e-4, 1e-6));
   }
+  // Epsilon prediction: its MSE is already in epsilon units; min-SNR scales it by min(snr, gamma) / snr.
+  auto d = make_diffusion(ScheduleKind::Linear, 1000);
+  LossConfig cfg;
+  cfg.weighting = LossWeighting::MinSnr;
+  cfg.min_snr_gamma = 5.0;
+  auto m = training_losses(d, cfg, eps_from_x0(x_t, x0 + err_x0, n), x0, x_t, t, eps);
+  auto snr = d.schedule().gather(d.schedule().snr(), t, eps_mse).reshape({-1});
+  EXPECT_TRUE(torch::allclose(m.mse.to(torch::kFloat64), eps_mse * torch::clamp_max(snr, 5.0) / snr, 1e-4, 1e-6));
+  // Where snr > gamma the weight is below one, where snr < gamma it is one.
+  EXPECT_LT(m.mse[1].item<double>(), eps_mse[1].item<double>());
+  EXPECT_NEAR(m.mse[5].item<double>(), eps_mse[5].item<double>(), 1e-9);
 }

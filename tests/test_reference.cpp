@@ -186,6 +186,44 @@ TEST(ReferenceImprovedDiffusion, VariationalBoundTerms) {
   }
 }
 
+// training_losses for MSE (simple, and hybrid with learned_range), RESCALED_MSE, KL and
+// RESCALED_KL, on the cosine schedule with T = 4000. Ours: hybrid with lambda = 1/T is
+// improved-diffusion's MSE with a learned variance, lambda = 0.001 its RESCALED_MSE (vb x T/1000);
+// kl is RESCALED_KL (T L_t), so its KL is ours / T. Our losses run in float32: 1e-5 for the
+// MSE, 1e-4 for terms with a vb part (at t = T-1 the KL is 341 bits/dim and float32 cancellation
+// in it leaves 2e-5 relative). Our
+// decoder term (t = 0) uses the exact normal CDF where improved-diffusion trains with its tanh
+// approximation, so terms with a vb part are compared at t > 0.
+TEST(ReferenceImprovedDiffusion, TrainingLossesAndTheirScales) {
+  const auto& ref = reference("improved_diffusion.json");
+  const auto shape = shape_of(ref["process"]["shape"]);
+  int checked = 0;
+  for (const auto& r : ref["training_losses"]) {
+    const auto lname = r["loss_type"].get<std::string>(), vname = r["variance"].get<std::string>();
+    SCOPED_TRACE(lname + " " + vname);
+    const int64_t T = r["T"].get<int64_t>();
+    const GaussianDiffusion d(schedule("cosine", T), Prediction::Epsilon, parse_variance_type(vname));
+    const auto t = torch::tensor(r["t"].get<std::vector<int64_t>>(), torch::kLong);
+    const auto x0 = f64(r["x0"], shape), noise = f64(r["noise"], shape);
+    const auto x_t = d.q_sample(x0, t, noise);
+    LossConfig cfg;
+    cfg.type = lname == "mse" && vname == "fixed_small" ? LossType::Simple
+               : lname.find("kl") != std::string::npos  ? LossType::Kl
+                                                        : LossType::Hybrid;
+    cfg.hybrid_lambda = lname == "mse" ? 1.0 / static_cast<double>(T) : 0.001;
+    const auto l = training_losses(d, cfg, fake_output(x_t, t, is_learned(d.variance_type())), x0, x_t, t, noise);
+    const double scale = lname == "kl" ? 1.0 / static_cast<double>(T) : 1.0;
+    const bool vb_in_loss = cfg.type != LossType::Simple;
+    const auto rows = vb_in_loss ? torch::arange(1, 4, torch::kLong) : torch::arange(0, 4, torch::kLong);
+    const double rtol = vb_in_loss ? 1e-4 : 1e-5;
+    expect_close((l.loss * scale).index_select(0, rows), f64(r["loss"]).index_select(0, rows), "loss", rtol);
+    if (!r["mse"].is_null()) expect_close(l.mse, f64(r["mse"]), "mse", 1e-5);
+    if (!r["vb"].is_null()) expect_close(l.vb.index_select(0, rows), f64(r["vb"]).index_select(0, rows), "vb", 1e-4);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 5);
+}
+
 // calc_bpd_loop on a 10-step respacing, the model seeing the original steps, its noise fed.
 TEST(ReferenceImprovedDiffusion, WholeBoundOnARespacedSchedule) {
   const auto& ref = reference("improved_diffusion.json");

@@ -262,6 +262,37 @@ TEST(SamplerGuidance, WorksInsideSamplers) {
   EXPECT_EQ(den.nfe(), 5);
 }
 
+// Sampling with the guided network equals sampling a network that is the hand-made mixture
+// uncond + w (cond - uncond), for a deterministic and a stochastic sampler with the same noise.
+TEST(SamplerGuidance, GuidedSamplingIsSamplingTheCombinedModel) {
+  const int64_t null_label = 10;
+  LabeledModelFn net = [](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
+    const auto yf = broadcast_to_batch(y.to(x.scalar_type()), x);
+    return toy_output(x, t) * (1.0 + 0.05 * yf) + 0.02 * yf;
+  };
+  const auto labels = torch::tensor({1, 4, 7}, torch::kLong);
+  const double w = 2.5;
+  ModelFn by_hand = [&](const torch::Tensor& x, const torch::Tensor& t) {
+    const auto cond = net(x, t, labels), uncond = net(x, t, torch::full({3}, null_label, torch::kLong));
+    return uncond + w * (cond - uncond);
+  };
+  for (const std::string name : {"ddim", "euler-ancestral", "ddpm"}) {
+    const Denoiser guided(classifier_free_guidance(net, labels, null_label, w, false), GaussianDiffusion(make_schedule()));
+    const Denoiser combined(by_hand, GaussianDiffusion(make_schedule()));
+    auto a = NoiseSource::range(3, 0, 3, {2}, torch::kCPU, torch::kFloat64);
+    auto b = NoiseSource::range(3, 0, 3, {2}, torch::kCPU, torch::kFloat64);
+    SamplerOptions o;
+    o.steps = 8;
+    o.clip_x0 = false;
+    const auto x = run_sampler(name, guided, a, o), y = run_sampler(name, combined, b, o);
+    EXPECT_LT((x - y).abs().max().item<double>(), 1e-12) << name;
+    // and guidance changes the samples
+    const Denoiser plain(with_labels(net, labels), GaussianDiffusion(make_schedule()));
+    auto c = NoiseSource::range(3, 0, 3, {2}, torch::kCPU, torch::kFloat64);
+    EXPECT_GT((run_sampler(name, plain, c, o) - x).abs().max().item<double>(), 1e-4) << name;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sigma schedules
 

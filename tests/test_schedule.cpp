@@ -73,6 +73,12 @@ TEST(Schedule, OtherKindsAndZeroTerminalSnr) {
   EXPECT_NEAR(z.alpha_bar().back(), 0.0, 1e-15);
   EXPECT_NEAR(z.snr().back(), 0.0, 1e-15);
   EXPECT_NEAR(z.alpha_bar().front(), base.alpha_bar().front(), 1e-12);  // first value kept
+  // Lin et al. (2024), Algorithm 1: sqrt(abar) shifted so the last is 0 and scaled so the first
+  // is kept, at every t: sqrt(abar'_t) = (sqrt(abar_t) - sqrt(abar_T)) sqrt(abar_1) / (sqrt(abar_1) - sqrt(abar_T)).
+  const double first = std::sqrt(base.alpha_bar().front()), last = std::sqrt(base.alpha_bar().back());
+  for (size_t t = 0; t < base.alpha_bar().size(); ++t)
+    EXPECT_NEAR(std::sqrt(z.alpha_bar()[t]), (std::sqrt(base.alpha_bar()[t]) - last) * first / (first - last), 1e-12)
+        << "t = " << t;
 }
 
 TEST(Schedule, DerivedQuantitiesAreConsistent) {

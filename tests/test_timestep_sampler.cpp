@@ -51,6 +51,40 @@ TEST(TimestepSampler, ImportanceSamplerIsUnbiasedAndFollowsSecondMoment) {
   EXPECT_TRUE(torch::allclose(r.probabilities(), p));
 }
 
+// The weights are the root mean square of the last `history` losses at each t (improved-
+// diffusion's LossSecondMomentResampler): losses that change every round and overflow the
+// history tell that rule from a mean, a last value or a mean over everything seen.
+TEST(TimestepSampler, ImportanceWeightsAreTheRmsOfTheLastHistoryLosses) {
+  const int64_t T = 6, H = 4, rounds = 7;
+  ImportanceTimestepSampler s(T, H, 0.01);
+  auto loss = [](int64_t t, int64_t r) { return (0.2 + 0.1 * t) * (1.0 + r) * (r % 2 ? 2.5 : 1.0); };
+  for (int64_t r = 0; r < rounds; ++r) {
+    auto l = torch::empty({T}, torch::kFloat64);
+    for (int64_t t = 0; t < T; ++t) l[t] = loss(t, r);
+    EXPECT_EQ(s.warmed_up(), r >= H);
+    s.update(torch::arange(T, torch::kLong), l);
+  }
+  std::vector<double> w(T);
+  double z = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    double sq = 0;
+    for (int64_t r = rounds - H; r < rounds; ++r) sq += loss(t, r) * loss(t, r);
+    w[t] = std::sqrt(sq / H);
+    z += w[t];
+  }
+  const auto p = s.probabilities();
+  for (int64_t t = 0; t < T; ++t) EXPECT_NEAR(p[t].item<double>(), w[t] / z * 0.99 + 0.01 / T, 1e-12) << t;
+  // One t updated alone moves only its own history.
+  s.update(torch::tensor({2}, torch::kLong), torch::tensor({100.0}, torch::kFloat64));
+  double sq = 0;
+  for (int64_t r = rounds - H + 1; r < rounds; ++r) sq += loss(2, r) * loss(2, r);
+  w[2] = std::sqrt((sq + 100.0 * 100.0) / H);
+  z = 0;
+  for (auto v : w) z += v;
+  const auto q = s.probabilities();
+  for (int64_t t = 0; t < T; ++t) EXPECT_NEAR(q[t].item<double>(), w[t] / z * 0.99 + 0.01 / T, 1e-12) << t;
+}
+
 // A saved state is checked before any of it is used (issue 9): a count that is not an integer
 // in 0..history (a negative one indexed the ring out of bounds), non-finite losses, or another
 // shape are refused naming where the state came from, and the sampler keeps its own state.

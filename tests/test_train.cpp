@@ -36,7 +36,7 @@ TrainRequest request(const Config& c, const std::string& run_dir, const std::str
   return r;
 }
 
-const char* kFashion = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
+const char* kFashion = diffuse::test::kFashionMnistImages;
 
 std::vector<YAML::Node> read_metrics(const std::string& path) {
   std::vector<YAML::Node> rows;
@@ -135,7 +135,7 @@ TEST(Train, GradAccumulationEqualsOneBatchOfTheSameExamples) {
 class TrainResume : public ::testing::TestWithParam<bool> {};
 
 TEST_P(TrainResume, ResumeEqualsUninterrupted) {
-  if (!fs::exists(kFashion)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  REQUIRE_FASHION_MNIST();
   test::TempDir a, b;
   Config c = tiny_config();
   c.train.steps = 6;

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "cli/launch.h"
+#include "diffuse/config.h"
 #include "diffuse/error.h"
 #include "diffuse/runtime.h"
 
@@ -17,6 +18,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);
   bool show_version = false;
   app.add_flag("--version", show_version, "Print diffuse and LibTorch versions and the CUDA devices");
+  bool config_reference = false;
+  app.add_flag("--config-reference", config_reference,
+               "Print every config key with its type, default and meaning (markdown, as in docs/config.md)");
 
   diffuse::cli::Action action;
   diffuse::cli::add_train_command(app, action);
@@ -40,6 +44,10 @@ int main(int argc, char** argv) {
   try {
     if (show_version) {
       std::cout << diffuse::version_report();
+      return 0;
+    }
+    if (config_reference) {
+      std::cout << diffuse::config_reference_markdown();
       return 0;
     }
     if (!action) {

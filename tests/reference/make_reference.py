@@ -2,7 +2,7 @@
 """Numbers from the field's own code, for tests/test_reference.cpp.
 
 Runs OpenAI's improved-diffusion (schedules, respacing, q_sample, q_posterior, p_mean_variance
-for all four variance types, _vb_terms_bpd, calc_bpd_loop, DDPM and DDIM sampling, reverse DDIM)
+for all four variance types, _vb_terms_bpd, training_losses, calc_bpd_loop, DDPM and DDIM sampling, reverse DDIM)
 and Katherine Crowson's k-diffusion (Karras sigmas, euler, euler_ancestral, heun, dpmpp_2m) on
 fixed inputs, in float64 (improved-diffusion's float32 cast of the schedule's coefficients is
 replaced by a float64 gather), and writes what they return to improved_diffusion.json and
@@ -158,6 +158,22 @@ def improved_diffusion(root):
             vb = d._vb_terms_bpd(model, x0_grid, x_t_grid, t, clip_denoised=True)
             out["vb_terms"].append({"variance": vname, "prediction": mname, "x0": arr(x0_grid), "x_t": arr(x_t_grid),
                                     "bpd": arr(vb["output"]), "pred_xstart": arr(vb["pred_xstart"])})
+
+    # Training losses on the cosine schedule with T = 4000, where RESCALED_MSE's vb scale
+    # (T / 1000) and MSE's (1) differ.
+    T4 = 4000
+    t4 = torch.tensor([0, 1, 2000, 3999])
+    out["training_losses"] = []
+    for lname, lt, vname in [("mse", gd.LossType.MSE, "fixed_small"), ("mse", gd.LossType.MSE, "learned_range"),
+                             ("rescaled_mse", gd.LossType.RESCALED_MSE, "learned_range"),
+                             ("kl", gd.LossType.KL, "learned_range"), ("rescaled_kl", gd.LossType.RESCALED_KL, "learned_range")]:
+        d = gd.GaussianDiffusion(betas=gd.get_named_beta_schedule("cosine", T4), model_mean_type=gd.ModelMeanType.EPSILON,
+                                 model_var_type=var_types[vname], loss_type=lt)
+        r = d.training_losses(fake_model(shape[1], vname == "learned_range"), x0_grid, t4, noise=noise)
+        out["training_losses"].append({"loss_type": lname, "variance": vname, "T": T4, "t": t4.tolist(),
+                                       "x0": arr(x0_grid), "noise": arr(noise), "loss": arr(r["loss"]),
+                                       "mse": arr(r["mse"]) if "mse" in r else None,
+                                       "vb": arr(r["vb"]) if "vb" in r else None})
 
     # The whole bound on a 10-step respacing of the linear schedule, the model seeing original steps.
     bshape = (2, 1, 4, 4)
