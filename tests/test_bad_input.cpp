@@ -281,7 +281,7 @@ std::vector<Row> data_rows() {
       {"folder-no-images", "an image folder without images", folder + "{tmp}/images-empty", {"no images", "{tmp}/images-empty"}},
       {"folder-not-png", "a .png that is text", folder + "{tmp}/images-text", {"{tmp}/images-text/a.png"}},
       {"folder-huge-image", "a PNG header of 20000 x 20000 pixels", folder + "{tmp}/images-huge",
-       {"{tmp}/images-huge/big.png", "16384"}},
+       {"{tmp}/images-huge/big.png"}},  // 1.13's stb reads the header and our 16384 cap refuses it; newer stb refuses it itself
       {"folder-mixed-layout", "images beside class subfolders", folder + "{tmp}/images-mixed",
        {"root.png", "class subfolder"}},
       {"resume-bad-data", "--resume onto a truncated dataset", "train --resume {run} --set data.path={tmp}/idx-truncated",

@@ -30,7 +30,7 @@ namespace {
 
 constexpr double kRtol = 1e-9, kAtol = 1e-12;
 
-const json& reference(const std::string& name) {
+const json& reference(const char* name) {
   static std::map<std::string, json> cache;
   auto it = cache.find(name);
   if (it == cache.end()) {

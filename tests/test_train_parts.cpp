@@ -20,6 +20,7 @@
 #include "diffuse/train/checkpoint_info.h"
 #include "diffuse/train/ema.h"
 #include "diffuse/train/grad_clip.h"
+#include "diffuse/train/label_dropout.h"
 #include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
 
@@ -388,4 +389,21 @@ TEST(CheckpointInfo, FingerprintsTellTheStatesApart) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("half.pt"), std::string::npos) << e.what();
   }
+}
+
+// Label dropout for classifier-free guidance: the drop rate is p_uncond (200000 draws, within 5
+// standard errors), and exactly the dropped entries become the null label.
+TEST(LabelDropout, RateIsPUncondAndDroppedLabelsAreTheNullLabel) {
+  torch::manual_seed(21);
+  for (double p : {0.1, 0.25}) {
+    const int64_t n = 200000;
+    const auto drop = draw_label_drops(n, p, torch::kCPU);
+    const double rate = drop.to(torch::kFloat64).mean().item<double>();
+    EXPECT_NEAR(rate, p, 5 * std::sqrt(p * (1 - p) / n)) << p;
+  }
+  EXPECT_FALSE(draw_label_drops(1000, 0.0, torch::kCPU).any().item<bool>());
+  const auto y = torch::tensor({3, 1, 4, 1, 5}, torch::kLong);
+  const auto drop = torch::tensor({false, true, false, true, true});
+  const auto out = drop_labels(y, drop, 10);
+  EXPECT_TRUE(torch::equal(out, torch::tensor({3, 10, 4, 10, 10}, torch::kLong)));
 }

@@ -40,6 +40,7 @@
 #include "diffuse/train/metrics_file.h"
 #include "diffuse/train/ema.h"
 #include "diffuse/train/grad_clip.h"
+#include "diffuse/train/label_dropout.h"
 #include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
 #include "diffuse/train/training_state.h"
@@ -576,7 +577,7 @@ StepDraw TrainLoop::draw_step(const std::vector<Batch>& micro_batches) {
   d.weights = mine(d.global.weights);
   d.noise = mine(noise);
   if (model_->class_conditional() && cfg_.model.p_uncond > 0)
-    d.drop = mine(torch::rand({n}, torch::TensorOptions().device(device_)) < cfg_.model.p_uncond);
+    d.drop = mine(draw_label_drops(n, cfg_.model.p_uncond, device_));
   return d;
 }
 
@@ -599,7 +600,7 @@ void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const 
       y = batch.y.to(device_, /*non_blocking=*/true);  // pinned by the loader on CUDA
       // Classifier-free guidance training: replace labels by the null label with prob p_uncond.
       if (d.drop.defined())
-        y = torch::where(d.drop.narrow(0, first, B), torch::full_like(y, model_->null_label()), y);
+        y = drop_labels(y, d.drop.narrow(0, first, B), model_->null_label());
     }
     torch::Tensor net_out;
     {
