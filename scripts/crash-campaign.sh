@@ -23,7 +23,7 @@ BIN=$(realpath "$BIN")
 WORK=${CRASH_DIR:-$(mktemp -d /tmp/diffuse-crash.XXXXXX)}
 mkdir -p "$WORK"
 EVERY=5
-STEPS=$((N * EVERY + 25))  # room for N kills: a kill inside a write gains nothing, a random one ~1 interval
+STEPS=$((2 * N * EVERY + 25))  # room for N kills: each gains at most a few intervals
 TRAIN=(train --config configs/tiny.yaml --set train.steps=$STEPS --set train.checkpoint_every=$EVERY
        --set train.batch_size=4 --set train.log_every=1 --set train.threads=1 --set data.limit=512
        --set train.keep_checkpoints=4)

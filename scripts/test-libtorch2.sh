@@ -84,7 +84,7 @@ src_opt=ro
 in_root() {
   local pass=() v
   for v in CI CCACHE_DISABLE CCACHE_RECACHE GPU_CHECK_DEVICE GPU_CHECK_STEPS DIFFUSE_SANITIZE ASAN_OPTIONS \
-           LSAN_OPTIONS UBSAN_OPTIONS DIFFUSE_REQUIRE_DATA DIFFUSE_REQUIRE_TORCHRUN; do
+           LSAN_OPTIONS UBSAN_OPTIONS DIFFUSE_REQUIRE_DATA DIFFUSE_REQUIRE_TORCHRUN DIFFUSE_REQUIRE_PY_SAFETENSORS; do
     [[ -n ${!v:-} ]] && pass+=(-e "$v=${!v}")
   done
   troot_run "$ROOT" -b "$SRC:/src:$src_opt" -b "$SRC/$BUILD_DIR:/src/$BUILD_DIR" \
@@ -115,8 +115,9 @@ if [[ -n $RUN_CMD ]]; then
 fi
 
 troot_log "[3/3] tests: ctest -j $JOBS in /src/$BUILD_DIR"
-# The root has the data and torchrun: a test that would skip for want of them is a broken root.
-export DIFFUSE_REQUIRE_DATA=1 DIFFUSE_REQUIRE_TORCHRUN=1
+# The root has the data, torchrun and python3-safetensors: a test that would skip for want of
+# them is a broken root.
+export DIFFUSE_REQUIRE_DATA=1 DIFFUSE_REQUIRE_TORCHRUN=1 DIFFUSE_REQUIRE_PY_SAFETENSORS=1
 t_test=$SECONDS
 TLOG="$BUILD_DIR/lt2-ctest.log"
 set +e

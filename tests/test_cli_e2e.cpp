@@ -279,6 +279,30 @@ TEST(CliEndToEnd, ClassConditionalSamplingWithGuidance) {
   expect_refused("sample --checkpoint " + run + " --num 2 --steps 2 --label 12 --out " + plain, {"12"});
 }
 
+// export -> safetensors -> import gives a checkpoint that samples exactly as the original.
+TEST(CliEndToEnd, ExportImportSafetensorsSamplesTheSame) {
+  REQUIRE_FASHION_MNIST();
+  diffuse::test::TempDir dir;
+  const auto run = (dir.path() / "run").string(), st = (dir.path() / "m.safetensors").string(),
+             back = (dir.path() / "back.pt").string();
+  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run + " --set train.steps=2 --set data.limit=64");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_diffuse("export " + run + " --out " + st);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(st), std::string::npos) << r.out;
+  r = run_diffuse("import " + st + " --out " + back);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  torch::Tensor a, b;
+  for (const auto& [ckpt, out] : {std::pair{run, (dir.path() / "sa").string()}, {back, (dir.path() / "sb").string()}}) {
+    r = run_diffuse("sample --checkpoint " + ckpt + " --num 2 --steps 3 --seed 5 --save-tensor --no-images --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  torch::load(a, (dir.path() / "sa" / "samples.pt").string());
+  torch::load(b, (dir.path() / "sb" / "samples.pt").string());
+  EXPECT_TRUE(torch::equal(a, b));
+  expect_refused("import " + run + "/checkpoints/latest.pt --out " + (dir.path() / "x.pt").string(), {"latest.pt"});
+}
+
 TEST(CliTrain, SignalMidRunLeavesALoadableCheckpoint) {
   REQUIRE_FASHION_MNIST();
   diffuse::test::TempDir dir;

@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
   diffuse::cli::add_schedule_command(app, action);
   diffuse::cli::add_bench_command(app, action);
   diffuse::cli::add_info_command(app, action);
+  diffuse::cli::add_export_command(app, action);
+  diffuse::cli::add_import_command(app, action);
 
   try {
     app.parse(argc, argv);

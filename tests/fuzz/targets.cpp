@@ -17,6 +17,7 @@
 #include "diffuse/eval/fid.h"
 #include "diffuse/eval/npz.h"
 #include "diffuse/image_io.h"
+#include "diffuse/safetensors.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/metrics_file.h"
 #include "byte_writers.h"
@@ -156,6 +157,17 @@ std::vector<std::string> seeds_npz() {
           zip({{"mu.npy", mu_npy}, {"sigma.npy", sigma_npy}, {"n.npy", n_npy}}, true)};
 }
 
+bool run_safetensors(const std::string& bytes) {
+  return accepts([&] { decode_safetensors(bytes, "fuzz.safetensors"); });
+}
+std::vector<std::string> seeds_safetensors() {
+  const auto f = torch::arange(12, torch::kFloat32).reshape({3, 4});
+  return {encode_safetensors({{"w", f}, {"b", torch::ones({4}, torch::kFloat16)}}, {{"format", "pt"}}),
+          encode_safetensors({{"i", torch::arange(5, torch::kInt64)}, {"m", torch::tensor({true, false})},
+                              {"e", torch::zeros({0, 2})}, {"s", torch::tensor(3.5, torch::kFloat64)}}),
+          encode_safetensors({})};
+}
+
 // A config file, then `--set` assignments, one per line after a line "---set".
 bool run_config(const std::string& bytes) {
   return accepts([&] {
@@ -250,6 +262,7 @@ const std::vector<Target>& targets() {
       {"image", run_image, seeds_image},
       {"png_text", run_png_text, seeds_png_text},
       {"npz", run_npz, seeds_npz},
+      {"safetensors", run_safetensors, seeds_safetensors},
       {"config", run_config, seeds_config},
       {"checkpoint", run_checkpoint, seeds_checkpoint, true, true},
       {"metrics", run_metrics, seeds_metrics, false},
