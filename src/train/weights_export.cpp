@@ -75,8 +75,8 @@ ExportSummary export_safetensors(const std::string& checkpoint, const std::strin
   reader.load_weights(*net, false);
   append_module(tensors, *net, "model.");
   s.ema = reader.has_ema();
-  auto ema = make_model(cfg, m.data);
   if (s.ema) {
+    auto ema = make_model(cfg, m.data);
     reader.load_weights(*ema, true);
     append_module(tensors, *ema, "ema.");
   }
@@ -118,9 +118,12 @@ void import_safetensors(const std::string& file, const std::string& out) {
   auto net = make_model(cfg, m.data);
   fill_module(*net, st, "model.", file);
   const bool has_ema = st.find("ema." + net->named_parameters().begin()->key()) != nullptr;
-  auto ema = make_model(cfg, m.data);
-  if (has_ema) fill_module(*ema, st, "ema.", file);
-  save_checkpoint(out, m, *net, has_ema ? ema.get() : nullptr, nullptr);
+  std::shared_ptr<Network> ema;
+  if (has_ema) {
+    ema = make_model(cfg, m.data);
+    fill_module(*ema, st, "ema.", file);
+  }
+  save_checkpoint(out, m, *net, ema.get(), nullptr);
 }
 
 }  // namespace diffuse
