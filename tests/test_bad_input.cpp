@@ -296,7 +296,7 @@ std::vector<Row> checkpoint_rows() {
       {"ckpt-truncated", "half a checkpoint", "sample --checkpoint {tmp}/truncated.pt", {"'{tmp}/truncated.pt'"}},
       {"ckpt-noise", "random bytes named .pt", "sample --checkpoint {tmp}/noise.pt", {"'{tmp}/noise.pt'"}},
       {"ckpt-foreign", "a TorchScript module, not a checkpoint", "sample --checkpoint {tmp}/module.pt",
-       {"'{tmp}/module.pt'", "not a diffuse checkpoint"}},
+       {"'{tmp}/module.pt'", "is a zip archive", "diffuse import"}},
       {"ckpt-empty-dir", "a directory without checkpoints", "sample --checkpoint {tmp}/empty-dir",
        {"'{tmp}/empty-dir'", "latest.pt"}},
       {"ckpt-config-file", "a YAML config given as a checkpoint", "eval --checkpoint {tmp}/syntax.yaml",

@@ -292,15 +292,19 @@ TEST(CliEndToEnd, ExportImportSafetensorsSamplesTheSame) {
   EXPECT_NE(r.out.find(st), std::string::npos) << r.out;
   r = run_diffuse("import " + st + " --out " + back);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  torch::Tensor a, b;
-  for (const auto& [ckpt, out] : {std::pair{run, (dir.path() / "sa").string()}, {back, (dir.path() / "sb").string()}}) {
+  torch::Tensor a, b, c;
+  for (const auto& [ckpt, out] : {std::pair{run, (dir.path() / "sa").string()}, {back, (dir.path() / "sb").string()},
+                                  {st, (dir.path() / "sc").string()}}) {
     r = run_diffuse("sample --checkpoint " + ckpt + " --num 2 --steps 3 --seed 5 --save-tensor --no-images --out " + out);
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   torch::load(a, (dir.path() / "sa" / "samples.pt").string());
   torch::load(b, (dir.path() / "sb" / "samples.pt").string());
+  torch::load(c, (dir.path() / "sc" / "samples.pt").string());
   EXPECT_TRUE(torch::equal(a, b));
-  expect_refused("import " + run + "/checkpoints/latest.pt --out " + (dir.path() / "x.pt").string(), {"latest.pt"});
+  EXPECT_TRUE(torch::equal(a, c));  // the exported file itself reads as a (weights-only) checkpoint
+  expect_refused("import " + tiny() + " --out " + (dir.path() / "x.pt").string(), {tiny(), "header length"});
+  EXPECT_FALSE(fs::exists(dir.path() / "x.pt"));
 }
 
 TEST(CliTrain, SignalMidRunLeavesALoadableCheckpoint) {

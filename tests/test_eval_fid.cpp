@@ -8,6 +8,7 @@
 
 #include "diffuse/error.h"
 #include "diffuse/eval/fid.h"
+#include "diffuse/safetensors.h"
 #include "test_util.h"
 
 using namespace diffuse;
@@ -178,16 +179,25 @@ TEST(EvalFid, StatsCacheRoundTripAndErrors) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find(garbage), std::string::npos);
   }
-  // An archive without the expected entries.
+  // A safetensors file without the expected entries.
   const auto other = dir.str() + "/other.pt";
-  torch::serialize::OutputArchive ar;
-  ar.write("something", torch::ones({2}));
-  ar.save_to(other);
+  save_safetensors(other, {{"something", torch::ones({2})}});
   try {
     load_feature_stats(other);
     FAIL() << "expected UsageError";
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("'mu'"), std::string::npos) << e.what();
+  }
+  // A LibTorch archive (what older versions wrote) is refused before LibTorch parses it.
+  const auto old = dir.str() + "/old.pt";
+  torch::serialize::OutputArchive ar;
+  ar.write("mu", torch::ones({2}));
+  ar.save_to(old);
+  try {
+    load_feature_stats(old);
+    FAIL() << "expected UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("zip archive"), std::string::npos) << e.what();
   }
   // Mismatched dimensions are a usage error, not a crash.
   auto t = feature_stats(torch::randn({50, 3}, seeded(8), torch::kFloat64));

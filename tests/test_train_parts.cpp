@@ -7,6 +7,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -23,6 +25,11 @@
 #include "diffuse/train/label_dropout.h"
 #include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
+#include "diffuse/train/weights_export.h"
+#include "diffuse/data/file_bytes.h"
+#include "diffuse/safetensors.h"
+
+#include <nlohmann/json.hpp>
 
 using namespace diffuse;
 
@@ -258,16 +265,16 @@ TEST(Checkpoint, EveryFieldRoundTrips) {
   EXPECT_TRUE(torch::equal(model2->weight, model->weight));
 }
 
-// A crafted data_shape (issue 9) was read as contiguous int64 whatever it was: another dtype,
-// rank, length or sizes out of range are refused naming the file, and a strided tensor is read
-// by value.
+// A crafted data_shape (issue 9) in a format-1 (LibTorch archive) checkpoint was read as
+// contiguous int64 whatever it was: another dtype, rank, length or sizes out of range are
+// refused naming the file, and a strided tensor is read by value.
 TEST(Checkpoint, BadDataShapeIsRefusedNamingTheFile) {
   test::TempDir dir;
   const auto path = (dir.path() / "crafted.pt").string();
   auto write = [&](const torch::Tensor& shape) {
     torch::serialize::OutputArchive ar;
-    ar.write("diffuse_checkpoint", c10::IValue(kCheckpointMagic));
-    ar.write("format", c10::IValue(kCheckpointFormat));
+    ar.write("diffuse_checkpoint", c10::IValue(kLegacyCheckpointMagic));
+    ar.write("format", c10::IValue(kLegacyCheckpointFormat));
     for (const char* key : {"step", "num_classes", "data_epoch", "data_offset"}) ar.write(key, c10::IValue(int64_t{0}));
     ar.write("config", c10::IValue(std::string("{}")));
     if (shape.defined()) ar.write("data_shape", shape);
@@ -285,7 +292,7 @@ TEST(Checkpoint, BadDataShapeIsRefusedNamingTheFile) {
   for (const auto& [shape, what] : bad) {
     write(shape);
     try {
-      CheckpointReader r(path);
+      CheckpointReader r(path, torch::kCPU, /*trust_legacy=*/true);
       ADD_FAILURE() << "accepted; expected " << what;
     } catch (const UsageError& e) {
       const std::string msg = e.what();
@@ -294,7 +301,7 @@ TEST(Checkpoint, BadDataShapeIsRefusedNamingTheFile) {
     }
   }
   write(torch::tensor({1, 9, 28, 9, 28}, torch::kLong).slice(0, 0, 5, 2));
-  EXPECT_EQ(CheckpointReader(path).meta().data.shape, (std::vector<int64_t>{1, 28, 28}));
+  EXPECT_EQ(CheckpointReader(path, torch::kCPU, true).meta().data.shape, (std::vector<int64_t>{1, 28, 28}));
 }
 
 // A save (issue 9) removes the temporaries that a writer killed mid-save left behind (its pid
@@ -348,7 +355,7 @@ TEST(CheckpointInfo, FingerprintsTellTheStatesApart) {
   m.data = shape;
   m.cpu_rng_state = at::detail::getDefaultCPUGenerator().get_state();
   m.data_fingerprint = "fnv1a64:00000000000000aa";
-  auto save = [&](const std::string& name, torch::optim::Optimizer* o) {
+  auto save = [&](const std::string& name, torch::optim::AdamW* o) {
     const auto path = (dir.path() / name).string();
     save_checkpoint(path, m, *net, ema.get(), o);
     return inspect_checkpoint(path);
@@ -406,4 +413,106 @@ TEST(LabelDropout, RateIsPUncondAndDroppedLabelsAreTheNullLabel) {
   const auto drop = torch::tensor({false, true, false, true, true});
   const auto out = drop_labels(y, drop, 10);
   EXPECT_TRUE(torch::equal(out, torch::tensor({3, 10, 4, 10, 10}, torch::kLong)));
+}
+
+// A format-1 checkpoint (a LibTorch archive written by diffuse before checkpoints moved to
+// safetensors; tests/data/legacy/README.md) is refused by default, naming `diffuse import`, and
+// converted by import_safetensors with every tensor and field kept: the fingerprints that
+// `diffuse info` printed for the original (checked in beside it) equal those of the new file.
+TEST(Checkpoint, LegacyArchiveIsReadOnRequestAndConvertedBitForBit) {
+  const auto legacy = std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/legacy/toy_mlp_step3.pt";
+  try {
+    CheckpointReader r(legacy);
+    ADD_FAILURE() << "a format-1 checkpoint was read without trust_legacy";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("diffuse import " + legacy), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(CheckpointReader(legacy, torch::kCPU, true).format(), kLegacyCheckpointFormat);
+  test::TempDir dir;
+  const auto out = (dir.path() / "converted.pt").string();
+  import_safetensors(legacy, out);
+  const auto info = inspect_checkpoint(out);
+  EXPECT_EQ(CheckpointReader(out).format(), kCheckpointFormat);
+  const auto want = nlohmann::json::parse(
+      read_file_bytes(std::string(DIFFUSE_SOURCE_DIR) + "/tests/data/legacy/toy_mlp_step3.info.json"));
+  EXPECT_EQ(info.weights_fingerprint, want["weights_fingerprint"].get<std::string>());
+  EXPECT_EQ(info.ema_fingerprint, want["ema_fingerprint"].get<std::string>());
+  EXPECT_EQ(info.optimizer_fingerprint, want["optimizer_fingerprint"].get<std::string>());
+  EXPECT_EQ(info.progress_fingerprint, want["progress_fingerprint"].get<std::string>());
+  EXPECT_EQ(info.meta.step, want["step"].get<int64_t>());
+  EXPECT_EQ(info.meta.data_offset, want["data_offset"].get<int64_t>());
+  EXPECT_EQ(info.meta.elapsed_seconds, want["elapsed_seconds"].get<double>());
+}
+
+// Format 2 is checked field by field: a crafted metadata value, a missing or misshapen tensor,
+// or optimizer state for another model is refused naming the file and what is wrong.
+TEST(Checkpoint, CraftedFormatTwoFieldsAreRefusedNamingTheFile) {
+  test::TempDir dir;
+  torch::manual_seed(3);
+  torch::nn::Linear model(3, 2);
+  torch::optim::AdamW opt(model->parameters());
+  model(torch::randn({4, 3})).sum().backward();
+  opt.step();
+  CheckpointMeta m;
+  m.step = 7;
+  m.config_yaml = "{}";
+  m.data.shape = {2};
+  const auto good = (dir.path() / "good.pt").string();
+  save_checkpoint(good, m, *model, nullptr, &opt);
+  const auto st = load_safetensors(good);
+  const auto path = (dir.path() / "crafted.pt").string();
+  auto expect_refused = [&](const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                            const std::map<std::string, std::string>& meta, const std::string& what, bool at_open) {
+    save_safetensors(path, tensors, meta);
+    try {
+      CheckpointReader r(path);
+      torch::nn::Linear m2(3, 2);
+      torch::optim::AdamW o2(m2->parameters());
+      if (!at_open) {
+        r.load_weights(*m2, false);
+        r.load_optimizer(o2);
+      }
+      ADD_FAILURE() << "accepted; expected " << what;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  const std::vector<std::tuple<std::string, std::string, std::string>> meta_cases = {
+      {"step", "-1", "metadata 'step' is '-1', expected an integer >= 0"},
+      {"step", "7x", "metadata 'step' is '7x'"},
+      {"data_shape", "1,,28", "is not a list of sizes"},
+      {"data_shape", "1,2,3,4,5", "expected 1 to 4 int64 sizes"},
+      {"data_shape", "0", "outside 1..1048576"},
+      {"world_size", "0", "metadata 'world_size' is '0', expected an integer >= 1"},
+      {"loss_scale", "nan", "expected a finite number"},
+      {"elapsed_seconds", "1e999", "expected a finite number"},
+      {"format_version", "3", "has format version 3"},
+      {"format", "other", "has format 'other'"}};
+  for (const auto& [key, value, what] : meta_cases) {
+    auto meta = st.metadata;
+    meta[key] = value;
+    expect_refused(st.tensors, meta, what, true);
+  }
+  auto without = st.metadata;
+  without.erase("data_offset");
+  expect_refused(st.tensors, without, "lacks metadata 'data_offset'", true);
+  expect_refused(st.tensors, {}, "without a diffuse format", true);
+
+  auto change = [&](const std::string& name, const torch::Tensor& t) {
+    auto tensors = st.tensors;
+    for (auto& nt : tensors)
+      if (nt.first == name) nt.second = t;
+    return tensors;
+  };
+  expect_refused(change("model.weight", torch::zeros({3, 3})), st.metadata, "'model.weight' has shape [3, 3]", false);
+  expect_refused(change("optimizer.0.exp_avg", torch::zeros({2})), st.metadata, "'optimizer.0.exp_avg' is Float [2]",
+                 false);
+  expect_refused(change("optimizer.0.step", torch::tensor(int64_t{-2})), st.metadata, "has a bad step", false);
+  auto extra = st.tensors;
+  extra.emplace_back("model.extra", torch::zeros({1}));
+  expect_refused(extra, st.metadata, "holds 3 'model.' tensors, this model has 2", false);
+  auto other_count = st.metadata;
+  other_count["optimizer.params"] = "5";
+  expect_refused(st.tensors, other_count, "optimizer state for 5 parameters", false);
 }

@@ -33,14 +33,16 @@ void add_export_command(CLI::App& app, Action& action) {
 
 void add_import_command(CLI::App& app, Action& action) {
   auto o = std::make_shared<ExchangeOptions>();
-  auto* cmd = app.add_subcommand("import", "Turn a safetensors file written by `diffuse export` into a checkpoint");
-  cmd->add_option("file", o->input, "safetensors file")->required();
+  auto* cmd = app.add_subcommand("import", "Turn a `diffuse export` safetensors file, or an older-format checkpoint you trust, into a checkpoint");
+  cmd->add_option("file", o->input, "safetensors file, or a format-1 checkpoint (LibTorch archive) to convert")->required();
   cmd->add_option("--out,-o", o->out, "Checkpoint to write (e.g. imported.pt); sample and eval take it")->required();
   cmd->callback([o, &action] {
     action = [o] {
-      import_safetensors(o->input, o->out);
-      std::cout << fmt::format("imported {}\n  wrote: {} (weights and EMA; no optimizer state, so it samples and "
-                               "evaluates but does not resume)\n", o->input, o->out);
+      const bool resumable = import_safetensors(o->input, o->out);
+      std::cout << fmt::format("imported {}\n  wrote: {} ({})\n", o->input, o->out,
+                               resumable ? "weights, EMA and optimizer state: it samples, evaluates and resumes"
+                                         : "weights and EMA; no optimizer state, so it samples and evaluates but "
+                                           "does not resume");
       return 0;
     };
   });

@@ -12,6 +12,7 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "diffuse/safetensors.h"
 #include "diffuse/hash.h"
 #include "diffuse/eval/npz.h"
 #include "diffuse/eval/random.h"
@@ -158,18 +159,11 @@ void save_feature_stats(const FeatureStats& stats, const std::string& path) {
   if (!stats.mu.defined() || !stats.sigma.defined())
     throw std::invalid_argument("save_feature_stats: statistics are empty");
   try {
-    torch::serialize::OutputArchive ar;
-    ar.write("mu", stats.mu.detach().to(torch::kCPU, torch::kFloat64));
-    ar.write("sigma", stats.sigma.detach().to(torch::kCPU, torch::kFloat64));
-    ar.write("n", torch::tensor({stats.n}, torch::kLong));
-    ar.write("extractor", c10::IValue(stats.extractor));
-    ar.write("reference", c10::IValue(stats.reference));
-    std::ostringstream bytes;
-    ar.save_to(bytes);
-    write_file_atomic(path, bytes.str());
-  } catch (const c10::Error& e) {
-    throw UsageError(fmt::format("feature statistics file '{}' could not be written: {}", path,
-                                 e.what_without_backtrace()));
+    save_safetensors(path,
+                     {{"mu", stats.mu.detach().to(torch::kCPU, torch::kFloat64)},
+                      {"sigma", stats.sigma.detach().to(torch::kCPU, torch::kFloat64)},
+                      {"n", torch::tensor({stats.n}, torch::kLong)}},
+                     {{"format", "diffuse-feature-stats"}, {"extractor", stats.extractor}, {"reference", stats.reference}});
   } catch (const std::runtime_error& e) {
     throw UsageError(fmt::format("feature statistics file '{}' could not be written: {}", path, e.what()));
   }
@@ -210,22 +204,18 @@ FeatureStats load_feature_stats(const std::string& path) {
     s.sigma = arrays["sigma"];
     n = arrays.count("n") ? arrays["n"].reshape({-1}) : torch::zeros({1}, torch::kLong);
   } else {
-    try {
-      torch::serialize::InputArchive ar;
-      ar.load_from(path);
-      for (auto [key, t] : {std::pair<const char*, torch::Tensor*>{"mu", &s.mu}, {"sigma", &s.sigma}, {"n", &n}})
-        if (!ar.try_read(key, *t))
-          throw UsageError(fmt::format("feature statistics file '{}' has no '{}' entry", path, key));
-      c10::IValue v;
-      if (ar.try_read("extractor", v) && v.isString()) s.extractor = v.toStringRef();
-      if (ar.try_read("reference", v) && v.isString()) s.reference = v.toStringRef();
-    } catch (const UsageError&) {
-      throw;
-    } catch (const c10::Error& e) {
-      throw unreadable(e.what_without_backtrace());
-    } catch (const std::exception& e) {  // LibTorch's unpickler throws std::out_of_range and others too
-      throw unreadable(e.what());
+    const std::string bytes = read_file_bytes(path);
+    if (bytes.compare(0, 4, "PK\x03\x04") == 0)
+      throw unreadable("it is a zip archive, as older diffuse versions wrote (a LibTorch archive, no longer read: "
+                       "its parser is unsafe on crafted files); delete it to compute fresh statistics");
+    const auto st = decode_safetensors(bytes, path);
+    for (auto [key, t] : {std::pair<const char*, torch::Tensor*>{"mu", &s.mu}, {"sigma", &s.sigma}, {"n", &n}}) {
+      const auto* found = st.find(key);
+      if (!found) throw UsageError(fmt::format("feature statistics file '{}' has no '{}' entry", path, key));
+      *t = *found;
     }
+    if (const auto it = st.metadata.find("extractor"); it != st.metadata.end()) s.extractor = it->second;
+    if (const auto it = st.metadata.find("reference"); it != st.metadata.end()) s.reference = it->second;
   }
   auto real = [](const torch::Tensor& t) { return t.defined() && !t.is_complex() && t.scalar_type() != torch::kBool; };
   if (!real(s.mu) || !real(s.sigma) || !real(n))

@@ -4,9 +4,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <filesystem>
+#include <map>
 #include <regex>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -14,170 +16,263 @@
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 #include "diffuse/models/network.h"
+#include "diffuse/safetensors.h"
+#include "diffuse/train/training_state.h"
+#include "checkpoint_legacy.h"
 
 namespace fs = std::filesystem;
 
 namespace diffuse {
 
 namespace {
-torch::Tensor int_tensor(const std::vector<int64_t>& v) {
-  return torch::tensor(v.empty() ? std::vector<int64_t>{} : v, torch::kLong);
+using Named = std::vector<std::pair<std::string, torch::Tensor>>;
+
+constexpr const char* kFormatName = "diffuse-checkpoint";
+constexpr const char* kWeightsFormatName = "diffuse";  // diffuse export
+
+
+std::vector<torch::Tensor> optimizer_params(torch::optim::AdamW& opt) {
+  std::vector<torch::Tensor> v;
+  for (auto& g : opt.param_groups())
+    for (auto& p : g.params()) v.push_back(p);
+  return v;
 }
 
-// data_shape: 1..4 positive int64 sizes (C x H x W for images, D for points), read whatever the
-// stored tensor's layout.
-std::vector<int64_t> read_data_shape(torch::serialize::InputArchive& ar, const std::string& path) {
-  torch::Tensor t;
-  if (!ar.try_read("data_shape", t))
-    throw UsageError("checkpoint '" + path + "' lacks 'data_shape' (corrupt or from another version)");
-  if (t.scalar_type() != torch::kLong || t.dim() != 1 || t.numel() < 1 || t.numel() > 4)
-    throw UsageError(fmt::format("checkpoint '{}': data_shape is a {} tensor of shape [{}], expected 1 to 4 int64 "
-                                 "sizes (corrupt?)", path, c10::toString(t.scalar_type()), fmt::join(t.sizes(), ", ")));
-  t = t.cpu().contiguous();
-  std::vector<int64_t> shape(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
-  constexpr int64_t kMaxSize = int64_t{1} << 20;
-  for (const int64_t v : shape)
-    if (v < 1 || v > kMaxSize)
-      throw UsageError(fmt::format("checkpoint '{}': data_shape [{}] has a size outside 1..{} (corrupt?)", path,
-                                   fmt::join(shape, ", "), kMaxSize));
-  return shape;
+void append_optimizer(Named& out, torch::optim::AdamW& opt) {
+  const auto params = optimizer_params(opt);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto* st = adamw_state(opt, params[i]);
+    if (!st) continue;
+    const std::string key = fmt::format("optimizer.{}.", i);
+    out.emplace_back(key + "exp_avg", st->exp_avg().detach());
+    out.emplace_back(key + "exp_avg_sq", st->exp_avg_sq().detach());
+    if (st->max_exp_avg_sq().defined()) out.emplace_back(key + "max_exp_avg_sq", st->max_exp_avg_sq().detach());
+    out.emplace_back(key + "step", torch::tensor(static_cast<int64_t>(st->step()), torch::kLong));
+  }
+}
+
+std::map<std::string, std::string> meta_strings(const CheckpointMeta& m, int64_t optimizer_params) {
+  std::map<std::string, std::string> s{{"format", kFormatName},
+                                       {"format_version", std::to_string(kCheckpointFormat)},
+                                       {"step", std::to_string(m.step)},
+                                       {"config", m.config_yaml},
+                                       {"data_shape", fmt::format("{}", fmt::join(m.data.shape, ","))},
+                                       {"num_classes", std::to_string(m.data.num_classes)},
+                                       {"data_epoch", std::to_string(m.data_epoch)},
+                                       {"data_offset", std::to_string(m.data_offset)},
+                                       {"loss_scale", fmt::format("{}", m.loss_scale)},
+                                       {"loss_scale_good_steps", std::to_string(m.loss_scale_good_steps)},
+                                       {"elapsed_seconds", fmt::format("{}", m.elapsed_seconds)},
+                                       {"world_size", std::to_string(m.world_size)},
+                                       {"data_fingerprint", m.data_fingerprint}};
+  if (optimizer_params >= 0) s["optimizer.params"] = std::to_string(optimizer_params);
+  return s;
+}
+
+// Metadata fields, each parsed whole and refused naming the file and key.
+class MetaFields {
+ public:
+  MetaFields(const std::map<std::string, std::string>& m, const std::string& file) : m_(m), file_(file) {}
+  const std::string* find(const char* key) const {
+    const auto it = m_.find(key);
+    return it == m_.end() ? nullptr : &it->second;
+  }
+  const std::string& text(const char* key) const {
+    if (const auto* v = find(key)) return *v;
+    throw UsageError(fmt::format("checkpoint '{}' lacks metadata '{}' (corrupt or from another version)", file_, key));
+  }
+  int64_t integer(const char* key, int64_t min) const {
+    const auto& v = text(key);
+    int64_t x = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (ec != std::errc() || end != v.data() + v.size() || x < min)
+      throw UsageError(fmt::format("checkpoint '{}': metadata '{}' is '{}', expected an integer >= {}", file_, key, v, min));
+    return x;
+  }
+  double real(const char* key) const {
+    const auto& v = text(key);
+    char* end = nullptr;
+    const double x = v.empty() ? 0.0 : std::strtod(v.c_str(), &end);
+    if (v.empty() || end != v.c_str() + v.size() || !std::isfinite(x) || x < 0)
+      throw UsageError(fmt::format("checkpoint '{}': metadata '{}' is '{}', expected a finite number >= 0", file_, key, v));
+    return x;
+  }
+  std::vector<int64_t> shape(const char* key) const {
+    const auto& v = text(key);
+    std::vector<int64_t> sizes;
+    for (size_t at = 0; at <= v.size() && sizes.size() <= 4;) {
+      const size_t comma = std::min(v.find(',', at), v.size());
+      int64_t x = 0;
+      const auto [end, ec] = std::from_chars(v.data() + at, v.data() + comma, x);
+      if (ec != std::errc() || end != v.data() + comma)
+        throw UsageError(fmt::format("checkpoint '{}': {} '{}' is not a list of sizes such as 1,28,28", file_, key, v));
+      sizes.push_back(x);
+      at = comma + 1;
+    }
+    return parse_data_shape(sizes, file_);
+  }
+
+ private:
+  const std::map<std::string, std::string>& m_;
+  const std::string& file_;
+};
+
+void read_meta(const SafeTensors& st, const std::string& path, CheckpointMeta& m, bool& weights_only) {
+  const MetaFields f(st.metadata, path);
+  const auto* format = f.find("format");
+  if (!format)
+    throw UsageError(fmt::format("'{}' is a safetensors file without a diffuse format in its metadata (not a diffuse "
+                                 "checkpoint or `diffuse export` file; other layouts are not read yet)", path));
+  weights_only = *format == kWeightsFormatName;
+  if (!weights_only && *format != kFormatName)
+    throw UsageError(fmt::format("'{}' has format '{}', expected '{}' or '{}'", path, *format, kFormatName,
+                                 kWeightsFormatName));
+  if (!weights_only && f.integer("format_version", 0) != kCheckpointFormat)
+    throw UsageError(fmt::format("checkpoint '{}' has format version {}, this diffuse reads {} (and {})", path,
+                                 f.text("format_version"), kCheckpointFormat, kLegacyCheckpointFormat));
+  m.step = f.integer("step", 0);
+  m.config_yaml = f.text("config");
+  m.data.shape = f.shape("data_shape");
+  m.data.num_classes = f.integer("num_classes", 0);
+  if (weights_only) return;
+  m.data_epoch = f.integer("data_epoch", 0);
+  m.data_offset = f.integer("data_offset", 0);
+  m.loss_scale = f.real("loss_scale");
+  m.loss_scale_good_steps = f.integer("loss_scale_good_steps", 0);
+  m.elapsed_seconds = f.real("elapsed_seconds");
+  m.world_size = f.integer("world_size", 1);
+  m.data_fingerprint = f.text("data_fingerprint");
+  auto state = [&](const char* name) {
+    const auto* t = st.find(std::string("state.") + name);
+    return t ? *t : torch::Tensor();
+  };
+  m.cpu_rng_state = state("cpu_rng");
+  m.device_rng_state = state("device_rng");
+  m.timestep_sampler_state = state("timestep_sampler");
+}
+
+bool has_prefix(const SafeTensors& st, const std::string& prefix) {
+  return std::any_of(st.tensors.begin(), st.tensors.end(),
+                     [&](const auto& nt) { return nt.first.compare(0, prefix.size(), prefix) == 0; });
 }
 }  // namespace
 
+std::vector<int64_t> parse_data_shape(const std::vector<int64_t>& sizes, const std::string& file) {
+  if (sizes.empty() || sizes.size() > 4)
+    throw UsageError(fmt::format("checkpoint '{}': data_shape [{}] has {} sizes, expected 1 to 4 int64 sizes (corrupt?)",
+                                 file, fmt::join(sizes, ", "), sizes.size()));
+  constexpr int64_t kMaxSize = int64_t{1} << 20;
+  for (const int64_t v : sizes)
+    if (v < 1 || v > kMaxSize)
+      throw UsageError(fmt::format("checkpoint '{}': data_shape [{}] has a size outside 1..{} (corrupt?)", file,
+                                   fmt::join(sizes, ", "), kMaxSize));
+  return sizes;
+}
+
 void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn::Module& model,
-                     torch::nn::Module* ema, torch::optim::Optimizer* optimizer) {
-  torch::serialize::OutputArchive ar;
-  ar.write("diffuse_checkpoint", c10::IValue(kCheckpointMagic));
-  ar.write("format", c10::IValue(kCheckpointFormat));
-  ar.write("step", c10::IValue(m.step));
-  ar.write("config", c10::IValue(m.config_yaml));
-  ar.write("data_shape", int_tensor(m.data.shape));
-  ar.write("num_classes", c10::IValue(m.data.num_classes));
-  ar.write("data_epoch", c10::IValue(m.data_epoch));
-  ar.write("data_offset", c10::IValue(m.data_offset));
-  ar.write("loss_scale", c10::IValue(m.loss_scale));
-  ar.write("loss_scale_good_steps", c10::IValue(m.loss_scale_good_steps));
-  ar.write("elapsed_seconds", c10::IValue(m.elapsed_seconds));
-  ar.write("world_size", c10::IValue(m.world_size));
-  ar.write("data_fingerprint", c10::IValue(m.data_fingerprint));
-  if (m.cpu_rng_state.defined()) ar.write("cpu_rng_state", m.cpu_rng_state);
-  if (m.device_rng_state.defined()) ar.write("device_rng_state", m.device_rng_state.cpu());
-  if (m.timestep_sampler_state.defined()) ar.write("timestep_sampler_state", m.timestep_sampler_state);
-  torch::serialize::OutputArchive model_ar;
-  model.save(model_ar);
-  ar.write("model", model_ar);
-  if (ema) {
-    torch::serialize::OutputArchive ema_ar;
-    ema->save(ema_ar);
-    ar.write("ema", ema_ar);
-  }
-  if (optimizer) {
-    torch::serialize::OutputArchive opt_ar;
-    optimizer->save(opt_ar);
-    ar.write("optimizer", opt_ar);
-  }
-  std::ostringstream bytes;
-  ar.save_to(bytes);
-  write_file_atomic(path, bytes.str());
+                     torch::nn::Module* ema, torch::optim::AdamW* optimizer) {
+  Named tensors;
+  append_named_tensors(tensors, model, "model.");
+  if (ema) append_named_tensors(tensors, *ema, "ema.");
+  if (optimizer) append_optimizer(tensors, *optimizer);
+  if (m.cpu_rng_state.defined()) tensors.emplace_back("state.cpu_rng", m.cpu_rng_state);
+  if (m.device_rng_state.defined()) tensors.emplace_back("state.device_rng", m.device_rng_state.cpu());
+  if (m.timestep_sampler_state.defined()) tensors.emplace_back("state.timestep_sampler", m.timestep_sampler_state);
+  const int64_t n_params = optimizer ? static_cast<int64_t>(optimizer_params(*optimizer).size()) : -1;
+  save_safetensors(path, tensors, meta_strings(m, n_params));
 }
 
 CheckpointReader::~CheckpointReader() = default;
 
-CheckpointReader::CheckpointReader(const std::string& path, const torch::Device& device)
-    : path_(path), archive_(std::make_unique<torch::serialize::InputArchive>()) {
-  if (!fs::exists(path)) throw UsageError("checkpoint '" + path + "' does not exist");
-  if (fs::is_directory(path)) throw UsageError("checkpoint '" + path + "' is a directory, not a checkpoint file");
+CheckpointReader::CheckpointReader(const std::string& path, const torch::Device& device, bool trust_legacy)
+    : path_(path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw UsageError("checkpoint '" + path + "' does not exist");
+  if (fs::is_directory(path, ec)) throw UsageError("checkpoint '" + path + "' is a directory, not a checkpoint file");
+  const std::string bytes = read_file_bytes(path);
+  if (looks_like_legacy_checkpoint(bytes)) {
+    if (!trust_legacy)
+      throw UsageError(fmt::format("'{}' is a zip archive: a format-1 checkpoint (a LibTorch archive) or not a "
+                                   "checkpoint. diffuse reads those only on request, since LibTorch's parser can "
+                                   "crash on a crafted file; if you trust it, convert it once with `diffuse import "
+                                   "{} --out NEW.pt`", path, path));
+    legacy_ = open_legacy_checkpoint(path, device, meta_, has_ema_, has_optimizer_);
+    return;
+  }
   try {
-    archive_->load_from(path, device);
-  } catch (const std::exception& e) {
-    std::string what = e.what();
-    what = what.substr(0, what.find('\n'));
-    throw UsageError("checkpoint '" + path + "' is corrupt or not a checkpoint (" + what + ")");
+    file_ = std::make_unique<SafeTensors>(decode_safetensors(bytes, path));
+  } catch (const UsageError& e) {  // said as a checkpoint: "safetensors file 'P': why" -> why
+    const std::string what = e.what(), prefix = "safetensors file '" + path + "': ";
+    throw UsageError(fmt::format("checkpoint '{}' is corrupt or not a checkpoint (a safetensors file): {}", path,
+                                 what.compare(0, prefix.size(), prefix) == 0 ? what.substr(prefix.size()) : what));
   }
-  c10::IValue v;
-  if (!archive_->try_read("diffuse_checkpoint", v) || !v.isInt() || v.toInt() != kCheckpointMagic)
-    throw UsageError("'" + path + "' is a LibTorch archive but not a diffuse checkpoint");
-  auto read_int = [&](const char* key) {
-    c10::IValue iv;
-    if (!archive_->try_read(key, iv) || !iv.isInt())
-      throw UsageError("checkpoint '" + path_ + "' lacks '" + key + "' (corrupt or from another version)");
-    return iv.toInt();
-  };
-  const int64_t format = read_int("format");
-  if (format != kCheckpointFormat)
-    throw UsageError(fmt::format("checkpoint '{}' has format {}, this diffuse reads format {}", path, format,
-                                 kCheckpointFormat));
-  meta_.step = read_int("step");
-  meta_.data.num_classes = read_int("num_classes");
-  meta_.data_epoch = read_int("data_epoch");
-  meta_.data_offset = read_int("data_offset");
-  c10::IValue cfg;
-  if (!archive_->try_read("config", cfg) || !cfg.isString())
-    throw UsageError("checkpoint '" + path + "' lacks its config");
-  meta_.config_yaml = cfg.toStringRef();
-  c10::IValue d;
-  if (archive_->try_read("loss_scale", d) && d.isDouble()) meta_.loss_scale = d.toDouble();
-  if (archive_->try_read("loss_scale_good_steps", d) && d.isInt()) meta_.loss_scale_good_steps = d.toInt();
-  if (archive_->try_read("elapsed_seconds", d) && d.isDouble()) meta_.elapsed_seconds = d.toDouble();
-  if (archive_->try_read("world_size", d) && d.isInt()) {
-    if (d.toInt() < 1) throw UsageError(fmt::format("checkpoint '{}': world_size {} is not positive", path_, d.toInt()));
-    meta_.world_size = d.toInt();
-  }
-  if (archive_->try_read("data_fingerprint", d) && d.isString()) meta_.data_fingerprint = d.toStringRef();
-  meta_.data.shape = read_data_shape(*archive_, path_);
-  // A fresh tensor for each key: try_read into a defined tensor calls set_() on it, which would
-  // rewrite whatever shares its storage (t.cpu() of a CPU tensor is that same tensor).
-  auto read_state = [&](const char* key, torch::Tensor& into) {
-    torch::Tensor t;
-    if (archive_->try_read(key, t)) into = t.cpu();
-  };
-  read_state("cpu_rng_state", meta_.cpu_rng_state);
-  read_state("device_rng_state", meta_.device_rng_state);
-  read_state("timestep_sampler_state", meta_.timestep_sampler_state);
-  torch::serialize::InputArchive probe;
-  has_ema_ = archive_->try_read("ema", probe);
+  read_meta(*file_, path, meta_, weights_only_);
+  has_ema_ = has_prefix(*file_, "ema.");
+  has_optimizer_ = !weights_only_ && file_->metadata.count("optimizer.params") > 0;
 }
-
-namespace {
-// Module::load would silently replace parameters with tensors of another shape; copy each one
-// into place instead, checking names and shapes (this also moves them to the module's device).
-void load_into(torch::nn::Module& module, torch::serialize::InputArchive& ar, const std::string& prefix,
-               const std::string& file) {
-  torch::NoGradGuard ng;
-  auto copy = [&](const std::string& name, torch::Tensor& dst, bool buffer) {
-    torch::Tensor src;
-    if (!ar.try_read(name, src, buffer))
-      throw UsageError(fmt::format("checkpoint '{}' has no tensor '{}{}' that this model needs (another model "
-                                   "configuration?)", file, prefix, name));
-    if (src.sizes() != dst.sizes())
-      throw UsageError(fmt::format("checkpoint '{}': '{}{}' has shape {} but this model's is {} (another model "
-                                   "configuration?)", file, prefix, name, fmt::join(src.sizes(), "x"), fmt::join(dst.sizes(), "x")));
-    dst.copy_(src);
-  };
-  for (auto& p : module.named_parameters(/*recurse=*/false)) copy(p.key(), p.value(), false);
-  for (auto& b : module.named_buffers(/*recurse=*/false)) copy(b.key(), b.value(), true);
-  for (auto& c : module.named_children()) {
-    torch::serialize::InputArchive child;
-    if (!ar.try_read(c.key(), child))
-      throw UsageError(fmt::format("checkpoint '{}' lacks the submodule '{}{}'", file, prefix, c.key()));
-    load_into(*c.value(), child, prefix + c.key() + ".", file);
-  }
-}
-}  // namespace
 
 void CheckpointReader::load_weights(torch::nn::Module& module, bool ema) const {
-  torch::serialize::InputArchive sub;
-  const char* key = ema ? "ema" : "model";
-  if (!archive_->try_read(key, sub))
-    throw UsageError(fmt::format("checkpoint '{}' has no {} weights", path_, key));
-  load_into(module, sub, std::string(key) + ":", path_);
+  if (legacy_) return legacy_load_weights(*legacy_, module, ema, path_);
+  const std::string prefix = ema ? "ema." : "model.";
+  if (!has_prefix(*file_, prefix)) throw UsageError(fmt::format("checkpoint '{}' has no {} weights", path_, ema ? "ema" : "model"));
+  torch::NoGradGuard ng;
+  size_t filled = 0;
+  auto fill = [&](const std::string& name, torch::Tensor& dst) {
+    const auto* src = file_->find(prefix + name);
+    if (!src)
+      throw UsageError(fmt::format("checkpoint '{}' has no tensor '{}{}' that this model needs (another model "
+                                   "configuration?)", path_, prefix, name));
+    if (src->sizes() != dst.sizes())
+      throw UsageError(fmt::format("checkpoint '{}': '{}{}' has shape [{}] but this model's is [{}] (another model "
+                                   "configuration?)", path_, prefix, name, fmt::join(src->sizes(), ", "),
+                                   fmt::join(dst.sizes(), ", ")));
+    dst.copy_(*src);
+    ++filled;
+  };
+  for (auto& p : module.named_parameters()) fill(p.key(), p.value());
+  for (auto& b : module.named_buffers()) fill(b.key(), b.value());
+  const auto stored = std::count_if(file_->tensors.begin(), file_->tensors.end(), [&](const auto& nt) {
+    return nt.first.compare(0, prefix.size(), prefix) == 0;
+  });
+  if (static_cast<size_t>(stored) != filled)
+    throw UsageError(fmt::format("checkpoint '{}' holds {} '{}' tensors, this model has {} (another model "
+                                 "configuration?)", path_, stored, prefix, filled));
 }
 
-void CheckpointReader::load_optimizer(torch::optim::Optimizer& optimizer) const {
-  torch::serialize::InputArchive sub;
-  if (!archive_->try_read("optimizer", sub))
+void CheckpointReader::load_optimizer(torch::optim::AdamW& optimizer) const {
+  if (legacy_) return legacy_load_optimizer(*legacy_, optimizer, path_);
+  const auto it = file_->metadata.find("optimizer.params");
+  if (!has_optimizer_)
     throw UsageError("checkpoint '" + path_ + "' has no optimizer state (it cannot resume training)");
-  optimizer.load(sub);
+  const auto params = optimizer_params(optimizer);
+  if (it->second != std::to_string(params.size()))
+    throw UsageError(fmt::format("checkpoint '{}' holds optimizer state for {} parameters, this model has {}", path_,
+                                 it->second, params.size()));
+  auto moment = [&](const std::string& key, const torch::Tensor& p) {
+    const auto* t = file_->find(key);
+    if (!t) return torch::Tensor();
+    if (t->sizes() != p.sizes() || !t->is_floating_point())
+      throw UsageError(fmt::format("checkpoint '{}': '{}' is {} [{}], its parameter is [{}]", path_, key,
+                                   c10::toString(t->scalar_type()), fmt::join(t->sizes(), ", "), fmt::join(p.sizes(), ", ")));
+    return t->to(p.device(), p.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+  };
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string key = fmt::format("optimizer.{}.", i);
+    auto exp_avg = moment(key + "exp_avg", params[i]);
+    if (!exp_avg.defined()) continue;  // no step taken for this parameter
+    auto exp_avg_sq = moment(key + "exp_avg_sq", params[i]);
+    const auto* step = file_->find(key + "step");
+    if (!exp_avg_sq.defined() || !step || step->scalar_type() != torch::kLong || step->numel() != 1 ||
+        step->item<int64_t>() < 0)
+      throw UsageError(fmt::format("checkpoint '{}': the optimizer state of parameter {} is incomplete or has a bad "
+                                   "step", path_, i));
+    auto st = std::make_unique<torch::optim::AdamWParamState>();
+    st->step(step->item<int64_t>());
+    st->exp_avg(exp_avg);
+    st->exp_avg_sq(exp_avg_sq);
+    if (auto mx = moment(key + "max_exp_avg_sq", params[i]); mx.defined()) st->max_exp_avg_sq(mx);
+    set_adamw_state(optimizer, params[i], std::move(st));
+  }
 }
 
 LoadedNetwork load_network(const CheckpointReader& reader, const Config& cfg, bool prefer_ema,
@@ -226,7 +321,7 @@ void link_latest_checkpoint(const std::string& run_dir, const std::string& check
 }
 
 std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,
-                                torch::nn::Module& model, torch::nn::Module* ema, torch::optim::Optimizer* optimizer) {
+                                torch::nn::Module& model, torch::nn::Module* ema, torch::optim::AdamW* optimizer) {
   const fs::path dir = fs::path(run_dir) / "checkpoints";
   fs::create_directories(dir);
   remove_stale_temporaries(dir.string());  // left by a writer that was killed mid-save

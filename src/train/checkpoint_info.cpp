@@ -22,11 +22,8 @@ namespace {
 std::string optimizer_fingerprint(const CheckpointReader& reader, const Config& cfg, Network& model) {
   // The options do not matter: load() replaces the state, and only the moments are hashed.
   torch::optim::AdamW optimizer(model.parameters(), torch::optim::AdamWOptions(cfg.train.lr));
-  try {
-    reader.load_optimizer(optimizer);
-  } catch (const UsageError&) {
-    return "";  // a checkpoint without optimizer state (it samples, it cannot resume)
-  }
+  if (!reader.has_optimizer()) return "";  // it samples, it cannot resume
+  reader.load_optimizer(optimizer);
   return fingerprint_string(tensors_fingerprint(adamw_moments(optimizer, model.parameters())));
 }
 

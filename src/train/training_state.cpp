@@ -13,14 +13,14 @@ namespace {
 // An optimizer's state entry for a parameter: keyed by the TensorImpl's address, as a string in
 // LibTorch 1.13 and as the pointer itself in 2.x.
 template <class Map>
-auto find_param_state(Map& state, const torch::Tensor& p) {
+auto param_state_key(const Map&, const torch::Tensor& p) {
   using Key = typename Map::key_type;
   if constexpr (std::is_same_v<Key, std::string>) {
     std::ostringstream key;
     key << p.unsafeGetTensorImpl();
-    return state.find(key.str());
+    return key.str();
   } else {
-    return state.find(static_cast<Key>(p.unsafeGetTensorImpl()));
+    return static_cast<Key>(p.unsafeGetTensorImpl());
   }
 }
 }  // namespace
@@ -32,15 +32,32 @@ std::vector<torch::Tensor> module_tensors(const torch::nn::Module& module) {
   return v;
 }
 
+torch::optim::AdamWParamState* adamw_state(torch::optim::AdamW& optimizer, const torch::Tensor& p) {
+  auto& state = optimizer.state();
+  const auto it = state.find(param_state_key(state, p));
+  return it == state.end() ? nullptr : static_cast<torch::optim::AdamWParamState*>(it->second.get());
+}
+
+void set_adamw_state(torch::optim::AdamW& optimizer, const torch::Tensor& p,
+                     std::unique_ptr<torch::optim::AdamWParamState> st) {
+  auto& state = optimizer.state();
+  state[param_state_key(state, p)] = std::move(st);
+}
+
+void append_named_tensors(std::vector<std::pair<std::string, torch::Tensor>>& out, const torch::nn::Module& m,
+                          const std::string& prefix) {
+  for (const auto& p : m.named_parameters()) out.emplace_back(prefix + p.key(), p.value().detach());
+  for (const auto& b : m.named_buffers()) out.emplace_back(prefix + b.key(), b.value().detach());
+}
+
 std::vector<torch::Tensor> adamw_moments(torch::optim::AdamW& optimizer, const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> v;
   for (const auto& p : params) {
-    const auto it = find_param_state(optimizer.state(), p);
-    if (it == optimizer.state().end()) continue;
-    const auto& st = static_cast<const torch::optim::AdamWParamState&>(*it->second);
-    v.push_back(st.exp_avg());
-    v.push_back(st.exp_avg_sq());
-    if (st.max_exp_avg_sq().defined()) v.push_back(st.max_exp_avg_sq());
+    const auto* st = adamw_state(optimizer, p);
+    if (!st) continue;
+    v.push_back(st->exp_avg());
+    v.push_back(st->exp_avg_sq());
+    if (st->max_exp_avg_sq().defined()) v.push_back(st->max_exp_avg_sq());
   }
   return v;
 }

@@ -17,9 +17,6 @@ struct Target {
   // Valid inputs for the reader, written by the library's own writers: the seed corpus.
   std::vector<std::string> (*seeds)();
   bool can_refuse = true;  // false for a filter that takes any bytes (metrics lines)
-  // A torch::serialize archive, read by LibTorch's own zip reader, unpickler and TorchScript
-  // importer: byte flips inside it can crash LibTorch itself (docs/decisions.md, "Fuzzing").
-  bool libtorch_archive = false;
 };
 
 const std::vector<Target>& targets();

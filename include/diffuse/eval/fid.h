@@ -83,8 +83,8 @@ class FeatureStatsAccumulator {
   torch::Tensor mean_, m2_;  // float64 [D], [D, D] (sum of centred outer products)
 };
 
-// Cache file: a torch::serialize archive holding "mu", "sigma" (float64), "n" and the strings
-// "extractor" and "reference", written atomically (temporary file, rename). Loading also
+// Cache file: a safetensors file holding "mu", "sigma" (float64) and "n", with "extractor" and
+// "reference" in its metadata, written atomically (temporary file, rename). Loading also
 // reads NumPy .npz files with arrays mu and sigma (pytorch-fid's --save-stats format; n = 0
 // unless an array n is present). Errors name the file.
 void save_feature_stats(const FeatureStats& stats, const std::string& path);

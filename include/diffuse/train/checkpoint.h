@@ -1,6 +1,15 @@
 // Checkpoints: one self-describing file per save, holding the resolved config, the data shape,
 // model + EMA weights, optimizer state, step, data-order position, RNG states and the
 // timestep-sampler history. Written atomically; a run directory keeps the last K plus `latest.pt`.
+//
+// Format 2 is a safetensors file (read by our own bounds-checked parser; any safetensors reader
+// opens it): tensors "model.<name>", "ema.<name>" (parameters and buffers by module path),
+// "optimizer.<i>.{exp_avg,exp_avg_sq,max_exp_avg_sq,step}" (AdamW, i = the parameter's index
+// in the optimizer), "state.{cpu_rng,device_rng,timestep_sampler}"; "__metadata__" holds
+// "format": "diffuse-checkpoint", "format_version": "2" and the CheckpointMeta fields as strings.
+// A `diffuse export` file ("format": "diffuse": weights and config only) reads as a checkpoint
+// that cannot resume. Format 1 files (LibTorch archives, whose unpickler can crash on crafted
+// bytes) are read only when the caller says the file is trusted (`diffuse import` does).
 #pragma once
 
 #include <torch/types.h>
@@ -15,13 +24,15 @@ namespace torch::nn {
 class Module;
 }
 namespace torch::optim {
-class Optimizer;
+class AdamW;
 }
 namespace torch::serialize {
 class InputArchive;
 }
 
 namespace diffuse {
+
+struct SafeTensors;
 
 // Everything in a checkpoint but the weights and optimizer state.
 struct CheckpointMeta {
@@ -40,32 +51,42 @@ struct CheckpointMeta {
   std::string data_fingerprint;  // Dataset::fingerprint() of the training data; "" when unknown
 };
 
-constexpr int64_t kCheckpointFormat = 1;
-constexpr int64_t kCheckpointMagic = 0x646966667573;  // "diffus", the archive's "diffuse_checkpoint" key
+constexpr int64_t kCheckpointFormat = 2;
+constexpr int64_t kLegacyCheckpointFormat = 1;  // a LibTorch archive
+constexpr int64_t kLegacyCheckpointMagic = 0x646966667573;  // "diffus", format 1's "diffuse_checkpoint" key
+
+// A stored data shape checked: 1 to 4 sizes, each in 1..2^20; UsageError naming `file` otherwise.
+std::vector<int64_t> parse_data_shape(const std::vector<int64_t>& sizes, const std::string& file);
 
 // Writes the checkpoint atomically (temp file, fsync, rename). `ema` and `optimizer` may be null.
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
-                     torch::nn::Module* ema, torch::optim::Optimizer* optimizer);
+                     torch::nn::Module* ema, torch::optim::AdamW* optimizer);
 
 // Opens a checkpoint once; the parts are then loaded on demand. A missing, truncated or foreign
 // file is refused with an error naming it.
 class CheckpointReader {
  public:
-  // Tensors are mapped onto `device` as they are read (weights, optimizer state).
-  explicit CheckpointReader(const std::string& path, const torch::Device& device = torch::kCPU);
+  // Tensors are mapped onto `device` as they are read (weights, optimizer state). A format-1
+  // file is refused (naming `diffuse import`) unless `trust_legacy`.
+  explicit CheckpointReader(const std::string& path, const torch::Device& device = torch::kCPU,
+                            bool trust_legacy = false);
   ~CheckpointReader();
   const CheckpointMeta& meta() const { return meta_; }
   const std::string& path() const { return path_; }
   bool has_ema() const { return has_ema_; }
+  bool has_optimizer() const { return has_optimizer_; }  // false: it samples but cannot resume
   // Loads weights into a network of the same architecture ("model" or "ema").
   void load_weights(torch::nn::Module& module, bool ema) const;
-  void load_optimizer(torch::optim::Optimizer& optimizer) const;
+  void load_optimizer(torch::optim::AdamW& optimizer) const;
+  int64_t format() const { return legacy_ ? kLegacyCheckpointFormat : kCheckpointFormat; }
 
  private:
   std::string path_;
   CheckpointMeta meta_;
-  bool has_ema_ = false;
-  std::unique_ptr<torch::serialize::InputArchive> archive_;
+  bool has_ema_ = false, has_optimizer_ = false;
+  bool weights_only_ = false;  // a `diffuse export` file
+  std::unique_ptr<SafeTensors> file_;
+  std::unique_ptr<torch::serialize::InputArchive> legacy_;
 };
 
 class Network;
@@ -95,6 +116,6 @@ void link_latest_checkpoint(const std::string& run_dir, const std::string& check
 // newest `keep` step checkpoints (never the one just written). Temporaries that a killed save
 // left in the folder are removed first. Returns the path written.
 std::string save_run_checkpoint(const std::string& run_dir, int64_t keep, const CheckpointMeta& meta,
-                                torch::nn::Module& model, torch::nn::Module* ema, torch::optim::Optimizer* optimizer);
+                                torch::nn::Module& model, torch::nn::Module* ema, torch::optim::AdamW* optimizer);
 
 }  // namespace diffuse

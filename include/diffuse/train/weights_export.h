@@ -22,9 +22,11 @@ ExportSummary export_safetensors(const std::string& checkpoint, const std::strin
 
 // Reads a safetensors file written by export_safetensors (a diffuse config in its metadata; all
 // of "model." present, "ema." optional) into a diffuse checkpoint at `out` that sample and eval
-// use like any other (it has no optimizer state, so it cannot resume training). UsageError
-// naming the file for anything else: another layout, a missing or misshapen tensor, a config
-// that does not parse.
-void import_safetensors(const std::string& file, const std::string& out);
+// use like any other (it has no optimizer state, so it cannot resume training). A checkpoint
+// of any format that diffuse reads (a format-1 LibTorch archive, say) is rewritten in the
+// current format with its optimizer state, so it stays resumable. UsageError naming the file
+// for anything else: another layout, a missing or misshapen tensor, a config that does not parse.
+// Returns whether the checkpoint written holds optimizer state (can resume training).
+bool import_safetensors(const std::string& file, const std::string& out);
 
 }  // namespace diffuse
