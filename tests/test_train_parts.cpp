@@ -3,6 +3,7 @@
 // LibTorch's own clip_grad_norm_, and fp16 dynamic loss scaling.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <filesystem>
@@ -430,6 +431,18 @@ TEST(Checkpoint, LegacyArchiveIsReadOnRequestAndConvertedBitForBit) {
   EXPECT_EQ(CheckpointReader(legacy, torch::kCPU, true).format(), kLegacyCheckpointFormat);
   test::TempDir dir;
   const auto out = (dir.path() / "converted.pt").string();
+#if TORCH_VERSION_MAJOR >= 2
+  // The fixture was written by LibTorch 1.13; 2.x maps its optimizer state onto the wrong
+  // parameters, which import refuses (docs/decisions.md), writing nothing.
+  try {
+    import_safetensors(legacy, out);
+    ADD_FAILURE() << "LibTorch 2.x imported a LibTorch 1.13 optimizer state";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("does not match its parameters"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(out));
+  return;
+#endif
   import_safetensors(legacy, out);
   const auto info = inspect_checkpoint(out);
   EXPECT_EQ(CheckpointReader(out).format(), kCheckpointFormat);

@@ -62,6 +62,13 @@ bool import_safetensors(const std::string& file, const std::string& out) {
   if (reader.has_optimizer()) {
     opt = std::make_unique<torch::optim::AdamW>(net->parameters(), torch::optim::AdamWOptions(cfg.train.lr));
     reader.load_optimizer(*opt);
+    // LibTorch 2.x reading a format-1 file that LibTorch 1.x wrote attaches the moments to the
+    // wrong parameters; refuse that rather than write a file that resumes wrongly.
+    for (const auto& p : net->parameters())
+      if (const auto* st = adamw_state(*opt, p); st && st->exp_avg().sizes() != p.sizes())
+        throw UsageError(fmt::format("'{}': its optimizer state does not match its parameters (a format-1 file "
+                                     "written by LibTorch 1.x, read by LibTorch 2.x?); import it with a diffuse "
+                                     "built on LibTorch 1.13", file));
   }
   save_checkpoint(out, m, *net, ema.get(), opt.get());
   return opt != nullptr;
