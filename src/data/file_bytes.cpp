@@ -111,6 +111,8 @@ bool is_gzip(const std::string& bytes) {
   return bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == 0x1f && static_cast<uint8_t>(bytes[1]) == 0x8b;
 }
 
+bool is_zip(const std::string& bytes) { return bytes.compare(0, 4, "PK\x03\x04") == 0; }
+
 std::string gunzip(const std::string& compressed, const std::string& name, size_t max_size) {
   // ISIZE, the last 4 bytes, is the uncompressed size mod 2^32: a good first allocation.
   size_t hint = 0;

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <torch/script.h>
+#include <torch/torch.h>
 
 #include <cmath>
 #include <filesystem>
@@ -205,7 +206,7 @@ FeatureStats load_feature_stats(const std::string& path) {
     n = arrays.count("n") ? arrays["n"].reshape({-1}) : torch::zeros({1}, torch::kLong);
   } else {
     const std::string bytes = read_file_bytes(path);
-    if (bytes.compare(0, 4, "PK\x03\x04") == 0)
+    if (is_zip(bytes))
       throw unreadable("it is a zip archive, as older diffuse versions wrote (a LibTorch archive, no longer read: "
                        "its parser is unsafe on crafted files); delete it to compute fresh statistics");
     const auto st = decode_safetensors(bytes, path);

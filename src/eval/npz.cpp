@@ -9,6 +9,7 @@
 #include <iterator>
 #include <vector>
 
+#include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 
 namespace diffuse {
@@ -134,7 +135,7 @@ torch::Tensor parse_npy(const std::string& b, const std::string& origin) {
 bool is_npz_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::string head(30, '\0');
-  if (!in.read(head.data(), 30) || u32(head, 0) != 0x04034b50u) return false;
+  if (!in.read(head.data(), 30) || !is_zip(head)) return false;
   std::string name(u16(head, 26), '\0');
   if (!in.read(name.data(), static_cast<std::streamsize>(name.size()))) return false;
   return name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0;

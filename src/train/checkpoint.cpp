@@ -30,7 +30,6 @@ using Named = std::vector<std::pair<std::string, torch::Tensor>>;
 constexpr const char* kFormatName = "diffuse-checkpoint";
 constexpr const char* kWeightsFormatName = "diffuse";  // diffuse export
 
-
 std::vector<torch::Tensor> optimizer_params(torch::optim::AdamW& opt) {
   std::vector<torch::Tensor> v;
   for (auto& g : opt.param_groups())
@@ -51,22 +50,35 @@ void append_optimizer(Named& out, torch::optim::AdamW& opt) {
   }
 }
 
-std::map<std::string, std::string> meta_strings(const CheckpointMeta& m, int64_t optimizer_params) {
-  std::map<std::string, std::string> s{{"format", kFormatName},
-                                       {"format_version", std::to_string(kCheckpointFormat)},
-                                       {"step", std::to_string(m.step)},
-                                       {"config", m.config_yaml},
-                                       {"data_shape", fmt::format("{}", fmt::join(m.data.shape, ","))},
-                                       {"num_classes", std::to_string(m.data.num_classes)},
-                                       {"data_epoch", std::to_string(m.data_epoch)},
-                                       {"data_offset", std::to_string(m.data_offset)},
-                                       {"loss_scale", fmt::format("{}", m.loss_scale)},
-                                       {"loss_scale_good_steps", std::to_string(m.loss_scale_good_steps)},
-                                       {"elapsed_seconds", fmt::format("{}", m.elapsed_seconds)},
-                                       {"world_size", std::to_string(m.world_size)},
-                                       {"data_fingerprint", m.data_fingerprint}};
+// What a weights-only file holds: enough to rebuild the network.
+std::map<std::string, std::string> weights_meta(const CheckpointMeta& m) {
+  return {{"format", kWeightsFormatName},
+          {"step", std::to_string(m.step)},
+          {"config", m.config_yaml},
+          {"data_shape", fmt::format("{}", fmt::join(m.data.shape, ","))},
+          {"num_classes", std::to_string(m.data.num_classes)}};
+}
+
+std::map<std::string, std::string> checkpoint_meta(const CheckpointMeta& m, int64_t optimizer_params) {
+  auto s = weights_meta(m);
+  s["format"] = kFormatName;
+  s["format_version"] = std::to_string(kCheckpointFormat);
+  s["data_epoch"] = std::to_string(m.data_epoch);
+  s["data_offset"] = std::to_string(m.data_offset);
+  s["loss_scale"] = fmt::format("{}", m.loss_scale);
+  s["loss_scale_good_steps"] = std::to_string(m.loss_scale_good_steps);
+  s["elapsed_seconds"] = fmt::format("{}", m.elapsed_seconds);
+  s["world_size"] = std::to_string(m.world_size);
+  s["data_fingerprint"] = m.data_fingerprint;
   if (optimizer_params >= 0) s["optimizer.params"] = std::to_string(optimizer_params);
   return s;
+}
+
+Named weight_tensors(torch::nn::Module& model, torch::nn::Module* ema) {
+  Named tensors;
+  append_named_tensors(tensors, model, "model.");
+  if (ema) append_named_tensors(tensors, *ema, "ema.");
+  return tensors;
 }
 
 // Metadata fields, each parsed whole and refused naming the file and key.
@@ -151,9 +163,10 @@ void read_meta(const SafeTensors& st, const std::string& path, CheckpointMeta& m
   m.timestep_sampler_state = state("timestep_sampler");
 }
 
-bool has_prefix(const SafeTensors& st, const std::string& prefix) {
-  return std::any_of(st.tensors.begin(), st.tensors.end(),
-                     [&](const auto& nt) { return nt.first.compare(0, prefix.size(), prefix) == 0; });
+size_t count_prefixed(const SafeTensors& st, const std::string& prefix) {
+  return static_cast<size_t>(std::count_if(st.tensors.begin(), st.tensors.end(), [&](const auto& nt) {
+    return nt.first.compare(0, prefix.size(), prefix) == 0;
+  }));
 }
 }  // namespace
 
@@ -171,15 +184,20 @@ std::vector<int64_t> parse_data_shape(const std::vector<int64_t>& sizes, const s
 
 void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn::Module& model,
                      torch::nn::Module* ema, torch::optim::AdamW* optimizer) {
-  Named tensors;
-  append_named_tensors(tensors, model, "model.");
-  if (ema) append_named_tensors(tensors, *ema, "ema.");
+  Named tensors = weight_tensors(model, ema);
   if (optimizer) append_optimizer(tensors, *optimizer);
   if (m.cpu_rng_state.defined()) tensors.emplace_back("state.cpu_rng", m.cpu_rng_state);
   if (m.device_rng_state.defined()) tensors.emplace_back("state.device_rng", m.device_rng_state.cpu());
   if (m.timestep_sampler_state.defined()) tensors.emplace_back("state.timestep_sampler", m.timestep_sampler_state);
   const int64_t n_params = optimizer ? static_cast<int64_t>(optimizer_params(*optimizer).size()) : -1;
-  save_safetensors(path, tensors, meta_strings(m, n_params));
+  save_safetensors(path, tensors, checkpoint_meta(m, n_params));
+}
+
+int64_t save_weights_file(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
+                          torch::nn::Module* ema) {
+  const Named tensors = weight_tensors(model, ema);
+  save_safetensors(path, tensors, weights_meta(meta));
+  return static_cast<int64_t>(tensors.size());
 }
 
 CheckpointReader::~CheckpointReader() = default;
@@ -190,7 +208,7 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   if (!fs::exists(path, ec)) throw UsageError("checkpoint '" + path + "' does not exist");
   if (fs::is_directory(path, ec)) throw UsageError("checkpoint '" + path + "' is a directory, not a checkpoint file");
   const std::string bytes = read_file_bytes(path);
-  if (looks_like_legacy_checkpoint(bytes)) {
+  if (is_zip(bytes)) {  // a LibTorch archive is a zip file
     if (!trust_legacy)
       throw UsageError(fmt::format("'{}' is a zip archive: a format-1 checkpoint (a LibTorch archive) or not a "
                                    "checkpoint. diffuse reads those only on request, since LibTorch's parser can "
@@ -206,15 +224,17 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
     throw UsageError(fmt::format("checkpoint '{}' is corrupt or not a checkpoint (a safetensors file): {}", path,
                                  what.compare(0, prefix.size(), prefix) == 0 ? what.substr(prefix.size()) : what));
   }
-  read_meta(*file_, path, meta_, weights_only_);
-  has_ema_ = has_prefix(*file_, "ema.");
-  has_optimizer_ = !weights_only_ && file_->metadata.count("optimizer.params") > 0;
+  bool weights_only = false;
+  read_meta(*file_, path, meta_, weights_only);
+  has_ema_ = count_prefixed(*file_, "ema.") > 0;
+  has_optimizer_ = !weights_only && file_->metadata.count("optimizer.params") > 0;
 }
 
 void CheckpointReader::load_weights(torch::nn::Module& module, bool ema) const {
   if (legacy_) return legacy_load_weights(*legacy_, module, ema, path_);
   const std::string prefix = ema ? "ema." : "model.";
-  if (!has_prefix(*file_, prefix)) throw UsageError(fmt::format("checkpoint '{}' has no {} weights", path_, ema ? "ema" : "model"));
+  const size_t stored = count_prefixed(*file_, prefix);
+  if (stored == 0) throw UsageError(fmt::format("checkpoint '{}' has no {} weights", path_, ema ? "ema" : "model"));
   torch::NoGradGuard ng;
   size_t filled = 0;
   auto fill = [&](const std::string& name, torch::Tensor& dst) {
@@ -231,23 +251,20 @@ void CheckpointReader::load_weights(torch::nn::Module& module, bool ema) const {
   };
   for (auto& p : module.named_parameters()) fill(p.key(), p.value());
   for (auto& b : module.named_buffers()) fill(b.key(), b.value());
-  const auto stored = std::count_if(file_->tensors.begin(), file_->tensors.end(), [&](const auto& nt) {
-    return nt.first.compare(0, prefix.size(), prefix) == 0;
-  });
-  if (static_cast<size_t>(stored) != filled)
+  if (stored != filled)
     throw UsageError(fmt::format("checkpoint '{}' holds {} '{}' tensors, this model has {} (another model "
                                  "configuration?)", path_, stored, prefix, filled));
 }
 
 void CheckpointReader::load_optimizer(torch::optim::AdamW& optimizer) const {
   if (legacy_) return legacy_load_optimizer(*legacy_, optimizer, path_);
-  const auto it = file_->metadata.find("optimizer.params");
   if (!has_optimizer_)
     throw UsageError("checkpoint '" + path_ + "' has no optimizer state (it cannot resume training)");
   const auto params = optimizer_params(optimizer);
-  if (it->second != std::to_string(params.size()))
+  const std::string& stored = file_->metadata.at("optimizer.params");
+  if (stored != std::to_string(params.size()))
     throw UsageError(fmt::format("checkpoint '{}' holds optimizer state for {} parameters, this model has {}", path_,
-                                 it->second, params.size()));
+                                 stored, params.size()));
   auto moment = [&](const std::string& key, const torch::Tensor& p) {
     const auto* t = file_->find(key);
     if (!t) return torch::Tensor();

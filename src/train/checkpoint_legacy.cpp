@@ -7,6 +7,7 @@
 
 #include "diffuse/error.h"
 #include "diffuse/train/checkpoint.h"
+#include "diffuse/train/training_state.h"
 
 namespace diffuse {
 
@@ -49,8 +50,6 @@ void load_into(torch::nn::Module& module, torch::serialize::InputArchive& ar, co
   }
 }
 }  // namespace
-
-bool looks_like_legacy_checkpoint(const std::string& b) { return b.size() >= 4 && b.compare(0, 4, "PK\x03\x04") == 0; }
 
 std::unique_ptr<torch::serialize::InputArchive> open_legacy_checkpoint(const std::string& path,
                                                                        const torch::Device& device,
@@ -118,12 +117,18 @@ void legacy_load_weights(torch::serialize::InputArchive& archive, torch::nn::Mod
   load_into(module, sub, std::string(key) + ":", path);
 }
 
-void legacy_load_optimizer(torch::serialize::InputArchive& archive, torch::optim::Optimizer& optimizer,
+void legacy_load_optimizer(torch::serialize::InputArchive& archive, torch::optim::AdamW& optimizer,
                            const std::string& path) {
   torch::serialize::InputArchive sub;
   if (!archive.try_read("optimizer", sub))
     throw UsageError("checkpoint '" + path + "' has no optimizer state (it cannot resume training)");
   optimizer.load(sub);
+  for (const auto& group : optimizer.param_groups())
+    for (const auto& p : group.params())
+      if (const auto* st = adamw_state(optimizer, p); st && st->exp_avg().sizes() != p.sizes())
+        throw UsageError(fmt::format("'{}': its optimizer state does not match its parameters (a format-1 file "
+                                     "written by LibTorch 1.x, read by LibTorch 2.x?); import it with a diffuse "
+                                     "built on LibTorch 1.13", path));
 }
 
 }  // namespace diffuse

@@ -12,7 +12,7 @@ namespace torch::nn {
 class Module;
 }
 namespace torch::optim {
-class Optimizer;
+class AdamW;
 }
 namespace torch::serialize {
 class InputArchive;
@@ -22,9 +22,6 @@ namespace diffuse {
 
 struct CheckpointMeta;
 
-// Whether the bytes start like a zip archive (the container of LibTorch archives).
-bool looks_like_legacy_checkpoint(const std::string& first_bytes);
-
 // Opens a legacy archive and reads its metadata and which parts it holds.
 std::unique_ptr<torch::serialize::InputArchive> open_legacy_checkpoint(const std::string& path,
                                                                        const torch::Device& device,
@@ -32,7 +29,9 @@ std::unique_ptr<torch::serialize::InputArchive> open_legacy_checkpoint(const std
                                                                        bool& has_optimizer);
 void legacy_load_weights(torch::serialize::InputArchive& archive, torch::nn::Module& module, bool ema,
                          const std::string& path);
-void legacy_load_optimizer(torch::serialize::InputArchive& archive, torch::optim::Optimizer& optimizer,
+// Refuses state that does not fit its parameters: LibTorch 2.x reading an archive that 1.x wrote
+// attaches the moments to the wrong parameters.
+void legacy_load_optimizer(torch::serialize::InputArchive& archive, torch::optim::AdamW& optimizer,
                            const std::string& path);
 
 }  // namespace diffuse

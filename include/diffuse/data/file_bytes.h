@@ -13,6 +13,8 @@ std::string read_file_bytes(const std::string& path);
 
 // True when `bytes` start with the gzip magic number 1f 8b.
 bool is_gzip(const std::string& bytes);
+// True when `bytes` start with a zip local file header ("PK\3\4"): npz files, LibTorch archives.
+bool is_zip(const std::string& bytes);
 
 // The most a decompression yields unless the caller knows better: a few kilobytes of gzip can
 // expand to gigabytes, so output beyond the limit is refused (naming the file) as it is reached.

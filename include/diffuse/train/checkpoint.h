@@ -62,6 +62,11 @@ std::vector<int64_t> parse_data_shape(const std::vector<int64_t>& sizes, const s
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
                      torch::nn::Module* ema, torch::optim::AdamW* optimizer);
 
+// Writes the weights-only file that `diffuse export` makes ("format": "diffuse": model and EMA
+// weights, config, data shape, classes, step), atomically. Returns the number of tensors written.
+int64_t save_weights_file(const std::string& path, const CheckpointMeta& meta, torch::nn::Module& model,
+                          torch::nn::Module* ema);
+
 // Opens a checkpoint once; the parts are then loaded on demand. A missing, truncated or foreign
 // file is refused with an error naming it.
 class CheckpointReader {
@@ -84,7 +89,6 @@ class CheckpointReader {
   std::string path_;
   CheckpointMeta meta_;
   bool has_ema_ = false, has_optimizer_ = false;
-  bool weights_only_ = false;  // a `diffuse export` file
   std::unique_ptr<SafeTensors> file_;
   std::unique_ptr<torch::serialize::InputArchive> legacy_;
 };
