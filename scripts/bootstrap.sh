@@ -7,6 +7,7 @@
 #   DIFFUSE_SKIP_DEPS=1 scripts/bootstrap.sh                   build only
 #   DIFFUSE_TEST_DEPS=1 scripts/bootstrap.sh                   also what the tests use (torchrun)
 #   DIFFUSE_SANITIZE=address,undefined scripts/bootstrap.sh    instrumented build (docs/decisions.md)
+#   DIFFUSE_FUZZ=ON CC=clang CXX=clang++ scripts/bootstrap.sh   also the libFuzzer driver (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +44,7 @@ GENERATOR=()
 command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 if [[ -f "$BUILD_DIR/CMakeCache.txt" ]]; then GENERATOR=(); fi  # keep the generator it was made with
 cmake -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-Release} \
-  -DDIFFUSE_SANITIZE="${DIFFUSE_SANITIZE:-}" \
+  -DDIFFUSE_SANITIZE="${DIFFUSE_SANITIZE:-}" -DDIFFUSE_FUZZ="${DIFFUSE_FUZZ:-OFF}" \
   ${CMAKE_PREFIX_PATH:+-DCMAKE_PREFIX_PATH="$CMAKE_PREFIX_PATH"} >/dev/null
 cmake --build "$BUILD_DIR" -j "${JOBS:-$(nproc)}"
 echo "bootstrap: built $BUILD_DIR/diffuse"

@@ -12,7 +12,9 @@
 # same LibTorch. Needs root. Safe to run again; reruns reuse the root and its ccache.
 #   scripts/check-cuda-build.sh
 #   scripts/check-cuda-build.sh --root-only   only make (or check) the root
-#   CUDA_CHECK_TESTS=1     also run the test suite with the CUDA build (no GPU: the CPU paths; ~3 min)
+#   CUDA_CHECK_TESTS=1     also build the test suite and run it with the CUDA build (no GPU: the CPU
+#                          paths; ~3 min more). Without it the tests are not compiled here: they hold
+#                          no CUDA-only code, and the two other builds of CI compile and run them.
 #   JOBS=N                 build parallelism (default: nproc)
 #   CUDA_ROOT=DIR          the root (default .cache/trixie-cuda-root)
 #   CUDA_BUILD_DIR=DIR     the build folder, inside the project (default build-cuda)
@@ -114,12 +116,14 @@ troot_log "LibTorch $torch_version (CUDA), CUDA toolkit $cuda_version, NCCL $ncc
 LOG=$BUILD_DIR/cuda-build.log
 troot_log "[2/4] configure + build every target in /src/$BUILD_DIR with $JOBS jobs (log: $LOG)"
 t_build=$SECONDS
+BUILD_TESTS=OFF EXES=(diffuse)
+[[ ${CUDA_CHECK_TESTS:-0} == 1 ]] && BUILD_TESTS=ON EXES=(diffuse diffuse_tests)
 set +e
 in_root /bin/bash -c 'set -euo pipefail
   cmake -S /src -B "/src/$1" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_EXPORT_COMPILE_COMMANDS=ON \
-    -DTORCH_CUDA_ARCH_LIST=9.0 2>&1 | grep -E "PyTorch|CUDA|cuDNN|NCCL|Torch|Error|error|Warning" || true
+    -DDIFFUSE_BUILD_TESTS="$2" -DTORCH_CUDA_ARCH_LIST=9.0 2>&1 | grep -E "PyTorch|CUDA|cuDNN|NCCL|Torch|Error|error|Warning" || true
   test -f "/src/$1/build.ninja"
-  cmake --build "/src/$1" -j "$JOBS"' build "$BUILD_DIR" 2>&1 | tee "$LOG"
+  cmake --build "/src/$1" -j "$JOBS"' build "$BUILD_DIR" "$BUILD_TESTS" 2>&1 | tee "$LOG"
 build_rc=${PIPESTATUS[0]}
 set -e
 build_s=$((SECONDS - t_build))
@@ -141,7 +145,7 @@ n_cuda=$(grep '"command":' "$cc" | grep -c -- '-DDIFFUSE_WITH_CUDA' || true)
 n_nccl=$(grep '"command":' "$cc" | grep -c -- '-DUSE_C10D_NCCL' || true)
 check "$n_cuda of $n_tu translation units compiled with -DDIFFUSE_WITH_CUDA (and $n_nccl with -DUSE_C10D_NCCL)" \
   test "$n_tu" -gt 0 -a "$n_cuda" -eq "$n_tu"
-for exe in diffuse diffuse_tests; do
+for exe in "${EXES[@]}"; do
   check "$exe linked against libtorch_cuda.so and libc10_cuda.so" \
     in_root /bin/bash -c "readelf -d /src/$BUILD_DIR/$exe | grep -q 'libtorch_cuda.so' && readelf -d /src/$BUILD_DIR/$exe | grep -q 'libc10_cuda.so'"
 done
@@ -217,8 +221,8 @@ summary="CUDA compile-and-link check: LibTorch $torch_version (Debian, CUDA), CU
   cuDNN: $cudnn_note
   build: ${build_s}s, $warnings distinct compiler warnings (log: $LOG)
   checked: configure with find_package(Torch) finding CUDA (TARGET torch_cuda);
-           every translation unit ($n_tu: diffuse_core, diffuse, diffuse_tests) compiled with
-           -DDIFFUSE_WITH_CUDA and the CUDA 12.4 headers; diffuse and diffuse_tests linked against
+           every translation unit ($n_tu: diffuse_core, diffuse$([[ $BUILD_TESTS == ON ]] && echo ", diffuse_tests")) compiled with
+           -DDIFFUSE_WITH_CUDA and the CUDA 12.4 headers; ${EXES[*]} linked against
            libtorch_cuda/libc10_cuda; a c10d::ProcessGroupNCCL program compiled and linked (rc $probe_rc)
   ran:     diffuse --version in the root without a GPU: rc $version_rc: $(tr '\n' ' ' <<<"$version_out" | cut -c1-200)
   tests:   $tests_note

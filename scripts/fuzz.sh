@@ -11,8 +11,11 @@
 # tests/fuzz/regressions/<target>/, which the ordinary suite replays (test_fuzz_targets.cpp),
 # and the script fails. The last lines are a table of executions per target and the total.
 #
-#   JOBS=N        targets fuzzed at once (default: nproc)
-#   FUZZ_BUILD=D  build directory (default build-fuzz)
+#   JOBS=N           targets fuzzed at once (default: nproc)
+#   FUZZ_BUILD=D     build directory (default build-fuzz)
+#   FUZZ_PREBUILT=1  use D/diffuse_fuzz as it is, built by someone else: LT2_FUZZ=SECONDS
+#                    scripts/test-libtorch2.sh builds it with clang 19 beside the sanitized suite
+#                    and runs this script on it (what CI does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER=${1:-300}
@@ -20,24 +23,28 @@ shift || true
 BUILD=${FUZZ_BUILD:-build-fuzz}
 JOBS=${JOBS:-$(nproc)}
 
-need=()
-command -v clang++-14 >/dev/null || need+=(clang-14)
-[[ -e /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a ]] ||
-  ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
-if ((${#need[@]})); then
-  echo "fuzz: installing ${need[*]}"
-  sudo_=""; ((EUID == 0)) || sudo_=sudo
-  $sudo_ apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
-fi
-scripts/bootstrap.sh >/dev/null
-
 start=$SECONDS
-mkdir -p "$BUILD"
-CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DDIFFUSE_FUZZ=ON -DDIFFUSE_SANITIZE=address,undefined -DDIFFUSE_BUILD_TESTS=OFF >"$BUILD/fuzz-configure.log" 2>&1 ||
-  { cat "$BUILD/fuzz-configure.log"; exit 1; }
-ninja -C "$BUILD" diffuse_fuzz >"$BUILD/fuzz-build.log" 2>&1 || { tail -50 "$BUILD/fuzz-build.log"; exit 1; }
-echo "fuzz: built $BUILD/diffuse_fuzz in $((SECONDS - start))s"
+if [[ ${FUZZ_PREBUILT:-0} == 1 ]]; then
+  [[ -x $BUILD/diffuse_fuzz ]] || { echo "fuzz: FUZZ_PREBUILT=1 but $BUILD/diffuse_fuzz is missing" >&2; exit 1; }
+else
+  need=()
+  command -v clang++-14 >/dev/null || need+=(clang-14)
+  [[ -e /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a ]] ||
+    ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
+  if ((${#need[@]})); then
+    echo "fuzz: installing ${need[*]}"
+    sudo_=""; ((EUID == 0)) || sudo_=sudo
+    $sudo_ apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  scripts/bootstrap.sh >/dev/null
+
+  mkdir -p "$BUILD"
+  CC=clang-14 CXX=clang++-14 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DDIFFUSE_FUZZ=ON -DDIFFUSE_SANITIZE=address,undefined -DDIFFUSE_BUILD_TESTS=OFF >"$BUILD/fuzz-configure.log" 2>&1 ||
+    { cat "$BUILD/fuzz-configure.log"; exit 1; }
+  ninja -C "$BUILD" diffuse_fuzz >"$BUILD/fuzz-build.log" 2>&1 || { tail -50 "$BUILD/fuzz-build.log"; exit 1; }
+  echo "fuzz: built $BUILD/diffuse_fuzz in $((SECONDS - start))s"
+fi
 
 mapfile -t all < <(DIFFUSE_FUZZ_TARGET=list "$BUILD/diffuse_fuzz" 2>&1 | sed -n 's/^DIFFUSE_FUZZ_TARGET must name one of: //p' | tr ' ' '\n')
 targets=("$@")

@@ -15,6 +15,11 @@
 #   CCACHE_DISABLE=1    build without the cache (for timing a fresh build)
 #   LT2_SANITIZE=address,undefined   build and test under AddressSanitizer and UBSan (what CI
 #                       does: one build gives both LibTorch 2.x and the sanitizers)
+#   LT2_CXX=clang       build with the root's clang instead of g++ (into build-lt2-clang)
+#   LT2_FUZZ=SECONDS    clang, the libFuzzer driver built with the rest (coverage on the readers of
+#                       untrusted bytes only), and after the tests scripts/fuzz.sh on it for SECONDS
+#                       per target; what CI does with LT2_SANITIZE, so that fuzzing costs CI no
+#                       build of its own. A finding is copied to tests/fuzz/regressions/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
@@ -32,13 +37,22 @@ elif [[ ${1:-} == --root-only ]]; then
 fi
 JOBS=${JOBS:-$(nproc)}
 ROOT=${LT2_ROOT:-$SRC/.cache/trixie-root}
-BUILD_DIR=${LT2_BUILD_DIR:-build-lt2}
+FUZZ_SECONDS=${LT2_FUZZ:-}
+[[ -z $FUZZ_SECONDS || $FUZZ_SECONDS =~ ^[1-9][0-9]*$ ]] || troot_die "LT2_FUZZ must be a number of seconds, not '$FUZZ_SECONDS'"
+CXX_KIND=${LT2_CXX:-gcc}
+[[ -n $FUZZ_SECONDS ]] && CXX_KIND=clang
+[[ $CXX_KIND == gcc || $CXX_KIND == clang ]] || troot_die "LT2_CXX must be gcc or clang, not '$CXX_KIND'"
+BUILD_DIR=build-lt2
+[[ $CXX_KIND == clang ]] && BUILD_DIR=build-lt2-clang
+BUILD_DIR=${LT2_BUILD_DIR:-$BUILD_DIR}
 [[ $BUILD_DIR != /* && $BUILD_DIR != *..* ]] || troot_die "LT2_BUILD_DIR must be a folder inside the project"
 
 # The packages bootstrap.sh installs, plus what the c10d headers (Gloo) and the GPU check's
 # torchrun (python3-torch) need.
 eval "$(sed -n '/^PACKAGES=(/,/)/p' scripts/bootstrap.sh)"
-PACKAGES+=(libgloo-dev nlohmann-json3-dev python3-torch python3-safetensors ${LT2_EXTRA_PACKAGES:-})
+# clang and its libFuzzer runtime for LT2_CXX / LT2_FUZZ.
+PACKAGES+=(libgloo-dev nlohmann-json3-dev python3-torch python3-safetensors clang-19 libclang-rt-19-dev
+           ${LT2_EXTRA_PACKAGES:-})
 mapfile -t PACKAGES < <(printf '%s\n' "${PACKAGES[@]}" | awk 'NF && !seen[$0]++')
 
 t0=$SECONDS
@@ -77,13 +91,17 @@ if [[ -n ${LT2_SANITIZE:-} ]]; then
 else
   export DIFFUSE_SANITIZE=""
 fi
+if [[ $CXX_KIND == clang ]]; then
+  export CC=clang-19 CXX=clang++-19
+  [[ -n $FUZZ_SECONDS ]] && export DIFFUSE_FUZZ=ON
+fi
 mkdir -p "$BUILD_DIR"
 LOG="$BUILD_DIR/lt2-build.log"
 src_opt=ro
 [[ -n $RUN_CMD ]] && src_opt=rw
 in_root() {
   local pass=() v
-  for v in CI CCACHE_DISABLE CCACHE_RECACHE GPU_CHECK_DEVICE GPU_CHECK_STEPS DIFFUSE_SANITIZE ASAN_OPTIONS \
+  for v in CI CC CXX DIFFUSE_FUZZ CCACHE_DISABLE CCACHE_RECACHE GPU_CHECK_DEVICE GPU_CHECK_STEPS DIFFUSE_SANITIZE ASAN_OPTIONS \
            LSAN_OPTIONS UBSAN_OPTIONS DIFFUSE_REQUIRE_DATA DIFFUSE_REQUIRE_TORCHRUN DIFFUSE_REQUIRE_PY_SAFETENSORS; do
     [[ -n ${!v:-} ]] && pass+=(-e "$v=${!v}")
   done
@@ -106,7 +124,7 @@ if ((build_rc != 0)); then
   grep -E ': error: |error:' "$LOG" | sort -u | head -n 20 >&2 || true
   exit "$build_rc"
 fi
-troot_log "built in ${build_s}s, $warnings distinct warnings${ccache_stats:+; ccache: $ccache_stats}"
+troot_log "built in ${build_s}s with $CXX_KIND, $warnings distinct warnings${ccache_stats:+; ccache: $ccache_stats}"
 
 if [[ -n $RUN_CMD ]]; then
   troot_log "[3/3] running in the root: $RUN_CMD"
@@ -125,12 +143,26 @@ in_root /bin/bash -c 'cd "/src/$1" && shift && ctest --output-on-failure -j "$JO
 test_rc=${PIPESTATUS[0]}
 set -e
 test_s=$((SECONDS - t_test))
+
+fuzz_rc=0 fuzz_line=""
+if [[ -n $FUZZ_SECONDS ]]; then
+  troot_log "[4/4] fuzzing: scripts/fuzz.sh $FUZZ_SECONDS on /src/$BUILD_DIR/diffuse_fuzz"
+  t_fuzz=$SECONDS
+  FLOG="$BUILD_DIR/lt2-fuzz.log"
+  set +e
+  src_opt=rw in_root /bin/bash -c "cd /src && FUZZ_PREBUILT=1 FUZZ_BUILD=$BUILD_DIR scripts/fuzz.sh $FUZZ_SECONDS" 2>&1 | tee "$FLOG"
+  fuzz_rc=${PIPESTATUS[0]}
+  set -e
+  fuzz_line="
+  fuzz:  $((SECONDS - t_fuzz))s, $(grep -E '^fuzz: [0-9]+ executions' "$FLOG" | tail -1 || true) (rc $fuzz_rc, log: $FLOG)"
+fi
 counts=$(grep -E 'tests passed, [0-9]+ tests? failed out of' "$TLOG" | tail -1 || true)
 
 summary="LibTorch $torch_version in $ROOT
   root:  ${root_state} (${root_s}s)
   build: ${build_s}s, $warnings distinct compiler warnings (log: $LOG)
-  tests: ${test_s}s, ${counts:-no ctest summary} (rc $test_rc, log: $TLOG)
+  tests: ${test_s}s, ${counts:-no ctest summary} (rc $test_rc, log: $TLOG)${fuzz_line:-}
   total: $((SECONDS - t0))s"
 printf '\n== test-libtorch2 summary ==\n%s\n' "$summary" | tee "$BUILD_DIR/lt2-summary.txt"
-exit "$test_rc"
+((test_rc != 0)) && exit "$test_rc"
+exit "$fuzz_rc"
