@@ -114,7 +114,9 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--samples", o->samples, "fid/kid: an image folder to measure instead of generating");
   cmd->add_option("--reference", o->reference, "fid/kid: reference image folder (default: the data split)");
   cmd->add_option("--reference-stats", o->reference_stats, "fid: reference statistics cache (read if present, else written)");
-  cmd->add_option("--feature-extractor", o->feature_extractor, "fid/kid: TorchScript feature network (docs/fid.md)");
+  cmd->add_option("--inception,--feature-extractor", o->feature_extractor,
+                  "fid/kid: pytorch-fid's Inception weights (pt_inception-2015-12-05-*.pth) or a TorchScript feature "
+                  "network (docs/fid.md)");
   cmd->add_option("--sweep", o->sweep, "Sweep a sampler over step counts, e.g. ddim:10,20,50 (repeatable)");
   cmd->add_option("--out,-o", o->out, "Output directory (default: <run>/eval)");
   cmd->add_option("--format", o->format, "stdout format")->check(CLI::IsMember({"text", "json"}))->capture_default_str();

@@ -132,6 +132,13 @@ std::string zlib_decompress(const char* data, size_t size, const std::string& na
   return inflate_all(data, size, 15, size * 4, max_size, false, name, "zlib");
 }
 
+std::string inflate_raw(const char* data, size_t compressed_size, size_t size, const std::string& name) {
+  std::string out = inflate_all(data, compressed_size, -15, size, size, false, name, "deflate");
+  if (out.size() != size)
+    throw UsageError(fmt::format("'{}': the deflate data gives {} bytes, {} expected", name, out.size(), size));
+  return out;
+}
+
 std::string read_file_maybe_gzip(const std::string& path, size_t max_size) {
   std::string bytes = read_file_bytes(path);
   if (is_gzip(bytes)) return gunzip(bytes, path, max_size);

@@ -15,7 +15,9 @@
 #include "diffuse/error.h"
 #include "diffuse/safetensors.h"
 #include "diffuse/hash.h"
+#include "diffuse/eval/fid_inception.h"
 #include "diffuse/eval/npz.h"
+#include "diffuse/torch_save.h"
 #include "diffuse/eval/random.h"
 
 namespace diffuse {
@@ -23,7 +25,8 @@ namespace diffuse {
 // --- FeatureExtractor -------------------------------------------------------------------------
 
 struct FeatureExtractor::Impl {
-  torch::jit::Module module;
+  torch::jit::Module module;               // a TorchScript feature network, or
+  std::unique_ptr<FidInceptionV3> inception;  // pytorch-fid's weights in our InceptionV3
 };
 
 FeatureExtractor::FeatureExtractor(const std::string& path, FeatureExtractorOptions opts)
@@ -32,14 +35,21 @@ FeatureExtractor::FeatureExtractor(const std::string& path, FeatureExtractorOpti
   if (opts_.batch_size < 1) throw UsageError(fmt::format("feature extractor: batch size {} < 1", opts_.batch_size));
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
-    throw UsageError(fmt::format("feature extractor '{}' does not exist or is not a file (expected a TorchScript "
-                                 "module; see docs/fid.md for how to export one)",
+    throw UsageError(fmt::format("feature extractor '{}' does not exist or is not a file (expected pytorch-fid's "
+                                 "Inception weights or a TorchScript module; see docs/fid.md)",
                                  path));
+  const std::string bytes = read_file_bytes(path);
+  if (looks_like_torch_save(bytes)) {
+    impl_->inception = std::make_unique<FidInceptionV3>();
+    impl_->inception->load(decode_torch_save(bytes, path), path);
+    impl_->inception->to(opts_.device);
+    return;
+  }
   try {
     impl_->module = torch::jit::load(path, opts_.device);
   } catch (const c10::Error& e) {
-    throw UsageError(fmt::format("feature extractor '{}' could not be loaded as a TorchScript module: {}", path,
-                                 e.what_without_backtrace()));
+    throw UsageError(fmt::format("feature extractor '{}' is neither a torch.save file of pytorch-fid's Inception "
+                                 "weights nor a TorchScript module that loads: {}", path, e.what_without_backtrace()));
   }
   impl_->module.eval();
 }
@@ -72,6 +82,10 @@ torch::Tensor FeatureExtractor::features(const torch::Tensor& images) const {
   const int64_t N = images.size(0);
   for (int64_t i = 0; i < N; i += opts_.batch_size) {
     auto batch = prepare(images.narrow(0, i, std::min(opts_.batch_size, N - i)));
+    if (impl_->inception) {
+      out.push_back(impl_->inception->forward(batch));
+      continue;
+    }
     auto result = impl_->module.forward({batch});
     torch::Tensor f;
     if (result.isTensor()) f = result.toTensor();
@@ -122,7 +136,7 @@ FeatureStats feature_stats(const torch::Tensor& features) {
   auto mu = x.mean(0);
   auto c = x - mu;
   auto sigma = symmetrize(c.transpose(0, 1).matmul(c) / static_cast<double>(x.size(0) - 1));
-  return {mu, sigma, x.size(0)};
+  return {mu, sigma, x.size(0), {}, {}};
 }
 
 void FeatureStatsAccumulator::add(const torch::Tensor& features) {
@@ -153,7 +167,7 @@ void FeatureStatsAccumulator::add(const torch::Tensor& features) {
 
 FeatureStats FeatureStatsAccumulator::stats() const {
   if (n_ < 2) throw std::invalid_argument(fmt::format("FeatureStatsAccumulator: need at least 2 vectors, have {}", n_));
-  return {mean_.clone(), symmetrize(m2_ / static_cast<double>(n_ - 1)), n_};
+  return {mean_.clone(), symmetrize(m2_ / static_cast<double>(n_ - 1)), n_, {}, {}};
 }
 
 void save_feature_stats(const FeatureStats& stats, const std::string& path) {
@@ -249,12 +263,19 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   // tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2)): the two matrices are similar, and the
   // second is symmetric positive semi-definite, so its eigenvalues are real and >= 0 up to
   // round-off (scipy's sqrtm on the non-symmetric product can return complex noise instead).
-  auto eig1 = torch::linalg_eigh(s1, "L");
-  const auto& l1 = std::get<0>(eig1);
-  const auto& v1 = std::get<1>(eig1);
-  auto sqrt_s1 = (v1 * l1.clamp_min(0.0).sqrt().unsqueeze(0)).matmul(v1.transpose(0, 1));
-  auto m = symmetrize(sqrt_s1.matmul(s2).matmul(sqrt_s1));
-  auto lm = torch::linalg_eigvalsh(m, "L");
+  torch::Tensor sqrt_s1, lm;
+  try {
+    auto eig1 = torch::linalg_eigh(s1, "L");
+    const auto& l1 = std::get<0>(eig1);
+    const auto& v1 = std::get<1>(eig1);
+    sqrt_s1 = (v1 * l1.clamp_min(0.0).sqrt().unsqueeze(0)).matmul(v1.transpose(0, 1));
+    lm = torch::linalg_eigvalsh(symmetrize(sqrt_s1.matmul(s2).matmul(sqrt_s1)), "L");
+  } catch (const c10::Error& e) {
+    // Found by fuzzing: a crafted covariance can make LAPACK's eigensolver give up.
+    throw UsageError(fmt::format("FID: the covariance matrices cannot be decomposed ({}); the statistics are not a "
+                                 "covariance of real features (a corrupt reference file?)",
+                                 e.what_without_backtrace()));
+  }
   auto fid = diff.dot(diff) + s1.trace() + s2.trace() - 2.0 * lm.clamp_min(0.0).sqrt().sum();
   return fid.item<double>();
 }

@@ -43,22 +43,6 @@ std::string header_value(const std::string& header, const std::string& key, cons
   return header.substr(p, header.find_first_of(",}", p) - p);
 }
 
-std::string inflate_raw(const std::string& in, size_t out_size, const std::string& origin) {
-  std::string out(out_size, '\0');
-  z_stream z{};
-  if (inflateInit2(&z, -MAX_WBITS) != Z_OK) throw std::runtime_error("zlib inflateInit2 failed");
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  z.avail_in = static_cast<uInt>(in.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  const int rc = inflate(&z, Z_FINISH);
-  const auto produced = z.total_out;
-  inflateEnd(&z);
-  if (rc != Z_STREAM_END || produced != out_size)
-    throw UsageError(fmt::format("{}: corrupt deflate data (zlib code {})", origin, rc));
-  return out;
-}
-
 }  // namespace
 
 torch::Tensor parse_npy(const std::string& b, const std::string& origin) {
@@ -184,7 +168,7 @@ std::map<std::string, torch::Tensor> read_npz(const std::string& path) {
     else if (method == 8 && usize / 1032 > csize)  // deflate expands at most 1032:1
       throw UsageError(fmt::format("{}: {} compressed bytes cannot inflate to the {} bytes the entry claims", origin,
                                    csize, usize));
-    else if (method == 8) payload = inflate_raw(b.substr(data, csize), usize, origin);
+    else if (method == 8) payload = inflate_raw(b.data() + data, csize, usize, origin);
     else throw UsageError(fmt::format("{}: unsupported compression method {}", origin, method));
     if (payload.size() != usize) throw UsageError(fmt::format("{}: size mismatch", origin));
     if (crc32(0L, reinterpret_cast<const Bytef*>(payload.data()), static_cast<uInt>(payload.size())) != crc)

@@ -18,6 +18,7 @@
 #include "diffuse/eval/npz.h"
 #include "diffuse/image_io.h"
 #include "diffuse/safetensors.h"
+#include "diffuse/torch_save.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/metrics_file.h"
 #include "byte_writers.h"
@@ -168,6 +169,25 @@ std::vector<std::string> seeds_safetensors() {
           encode_safetensors({})};
 }
 
+bool run_torch_save(const std::string& bytes) {
+  return accepts([&] { decode_torch_save(bytes, "fuzz.pt"); });
+}
+// LibTorch's writer (zip format), and the files Python's torch.save wrote for the tests (both
+// formats, torch 1.13 and 2.6).
+std::vector<std::string> seeds_torch_save() {
+  c10::Dict<std::string, torch::Tensor> d;
+  d.insert("w", torch::arange(12, torch::kFloat32).reshape({3, 4}).t());
+  d.insert("b", torch::ones({4}, torch::kFloat16));
+  d.insert("n", torch::tensor(int64_t{7}));
+  const auto bytes = torch::pickle_save(c10::IValue(d));
+  std::vector<std::string> out{std::string(bytes.begin(), bytes.end())};
+#ifdef DIFFUSE_SOURCE_DIR
+  for (const char* f : {"nested.torch1.zip.pt", "nested.torch1.legacy.pt", "nested.torch2.zip.pt", "nested.torch2.legacy.pt"})
+    out.push_back(read_file_bytes(std::string(DIFFUSE_SOURCE_DIR) + "/tests/reference/torch_save/" + f));
+#endif
+  return out;
+}
+
 // A config file, then `--set` assignments, one per line after a line "---set".
 bool run_config(const std::string& bytes) {
   return accepts([&] {
@@ -267,6 +287,7 @@ const std::vector<Target>& targets() {
       {"png_text", run_png_text, seeds_png_text},
       {"npz", run_npz, seeds_npz},
       {"safetensors", run_safetensors, seeds_safetensors},
+      {"torch_save", run_torch_save, seeds_torch_save},
       {"config", run_config, seeds_config},
       {"checkpoint", run_checkpoint, seeds_checkpoint},
       {"metrics", run_metrics, seeds_metrics, false},

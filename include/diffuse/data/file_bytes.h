@@ -32,6 +32,10 @@ std::string gunzip_head(const std::string& compressed, const std::string& name, 
 std::string zlib_decompress(const char* data, size_t size, const std::string& name,
                             size_t max_size = kMaxDecompressedBytes);
 
+// Inflates raw deflate data (RFC 1951, as in zip entries) that must give exactly `size` bytes;
+// `name` (the file or entry) appears in the error for corrupt data or another size.
+std::string inflate_raw(const char* data, size_t compressed_size, size_t size, const std::string& name);
+
 // The file's bytes, gunzipped (to at most `max_size` bytes) when they start with the gzip magic
 // number.
 std::string read_file_maybe_gzip(const std::string& path, size_t max_size = kMaxDecompressedBytes);

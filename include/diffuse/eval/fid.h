@@ -1,6 +1,7 @@
 // Fréchet Inception Distance (Heusel et al. 2017) and Kernel Inception Distance (Bińkowski et
-// al. 2018) over features from a TorchScript feature network. See docs/fid.md for exporting the
-// standard InceptionV3 once from Python and for what the numbers are comparable to.
+// al. 2018) over features of the standard InceptionV3 (pytorch-fid's weight file, run by our own
+// network: eval/fid_inception.h) or of any TorchScript feature network. See docs/fid.md for what
+// the numbers are comparable to.
 #pragma once
 
 #include <torch/types.h>
@@ -24,11 +25,13 @@ struct FeatureExtractorOptions {
   torch::Device device = torch::kCPU;
 };
 
-// A TorchScript module mapping [N, 3, S, S] float32 images in [-1, 1] to features [N, D] (an
-// output [N, D, 1, 1], or a tuple/list whose first element is that, is accepted too).
+// The feature network of a file: pytorch-fid's Inception weights (a torch.save state_dict, such
+// as pt_inception-2015-12-05-6726825d.pth), or a TorchScript module mapping [N, 3, S, S] float32
+// images in [-1, 1] to features [N, D] (an output [N, D, 1, 1], or a tuple/list whose first
+// element is that, is accepted too).
 class FeatureExtractor {
  public:
-  // Throws UsageError naming the file when it is missing or not a TorchScript module.
+  // Throws UsageError naming the file when it is missing or neither kind of file.
   explicit FeatureExtractor(const std::string& path, FeatureExtractorOptions opts = {});
   ~FeatureExtractor();
   FeatureExtractor(FeatureExtractor&&) noexcept;
