@@ -13,6 +13,8 @@
 #
 #   JOBS=N           targets fuzzed at once (default: nproc)
 #   FUZZ_BUILD=D     build directory (default build-fuzz)
+#   FUZZ_SEED=N      libFuzzer's -seed (default 0: a new one each run); CI fixes it, so that a
+#                    red run is reproducible and a new finding comes from a change, not from luck
 #   FUZZ_PREBUILT=1  use D/diffuse_fuzz as it is, built by someone else: LT2_FUZZ=SECONDS
 #                    scripts/test-libtorch2.sh builds it with clang 19 beside the sanitized suite
 #                    and runs this script on it (what CI does)
@@ -61,7 +63,7 @@ fuzz_one() {
   mkdir -p "$corpus" "$BUILD/artifacts/$t"
   DIFFUSE_FUZZ_TARGET=$t DIFFUSE_FUZZ_WRITE_SEEDS=$corpus "$BUILD/diffuse_fuzz"
   local rc=0
-  DIFFUSE_FUZZ_TARGET=$t "$BUILD/diffuse_fuzz" -max_total_time="$SECONDS_PER" -max_len=65536 -rss_limit_mb=4096 \
+  DIFFUSE_FUZZ_TARGET=$t "$BUILD/diffuse_fuzz" -max_total_time="$SECONDS_PER" -seed="${FUZZ_SEED:-0}" -max_len=65536 -rss_limit_mb=4096 \
     -timeout=30 -print_final_stats=1 -artifact_prefix="$BUILD/artifacts/$t/" "$corpus" >"$log" 2>&1 || rc=$?
   echo "$rc" >"$log.rc"
 }

@@ -20,6 +20,7 @@
 #                       untrusted bytes only), and after the tests scripts/fuzz.sh on it for SECONDS
 #                       per target; what CI does with LT2_SANITIZE, so that fuzzing costs CI no
 #                       build of its own. A finding is copied to tests/fuzz/regressions/.
+#                       libFuzzer's seed is FUZZ_SEED (default 1 here, so CI runs repeat).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
@@ -150,7 +151,7 @@ if [[ -n $FUZZ_SECONDS ]]; then
   t_fuzz=$SECONDS
   FLOG="$BUILD_DIR/lt2-fuzz.log"
   set +e
-  src_opt=rw in_root /bin/bash -c "cd /src && FUZZ_PREBUILT=1 FUZZ_BUILD=$BUILD_DIR scripts/fuzz.sh $FUZZ_SECONDS" 2>&1 | tee "$FLOG"
+  src_opt=rw in_root /bin/bash -c "cd /src && FUZZ_PREBUILT=1 FUZZ_SEED=${FUZZ_SEED:-1} FUZZ_BUILD=$BUILD_DIR scripts/fuzz.sh $FUZZ_SECONDS" 2>&1 | tee "$FLOG"
   fuzz_rc=${PIPESTATUS[0]}
   set -e
   fuzz_line="
