@@ -34,8 +34,14 @@ static unsigned char* diffuse_stbiw_zlib_compress(unsigned char* data, int data_
 #define STBIW_ZLIB_COMPRESS diffuse_stbiw_zlib_compress
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_IMPLEMENTATION
+// stb_image copies zero bytes from a null pointer when a PNG chunk is empty (stbi__getn), which
+// is undefined behaviour (UBSan reports it; found by fuzzing, tests/fuzz/regressions/image/):
+// its memcpy calls go through one that does nothing for zero bytes.
+static void* diffuse_stb_memcpy(void* dst, const void* src, size_t n) { return n ? std::memcpy(dst, src, n) : dst; }
+#define memcpy diffuse_stb_memcpy
 #include <stb_image.h>
 #include <stb_image_write.h>
+#undef memcpy
 #pragma GCC diagnostic pop
 
 namespace diffuse {
