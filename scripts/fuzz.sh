@@ -15,6 +15,8 @@
 #   FUZZ_BUILD=D     build directory (default build-fuzz)
 #   FUZZ_SEED=N      libFuzzer's -seed (default 0: a new one each run); CI fixes it, so that a
 #                    red run is reproducible and a new finding comes from a change, not from luck
+#   FUZZ_RUNS=N      also stop a target after N executions (libFuzzer's -runs); SECONDS is then a
+#                    cap: the 10^6-executions campaign is FUZZ_RUNS=1000000 scripts/fuzz.sh 3600
 #   FUZZ_PREBUILT=1  use D/diffuse_fuzz as it is, built by someone else: LT2_FUZZ=SECONDS
 #                    scripts/test-libtorch2.sh builds it with clang 19 beside the sanitized suite
 #                    and runs this script on it (what CI does)
@@ -22,6 +24,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER=${1:-300}
 shift || true
+RUNS=${FUZZ_RUNS:-}
+[[ -z $RUNS || $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "fuzz: FUZZ_RUNS must be a positive number of executions, not '$RUNS'" >&2; exit 2; }
 BUILD=${FUZZ_BUILD:-build-fuzz}
 JOBS=${JOBS:-$(nproc)}
 
@@ -63,7 +67,7 @@ fuzz_one() {
   mkdir -p "$corpus" "$BUILD/artifacts/$t"
   DIFFUSE_FUZZ_TARGET=$t DIFFUSE_FUZZ_WRITE_SEEDS=$corpus "$BUILD/diffuse_fuzz"
   local rc=0
-  DIFFUSE_FUZZ_TARGET=$t "$BUILD/diffuse_fuzz" -max_total_time="$SECONDS_PER" -seed="${FUZZ_SEED:-0}" -max_len=65536 -rss_limit_mb=4096 \
+  DIFFUSE_FUZZ_TARGET=$t "$BUILD/diffuse_fuzz" -max_total_time="$SECONDS_PER" ${RUNS:+-runs="$RUNS"} -seed="${FUZZ_SEED:-0}" -max_len=65536 -rss_limit_mb=4096 \
     -timeout=30 -print_final_stats=1 -artifact_prefix="$BUILD/artifacts/$t/" "$corpus" >"$log" 2>&1 || rc=$?
   echo "$rc" >"$log.rc"
 }
@@ -95,5 +99,5 @@ for t in "${targets[@]}"; do
   total=$((total + ${runs:-0}))
   printf '%-12s %12s %10s %8s  %s\n' "$t" "${runs:-0}" "${speed:-0}" "$corpus" "$result"
 done
-echo "fuzz: $total executions in all, ${#targets[@]} targets x ${SECONDS_PER}s, $((SECONDS - start))s"
+echo "fuzz: $total executions in all, ${#targets[@]} targets x ${SECONDS_PER}s${RUNS:+ or $RUNS runs}, $((SECONDS - start))s"
 exit "$fail"
