@@ -458,6 +458,14 @@ Table build_table() {
                        return v == -1 || v >= 1 ? std::string() : fmt::format("must be -1 or >= 1, got {}", v);
                      }},
        "UNet: > 0 sets the heads to channels / num_head_channels (overrides num_heads); -1 = off")
+      ("num_heads_upsample", &M::num_heads_upsample,
+       Rule<int64_t>{"-1 or >= 1",
+                     [](const int64_t& v) {
+                       return v == -1 || v >= 1 ? std::string() : fmt::format("must be -1 or >= 1, got {}", v);
+                     }},
+       "UNet: attention heads of the output (upsampling) blocks when num_head_channels is -1; -1 = num_heads")
+      ("use_new_attention_order", &M::use_new_attention_order, any<bool>(),
+       "UNet: split qkv into q, k, v before the heads (guided-diffusion's QKVAttention), not per head")
       ("dropout", &M::dropout, between(0, 1, true), "dropout probability in the residual blocks")
       ("use_scale_shift_norm", &M::use_scale_shift_norm, any<bool>(),
        "UNet: the time embedding scales and shifts the normalised activations (FiLM) instead of adding")
@@ -482,6 +490,8 @@ Table build_table() {
       ("betas_file", &D::betas_file, any<std::string>(), "custom: a file of betas (whitespace/comma separated)")
       ("zero_terminal_snr", &D::zero_terminal_snr, any<bool>(),
        "rescale the schedule so alpha_bar_T = 0 (Lin et al. 2023); needs prediction v or x0")
+      ("rescale_timesteps", &D::rescale_timesteps, any<bool>(),
+       "the network sees t * 1000 / timesteps (improved-diffusion's rescale_timesteps)")
       ("prediction", &D::prediction, choice(prediction_names, parse_prediction), "what the network predicts")
       ("variance", &D::variance, choice(variance_type_names, parse_variance_type),
        "variance of p(x_{t-1}|x_t); learned kinds need model.learn_sigma")

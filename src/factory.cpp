@@ -47,17 +47,20 @@ std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
   const auto diffusion_channels = [&](int64_t c) { return is_learned(effective_variance(cfg)) ? 2 * c : c; };
   // make_network resolves the class count (model.num_classes, else the dataset's).
   const int64_t num_classes = data.num_classes;
+  std::shared_ptr<Network> net;
   if (cfg.model.type == ModelType::Mlp) {
     if (data.shape.size() != 1)
       throw UsageError("model.type 'mlp' needs vector data (data.dataset: toy2d), got examples of rank " +
                        std::to_string(data.shape.size()));
-    return make_network(cfg.model, 0, data.shape[0], diffusion_channels(data.shape[0]), num_classes);
+    net = make_network(cfg.model, 0, data.shape[0], diffusion_channels(data.shape[0]), num_classes);
+  } else {
+    if (data.shape.size() != 3)
+      throw UsageError("model.type 'unet' needs image data [C, H, W]; use model.type: mlp for data.dataset: toy2d");
+    if (data.shape[1] != data.shape[2]) throw UsageError("the UNet needs square images; set data.image_size");
+    net = make_network(cfg.model, data.shape[1], data.shape[0], diffusion_channels(data.shape[0]), num_classes);
   }
-  if (data.shape.size() != 3)
-    throw UsageError("model.type 'unet' needs image data [C, H, W]; use model.type: mlp for data.dataset: toy2d");
-  if (data.shape[1] != data.shape[2])
-    throw UsageError("the UNet needs square images; set data.image_size");
-  return make_network(cfg.model, data.shape[1], data.shape[0], diffusion_channels(data.shape[0]), num_classes);
+  if (cfg.diffusion.rescale_timesteps) net->set_timestep_scale(1000.0 / static_cast<double>(cfg.diffusion.timesteps));
+  return net;
 }
 
 }  // namespace diffuse

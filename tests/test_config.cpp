@@ -46,12 +46,12 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
 #define CMP(f) \
   if (!(a.f == b.f)) out.push_back(#f)
   CMP(model.type); CMP(model.model_channels); CMP(model.channel_mult); CMP(model.num_res_blocks);
-  CMP(model.attention_resolutions); CMP(model.num_heads); CMP(model.num_head_channels); CMP(model.dropout);
+  CMP(model.attention_resolutions); CMP(model.num_heads); CMP(model.num_head_channels); CMP(model.num_heads_upsample); CMP(model.use_new_attention_order); CMP(model.dropout);
   CMP(model.use_scale_shift_norm); CMP(model.resblock_updown); CMP(model.conv_resample);
   CMP(model.learn_sigma); CMP(model.class_cond); CMP(model.num_classes); CMP(model.p_uncond);
   CMP(model.hidden); CMP(model.num_blocks);
   CMP(diffusion.schedule); CMP(diffusion.timesteps); CMP(diffusion.beta_start); CMP(diffusion.beta_end);
-  CMP(diffusion.cosine_s); CMP(diffusion.betas); CMP(diffusion.betas_file); CMP(diffusion.zero_terminal_snr);
+  CMP(diffusion.cosine_s); CMP(diffusion.betas); CMP(diffusion.betas_file); CMP(diffusion.zero_terminal_snr); CMP(diffusion.rescale_timesteps);
   CMP(diffusion.prediction); CMP(diffusion.variance); CMP(diffusion.loss); CMP(diffusion.hybrid_lambda);
   CMP(diffusion.loss_weighting); CMP(diffusion.min_snr_gamma); CMP(diffusion.timestep_sampler);
   CMP(data.dataset); CMP(data.path); CMP(data.split); CMP(data.image_size); CMP(data.channels);
@@ -86,6 +86,8 @@ Config all_changed() {
   m.attention_resolutions = {16, 8};
   m.num_heads = 8;
   m.num_head_channels = 32;
+  m.num_heads_upsample = 2;
+  m.use_new_attention_order = true;
   m.dropout = 0.15;
   m.use_scale_shift_norm = false;
   m.resblock_updown = true;
@@ -105,6 +107,7 @@ Config all_changed() {
   d.betas = {0.1, 1.0 / 3.0, 1e-300};
   d.betas_file = "line1\nline2\ttab \\ \"q\"";
   d.zero_terminal_snr = true;
+  d.rescale_timesteps = true;
   d.prediction = Prediction::V;
   d.variance = VarianceType::LearnedRange;
   d.loss = LossType::Hybrid;

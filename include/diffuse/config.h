@@ -40,6 +40,8 @@ struct ModelConfig {
   std::vector<int64_t> attention_resolutions = {};
   int64_t num_heads = 4;
   int64_t num_head_channels = -1;  // > 0 overrides num_heads with channels / num_head_channels
+  int64_t num_heads_upsample = -1;  // heads of the output blocks' attention; -1 = num_heads
+  bool use_new_attention_order = false;  // guided-diffusion's QKVAttention: q, k, v split first
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
   bool resblock_updown = false;
@@ -65,6 +67,9 @@ struct DiffusionConfig {
   std::vector<double> betas;  // schedule: custom
   std::string betas_file;
   bool zero_terminal_snr = false;
+  // The network sees t * 1000 / timesteps, so a 4000-step model's inputs span 0..1000
+  // (improved-diffusion's rescale_timesteps; its published 4000-step models need it).
+  bool rescale_timesteps = false;
   Prediction prediction = Prediction::Epsilon;
   // fixed_small, fixed_large, learned, learned_range; validate() requires a learned type exactly
   // when model.learn_sigma is true (the config sets both; nothing is changed behind its back).

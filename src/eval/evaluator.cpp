@@ -91,10 +91,14 @@ torch::Tensor load_sample_folder(const std::string& dir, const DataShape& shape,
   return load_examples(ds, 0);
 }
 
-ModelFn unconditional_fn(Network& net, const torch::Device& device) {
+ModelFn unconditional_fn(Network& net, const ModelConfig& model) {
   // A class-conditional network is evaluated with the null label: the unconditional model it
-  // also learned (p_uncond > 0), so the bound is of p(x), comparable across models.
-  return [&net, device](const torch::Tensor& x, const torch::Tensor& t) {
+  // also learned (p_uncond > 0), so the bound is of p(x), comparable across models. One that
+  // never learned it (an imported OpenAI model) has no such model.
+  if (net.class_conditional() && model.p_uncond <= 0.0)
+    throw UsageError("bpd: this class-conditional model was trained without the null label (model.p_uncond 0, as "
+                     "OpenAI's are), so it has no unconditional bound; a bound given the labels is not implemented");
+  return [&net](const torch::Tensor& x, const torch::Tensor& t) {
     return net.forward(x, t.to(torch::kFloat32));
   };
 }
@@ -169,7 +173,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     auto x_all = load_examples(*ds, ev.num_images);
     const int64_t N = x_all.size(0), T = diffusion.num_timesteps(), B = ev.batch_size;
     rep.setting("decoder_cdf", to_string(ev.decoder_cdf));
-    auto fn = unconditional_fn(net, req.device);
+    auto fn = unconditional_fn(net, cfg.model);
     rep.value("num_images", static_cast<double>(N));
     rep.value("timesteps", static_cast<double>(T));
     // Batch b (images bB .. bB + B - 1, noise from (seed, b)) is rank b mod W's. Each round the

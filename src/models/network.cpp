@@ -30,7 +30,9 @@ torch::Tensor Network::batch_timesteps(const torch::Tensor& t, int64_t batch, co
     throw std::invalid_argument(name() + ": expected timesteps t of shape [" + std::to_string(batch) + "], got " +
                                 shape_string(t));
   }
-  return tt.to(device, torch::kFloat);
+  // improved-diffusion's _scale_timesteps: t.float() * (1000 / T), the product in float32.
+  tt = tt.to(device, torch::kFloat);
+  return timestep_scale_ == 1.0 ? tt : tt * timestep_scale_;
 }
 
 torch::Tensor Network::batch_labels(const torch::Tensor& y, int64_t batch, const torch::Device& device) const {

@@ -121,7 +121,8 @@ class ResBlock : public Layer {
 // they are applied as 1x1 Conv2d on a view of the weight, which keeps the input's memory format.
 class AttentionBlock : public Layer {
  public:
-  AttentionBlock(int64_t channels, int64_t num_heads) : Layer("AttentionBlock"), num_heads_(num_heads) {
+  AttentionBlock(int64_t channels, int64_t num_heads, QkvOrder order)
+      : Layer("AttentionBlock"), num_heads_(num_heads), order_(order) {
     norm_ = register_module("norm", make_group_norm(channels));
     qkv_ = register_module("qkv", nn::Conv1d(nn::Conv1dOptions(channels, 3 * channels, 1)));
     proj_ = register_module("proj_out", nn::Conv1d(nn::Conv1dOptions(channels, channels, 1)));
@@ -131,7 +132,7 @@ class AttentionBlock : public Layer {
   Tensor forward(const Tensor& x, const Tensor&) override {
     const int64_t b = x.size(0), c = x.size(1), height = x.size(2), width = x.size(3);
     const Tensor qkv = at::conv2d(group_norm32(norm_, x), qkv_->weight.unsqueeze(-1), qkv_->bias);
-    Tensor a = qkv_attention(qkv.reshape({b, 3 * c, height * width}), num_heads_).view({b, c, height, width});
+    Tensor a = qkv_attention(qkv.reshape({b, 3 * c, height * width}), num_heads_, order_).view({b, c, height, width});
     if (x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous())
       a = a.contiguous(at::MemoryFormat::ChannelsLast);
     Tensor h = at::conv2d(a, proj_->weight.unsqueeze(-1), proj_->bias);
@@ -140,6 +141,7 @@ class AttentionBlock : public Layer {
 
  private:
   int64_t num_heads_;
+  QkvOrder order_;
   nn::GroupNorm norm_{nullptr};
   nn::Conv1d qkv_{nullptr}, proj_{nullptr};
 };
@@ -218,6 +220,8 @@ UNetOptions UNetOptions::from_config(const ModelConfig& cfg, int64_t image_size,
   o.attention_resolutions = cfg.attention_resolutions;
   o.num_heads = cfg.num_heads;
   o.num_head_channels = cfg.num_head_channels;
+  o.num_heads_upsample = cfg.num_heads_upsample;
+  o.use_new_attention_order = cfg.use_new_attention_order;
   o.dropout = cfg.dropout;
   o.use_scale_shift_norm = cfg.use_scale_shift_norm;
   o.resblock_updown = cfg.resblock_updown;
@@ -292,24 +296,41 @@ void validate(const UNetOptions& opt) {
       if (ch % opt.num_heads != 0)
         fail("model.num_heads: " + std::to_string(opt.num_heads) + " heads do not divide the " +
              std::to_string(ch) + where);
+      // The output blocks' attention (not the middle block's) at the levels listed.
+      const int64_t up = opt.num_heads_upsample;
+      if (up != -1 && up < 1) fail("model.num_heads_upsample: must be -1 or >= 1 (got " + std::to_string(up) + ")");
+      if (up >= 1 && contains(opt.attention_resolutions, sizes[level]) && ch % up != 0)
+        fail("model.num_heads_upsample: " + std::to_string(up) + " heads do not divide the " + std::to_string(ch) +
+             " channels of the " + level_name(sizes[level]) + " level");
     }
   }
 }
 
-torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t num_heads) {
+torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t num_heads, QkvOrder order) {
   if (qkv.dim() != 3 || num_heads < 1 || qkv.size(1) % (3 * num_heads) != 0)
     throw std::invalid_argument("qkv_attention: expected [B, heads*3*ch, T] with " + std::to_string(num_heads) +
                                 " heads, got " + shape_string(qkv));
   const int64_t b = qkv.size(0), t = qkv.size(2), ch = qkv.size(1) / (3 * num_heads);
+  const bool legacy = order == QkvOrder::Legacy;
 #if TORCH_VERSION_MAJOR >= 2
   // One copy to [B, heads, T, 3ch] gives q, k, v with unit-stride channels (what the fused
   // kernels want); the default scale is 1/sqrt(ch).
-  const auto parts = qkv.reshape({b, num_heads, 3 * ch, t}).transpose(-1, -2).contiguous();
+  const auto parts = legacy ? qkv.reshape({b, num_heads, 3 * ch, t}).transpose(-1, -2).contiguous()
+                            : qkv.reshape({b, 3, num_heads, ch, t}).permute({0, 2, 4, 1, 3}).reshape({b, num_heads, t, 3 * ch});
   const auto q = parts.narrow(-1, 0, ch), k = parts.narrow(-1, ch, ch), v = parts.narrow(-1, 2 * ch, ch);
   return at::scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape({b, num_heads * ch, t});
 #else
-  const auto parts = qkv.reshape({b * num_heads, 3 * ch, t});
-  const auto q = parts.narrow(1, 0, ch), k = parts.narrow(1, ch, ch), v = parts.narrow(1, 2 * ch, ch);
+  // q, k, v as [B * heads, ch, T] each.
+  Tensor q, k, v;
+  if (legacy) {
+    const auto parts = qkv.reshape({b * num_heads, 3 * ch, t});
+    q = parts.narrow(1, 0, ch), k = parts.narrow(1, ch, ch), v = parts.narrow(1, 2 * ch, ch);
+  } else {
+    const auto parts = qkv.reshape({b, 3, num_heads * ch, t});
+    q = parts.select(1, 0).reshape({b * num_heads, ch, t});
+    k = parts.select(1, 1).reshape({b * num_heads, ch, t});
+    v = parts.select(1, 2).reshape({b * num_heads, ch, t});
+  }
   // Logits [N, T(query), S(key)] = q^T k / sqrt(ch); mul_ on bmm's fresh output.
   Tensor logits = at::bmm(q.transpose(1, 2), k).mul_(1.0 / std::sqrt(static_cast<double>(ch)));
   const auto dtype = logits.scalar_type();
@@ -335,8 +356,16 @@ UNet::UNet(const UNetOptions& opt)
   if (opt_.num_classes > 0)
     label_emb_ = register_module("label_emb", nn::Embedding(opt_.num_classes + 1, emb_dim));
 
-  auto heads_for = [&](int64_t ch) {
-    return opt_.num_head_channels > 0 ? ch / opt_.num_head_channels : opt_.num_heads;
+  const QkvOrder order = opt_.use_new_attention_order ? QkvOrder::New : QkvOrder::Legacy;
+  // As guided-diffusion: num_head_channels wins; else num_heads, or num_heads_upsample in the
+  // output blocks when it is set.
+  auto attention = [&](int64_t ch, bool output_block) {
+    int64_t heads = opt_.num_heads;
+    if (opt_.num_head_channels > 0)
+      heads = ch / opt_.num_head_channels;
+    else if (output_block && opt_.num_heads_upsample != -1)
+      heads = opt_.num_heads_upsample;
+    return std::make_shared<AttentionBlock>(ch, heads, order);
   };
   auto attention_at = [&](int64_t ds) { return contains(opt_.attention_resolutions, opt_.image_size / ds); };
   auto res_block = [&](int64_t in, int64_t out, Resample r) {
@@ -363,7 +392,7 @@ UNet::UNet(const UNetOptions& opt)
       auto block = std::make_shared<EmbedSequential>();
       block->add(res_block(ch, level_ch, Resample::None));
       ch = level_ch;
-      if (attention_at(ds)) block->add(std::make_shared<AttentionBlock>(ch, heads_for(ch)));
+      if (attention_at(ds)) block->add(attention(ch, false));
       push_input(block);
       skip_channels.push_back(ch);
     }
@@ -381,7 +410,7 @@ UNet::UNet(const UNetOptions& opt)
 
   middle_block_ = register_module("middle_block", std::make_shared<EmbedSequential>());
   middle_block_->add(res_block(ch, ch, Resample::None));
-  middle_block_->add(std::make_shared<AttentionBlock>(ch, heads_for(ch)));
+  middle_block_->add(attention(ch, false));
   middle_block_->add(res_block(ch, ch, Resample::None));
 
   auto output_list = register_module("output_blocks", nn::ModuleList());
@@ -392,7 +421,7 @@ UNet::UNet(const UNetOptions& opt)
       block->add(res_block(ch + skip_channels.back(), level_ch, Resample::None));
       skip_channels.pop_back();
       ch = level_ch;
-      if (attention_at(ds)) block->add(std::make_shared<AttentionBlock>(ch, heads_for(ch)));
+      if (attention_at(ds)) block->add(attention(ch, true));
       if (level > 0 && i == opt_.num_res_blocks) {
         if (opt_.resblock_updown)
           block->add(res_block(ch, ch, Resample::Up));

@@ -31,11 +31,14 @@ class Network : public torch::nn::Module {
   int64_t num_classes() const { return num_classes_; }    // 0: unconditional
   bool class_conditional() const { return num_classes_ > 0; }
   int64_t null_label() const { return num_classes_; }     // the "no class" label (CFG)
+  // The network embeds t * scale (diffusion.rescale_timesteps: 1000 / T); 1 by default.
+  void set_timestep_scale(double scale) { timestep_scale_ = scale; }
+  double timestep_scale() const { return timestep_scale_; }
 
  protected:
   Network(std::string name, int64_t in_channels, int64_t out_channels, int64_t num_classes);
 
-  // t as float32 [batch] on `device` (a scalar or one-element t is broadcast). Throws
+  // t * timestep_scale() as float32 [batch] on `device` (a scalar or one-element t is broadcast). Throws
   // std::invalid_argument on a shape mismatch.
   torch::Tensor batch_timesteps(const torch::Tensor& t, int64_t batch, const torch::Device& device) const;
   // y as int64 [batch] on `device`; all null labels when y is undefined. Requires a
@@ -47,6 +50,7 @@ class Network : public torch::nn::Module {
   int64_t in_channels_;
   int64_t out_channels_;
   int64_t num_classes_;
+  double timestep_scale_ = 1.0;
 };
 
 // Sinusoidal timestep embedding (Vaswani et al. 2017, as improved-diffusion's

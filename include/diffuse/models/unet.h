@@ -1,5 +1,5 @@
 // ADM-style UNet: the architecture of OpenAI improved-diffusion's UNetModel (unet.py, nn.py),
-// with guided-diffusion's num_head_channels and resblock_updown options. The same settings give
+// with guided-diffusion's num_head_channels, resblock_updown and use_new_attention_order options. The same settings give
 // the same parameters, with the same state-dict names and shapes (time_embed.0.weight,
 // input_blocks.1.0.in_layers.2.weight, ..., out.2.bias), so weights can be carried over.
 //
@@ -37,6 +37,8 @@ struct UNetOptions {
   std::vector<int64_t> attention_resolutions = {};
   int64_t num_heads = 4;
   int64_t num_head_channels = -1;  // > 0: heads = channels / num_head_channels
+  int64_t num_heads_upsample = -1; // heads of the output blocks (num_head_channels -1); -1 = num_heads
+  bool use_new_attention_order = false;
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
   bool resblock_updown = false;
@@ -56,10 +58,14 @@ void validate(const UNetOptions& opt);
 // Feature-map sizes of the levels, image_size / 2^level (e.g. 28, 14, 7).
 std::vector<int64_t> unet_level_sizes(const UNetOptions& opt);
 
-// QKV attention in improved-diffusion's (legacy) layout: qkv is [B, heads * 3 * ch, T] with each
-// head's q, k, v stacked in that order; returns softmax(q^T k / sqrt(ch)) applied to v as
-// [B, heads * ch, T]. Uses scaled_dot_product_attention on LibTorch >= 2.
-torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t num_heads);
+// How the channels of qkv are laid out. Legacy (improved-diffusion's QKVAttentionLegacy): each
+// head's q, k, v stacked, [heads, 3, ch]. New (guided-diffusion's QKVAttention): all of q, then
+// k, then v, [3, heads, ch].
+enum class QkvOrder { Legacy, New };
+
+// QKV attention: qkv is [B, heads * 3 * ch, T] in `order`; returns softmax(q^T k / sqrt(ch))
+// applied to v as [B, heads * ch, T]. Uses scaled_dot_product_attention on LibTorch >= 2.
+torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t num_heads, QkvOrder order = QkvOrder::Legacy);
 
 namespace unet_detail {
 class EmbedSequential;

@@ -1,0 +1,296 @@
+// OpenAI checkpoints against OpenAI's own code (tests/reference/make_openai_unet.py ran
+// improved-diffusion's and guided-diffusion's UNetModel and GaussianDiffusion): the state_dicts
+// it wrote import through the flags it was given, and the imported network reproduces upstream's
+// outputs, one reverse step and the bound's term on them; the flags of every published model map
+// to what the upstream scripts build.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "diffuse/error.h"
+#include "diffuse/factory.h"
+#include "diffuse/losses.h"
+#include "diffuse/models/network.h"
+#include "diffuse/models/unet.h"
+#include "diffuse/openai_checkpoint.h"
+#include "diffuse/safetensors.h"
+#include "diffuse/schedule.h"
+#include "diffuse/torch_save.h"
+#include "diffuse/train/checkpoint.h"
+#include "test_util.h"
+
+using namespace diffuse;
+using diffuse::test::run_diffuse;
+using diffuse::test::TempDir;
+
+namespace {
+
+std::string reference(const std::string& name) {
+  return std::string(DIFFUSE_SOURCE_DIR) + "/tests/reference/openai_unet/" + name;
+}
+
+std::string first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+torch::Tensor get(const TorchSaveFile& f, const std::string& name) {
+  const torch::Tensor* t = f.find(name);
+  if (!t) throw std::runtime_error("fixture without '" + name + "'");
+  return *t;
+}
+
+// max |a - b| / max |b|: the error relative to the tensor's scale.
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  const auto bd = b.to(torch::kDouble);
+  return (a.to(torch::kDouble) - bd).abs().max().item<double>() / std::max(bd.abs().max().item<double>(), 1e-30);
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+#define EXPECT_HAS(text, part)                                                       \
+  do {                                                                               \
+    const std::string text_ = (text);                                                \
+    EXPECT_TRUE(has(text_, part)) << "expected \"" << (part) << "\" in: " << text_; \
+  } while (0)
+
+struct Fixture {
+  const char* name;
+  OpenAiFamily family;
+};
+const Fixture kFixtures[] = {{"improved_cosine4000", OpenAiFamily::Improved},
+                             {"guided_cond_newattn", OpenAiFamily::Guided},
+                             {"guided_xstart_heads", OpenAiFamily::Guided}};
+
+struct Imported {
+  Config cfg;
+  std::shared_ptr<Network> net;
+};
+
+Imported import_fixture(const Fixture& f) {
+  Imported r;
+  r.cfg = openai_config({first_line(reference(std::string(f.name) + ".flags"))}, f.family);
+  const DataShape shape{{3, r.cfg.data.image_size, r.cfg.data.image_size}, r.cfg.model.num_classes};
+  r.net = make_model(r.cfg, shape);
+  const std::string file = reference(std::string(f.name) + ".pt");
+  load_openai_weights(*r.net, load_torch_save(file), file);
+  r.net->eval();
+  return r;
+}
+
+}  // namespace
+
+TEST(OpenAiImport, TheImportedNetworkReproducesUpstreamOutputsAndReverseStep) {
+  torch::NoGradGuard no_grad;
+  for (const auto& f : kFixtures) {
+    SCOPED_TRACE(f.name);
+    const Imported m = import_fixture(f);
+    const TorchSaveFile io = load_torch_save(reference(std::string(f.name) + ".io.pt"));
+    const auto x = get(io, "x"), t = get(io, "t");
+    const torch::Tensor y = io.find("y") ? get(io, "y") : torch::Tensor();
+    // The network rescales t itself (rescale_timesteps in the first fixture); the fixture's out
+    // is upstream's model at the timesteps its diffusion feeds it.
+    const auto out = m.net->forward(x, t, y);
+    EXPECT_LT(relative_error(out, get(io, "out")), 1e-5);
+
+    const GaussianDiffusion diffusion = make_diffusion(m.cfg);
+    ReverseOptions clip;
+    clip.clip_x0 = true;
+    const ReverseStats stats = diffusion.p_mean_variance(out, x, t, clip);
+    EXPECT_LT(relative_error(stats.mean, get(io, "mean")), 1e-5);
+    EXPECT_LT(relative_error(stats.log_variance, get(io, "log_variance")), 1e-5);
+    // x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies an eps error by sqrt(1 / abar - 1)
+    // (about 60 at t = 911 of the linear schedule): the bound scales with it, not a looser test.
+    double gain = 1;
+    for (int64_t i = 0; i < t.size(0) && diffusion.prediction() == Prediction::Epsilon; ++i)
+      gain = std::max(gain, std::sqrt(1 / diffusion.schedule().alpha_bar()[t[i].item<int64_t>()] - 1));
+    EXPECT_LT(relative_error(stats.x0_pred, get(io, "pred_xstart")), 1e-5 * gain);
+    EXPECT_LT(relative_error(diffusion.p_sample(stats, t, get(io, "noise")), get(io, "sample")), 1e-5);
+    // The denoising-matching term (and at t = 0 the decoder), with upstream's tanh CDF.
+    const auto vb = vlb_term_bpd(diffusion, out, get(io, "x_start"), x, t, clip, DecoderCdf::Tanh).bpd;
+    const auto vb_ref = get(io, "vb");
+    for (int64_t i = 0; i < vb_ref.size(0); ++i)
+      EXPECT_NEAR(vb[i].item<double>(), vb_ref[i].item<double>(), 1e-5 * std::abs(vb_ref[i].item<double>()) + 1e-7)
+          << "t = " << t[i].item<int64_t>();
+  }
+}
+
+TEST(OpenAiImport, EveryOptionOfTheFixturesIsInUse) {
+  // The fixtures are only worth what they cover: check that their flags reach the options.
+  const Config a = import_fixture(kFixtures[0]).cfg, b = import_fixture(kFixtures[1]).cfg,
+               c = import_fixture(kFixtures[2]).cfg;
+  EXPECT_TRUE(a.diffusion.rescale_timesteps);
+  EXPECT_EQ(a.diffusion.timesteps, 4000);
+  EXPECT_EQ(a.model.num_heads_upsample, 1);
+  EXPECT_FALSE(a.model.use_scale_shift_norm);
+  EXPECT_EQ(a.diffusion.variance, VarianceType::LearnedRange);
+  EXPECT_TRUE(b.model.use_new_attention_order);
+  EXPECT_TRUE(b.model.resblock_updown);
+  EXPECT_EQ(b.model.num_head_channels, 16);
+  EXPECT_EQ(b.model.num_classes, 1000);
+  EXPECT_FALSE(b.diffusion.rescale_timesteps);
+  EXPECT_EQ(c.diffusion.prediction, Prediction::X0);
+  EXPECT_EQ(c.diffusion.variance, VarianceType::FixedLarge);
+  EXPECT_EQ(c.model.num_heads_upsample, 2);
+  EXPECT_EQ(load_torch_save(reference("improved_cosine4000.pt")).format, "zip");
+  const auto legacy = load_torch_save(reference("guided_cond_newattn.pt"));
+  EXPECT_EQ(legacy.format, "legacy");
+  EXPECT_EQ(get(legacy, "input_blocks.0.0.weight").scalar_type(), torch::kHalf);
+}
+
+TEST(OpenAiImport, LegacyAndNewAttentionOrdersDifferOnlyInLayout) {
+  // New order [3, heads, ch] is the legacy [heads, 3, ch] with the channel blocks permuted.
+  torch::manual_seed(3);
+  const int64_t heads = 2, ch = 4, b = 2, t = 5;
+  const auto legacy = torch::randn({b, heads * 3 * ch, t});
+  const auto as_new = legacy.view({b, heads, 3, ch, t}).transpose(1, 2).reshape({b, 3 * heads * ch, t});
+  EXPECT_LT(relative_error(qkv_attention(as_new, heads, QkvOrder::New), qkv_attention(legacy, heads)), 1e-6);
+  EXPECT_GT(relative_error(qkv_attention(legacy, heads, QkvOrder::New), qkv_attention(legacy, heads)), 1e-2);
+}
+
+TEST(OpenAiImport, PublishedFlagsMapToWhatTheUpstreamScriptsBuild) {
+  std::ifstream in(reference("published.json"));
+  const auto facts = nlohmann::json::parse(in);
+  ASSERT_GE(facts.size(), 11u);
+  int built = 0;
+  for (const auto& e : facts) {
+    const std::string flags = e["flags"];
+    SCOPED_TRACE(flags);
+    const auto family = e["family"] == "improved" ? OpenAiFamily::Improved : OpenAiFamily::Guided;
+    const Config cfg = openai_config({flags}, family);
+    const ModelConfig& m = cfg.model;
+    EXPECT_EQ(m.model_channels, e["model_channels"].get<int64_t>());
+    EXPECT_EQ(m.channel_mult, e["channel_mult"].get<std::vector<int64_t>>());
+    EXPECT_EQ(m.num_res_blocks, e["num_res_blocks"].get<int64_t>());
+    std::set<int64_t> ours(m.attention_resolutions.begin(), m.attention_resolutions.end()), theirs;
+    for (int64_t ds : e["attention_downsample"].get<std::vector<int64_t>>())
+      if (ds <= (int64_t{1} << (m.channel_mult.size() - 1))) theirs.insert(cfg.data.image_size / ds);
+    EXPECT_EQ(ours, theirs);
+    EXPECT_EQ(m.num_heads, e["num_heads"].get<int64_t>());
+    EXPECT_EQ(m.num_heads_upsample == -1 ? m.num_heads : m.num_heads_upsample, e["num_heads_upsample"].get<int64_t>());
+    EXPECT_EQ(m.num_head_channels, e["num_head_channels"].get<int64_t>());
+    EXPECT_EQ(m.learn_sigma ? 6 : 3, e["out_channels"].get<int64_t>());
+    EXPECT_EQ(m.num_classes, e["num_classes"].get<int64_t>());
+    EXPECT_DOUBLE_EQ(m.dropout, e["dropout"].get<double>());
+    EXPECT_EQ(m.use_new_attention_order, e["use_new_attention_order"].get<bool>());
+    EXPECT_EQ(m.resblock_updown, e["resblock_updown"].get<bool>());
+    EXPECT_EQ(m.use_scale_shift_norm, e["use_scale_shift_norm"].get<bool>());
+
+    const DiffusionConfig& d = cfg.diffusion;
+    EXPECT_EQ(d.timesteps, e["num_timesteps"].get<int64_t>());
+    EXPECT_EQ(d.prediction == Prediction::X0 ? "START_X" : "EPSILON", e["mean_type"].get<std::string>());
+    const std::string var = e["var_type"];
+    EXPECT_EQ(d.variance, var == "LEARNED_RANGE" ? VarianceType::LearnedRange
+                          : var == "FIXED_SMALL" ? VarianceType::FixedSmall
+                                                 : VarianceType::FixedLarge);
+    // RESCALED_MSE adds vb * T / 1000 (hybrid, lambda 1e-3), MSE adds vb (lambda 1 / T); either
+    // is plain MSE when the variance is fixed. RESCALED_KL is the bound.
+    const std::string loss = e["loss_type"];
+    if (loss == "RESCALED_KL") {
+      EXPECT_EQ(d.loss, LossType::Kl);
+    } else if (!m.learn_sigma) {
+      EXPECT_EQ(d.loss, LossType::Simple);
+    } else {
+      EXPECT_EQ(d.loss, LossType::Hybrid);
+      EXPECT_DOUBLE_EQ(d.hybrid_lambda, loss == "RESCALED_MSE" ? 1e-3 : 1.0 / static_cast<double>(d.timesteps));
+    }
+    EXPECT_EQ(d.rescale_timesteps, e["rescale_timesteps"].get<bool>());
+    const auto betas = make_schedule(d).betas();
+    EXPECT_NEAR(betas.front(), e["beta_first"].get<double>(), 1e-15);
+    EXPECT_NEAR(betas.back(), e["beta_last"].get<double>(), 1e-12);
+    double sum = 0;
+    for (double v : betas) sum += v;
+    EXPECT_NEAR(sum, e["beta_sum"].get<double>(), 1e-10 * sum);
+
+    // The architecture itself, for the models small enough to build here: the parameter count
+    // equals upstream's, plus the null-label row of a class-conditional network.
+    const int64_t params = e["parameters"];
+    if (params < 60'000'000) {
+      const auto net = make_model(cfg, DataShape{{3, cfg.data.image_size, cfg.data.image_size}, m.num_classes});
+      EXPECT_EQ(count_parameters(*net), params + (m.class_cond ? 4 * m.model_channels : 0));
+      ++built;
+    }
+  }
+  EXPECT_GE(built, 2);
+}
+
+TEST(OpenAiImport, BadFlagsAndMismatchedFilesAreNamed) {
+  const auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_HAS(message([] { openai_config({"--image_size 32 --lr 1e-4"}, OpenAiFamily::Improved); }), ("--lr is not one of improved-diffusion's model, diffusion or sampling flags"));
+  EXPECT_HAS(message([] { openai_config({"--image_size 32 --resblock_updown True"}, OpenAiFamily::Improved); }), ("--resblock_updown"));
+  EXPECT_HAS(message([] { openai_config({"--learn_sigma", "maybe"}, OpenAiFamily::Guided); }), ("--learn_sigma maybe: expected a boolean"));
+  EXPECT_HAS(message([] { openai_config({"--image_size 512"}, OpenAiFamily::Guided); }), ("0.5"));
+  EXPECT_HAS(message([] { openai_config({"--image_size 48"}, OpenAiFamily::Improved); }), ("--image_size 48"));
+  EXPECT_HAS(message([] { openai_config({"--noise_schedule sigmoid --image_size 32"}, OpenAiFamily::Improved); }), ("--noise_schedule sigmoid"));
+  EXPECT_HAS(message([] { openai_config({"--num_channels=abc --image_size 32"}, OpenAiFamily::Improved); }), ("--num_channels abc: expected an integer"));
+
+  // The improved fixture's file with other flags: the first misshapen tensor is named.
+  const std::string file = reference("improved_cosine4000.pt");
+  const std::string flags = first_line(reference("improved_cosine4000.flags"));
+  const auto wrong = [&](const std::string& extra) {
+    return message([&] {
+      const Config cfg = openai_config({flags, extra}, OpenAiFamily::Improved);
+      const auto net = make_model(cfg, DataShape{{3, 16, 16}, cfg.model.num_classes});
+      load_openai_weights(*net, load_torch_save(file), file);
+    });
+  };
+  EXPECT_HAS(wrong("--num_channels 64"), ("tensor 'time_embed.0.weight' is [128, 32], but the flags build [256, 64]"));
+  EXPECT_HAS(wrong("--learn_sigma False"), ("'out.2.weight'"));
+  EXPECT_HAS(wrong("--num_res_blocks 2"), ("has no tensor 'input_blocks"));
+  EXPECT_HAS(wrong("--attention_resolutions 8"), ("the flags build no tensor for"));
+}
+
+TEST(OpenAiImport, TheCliImportsAndTheCheckpointSamples) {
+  TempDir dir;
+  const std::string ckpt = (dir.path() / "guided.pt").string();
+  const std::string flags = first_line(reference("guided_cond_newattn.flags"));
+  auto r = run_diffuse("import " + reference("guided_cond_newattn.pt") + " --from guided-diffusion --flags '" + flags +
+                       "' --out " + ckpt);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_HAS(r.out, ("legacy torch.save state_dict"));
+  EXPECT_HAS(r.out, ("wrote: " + ckpt));
+  // The checkpoint holds the same weights: its network gives upstream's output.
+  {
+    torch::NoGradGuard no_grad;
+    const CheckpointReader reader(ckpt);
+    const Config cfg = parse_config(reader.meta().config_yaml);
+    const auto net = load_network(reader, cfg, /*prefer_ema=*/true, torch::kCPU).net;
+    const TorchSaveFile io = load_torch_save(reference("guided_cond_newattn.io.pt"));
+    EXPECT_LT(relative_error(net->forward(get(io, "x"), get(io, "t"), get(io, "y")), get(io, "out")), 1e-5);
+  }
+  r = run_diffuse("sample --checkpoint " + ckpt + " --num 2 --steps 3 --label 7 --seed 1 --out " +
+                  (dir.path() / "samples").string());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(dir.path() / "samples" / "grid.png")) << r.out;
+
+  r = run_diffuse("import " + reference("guided_cond_newattn.pt") + " --flags '--image_size 16' --out " + ckpt);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, ("--from"));
+}
+
+TEST(OpenAiImport, TheSameStateDictAsSafetensorsImportsAlike) {
+  TempDir dir;
+  const std::string st = (dir.path() / "improved.safetensors").string(), ckpt = (dir.path() / "improved.pt").string();
+  save_safetensors(st, load_torch_save(reference("improved_cosine4000.pt")).tensors);
+  const auto r = import_openai_checkpoint(st, {first_line(reference("improved_cosine4000.flags"))},
+                                          OpenAiFamily::Improved, ckpt);
+  EXPECT_EQ(r.format, "safetensors");
+  torch::NoGradGuard no_grad;
+  const CheckpointReader reader(ckpt);
+  const auto net = load_network(reader, parse_config(reader.meta().config_yaml), false, torch::kCPU).net;
+  const TorchSaveFile io = load_torch_save(reference("improved_cosine4000.io.pt"));
+  EXPECT_LT(relative_error(net->forward(get(io, "x"), get(io, "t")), get(io, "out")), 1e-5);
+}
