@@ -801,6 +801,9 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
   if (c.sample.guidance_scale != 1.0 && !m.class_cond)
     add(fmt::format("sample.guidance_scale {} needs model.class_cond: true (1 = no guidance)",
                     c.sample.guidance_scale));
+  else if (c.sample.guidance_scale != 1.0 && m.p_uncond <= 0.0)
+    add(fmt::format("sample.guidance_scale {} needs a model trained with the null label (model.p_uncond > 0; "
+                    "OpenAI's imported models have 0)", c.sample.guidance_scale));
   if (!c.sample.labels.empty() && !m.class_cond) add("sample.labels needs model.class_cond: true");
   if (m.class_cond && m.num_classes > 0) {
     for (const int64_t l : c.sample.labels)

@@ -276,6 +276,11 @@ TEST(OpenAiImport, TheCliImportsAndTheCheckpointSamples) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "samples" / "grid.png")) << r.out;
 
+  r = run_diffuse("sample --checkpoint " + ckpt + " --num 2 --steps 3 --guidance-scale 3 --out " +
+                  (dir.path() / "guided").string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "trained without the null label");
+
   r = run_diffuse("import " + reference("guided_cond_newattn.pt") + " --flags '--image_size 16' --out " + ckpt);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_HAS(r.err, ("--from"));

@@ -93,6 +93,10 @@ int run_sample(const SampleOptions& o) {
   Config cfg = config_from_checkpoint_yaml(reader.meta().config_yaml, path, o.overrides);
   apply_flags(o, cfg.sample);
   const auto& s = cfg.sample;
+  if (s.guidance_scale != 1.0 && cfg.model.class_cond && cfg.model.p_uncond <= 0.0)
+    throw UsageError(fmt::format("--guidance-scale {}: '{}' was trained without the null label (model.p_uncond 0, as "
+                                 "OpenAI's imported models are), so classifier-free guidance has nothing to use",
+                                 s.guidance_scale, path));
   const int threads = configure_threads(o.threads);
   const auto env = read_dist_env();
   const auto device = rank_device(o.device, env);
