@@ -4,9 +4,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 #include "diffuse/data/dataset.h"
 #include "diffuse/data/file_bytes.h"
@@ -51,13 +53,24 @@ namespace {
 constexpr unsigned char kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
 // A header's width and height decide how much a decode allocates (w * h * channels bytes): a
-// file of a few bytes can ask for gigabytes, so sizes beyond this are refused before decoding.
+// file of a few bytes can ask for gigabytes, so sizes beyond these are refused before decoding.
+// No codec stb reads packs pixels more densely than deflate's limit of about 1032:1 (PNG; JPEG,
+// RLE and LZW pack less), so more decoded bytes than kMaxDecodeRatio times the file (beyond a
+// floor every small image fits under) means a crafted or truncated header: stb would fill the
+// missing data with zeros, at the cost of the whole allocation and its processing.
 constexpr int kMaxImageSide = 16384;
+constexpr double kMaxDecodeRatio = 1100.0;
+constexpr double kDecodeFloorBytes = 16.0 * 1024 * 1024;
 
-void check_image_size(const std::string& name, int w, int h) {
+void check_image_size(const std::string& name, int w, int h, int channels, size_t file_bytes) {
   if (w > kMaxImageSide || h > kMaxImageSide)
     throw UsageError(fmt::format("'{}' is {}x{} pixels: images larger than {}x{} are refused (a corrupt header?)",
                                  name, w, h, kMaxImageSide, kMaxImageSide));
+  const double decoded = static_cast<double>(w) * h * std::max(channels, 1);
+  if (decoded > kDecodeFloorBytes + kMaxDecodeRatio * static_cast<double>(file_bytes))
+    throw UsageError(fmt::format("'{}' ({} bytes) claims {}x{} pixels, {:.0f} MB decoded: more than any image codec "
+                                 "packs into {} bytes (a corrupt or truncated header?)",
+                                 name, file_bytes, w, h, decoded / 1e6, file_bytes));
 }
 
 void put_be32(std::string& out, uint32_t v) {
@@ -257,7 +270,8 @@ torch::Tensor decode_image(const std::string& bytes, const std::string& name, in
     throw UsageError(fmt::format("'{}' is too large to decode ({} bytes)", name, bytes.size()));
   int w = 0, h = 0, c = 0;
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
-  if (stbi_info_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c)) check_image_size(name, w, h);
+  if (stbi_info_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c))
+    check_image_size(name, w, h, std::max<int>(c, static_cast<int>(channels)), bytes.size());
   unsigned char* px = stbi_load_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c, static_cast<int>(channels));
   if (!px) throw UsageError(fmt::format("cannot decode image '{}': {}", name, stbi_failure_reason()));
   const int64_t cc = channels > 0 ? channels : c;
@@ -286,7 +300,9 @@ ImageInfo image_info(const std::string& path) {
     std::fclose(f);
     throw UsageError(fmt::format("'{}' is not a decodable image: {}", path, stbi_failure_reason()));
   }
-  check_image_size(path, w, h);
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  check_image_size(path, w, h, c, ec ? 0 : static_cast<size_t>(size));
   return {w, h, c};
 }
 

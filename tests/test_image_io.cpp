@@ -307,3 +307,30 @@ TEST(ImageIo, OversizedImagesAreRefusedFromTheHeader) {
   EXPECT_THROW(load_image(wide), UsageError);
   EXPECT_EQ(load_image(edge).size(2), 16384);
 }
+
+TEST(ImageIo, HeadersClaimingFarMorePixelsThanTheFileHoldsAreRefused) {
+  // Found by fuzzing (tests/fuzz/regressions/image/timeout-*): 21 bytes that stb reads as a TGA
+  // header of 8224x8224 pixels, whose decode filled 200 MB with zeros for 13 s under ASan.
+  test::TempDir dir;
+  const auto crafted = (dir.path() / "a.png").string();
+  spew(crafted, std::string("\x89\x00\x0a\x20PG\x0a\x20", 8) + std::string(10, ' ') + "x\x89P");
+  for (auto fn :
+       {std::function<void()>([&] { load_image(crafted); }), std::function<void()>([&] { image_info(crafted); })}) {
+    try {
+      fn();
+      ADD_FAILURE() << "a 21-byte file claiming 8224x8224 pixels was accepted";
+    } catch (const UsageError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(crafted), std::string::npos) << msg;
+      EXPECT_NE(msg.find("(21 bytes) claims 8224x8224 pixels"), std::string::npos) << msg;
+    }
+  }
+  // A real image that deflate packs about 1000:1 still decodes: 3000x3000 RGB of one colour
+  // (27 MB decoded, above the 16 MiB floor).
+  const auto flat = (dir.path() / "flat.png").string();
+  save_png(flat, torch::full({3, 3000, 3000}, 200, torch::kUInt8));
+  const auto img = load_image(flat);
+  EXPECT_EQ(img.size(1), 3000);
+  EXPECT_EQ(img[2][2999][2999].item<int>(), 200);
+  EXPECT_EQ(image_info(flat).width, 3000);
+}
