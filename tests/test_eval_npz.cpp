@@ -121,4 +121,14 @@ TEST(EvalNpz, HostileHeadersAreRefusedNamingTheEntry) {
   }
   // A zero dimension still makes an empty array, whatever the others.
   EXPECT_EQ(parse_npy(npy("<f8", false, {int64_t{1} << 40, 0}, &none, 0), "empty").numel(), 0);
+  // ... unless the others overflow LibTorch's strides (found by fuzzing: "Stride calculation
+  // overflowed" escaped as a c10::Error; tests/fuzz/regressions/npz/).
+  try {
+    parse_npy(npy("<f4", false, {0, int64_t{1} << 40, int64_t{1} << 40}, &none, 0), "strides.npy");
+    ADD_FAILURE() << "an empty shape whose other sizes overflow was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("strides.npy: .npy shape (0, 1099511627776, 1099511627776) is empty"),
+              std::string::npos)
+        << e.what();
+  }
 }

@@ -100,6 +100,16 @@ torch::Tensor parse_npy(const std::string& b, const std::string& origin) {
                                    fmt::join(shape, ", "), descr, b.size() - data));
     count *= static_cast<uint64_t>(d);
   }
+  // An empty array holds no data, but LibTorch still derives strides from the other sizes,
+  // and their product must not overflow there.
+  uint64_t span = 1;
+  for (auto d : shape) {
+    if (d == 0) continue;
+    if (span > (uint64_t{1} << 62) / static_cast<uint64_t>(d))
+      throw UsageError(fmt::format("{}: .npy shape ({}) is empty, but its other dimensions multiply past 2^62", origin,
+                                   fmt::join(shape, ", ")));
+    span *= static_cast<uint64_t>(d);
+  }
   if (b.size() - data != static_cast<size_t>(count) * item)
     throw UsageError(fmt::format("{}: .npy data has {} bytes, shape ({}) of {} needs {}", origin, b.size() - data,
                                  fmt::join(shape, ", "), descr, static_cast<size_t>(count) * item));
