@@ -1,6 +1,8 @@
 # ctest's Install.ConsumerProjectBuildsAgainstTheInstalledPackage: cmake --install the build into
 # a fresh prefix, then configure, build and run tests/install/consumer against it.
-#   cmake -DBUILD_DIR=... -DSOURCE_DIR=... -DCXX=... [-DPREFIX_PATH=...] -P check_install.cmake
+#   cmake -DBUILD_DIR=... -DSOURCE_DIR=... -DCXX=... [-DPREFIX_PATH=...] [-DGENERATOR=... -DMAKE_PROGRAM=...]
+#         -P check_install.cmake
+# The consumer uses the build's generator and make program (a machine may have ninja and no make).
 set(work ${BUILD_DIR}/install-check)
 file(REMOVE_RECURSE ${work})
 function(run)
@@ -23,7 +25,14 @@ set(prefixes "${work}/prefix")
 if(PREFIX_PATH)
   string(APPEND prefixes ";${PREFIX_PATH}")
 endif()
-run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/install/consumer -B ${work}/build -DCMAKE_CXX_COMPILER=${CXX}
+set(generator)
+if(GENERATOR)
+  set(generator -G "${GENERATOR}")
+  if(MAKE_PROGRAM)
+    list(APPEND generator "-DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM}")
+  endif()
+endif()
+run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/install/consumer -B ${work}/build ${generator} -DCMAKE_CXX_COMPILER=${CXX}
     "-DCMAKE_PREFIX_PATH=${prefixes}" -DCMAKE_BUILD_TYPE=Release)
 run(${CMAKE_COMMAND} --build ${work}/build)
 run(${work}/build/consumer)
