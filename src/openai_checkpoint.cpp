@@ -195,7 +195,9 @@ void set_sampling(Config& cfg, const std::map<std::string, std::string>& v) {
   cfg.sample.eta = 0.0;  // image_sample.py's ddim_sample_loop
   const std::string& respacing = v.at("timestep_respacing");
   cfg.sample.steps = cfg.diffusion.timesteps;
-  if (!respacing.empty() && std::all_of(respacing.begin(), respacing.end(), ::isdigit))
+  // isdigit of a negative char is undefined: take the bytes as unsigned.
+  const auto digit = [](unsigned char ch) { return std::isdigit(ch) != 0; };
+  if (!respacing.empty() && std::all_of(respacing.begin(), respacing.end(), digit))
     cfg.sample.steps = parse_int("timestep_respacing", respacing);  // "250": evenly spaced steps
   else
     cfg.sample.spacing = respacing;  // "ddim50", "10,15,20"
@@ -209,7 +211,9 @@ OpenAiFamily parse_openai_family(const std::string& name) {
   throw UsageError("unknown OpenAI code base '" + name + "' (expected " + join(openai_family_names()) + ")");
 }
 
-std::string to_string(OpenAiFamily v) { return v == OpenAiFamily::Improved ? "improved-diffusion" : "guided-diffusion"; }
+std::string to_string(OpenAiFamily v) {
+  return v == OpenAiFamily::Improved ? "improved-diffusion" : "guided-diffusion";
+}
 
 std::vector<std::string> openai_family_names() { return {"improved-diffusion", "guided-diffusion"}; }
 
@@ -250,7 +254,9 @@ Config openai_config(const std::vector<std::string>& flags, OpenAiFamily family)
   if (d.timesteps < 1) throw UsageError(fmt::format("--diffusion_steps {}: must be >= 1", d.timesteps));
   d.prediction = boolean("predict_xstart") ? Prediction::X0 : Prediction::Epsilon;
   const bool sigma_small = v.count("sigma_small") && boolean("sigma_small");
-  d.variance = m.learn_sigma ? VarianceType::LearnedRange : sigma_small ? VarianceType::FixedSmall : VarianceType::FixedLarge;
+  d.variance = m.learn_sigma   ? VarianceType::LearnedRange
+               : sigma_small ? VarianceType::FixedSmall
+                             : VarianceType::FixedLarge;
   // Their LossType: RESCALED_KL (use_kl), RESCALED_MSE (vb * T / 1000) or MSE (vb as it is);
   // the vb term only trains a learned variance.
   if (boolean("use_kl")) {
