@@ -444,11 +444,12 @@ Table build_table() {
   Table t;
   using M = ModelConfig;
   SectionAdder<M>(t, "model", &Config::model, "The network. UNet keys follow improved-diffusion's UNetModel.")
-      ("type", &M::type, choice(model_type_names, parse_model_type), "unet for images, mlp for 2-D toy points")
+      ("type", &M::type, choice(model_type_names, parse_model_type),
+       "unet for images, mlp for 2-D toy points, classifier for a noisy-image classifier (classifier guidance)")
       ("model_channels", &M::model_channels, at_least<int64_t>(1), "UNet: channels of the first level")
       ("channel_mult", &M::channel_mult, list(at_least<int64_t>(1), true),
        "UNet: channel multiplier per level; the resolution halves between levels")
-      ("num_res_blocks", &M::num_res_blocks, at_least<int64_t>(1), "UNet: residual blocks per level")
+      ("num_res_blocks", &M::num_res_blocks, at_least<int64_t>(0), "UNet: residual blocks per level")
       ("attention_resolutions", &M::attention_resolutions, list(at_least<int64_t>(1), false),
        "UNet: feature-map sizes that get self-attention, e.g. [7] for the 7x7 level of a 28x28 input")
       ("num_heads", &M::num_heads, at_least<int64_t>(1), "UNet: attention heads")
@@ -476,6 +477,8 @@ Table build_table() {
       ("class_cond", &M::class_cond, any<bool>(), "condition on class labels (enables classifier-free guidance)")
       ("num_classes", &M::num_classes, at_least<int64_t>(0), "class count; 0 = the dataset's")
       ("p_uncond", &M::p_uncond, between(0, 1), "class_cond: probability of training with the null label")
+      ("pool", &M::pool, choice(classifier_pool_names, parse_classifier_pool),
+       "classifier: the head, attention (pooling, needs num_head_channels) or adaptive (spatial mean)")
       ("hidden", &M::hidden, at_least<int64_t>(1), "MLP: width of the residual blocks")
       ("num_blocks", &M::num_blocks, at_least<int64_t>(1), "MLP: residual blocks");
 
@@ -576,6 +579,9 @@ Table build_table() {
        "classifier-free guidance scale; 1 = off (needs model.class_cond otherwise)")
       ("labels", &P::labels, list(at_least<int64_t>(0), false),
        "class labels to sample, cycled; empty = random / unconditional")
+      ("classifier", &P::classifier, any<std::string>(),
+       "classifier guidance: a noisy-image classifier checkpoint (diffuse import --classifier); empty = none")
+      ("classifier_scale", &P::classifier_scale, at_least<double>(0), "classifier guidance: the gradient's scale s")
       ("sigmas", &P::sigmas, one_of(kSigmas), "euler/heun: the sigma sequence")
       ("rho", &P::rho, positive(), "karras sigmas: the exponent rho")
       ("precision", &P::precision, one_of(kPrecisions), "network precision while sampling: fp32, bf16, fp16 (CUDA), auto (bf16 where native)");
@@ -738,7 +744,13 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
   if (!toy && m.type == ModelType::Mlp)
     add(fmt::format("model.type mlp works on 2-D points only: data.dataset must be toy2d, got {}",
                     to_string(c.data.dataset)));
-  if (m.type == ModelType::UNet && !toy) check_unet(c, problems);
+  if (m.type != ModelType::Mlp && !toy) check_unet(c, problems);
+  if (m.type == ModelType::Classifier) {
+    if (m.num_classes < 1) add("model.type classifier needs model.num_classes >= 1 (its logits)");
+    if (m.class_cond) add("model.type classifier: model.class_cond does not apply (the classifier predicts the class)");
+    if (m.pool == ClassifierPool::Attention && m.num_head_channels < 1)
+      add("model.pool attention needs model.num_head_channels >= 1 (its heads are channels / num_head_channels)");
+  }
   if (!toy && c.data.path.empty()) add(fmt::format("data.path: dataset {} needs a path", to_string(c.data.dataset)));
 
   // Variance, learn_sigma and loss (improved-diffusion: a learned variance is trained only by the VLB term).
@@ -804,7 +816,8 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
   else if (c.sample.guidance_scale != 1.0 && m.p_uncond <= 0.0)
     add(fmt::format("sample.guidance_scale {} needs a model trained with the null label (model.p_uncond > 0; "
                     "OpenAI's imported models have 0)", c.sample.guidance_scale));
-  if (!c.sample.labels.empty() && !m.class_cond) add("sample.labels needs model.class_cond: true");
+  if (!c.sample.labels.empty() && !m.class_cond && c.sample.classifier.empty())
+    add("sample.labels needs model.class_cond: true or a sample.classifier");
   if (m.class_cond && m.num_classes > 0) {
     for (const int64_t l : c.sample.labels)
       if (l >= m.num_classes)

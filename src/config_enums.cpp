@@ -4,13 +4,29 @@
 
 namespace diffuse {
 
-std::vector<std::string> model_type_names() { return {"unet", "mlp"}; }
+std::vector<std::string> model_type_names() { return {"unet", "mlp", "classifier"}; }
 ModelType parse_model_type(const std::string& n) {
   if (n == "unet") return ModelType::UNet;
   if (n == "mlp") return ModelType::Mlp;
+  if (n == "classifier") return ModelType::Classifier;
   throw_not_one_of("model type", n, model_type_names());
 }
-std::string to_string(ModelType v) { return v == ModelType::UNet ? "unet" : "mlp"; }
+std::string to_string(ModelType v) {
+  switch (v) {
+    case ModelType::UNet: return "unet";
+    case ModelType::Mlp: return "mlp";
+    case ModelType::Classifier: return "classifier";
+  }
+  return "?";
+}
+
+std::vector<std::string> classifier_pool_names() { return {"attention", "adaptive"}; }
+ClassifierPool parse_classifier_pool(const std::string& n) {
+  if (n == "attention") return ClassifierPool::Attention;
+  if (n == "adaptive") return ClassifierPool::Adaptive;
+  throw_not_one_of("classifier pool", n, classifier_pool_names());
+}
+std::string to_string(ClassifierPool v) { return v == ClassifierPool::Attention ? "attention" : "adaptive"; }
 
 std::vector<std::string> dataset_kind_names() { return {"fashion-mnist", "mnist", "cifar10", "folder", "toy2d", "synthetic"}; }
 DatasetKind parse_dataset_kind(const std::string& n) {

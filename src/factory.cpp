@@ -57,10 +57,19 @@ std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
     if (data.shape.size() != 3)
       throw UsageError("model.type 'unet' needs image data [C, H, W]; use model.type: mlp for data.dataset: toy2d");
     if (data.shape[1] != data.shape[2]) throw UsageError("the UNet needs square images; set data.image_size");
-    net = make_network(cfg.model, data.shape[1], data.shape[0], diffusion_channels(data.shape[0]), num_classes);
+    // A classifier's outputs are its logits, one per class.
+    const int64_t out =
+        cfg.model.type == ModelType::Classifier ? cfg.model.num_classes : diffusion_channels(data.shape[0]);
+    net = make_network(cfg.model, data.shape[1], data.shape[0], out, num_classes);
   }
   if (cfg.diffusion.rescale_timesteps) net->set_timestep_scale(1000.0 / static_cast<double>(cfg.diffusion.timesteps));
   return net;
+}
+
+void require_denoiser(const Config& cfg, const std::string& origin) {
+  if (cfg.model.type == ModelType::Classifier)
+    throw UsageError(origin + ": model.type classifier is a noisy-image classifier, not a denoising network: it "
+                              "guides sampling (diffuse sample --classifier CKPT); training one is not implemented");
 }
 
 }  // namespace diffuse

@@ -2,15 +2,21 @@
 
 #include <torch/torch.h>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "diffuse/dist/process_group.h"
 #include "diffuse/error.h"
 #include "diffuse/models/network.h"
 #include "diffuse/precision.h"
 #include "diffuse/runtime.h"
+#include "diffuse/samplers/classifier_guidance.h"
 #include "diffuse/samplers/guidance.h"
 #include "diffuse/samplers/registry.h"
+#include "diffuse/train/checkpoint.h"
 
 namespace diffuse {
 
@@ -33,17 +39,32 @@ SampleConfig with_sampler(SampleConfig s, const std::string& sampler) {
 
 namespace {
 
+// The class count the labels range over: the model's, else a guiding classifier's (0: none).
+int64_t label_classes(const Network& net, const Network* classifier) {
+  if (net.class_conditional()) return net.num_classes();
+  return classifier ? classifier->out_channels() : 0;
+}
+
 // The checks on a request that need no sampling (every rank makes them, with work or without).
-void check_request(Network& net, const SampleConfig& s) {
+void check_request(Network& net, const SampleConfig& s, const Network* classifier) {
   if (s.num < 1) throw UsageError("sample.num must be >= 1");
   if (s.batch_size < 1) throw UsageError("sample.batch_size must be >= 1");
   const bool cond = net.class_conditional();
-  if (!cond && !s.labels.empty()) throw UsageError("class labels were given (sample.labels, --label), but the model is not class-conditional");
+  const int64_t classes = label_classes(net, classifier);
+  if (classes == 0 && !s.labels.empty())
+    throw UsageError("class labels were given (sample.labels, --label), but the model is not class-conditional "
+                     "and no classifier guides it");
   if (!cond && s.guidance_scale != 1.0)
     throw UsageError("sample.guidance_scale needs a class-conditional model (trained with model.class_cond)");
+  if (cond && classifier && classifier->out_channels() != net.num_classes())
+    throw UsageError("the classifier has " + std::to_string(classifier->out_channels()) + " classes, the model " +
+                     std::to_string(net.num_classes()));
   for (auto l : s.labels)
-    if (l < 0 || l >= net.num_classes())
-      throw UsageError("class label " + std::to_string(l) + " is outside [0, " + std::to_string(net.num_classes() - 1) + "]");
+    if (l < 0 || l >= classes)
+      throw UsageError("class label " + std::to_string(l) + " is outside [0, " + std::to_string(classes - 1) + "]");
+  if (!s.classifier.empty() && !classifier)
+    throw std::invalid_argument("sample.classifier '" + s.classifier +
+                                "' is set but not loaded (load_guidance_classifier)");
   find_sampler(s.sampler);  // unknown names fail before any work
 }
 
@@ -52,7 +73,7 @@ void check_request(Network& net, const SampleConfig& s) {
 GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
                                 const GenerateRequest& req) {
   const auto& s = req.sample;
-  check_request(net, s);
+  check_request(net, s, req.classifier);
   const bool cond = net.class_conditional();
 
   SamplerOptions opts;
@@ -77,8 +98,15 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
     AutocastGuard ac(precision, device);
     return net.forward(x, t, y).to(torch::kFloat32);
   };
+  LogitsFn logits;
+  if (req.classifier) {
+    logits = [cls = req.classifier, precision, device = req.device](const torch::Tensor& x, const torch::Tensor& t) {
+      AutocastGuard ac(precision, device);
+      return cls->forward(x, t).to(torch::kFloat32);
+    };
+  }
   GenerateResult result;
-  result.labels = labels_for(s, req.first_index, s.num, cond ? net.num_classes() : 0);
+  result.labels = labels_for(s, req.first_index, s.num, label_classes(net, req.classifier));
   std::vector<torch::Tensor> parts;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t done = 0; done < s.num; done += s.batch_size) {
@@ -92,7 +120,10 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
     } else {
       fn = [&raw](const torch::Tensor& x, const torch::Tensor& t) { return raw(x, t, torch::Tensor()); };
     }
-    Denoiser denoiser(fn, diffusion);
+    GuidanceGradient guidance;
+    if (logits) guidance = classifier_gradient(logits, result.labels.slice(0, done, done + n).to(req.device),
+                                               s.classifier_scale);
+    Denoiser denoiser(fn, diffusion, guidance);
     auto noise = NoiseSource::range(s.seed, first, n, shape.shape, req.device);
     if (req.on_step) opts.on_step = [&](const StepInfo& info) { req.on_step(info, first); };
     auto x = run_sampler(s.sampler, denoiser, noise, opts);
@@ -107,10 +138,35 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   return result;
 }
 
+std::shared_ptr<Network> load_guidance_classifier(const std::string& path, const DataShape& shape,
+                                                  const GaussianDiffusion& diffusion, const torch::Device& device) {
+  CheckpointReader reader(path);
+  const Config cfg = parse_config(reader.meta().config_yaml, path);
+  if (cfg.model.type != ModelType::Classifier)
+    throw UsageError("'" + path + "' is a " + to_string(cfg.model.type) +
+                     " checkpoint, not a noisy-image classifier (diffuse import --classifier makes one)");
+  if (reader.meta().data.shape != shape.shape)
+    throw UsageError(fmt::format("'{}' classifies images of {}, the model makes {}", path,
+                                 fmt::join(reader.meta().data.shape, "x"), fmt::join(shape.shape, "x")));
+  // The classifier reads t in the model's units on the model's noisy images: the schedules must agree.
+  const auto theirs = make_diffusion(cfg);
+  const auto& a = theirs.schedule().alpha_bar();
+  const auto& b = diffusion.schedule().alpha_bar();
+  bool same = a.size() == b.size();
+  for (size_t i = 0; same && i < a.size(); ++i) same = std::abs(a[i] - b[i]) <= 1e-12 * std::max(1.0, std::abs(b[i]));
+  if (!same)
+    throw UsageError(fmt::format("'{}' was trained on a {}-step {} schedule; the model's ({} steps) differs, so the "
+                                 "classifier's t would not match the model's noise levels",
+                                 path, cfg.diffusion.timesteps, to_string(cfg.diffusion.schedule), b.size()));
+  auto net = load_network(reader, cfg, /*prefer_ema=*/false, device).net;
+  for (auto& p : net->parameters()) p.requires_grad_(false);
+  return net;
+}
+
 GenerateResult generate_share(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
                               const GenerateRequest& req, ProcessGroup& group) {
   const auto t0 = std::chrono::steady_clock::now();
-  check_request(net, req.sample);
+  check_request(net, req.sample, req.classifier);
   const auto share = rank_slice(req.sample.num, group.rank(), group.world_size());
   GenerateResult r;
   if (share.size() > 0) {

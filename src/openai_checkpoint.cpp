@@ -66,6 +66,16 @@ const FlagDef kFlags[] = {
     {"num_samples", Kind::Int, "64", "64"},  // upstream 10000; diffuse's own default is kept
     {"batch_size", Kind::Int, "64", "64"},
     {"use_ddim", Kind::Bool, "False", "False"},
+    // guided-diffusion's classifier_defaults() and classifier_sample.py's scale: they build the
+    // classifier of `diffuse import --classifier`; a model import takes classifier_scale only.
+    {"classifier_use_fp16", Kind::Bool, nullptr, "False"},
+    {"classifier_width", Kind::Int, nullptr, "128"},
+    {"classifier_depth", Kind::Int, nullptr, "2"},
+    {"classifier_attention_resolutions", Kind::Text, nullptr, "32,16,8"},
+    {"classifier_use_scale_shift_norm", Kind::Bool, nullptr, "True"},
+    {"classifier_resblock_updown", Kind::Bool, nullptr, "True"},
+    {"classifier_pool", Kind::Text, nullptr, "attention"},
+    {"classifier_scale", Kind::Float, nullptr, "1.0"},
 };
 
 const FlagDef* find_flag(const std::string& name, OpenAiFamily family) {
@@ -160,6 +170,21 @@ std::map<std::string, std::string> read_flags(const std::vector<std::string>& to
   return values;
 }
 
+// The flags' values with typed reads that name the flag on a bad value.
+struct FlagValues {
+  std::map<std::string, std::string> v;
+  bool has(const char* k) const { return v.count(k) > 0; }
+  const std::string& text(const char* k) const { return v.at(k); }
+  bool boolean(const char* k) const { return parse_bool(k, v.at(k)); }
+  int64_t integer(const char* k) const { return parse_int(k, v.at(k)); }
+  double number(const char* k) const { return parse_float(k, v.at(k)); }
+  int64_t image_size() const {
+    const int64_t size = integer("image_size");
+    if (size < 1) throw UsageError(fmt::format("--image_size {}: must be >= 1", size));
+    return size;
+  }
+};
+
 // Upstream's create_model: the levels of each supported image size.
 std::vector<int64_t> default_channel_mult(int64_t image_size, OpenAiFamily family) {
   if (image_size == 256) return {1, 1, 2, 2, 4, 4};
@@ -187,13 +212,13 @@ std::vector<int64_t> attention_levels(const std::vector<int64_t>& resolutions, i
   return out;
 }
 
-void set_sampling(Config& cfg, const std::map<std::string, std::string>& v) {
-  cfg.sample.sampler = parse_bool("use_ddim", v.at("use_ddim")) ? "ddim" : "ddpm";
-  cfg.sample.clip_x0 = parse_bool("clip_denoised", v.at("clip_denoised"));
-  cfg.sample.num = parse_int("num_samples", v.at("num_samples"));
-  cfg.sample.batch_size = parse_int("batch_size", v.at("batch_size"));
+void set_sampling(Config& cfg, const FlagValues& f) {
+  cfg.sample.sampler = f.boolean("use_ddim") ? "ddim" : "ddpm";
+  cfg.sample.clip_x0 = f.boolean("clip_denoised");
+  cfg.sample.num = f.integer("num_samples");
+  cfg.sample.batch_size = f.integer("batch_size");
   cfg.sample.eta = 0.0;  // image_sample.py's ddim_sample_loop
-  const std::string& respacing = v.at("timestep_respacing");
+  const std::string& respacing = f.text("timestep_respacing");
   cfg.sample.steps = cfg.diffusion.timesteps;
   // isdigit of a negative char is undefined: take the bytes as unsigned.
   const auto digit = [](unsigned char ch) { return std::isdigit(ch) != 0; };
@@ -201,6 +226,57 @@ void set_sampling(Config& cfg, const std::map<std::string, std::string>& v) {
     cfg.sample.steps = parse_int("timestep_respacing", respacing);  // "250": evenly spaced steps
   else
     cfg.sample.spacing = respacing;  // "ddim50", "10,15,20"
+}
+
+// The diffusion flags as create_gaussian_diffusion reads them (the model's learn_sigma decides
+// the variance type).
+void set_diffusion(Config& cfg, const FlagValues& f) {
+  const ModelConfig& m = cfg.model;
+  DiffusionConfig& d = cfg.diffusion;
+  const std::string& schedule = f.text("noise_schedule");
+  if (schedule != "linear" && schedule != "cosine")
+    throw UsageError("--noise_schedule " + schedule + ": expected linear or cosine");
+  d.schedule = parse_schedule_kind(schedule);
+  d.timesteps = f.integer("diffusion_steps");
+  if (d.timesteps < 1) throw UsageError(fmt::format("--diffusion_steps {}: must be >= 1", d.timesteps));
+  d.prediction = f.boolean("predict_xstart") ? Prediction::X0 : Prediction::Epsilon;
+  const bool sigma_small = f.has("sigma_small") && f.boolean("sigma_small");
+  d.variance = m.learn_sigma   ? VarianceType::LearnedRange
+               : sigma_small ? VarianceType::FixedSmall
+                             : VarianceType::FixedLarge;
+  // Their LossType: RESCALED_KL (use_kl), RESCALED_MSE (vb * T / 1000) or MSE (vb as it is);
+  // the vb term only trains a learned variance.
+  if (f.boolean("use_kl")) {
+    d.loss = LossType::Kl;
+  } else if (m.learn_sigma) {
+    d.loss = LossType::Hybrid;
+    d.hybrid_lambda = f.boolean("rescale_learned_sigmas") ? 0.001 : 1.0 / static_cast<double>(d.timesteps);
+  } else {
+    d.loss = LossType::Simple;
+  }
+  d.rescale_timesteps = f.boolean("rescale_timesteps");
+}
+
+// Sampling needs only the shape; eval names its data with --set data.path=DIR (an image folder,
+// or data.dataset=cifar10), and the placeholder says so where it is reported.
+void set_data(Config& cfg, int64_t image_size, bool class_labels) {
+  cfg.data.dataset = DatasetKind::ImageFolder;
+  cfg.data.path = "<your images: --set data.path=DIR>";
+  cfg.data.image_size = image_size;
+  cfg.data.channels = 3;
+  cfg.data.class_labels = class_labels;
+}
+
+// guided-diffusion's create_classifier: the levels of each supported image size.
+std::vector<int64_t> classifier_channel_mult(int64_t image_size) {
+  if (image_size == 256) return {1, 1, 2, 2, 4, 4};
+  if (image_size == 128) return {1, 1, 2, 3, 4};
+  if (image_size == 64) return {1, 2, 3, 4};
+  if (image_size == 512)
+    throw UsageError("--image_size 512: guided-diffusion's 512x512 classifier has a channel multiplier of 0.5, which "
+                     "diffuse's UNet (integer multipliers) cannot express");
+  throw UsageError(fmt::format("--image_size {}: guided-diffusion's create_classifier knows 64, 128, 256 and 512; "
+                               "pass --channel_mult for another size", image_size));
 }
 
 }  // namespace
@@ -218,66 +294,74 @@ std::string to_string(OpenAiFamily v) {
 std::vector<std::string> openai_family_names() { return {"improved-diffusion", "guided-diffusion"}; }
 
 Config openai_config(const std::vector<std::string>& flags, OpenAiFamily family) {
-  const auto v = read_flags(flags, family);
-  const auto boolean = [&](const char* k) { return parse_bool(k, v.at(k)); };
-  const auto integer = [&](const char* k) { return parse_int(k, v.at(k)); };
+  const FlagValues f{read_flags(flags, family)};
   Config cfg;
   ModelConfig& m = cfg.model;
-  const int64_t image_size = integer("image_size");
-  if (image_size < 1) throw UsageError(fmt::format("--image_size {}: must be >= 1", image_size));
+  const int64_t image_size = f.image_size();
   m.type = ModelType::UNet;
-  m.model_channels = integer("num_channels");
-  m.channel_mult = v.at("channel_mult").empty() ? default_channel_mult(image_size, family)
-                                                : parse_int_list("channel_mult", v.at("channel_mult"));
-  m.num_res_blocks = integer("num_res_blocks");
-  m.attention_resolutions = attention_levels(parse_int_list("attention_resolutions", v.at("attention_resolutions")),
+  m.model_channels = f.integer("num_channels");
+  m.channel_mult = f.text("channel_mult").empty() ? default_channel_mult(image_size, family)
+                                                  : parse_int_list("channel_mult", f.text("channel_mult"));
+  m.num_res_blocks = f.integer("num_res_blocks");
+  m.attention_resolutions = attention_levels(parse_int_list("attention_resolutions", f.text("attention_resolutions")),
                                              image_size, m.channel_mult.size());
-  m.num_heads = integer("num_heads");
-  m.num_heads_upsample = integer("num_heads_upsample");
-  if (v.count("num_head_channels")) m.num_head_channels = integer("num_head_channels");
-  m.dropout = parse_float("dropout", v.at("dropout"));
-  m.use_scale_shift_norm = boolean("use_scale_shift_norm");
-  if (v.count("resblock_updown")) m.resblock_updown = boolean("resblock_updown");
-  if (v.count("use_new_attention_order")) m.use_new_attention_order = boolean("use_new_attention_order");
+  m.num_heads = f.integer("num_heads");
+  m.num_heads_upsample = f.integer("num_heads_upsample");
+  if (f.has("num_head_channels")) m.num_head_channels = f.integer("num_head_channels");
+  m.dropout = f.number("dropout");
+  m.use_scale_shift_norm = f.boolean("use_scale_shift_norm");
+  if (f.has("resblock_updown")) m.resblock_updown = f.boolean("resblock_updown");
+  if (f.has("use_new_attention_order")) m.use_new_attention_order = f.boolean("use_new_attention_order");
   m.conv_resample = true;
-  m.learn_sigma = boolean("learn_sigma");
-  m.class_cond = boolean("class_cond");
+  m.learn_sigma = f.boolean("learn_sigma");
+  m.class_cond = f.boolean("class_cond");
   m.num_classes = m.class_cond ? kOpenAiClasses : 0;
   m.p_uncond = 0.0;  // trained without a null label: classifier-free guidance has nothing to use
 
-  DiffusionConfig& d = cfg.diffusion;
-  const std::string& schedule = v.at("noise_schedule");
-  if (schedule != "linear" && schedule != "cosine")
-    throw UsageError("--noise_schedule " + schedule + ": expected linear or cosine");
-  d.schedule = parse_schedule_kind(schedule);
-  d.timesteps = integer("diffusion_steps");
-  if (d.timesteps < 1) throw UsageError(fmt::format("--diffusion_steps {}: must be >= 1", d.timesteps));
-  d.prediction = boolean("predict_xstart") ? Prediction::X0 : Prediction::Epsilon;
-  const bool sigma_small = v.count("sigma_small") && boolean("sigma_small");
-  d.variance = m.learn_sigma   ? VarianceType::LearnedRange
-               : sigma_small ? VarianceType::FixedSmall
-                             : VarianceType::FixedLarge;
-  // Their LossType: RESCALED_KL (use_kl), RESCALED_MSE (vb * T / 1000) or MSE (vb as it is);
-  // the vb term only trains a learned variance.
-  if (boolean("use_kl")) {
-    d.loss = LossType::Kl;
-  } else if (m.learn_sigma) {
-    d.loss = LossType::Hybrid;
-    d.hybrid_lambda = boolean("rescale_learned_sigmas") ? 0.001 : 1.0 / static_cast<double>(d.timesteps);
-  } else {
-    d.loss = LossType::Simple;
-  }
-  d.rescale_timesteps = boolean("rescale_timesteps");
+  set_diffusion(cfg, f);
 
-  // Sampling needs only the shape; eval names its data with --set data.path=DIR (an image
-  // folder, or data.dataset=cifar10), and the placeholder says so where it is reported.
-  cfg.data.dataset = DatasetKind::ImageFolder;
-  cfg.data.path = "<your images: --set data.path=DIR>";
-  cfg.data.image_size = image_size;
-  cfg.data.channels = 3;
-  cfg.data.class_labels = m.class_cond;
+  set_data(cfg, image_size, m.class_cond);
+  if (f.has("classifier_scale")) cfg.sample.classifier_scale = f.number("classifier_scale");
   cfg.eval.decoder_cdf = DecoderCdf::Tanh;  // the bound as improved-diffusion computes it
-  set_sampling(cfg, v);
+  set_sampling(cfg, f);
+  validate(cfg);
+  return cfg;
+}
+
+Config openai_classifier_config(const std::vector<std::string>& flags) {
+  const FlagValues f{read_flags(flags, OpenAiFamily::Guided)};
+  Config cfg;
+  ModelConfig& m = cfg.model;
+  const int64_t image_size = f.image_size();
+  m.type = ModelType::Classifier;
+  m.model_channels = f.integer("classifier_width");
+  m.channel_mult = f.text("channel_mult").empty() ? classifier_channel_mult(image_size)
+                                                  : parse_int_list("channel_mult", f.text("channel_mult"));
+  m.num_res_blocks = f.integer("classifier_depth");
+  m.attention_resolutions = attention_levels(
+      parse_int_list("classifier_attention_resolutions", f.text("classifier_attention_resolutions")), image_size,
+      m.channel_mult.size());
+  m.num_heads = 1;           // EncoderUNetModel's default; create_classifier sets heads by channels:
+  m.num_head_channels = 64;  // its num_head_channels=64
+  m.use_new_attention_order = false;
+  m.dropout = 0.0;
+  m.use_scale_shift_norm = f.boolean("classifier_use_scale_shift_norm");
+  m.resblock_updown = f.boolean("classifier_resblock_updown");
+  m.conv_resample = true;
+  const std::string& pool = f.text("classifier_pool");
+  if (pool != "attention" && pool != "adaptive")
+    throw UsageError(fmt::format("--classifier_pool {}: diffuse reads attention and adaptive pooling (the published "
+                                 "classifiers use attention); spatial and spatial_v2 are not implemented", pool));
+  m.pool = parse_classifier_pool(pool);
+  m.num_classes = kOpenAiClasses;
+  m.class_cond = false;
+  m.learn_sigma = false;
+  // The schedule the classifier was trained on (its t means that schedule's noise level); the
+  // model's learn_sigma flag is not the classifier's.
+  set_diffusion(cfg, f);
+  cfg.diffusion.variance = VarianceType::FixedLarge;
+  cfg.diffusion.loss = LossType::Simple;
+  set_data(cfg, image_size, false);
   validate(cfg);
   return cfg;
 }
@@ -321,10 +405,13 @@ int64_t load_openai_weights(Network& net, const TorchSaveFile& sd, const std::st
   return copied;
 }
 
-OpenAiImport import_openai_checkpoint(const std::string& file, const std::vector<std::string>& flags,
-                                      OpenAiFamily family, const std::string& out) {
+namespace {
+
+// Reads `file` (torch.save in either format, or the same state_dict as safetensors), builds the
+// network `cfg` describes, copies the weights and writes the checkpoint.
+OpenAiImport import_with_config(const std::string& file, Config cfg, const std::string& out) {
   OpenAiImport r;
-  r.config = openai_config(flags, family);
+  r.config = std::move(cfg);
   // The same state_dict converted to safetensors (as other tools publish such weights) is read
   // alike: the names are the layout.
   const std::string bytes = read_file_bytes(file);
@@ -339,12 +426,24 @@ OpenAiImport import_openai_checkpoint(const std::string& file, const std::vector
   CheckpointMeta meta;
   meta.config_yaml = to_yaml(r.config);
   meta.data.shape = {3, r.config.data.image_size, r.config.data.image_size};
-  meta.data.num_classes = r.config.model.num_classes;
+  meta.data.num_classes = r.config.model.type == ModelType::Classifier ? 0 : r.config.model.num_classes;
   const auto net = make_model(r.config, meta.data);
   r.tensors = load_openai_weights(*net, sd, file);
   r.parameters = count_parameters(*net);
   save_checkpoint(out, meta, *net, nullptr, nullptr);
   return r;
+}
+
+}  // namespace
+
+OpenAiImport import_openai_checkpoint(const std::string& file, const std::vector<std::string>& flags,
+                                      OpenAiFamily family, const std::string& out) {
+  return import_with_config(file, openai_config(flags, family), out);
+}
+
+OpenAiImport import_openai_classifier(const std::string& file, const std::vector<std::string>& flags,
+                                      const std::string& out) {
+  return import_with_config(file, openai_classifier_config(flags), out);
 }
 
 }  // namespace diffuse

@@ -47,7 +47,7 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   if (!(a.f == b.f)) out.push_back(#f)
   CMP(model.type); CMP(model.model_channels); CMP(model.channel_mult); CMP(model.num_res_blocks);
   CMP(model.attention_resolutions); CMP(model.num_heads); CMP(model.num_head_channels); CMP(model.num_heads_upsample); CMP(model.use_new_attention_order); CMP(model.dropout);
-  CMP(model.use_scale_shift_norm); CMP(model.resblock_updown); CMP(model.conv_resample);
+  CMP(model.use_scale_shift_norm); CMP(model.resblock_updown); CMP(model.conv_resample); CMP(model.pool);
   CMP(model.learn_sigma); CMP(model.class_cond); CMP(model.num_classes); CMP(model.p_uncond);
   CMP(model.hidden); CMP(model.num_blocks);
   CMP(diffusion.schedule); CMP(diffusion.timesteps); CMP(diffusion.beta_start); CMP(diffusion.beta_end);
@@ -67,7 +67,7 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(sample.sampler); CMP(sample.steps); CMP(sample.spacing); CMP(sample.eta); CMP(sample.num);
   CMP(sample.batch_size); CMP(sample.seed); CMP(sample.use_ema); CMP(sample.clip_x0);
   CMP(sample.dynamic_threshold); CMP(sample.guidance_scale); CMP(sample.labels); CMP(sample.sigmas);
-  CMP(sample.rho); CMP(sample.precision);
+  CMP(sample.rho); CMP(sample.precision); CMP(sample.classifier); CMP(sample.classifier_scale);
   CMP(eval.metrics); CMP(eval.split); CMP(eval.num_images); CMP(eval.batch_size); CMP(eval.mc_timesteps); CMP(eval.decoder_cdf);
   CMP(eval.feature_extractor); CMP(eval.reference); CMP(eval.num_samples);
 #undef CMP
@@ -96,6 +96,7 @@ Config all_changed() {
   m.class_cond = true;
   m.num_classes = 10;
   m.p_uncond = 0.2;
+  m.pool = ClassifierPool::Adaptive;
   m.hidden = 128;
   m.num_blocks = 5;
   auto& d = c.diffusion;
@@ -173,6 +174,8 @@ Config all_changed() {
   s.dynamic_threshold = 0.995;
   s.guidance_scale = 3.5;
   s.labels = {0, 5, 9};
+  s.classifier = "cls.pt";
+  s.classifier_scale = 2.5;
   s.sigmas = "model";
   s.rho = 5.5;
   s.precision = "auto";

@@ -22,43 +22,19 @@
 #include "diffuse/schedule.h"
 #include "diffuse/torch_save.h"
 #include "diffuse/train/checkpoint.h"
+#include "openai_fixtures.h"
 #include "test_util.h"
 
 using namespace diffuse;
+using diffuse::test::first_line;
+using diffuse::test::get;
+using diffuse::test::relative_error;
 using diffuse::test::run_diffuse;
 using diffuse::test::TempDir;
 
 namespace {
 
-std::string reference(const std::string& name) {
-  return std::string(DIFFUSE_SOURCE_DIR) + "/tests/reference/openai_unet/" + name;
-}
-
-std::string first_line(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
-}
-
-torch::Tensor get(const TorchSaveFile& f, const std::string& name) {
-  const torch::Tensor* t = f.find(name);
-  if (!t) throw std::runtime_error("fixture without '" + name + "'");
-  return *t;
-}
-
-// max |a - b| / max |b|: the error relative to the tensor's scale.
-double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
-  const auto bd = b.to(torch::kDouble);
-  return (a.to(torch::kDouble) - bd).abs().max().item<double>() / std::max(bd.abs().max().item<double>(), 1e-30);
-}
-
-bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-#define EXPECT_HAS(text, part)                                                       \
-  do {                                                                               \
-    const std::string text_ = (text);                                                \
-    EXPECT_TRUE(has(text_, part)) << "expected \"" << (part) << "\" in: " << text_; \
-  } while (0)
+std::string reference(const std::string& name) { return diffuse::test::openai_fixture("openai_unet", name); }
 
 struct Fixture {
   const char* name;

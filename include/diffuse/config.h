@@ -14,10 +14,19 @@
 
 namespace diffuse {
 
-enum class ModelType { UNet, Mlp };
-ModelType parse_model_type(const std::string& name);  // unet, mlp
+// classifier: guided-diffusion's noisy-image classifier (EncoderUNet), used by classifier guidance;
+// it is imported (`diffuse import --classifier`), not trained by `diffuse train`.
+enum class ModelType { UNet, Mlp, Classifier };
+ModelType parse_model_type(const std::string& name);  // unet, mlp, classifier
 std::string to_string(ModelType v);
 std::vector<std::string> model_type_names();
+
+// The classifier's head: attention pooling over the last level (CLIP's AttentionPool2d, the
+// published classifiers') or the spatial mean and a 1x1 convolution.
+enum class ClassifierPool { Attention, Adaptive };
+ClassifierPool parse_classifier_pool(const std::string& name);  // attention, adaptive
+std::string to_string(ClassifierPool v);
+std::vector<std::string> classifier_pool_names();
 
 enum class DatasetKind { FashionMnist, Mnist, Cifar10, ImageFolder, Toy2d, Synthetic };
 DatasetKind parse_dataset_kind(const std::string& name);  // fashion-mnist, mnist, cifar10, folder, toy2d, synthetic
@@ -53,6 +62,8 @@ struct ModelConfig {
   bool class_cond = false;
   int64_t num_classes = 0;
   double p_uncond = 0.1;
+  // classifier: the head; num_classes is its class count (its logits).
+  ClassifierPool pool = ClassifierPool::Attention;
   // MLP (2-D toy data): residual blocks of width hidden.
   int64_t hidden = 256;
   int64_t num_blocks = 3;
@@ -144,6 +155,10 @@ struct SampleConfig {
   double dynamic_threshold = 0.0;
   double guidance_scale = 1.0;   // classifier-free guidance (1 = off)
   std::vector<int64_t> labels;   // class labels to sample (cycled); empty = random / unconditional
+  // Classifier guidance (Dhariwal & Nichol 2021): a noisy-image classifier checkpoint (model.type
+  // classifier) whose s * grad log p(y | x_t) steers every step; "" = none.
+  std::string classifier = "";
+  double classifier_scale = 1.0;
   std::string sigmas = "karras";  // euler/heun/dpmpp-2m: karras | exponential | model
   double rho = 7.0;
   std::string precision = "fp32";  // network autocast while sampling: fp32 | bf16 | fp16 | auto

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "diffuse/config.h"
@@ -35,5 +36,9 @@ struct DataShape {
 DataShape data_shape(const Dataset& dataset, const DataConfig& cfg);
 
 std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data);
+
+// UsageError naming `origin` when cfg's model is not a denoising network (model.type classifier:
+// it guides sampling, through sample.classifier; diffuse does not train one).
+void require_denoiser(const Config& cfg, const std::string& origin);
 
 }  // namespace diffuse

@@ -1,11 +1,13 @@
-// Turning a network into samples: batches, per-sample reproducible noise, class labels and
-// classifier-free guidance, over any registered sampler. Used by `diffuse sample`, the
+// Turning a network into samples: batches, per-sample reproducible noise, class labels,
+// classifier-free and classifier guidance, over any registered sampler. Used by `diffuse sample`, the
 // trainer's periodic grids and the evaluators.
 #pragma once
 
 #include <torch/types.h>
 
 #include <functional>
+#include <memory>
+#include <string>
 
 #include "diffuse/config.h"
 #include "diffuse/factory.h"
@@ -20,6 +22,9 @@ struct GenerateRequest {
   SampleConfig sample;          // sampler, steps, spacing, eta, clipping, guidance, labels, seed, num, batch_size
   int64_t first_index = 0;      // global index of the first sample: sample i depends only on (seed, i)
   torch::Device device = torch::kCPU;
+  // Classifier guidance at sample.classifier_scale (load_guidance_classifier); null = none. The
+  // labels are the model's, or (unconditional model) chosen as labels_for over its classes.
+  Network* classifier = nullptr;
   // After each batch: samples done so far, total.
   std::function<void(int64_t done, int64_t total)> on_batch;
   // Before each sampler step of each batch (trajectories); `first` is the batch's first index.
@@ -43,6 +48,13 @@ torch::Tensor labels_for(const SampleConfig& s, int64_t first, int64_t count, in
 
 GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion, const DataShape& shape,
                                 const GenerateRequest& request);
+
+// The noisy-image classifier checkpoint `path` (model.type classifier, from `diffuse import
+// --classifier`) for guiding a model of `shape` trained on `diffusion`: on `device`, in eval
+// mode, its parameters needing no gradient. UsageError naming the file when it is not a
+// classifier, or when its image size, channels or noise schedule differ from the model's.
+std::shared_ptr<Network> load_guidance_classifier(const std::string& path, const DataShape& shape,
+                                                  const GaussianDiffusion& diffusion, const torch::Device& device);
 // Data-parallel generation: rank r of `group` makes the samples rank_slice(num, r, world) of the
 // request (indices first_index + begin .. first_index + end - 1), in batches of batch_size. A
 // rank whose share is empty still checks the request (so every rank refuses a bad one alike) and

@@ -12,4 +12,8 @@ namespace diffuse {
 // holds 2C channels (prediction, then variance values) along dim 1.
 using ModelFn = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
 
+// Classifier guidance's gradient g = s * grad_x log p(y | x_t) at x_t and the network's time t
+// [B] (samplers/classifier_guidance.h makes one from a noisy-image classifier).
+using GuidanceGradient = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
+
 }  // namespace diffuse

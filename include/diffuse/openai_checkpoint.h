@@ -33,7 +33,14 @@ std::vector<std::string> openai_family_names();
 // setting diffuse cannot express (the 512x512 model's channel_mult of 0.5).
 Config openai_config(const std::vector<std::string>& flags, OpenAiFamily family);
 
-// Copies an OpenAI UNetModel state_dict into `net` (built from openai_config): each tensor is
+// guided-diffusion's classifier_sample.py flags (its classifier_* flags, image_size, the diffusion
+// flags; the model's flags are accepted and unused) as the config of its noisy-image classifier
+// (model.type classifier), as create_classifier builds it: channel_mult from image_size (or a
+// --channel_mult given for sizes it does not know), num_head_channels 64, 1000 classes, the
+// diffusion's schedule (its t is that schedule's). UsageError naming the flag as for openai_config.
+Config openai_classifier_config(const std::vector<std::string>& flags);
+
+// Copies an OpenAI UNetModel (or EncoderUNetModel) state_dict into `net` (built from openai_config): each tensor is
 // converted to float32 (fp16 and bf16 files included); label_emb gains the zero null-label row
 // that diffuse's class-conditional networks carry. UsageError naming `file` and the tensor for a
 // missing, unexpected, non-float or misshapen tensor. Returns the number of tensors copied.
@@ -50,5 +57,9 @@ struct OpenAiImport {
 // checkpoint (weights only, no EMA or optimizer state) to `out`, atomically.
 OpenAiImport import_openai_checkpoint(const std::string& file, const std::vector<std::string>& flags,
                                       OpenAiFamily family, const std::string& out);
+// The same for guided-diffusion's classifier (its .pt and openai_classifier_config's flags): a
+// checkpoint that `diffuse sample --classifier` takes.
+OpenAiImport import_openai_classifier(const std::string& file, const std::vector<std::string>& flags,
+                                      const std::string& out);
 
 }  // namespace diffuse

@@ -40,6 +40,7 @@ int run_eval(const EvalOptions& o) {
   const auto path = resolve_checkpoint(o.checkpoint);
   CheckpointReader reader(path);
   Config cfg = config_from_checkpoint_yaml(reader.meta().config_yaml, path, o.overrides);
+  require_denoiser(cfg, path);
   auto& ev = cfg.eval;
   if (!o.metrics.empty()) ev.metrics = o.metrics;
   if (!o.split.empty()) ev.split = o.split;

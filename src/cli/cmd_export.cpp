@@ -15,9 +15,26 @@ namespace {
 struct ExchangeOptions {
   std::string input, out, format = "safetensors", from;
   std::vector<std::string> flags;
+  bool classifier = false;
 };
 
+int import_classifier(const ExchangeOptions& o) {
+  if (parse_openai_family(o.from) != OpenAiFamily::Guided)
+    throw UsageError("--classifier: noisy-image classifiers are guided-diffusion's (--from guided-diffusion)");
+  const auto r = import_openai_classifier(o.input, o.flags, o.out);
+  const auto& m = r.config.model;
+  std::cout << fmt::format(
+      "imported {} ({} state_dict, {} tensors, {} parameters)\n"
+      "  classifier: {}x{} images, width {}, depth {}, {} pooling, {} classes; trained on {} {} steps\n"
+      "  wrote: {} (diffuse sample --classifier {} --classifier-scale S)\n",
+      o.input, r.format, r.tensors, format_count(r.parameters), r.config.data.image_size, r.config.data.image_size,
+      m.model_channels, m.num_res_blocks, to_string(m.pool), m.num_classes, to_string(r.config.diffusion.schedule),
+      r.config.diffusion.timesteps, o.out, o.out);
+  return 0;
+}
+
 int import_openai(const ExchangeOptions& o) {
+  if (o.classifier) return import_classifier(o);
   const auto r = import_openai_checkpoint(o.input, o.flags, parse_openai_family(o.from), o.out);
   std::cout << fmt::format(
       "imported {} ({} state_dict, {} tensors, {} parameters)\n"
@@ -61,9 +78,14 @@ void add_import_command(CLI::App& app, Action& action) {
   cmd->add_option("--flags", o->flags,
                   "With --from: that model's flags as its README gives them, e.g. \"$MODEL_FLAGS $DIFFUSION_FLAGS\" "
                   "(repeatable)");
+  cmd->add_flag("--classifier", o->classifier,
+                "With --from guided-diffusion: the file is its noisy-image classifier (EncoderUNetModel) and --flags "
+                "are classifier_sample.py's");
   cmd->callback([o, &action] {
     if (!o->flags.empty() && o->from.empty())
       throw CLI::ValidationError("--flags", "needs --from improved-diffusion or --from guided-diffusion");
+    if (o->classifier && o->from.empty())
+      throw CLI::ValidationError("--classifier", "needs --from guided-diffusion");
     action = [o] {
       if (!o->from.empty()) return import_openai(*o);
       const bool resumable = import_safetensors(o->input, o->out);

@@ -36,7 +36,8 @@ struct SampleOptions {
   int64_t num = 64, batch_size = 64, steps = 50, trajectory = 0, nrow = 0, first_index = 0;
   uint64_t seed = 0;
   std::string sampler = "ddim", spacing, weights = "ema", device = "auto", sigmas = "karras", precision = "fp32";
-  double eta = -1.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0;
+  std::string classifier;
+  double eta = -1.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0, classifier_scale = 1.0;
   std::vector<int64_t> labels;
   bool no_clip = false, save_tensor = false, no_images = false;
   int threads = 0;
@@ -55,6 +56,10 @@ void apply_flags(const SampleOptions& o, SampleConfig& s) {
   if (given("--spacing")) s.spacing = o.spacing;
   if (given("--eta")) s.eta = o.eta;
   if (given("--guidance-scale")) s.guidance_scale = o.guidance_scale;
+  if (given("--classifier")) s.classifier = o.classifier;
+  if (given("--classifier-scale")) s.classifier_scale = o.classifier_scale;
+  if (given("--classifier-scale") && s.classifier.empty())
+    throw UsageError("--classifier-scale needs a classifier (--classifier CKPT)");
   if (given("--dynamic-threshold")) s.dynamic_threshold = o.dynamic_threshold;
   if (given("--sigmas")) s.sigmas = o.sigmas;
   if (given("--rho")) s.rho = o.rho;
@@ -91,6 +96,7 @@ int run_sample(const SampleOptions& o) {
   const auto path = resolve_checkpoint(o.checkpoint);
   CheckpointReader reader(path);
   Config cfg = config_from_checkpoint_yaml(reader.meta().config_yaml, path, o.overrides);
+  require_denoiser(cfg, path);
   apply_flags(o, cfg.sample);
   const auto& s = cfg.sample;
   if (s.guidance_scale != 1.0 && cfg.model.class_cond && cfg.model.p_uncond <= 0.0)
@@ -105,6 +111,8 @@ int run_sample(const SampleOptions& o) {
   auto [net, ema] = load_network(reader, cfg, s.use_ema, device);
   if (s.use_ema && !ema) std::cerr << "diffuse: " << path << " has no EMA weights; using the raw weights\n";
   auto diffusion = make_diffusion(cfg);
+  std::shared_ptr<Network> classifier;
+  if (!s.classifier.empty()) classifier = load_guidance_classifier(s.classifier, shape, diffusion, device);
 
   const bool images = shape.shape.size() == 3;
   // Under a launcher rank r makes rank_slice(num, r, W) of the samples; all are gathered to rank
@@ -118,6 +126,7 @@ int run_sample(const SampleOptions& o) {
   req.sample = s;
   req.device = device;
   req.first_index = o.first_index;
+  req.classifier = classifier.get();
   const int64_t batches = (share.size() + s.batch_size - 1) / s.batch_size;
   // The bar counts sampler steps over all of rank 0's batches (the step count is known at the
   // first step).
@@ -185,6 +194,10 @@ int run_sample(const SampleOptions& o) {
                                           {"guidance_scale", fmt::format("{}", s.guidance_scale)},
                                           {"precision", resolve_precision(s.precision, device)}};
   if (!s.spacing.empty()) meta["spacing"] = s.spacing;
+  if (classifier) {
+    meta["classifier"] = fs::canonical(s.classifier).string();
+    meta["classifier_scale"] = fmt::format("{}", s.classifier_scale);
+  }
   fs::create_directories(o.out);  // now that there is something to write (checked above)
   std::vector<std::string> written;
   if (images) {
@@ -257,6 +270,10 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}));
   cmd->add_option("--label", o->labels, "Class label(s) for a class-conditional model (cycled)");
   cmd->add_option("--guidance-scale", o->guidance_scale, "Classifier-free guidance scale (1 = off)");
+  cmd->add_option("--classifier", o->classifier,
+                  "Classifier guidance: a noisy-image classifier checkpoint (diffuse import --classifier)");
+  cmd->add_option("--classifier-scale", o->classifier_scale, "Classifier guidance: the gradient's scale (default 1)")
+      ->check(at_least(0));
   cmd->add_flag("--no-clip", o->no_clip, "Do not clip the predicted x0 to [-1, 1]");
   cmd->add_option("--dynamic-threshold", o->dynamic_threshold, "Imagen dynamic thresholding percentile (0 = off)")
       ->check(CLI::Range(0.0, 1.0));

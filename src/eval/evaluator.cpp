@@ -120,6 +120,10 @@ GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusio
   g.sample.batch_size = req.config.eval.batch_size;
   g.sample.seed = req.seed;
   g.device = req.device;
+  std::shared_ptr<Network> classifier;
+  if (!g.sample.classifier.empty())
+    classifier = load_guidance_classifier(g.sample.classifier, req.shape, diffusion, req.device);
+  g.classifier = classifier.get();
   const auto share = rank_slice(g.sample.num, pg.rank(), pg.world_size());
   ProgressBar bar(fmt::format("sample {} x{}", sampler, steps), share.size(), 0, pg.rank() == 0 && stderr_is_terminal());
   g.on_batch = [&](int64_t done, int64_t) { bar.update(done); };

@@ -9,6 +9,7 @@
 
 #include "diffuse/config.h"
 #include "diffuse/error.h"
+#include "diffuse/models/encoder_unet.h"
 #include "diffuse/models/layers.h"
 #include "diffuse/models/mlp.h"
 #include "diffuse/models/unet.h"
@@ -75,6 +76,9 @@ std::shared_ptr<Network> make_network(const ModelConfig& cfg, int64_t image_size
       return std::make_shared<UNet>(UNetOptions::from_config(cfg, image_size, in_channels, out_channels, num_classes));
     case ModelType::Mlp:
       return std::make_shared<Mlp>(MlpOptions::from_config(cfg, in_channels, out_channels, num_classes));
+    case ModelType::Classifier:
+      return std::make_shared<EncoderUNet>(UNetOptions::from_config(cfg, image_size, in_channels, out_channels, 0),
+                                           cfg.pool);
   }
   throw UsageError("model.type: unknown network type");
 }

@@ -12,185 +12,10 @@
 #include "diffuse/config.h"
 #include "diffuse/error.h"
 #include "diffuse/models/layers.h"
+#include "models/unet_blocks.h"
 
 namespace diffuse {
 
-namespace unet_detail {
-
-namespace nn = torch::nn;
-using torch::Tensor;
-
-// A layer of a TimestepEmbedSequential: takes the activated timestep embedding as a second
-// input (ignored by layers that are not conditioned on it).
-class Layer : public nn::Module {
- public:
-  explicit Layer(const std::string& name) : nn::Module(name) {}
-  virtual Tensor forward(const Tensor& x, const Tensor& emb) = 0;
-};
-
-// The first 3x3 conv. Owns its weight and bias directly so that the state-dict names are
-// improved-diffusion's (input_blocks.0.0.weight).
-class InputConv : public Layer {
- public:
-  InputConv(int64_t in_channels, int64_t out_channels) : Layer("Conv2d") {
-    nn::Conv2d init(nn::Conv2dOptions(in_channels, out_channels, 3).padding(1));  // PyTorch's init
-    weight_ = register_parameter("weight", init->weight);
-    bias_ = register_parameter("bias", init->bias);
-  }
-  Tensor forward(const Tensor& x, const Tensor&) override {
-    return at::conv2d(x, weight_, bias_, /*stride=*/1, /*padding=*/1);
-  }
-
- private:
-  Tensor weight_, bias_;
-};
-
-enum class Resample { None, Up, Down };
-
-// Parameter-free 2x resampling: nearest-neighbour up, 2x2 average-pool down.
-Tensor resample(const Tensor& x, Resample mode) {
-  if (mode == Resample::Up) return upsample_nearest_2x(x);
-  if (mode == Resample::Down) return at::avg_pool2d(x, {2, 2}, {2, 2});
-  return x;
-}
-
-class ResBlock : public Layer {
- public:
-  ResBlock(int64_t channels, int64_t emb_channels, double dropout, int64_t out_channels,
-           bool scale_shift, Resample resample_mode)
-      : Layer("ResBlock"),
-        out_channels_(out_channels),
-        dropout_(dropout),
-        scale_shift_(scale_shift),
-        resample_(resample_mode) {
-    norm1_ = make_group_norm(channels);
-    conv1_ = nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1));
-    register_module("in_layers", nn::Sequential(norm1_, nn::SiLU(), conv1_));
-    emb_fc_ = nn::Linear(emb_channels, (scale_shift ? 2 : 1) * out_channels);
-    register_module("emb_layers", nn::Sequential(nn::SiLU(), emb_fc_));
-    norm2_ = make_group_norm(out_channels);
-    conv2_ = nn::Conv2d(nn::Conv2dOptions(out_channels, out_channels, 3).padding(1));
-    zero_parameters(*conv2_);
-    register_module("out_layers",
-                    nn::Sequential(norm2_, nn::SiLU(), nn::Dropout(dropout), conv2_));
-    if (out_channels != channels)
-      skip_ = register_module("skip_connection", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 1)));
-  }
-
-  // emb: SiLU(timestep embedding), [B, emb_channels] (the SiLU that starts improved-diffusion's
-  // emb_layers is applied once by the caller for all blocks).
-  Tensor forward(const Tensor& x, const Tensor& emb) override {
-    Tensor h = silu_owned(group_norm32(norm1_, x));
-    Tensor xs = x;
-    if (resample_ != Resample::None) {
-      h = resample(h, resample_);
-      xs = resample(x, resample_);
-    }
-    h = conv1_->forward(h);
-
-    Tensor e = emb_fc_->forward(emb);
-    if (e.scalar_type() != h.scalar_type()) e = e.to(h.scalar_type());
-    const int64_t batch = e.size(0), c = out_channels_;
-    if (scale_shift_) {
-      // FiLM-style conditioning: norm(h) * (1 + scale) + shift.
-      const Tensor e4 = e.view({batch, 2 * c, 1, 1});
-      h = at::addcmul(e4.narrow(1, c, c), group_norm32(norm2_, h), e4.narrow(1, 0, c) + 1);
-    } else {
-      h.add_(e.view({batch, c, 1, 1}));  // h is conv1's output: its backward does not need it
-      h = group_norm32(norm2_, h);
-    }
-    h = silu_owned(std::move(h));
-    if (dropout_ > 0.0 && is_training()) h = at::dropout(h, dropout_, /*train=*/true);
-    h = conv2_->forward(h);
-    // In place on conv2's fresh output (not saved for backward).
-    return skip_ ? h.add_(skip_->forward(xs)) : h.add_(xs);
-  }
-
- private:
-  int64_t out_channels_;
-  double dropout_;
-  bool scale_shift_;
-  Resample resample_;
-  nn::GroupNorm norm1_{nullptr}, norm2_{nullptr};
-  nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, skip_{nullptr};
-  nn::Linear emb_fc_{nullptr};
-};
-
-// Self-attention over the spatial positions (improved-diffusion's AttentionBlock). qkv and
-// proj_out are Conv1d modules (as in the reference, so weights are [3C, C, 1] and [C, C, 1]);
-// they are applied as 1x1 Conv2d on a view of the weight, which keeps the input's memory format.
-class AttentionBlock : public Layer {
- public:
-  AttentionBlock(int64_t channels, int64_t num_heads, QkvOrder order)
-      : Layer("AttentionBlock"), num_heads_(num_heads), order_(order) {
-    norm_ = register_module("norm", make_group_norm(channels));
-    qkv_ = register_module("qkv", nn::Conv1d(nn::Conv1dOptions(channels, 3 * channels, 1)));
-    proj_ = register_module("proj_out", nn::Conv1d(nn::Conv1dOptions(channels, channels, 1)));
-    zero_parameters(*proj_);
-  }
-
-  Tensor forward(const Tensor& x, const Tensor&) override {
-    const int64_t b = x.size(0), c = x.size(1), height = x.size(2), width = x.size(3);
-    const Tensor qkv = at::conv2d(group_norm32(norm_, x), qkv_->weight.unsqueeze(-1), qkv_->bias);
-    Tensor a = qkv_attention(qkv.reshape({b, 3 * c, height * width}), num_heads_, order_).view({b, c, height, width});
-    if (x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous())
-      a = a.contiguous(at::MemoryFormat::ChannelsLast);
-    Tensor h = at::conv2d(a, proj_->weight.unsqueeze(-1), proj_->bias);
-    return h.add_(x);  // proj_out's fresh output
-  }
-
- private:
-  int64_t num_heads_;
-  QkvOrder order_;
-  nn::GroupNorm norm_{nullptr};
-  nn::Conv1d qkv_{nullptr}, proj_{nullptr};
-};
-
-class Downsample : public Layer {
- public:
-  Downsample(int64_t channels, bool use_conv) : Layer("Downsample") {
-    if (use_conv) op_ = register_module("op", nn::Conv2d(nn::Conv2dOptions(channels, channels, 3).stride(2).padding(1)));
-  }
-  Tensor forward(const Tensor& x, const Tensor&) override {
-    return op_ ? op_->forward(x) : resample(x, Resample::Down);
-  }
-
- private:
-  nn::Conv2d op_{nullptr};
-};
-
-class Upsample : public Layer {
- public:
-  Upsample(int64_t channels, bool use_conv) : Layer("Upsample") {
-    if (use_conv) conv_ = register_module("conv", nn::Conv2d(nn::Conv2dOptions(channels, channels, 3).padding(1)));
-  }
-  Tensor forward(const Tensor& x, const Tensor&) override {
-    Tensor h = resample(x, Resample::Up);
-    return conv_ ? conv_->forward(h) : h;
-  }
-
- private:
-  nn::Conv2d conv_{nullptr};
-};
-
-// improved-diffusion's TimestepEmbedSequential: children named 0, 1, ...
-class EmbedSequential : public nn::Module {
- public:
-  EmbedSequential() : nn::Module("TimestepEmbedSequential") {}
-  void add(std::shared_ptr<Layer> layer) {
-    register_module(std::to_string(layers_.size()), layer);
-    layers_.push_back(std::move(layer));
-  }
-  Tensor forward(Tensor x, const Tensor& emb) {
-    for (const auto& layer : layers_) x = layer->forward(x, emb);
-    return x;
-  }
-
- private:
-  std::vector<std::shared_ptr<Layer>> layers_;
-};
-
-}  // namespace unet_detail
 
 namespace {
 
@@ -341,14 +166,77 @@ torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t num_heads, QkvOrde
 #endif
 }
 
+namespace unet_detail {
+
+bool attention_at(const UNetOptions& opt, int64_t downsample) {
+  return contains(opt.attention_resolutions, opt.image_size / downsample);
+}
+
+std::shared_ptr<Layer> make_attention(const UNetOptions& opt, int64_t ch, bool output_block) {
+  int64_t heads = opt.num_heads;
+  if (opt.num_head_channels > 0)
+    heads = ch / opt.num_head_channels;
+  else if (output_block && opt.num_heads_upsample != -1)
+    heads = opt.num_heads_upsample;
+  return std::make_shared<AttentionBlock>(ch, heads, opt.use_new_attention_order ? QkvOrder::New : QkvOrder::Legacy);
+}
+
+std::shared_ptr<Layer> make_res_block(const UNetOptions& opt, int64_t in, int64_t out, Resample r) {
+  return std::make_shared<ResBlock>(in, 4 * opt.model_channels, opt.dropout, out, opt.use_scale_shift_norm, r);
+}
+
+Encoder build_encoder(nn::Module& owner, const UNetOptions& opt) {
+  Encoder e;
+  auto input_list = owner.register_module("input_blocks", nn::ModuleList());
+  auto push_input = [&](std::shared_ptr<EmbedSequential> block, int64_t ch) {
+    input_list->push_back(block);
+    e.input_blocks.push_back(std::move(block));
+    e.skip_channels.push_back(ch);
+  };
+  int64_t ch = opt.channel_mult[0] * opt.model_channels;
+  {
+    auto block = std::make_shared<EmbedSequential>();
+    block->add(std::make_shared<InputConv>(opt.in_channels, ch));
+    push_input(block, ch);
+  }
+  int64_t ds = 1;
+  const int64_t levels = static_cast<int64_t>(opt.channel_mult.size());
+  for (int64_t level = 0; level < levels; ++level) {
+    const int64_t level_ch = opt.channel_mult[level] * opt.model_channels;
+    for (int64_t i = 0; i < opt.num_res_blocks; ++i) {
+      auto block = std::make_shared<EmbedSequential>();
+      block->add(make_res_block(opt, ch, level_ch, Resample::None));
+      ch = level_ch;
+      if (attention_at(opt, ds)) block->add(make_attention(opt, ch, false));
+      push_input(block, ch);
+    }
+    if (level != levels - 1) {
+      auto block = std::make_shared<EmbedSequential>();
+      if (opt.resblock_updown)
+        block->add(make_res_block(opt, ch, ch, Resample::Down));
+      else
+        block->add(std::make_shared<Downsample>(ch, opt.conv_resample));
+      push_input(block, ch);
+      ds *= 2;
+    }
+  }
+  e.middle_block = owner.register_module("middle_block", std::make_shared<EmbedSequential>());
+  e.middle_block->add(make_res_block(opt, ch, ch, Resample::None));
+  e.middle_block->add(make_attention(opt, ch, false));
+  e.middle_block->add(make_res_block(opt, ch, ch, Resample::None));
+  e.channels = ch;
+  e.downsample = ds;
+  return e;
+}
+
+}  // namespace unet_detail
+
 UNet::UNet(const UNetOptions& opt)
     : Network("UNet", opt.in_channels, opt.out_channels, opt.num_classes), opt_(opt) {
   using namespace unet_detail;
   namespace nn = torch::nn;
   validate(opt_);
   const int64_t mc = opt_.model_channels, emb_dim = 4 * mc;
-  const double dropout = opt_.dropout;
-  const bool ssn = opt_.use_scale_shift_norm;
 
   time_fc1_ = nn::Linear(mc, emb_dim);
   time_fc2_ = nn::Linear(emb_dim, emb_dim);
@@ -356,75 +244,25 @@ UNet::UNet(const UNetOptions& opt)
   if (opt_.num_classes > 0)
     label_emb_ = register_module("label_emb", nn::Embedding(opt_.num_classes + 1, emb_dim));
 
-  const QkvOrder order = opt_.use_new_attention_order ? QkvOrder::New : QkvOrder::Legacy;
-  // As guided-diffusion: num_head_channels wins; else num_heads, or num_heads_upsample in the
-  // output blocks when it is set.
-  auto attention = [&](int64_t ch, bool output_block) {
-    int64_t heads = opt_.num_heads;
-    if (opt_.num_head_channels > 0)
-      heads = ch / opt_.num_head_channels;
-    else if (output_block && opt_.num_heads_upsample != -1)
-      heads = opt_.num_heads_upsample;
-    return std::make_shared<AttentionBlock>(ch, heads, order);
-  };
-  auto attention_at = [&](int64_t ds) { return contains(opt_.attention_resolutions, opt_.image_size / ds); };
-  auto res_block = [&](int64_t in, int64_t out, Resample r) {
-    return std::make_shared<ResBlock>(in, emb_dim, dropout, out, ssn, r);
-  };
-
-  auto input_list = register_module("input_blocks", nn::ModuleList());
-  int64_t ch = opt_.channel_mult[0] * mc;
-  auto push_input = [&](std::shared_ptr<EmbedSequential> block) {
-    input_list->push_back(block);
-    input_blocks_.push_back(std::move(block));
-  };
-  {
-    auto block = std::make_shared<EmbedSequential>();
-    block->add(std::make_shared<InputConv>(opt_.in_channels, ch));
-    push_input(block);
-  }
-  std::vector<int64_t> skip_channels{ch};
-  int64_t ds = 1;
+  Encoder encoder = build_encoder(*this, opt_);
+  input_blocks_ = encoder.input_blocks;
+  middle_block_ = encoder.middle_block;
+  std::vector<int64_t>& skip_channels = encoder.skip_channels;
+  int64_t ch = encoder.channels, ds = encoder.downsample;
   const int64_t levels = static_cast<int64_t>(opt_.channel_mult.size());
-  for (int64_t level = 0; level < levels; ++level) {
-    const int64_t level_ch = opt_.channel_mult[level] * mc;
-    for (int64_t i = 0; i < opt_.num_res_blocks; ++i) {
-      auto block = std::make_shared<EmbedSequential>();
-      block->add(res_block(ch, level_ch, Resample::None));
-      ch = level_ch;
-      if (attention_at(ds)) block->add(attention(ch, false));
-      push_input(block);
-      skip_channels.push_back(ch);
-    }
-    if (level != levels - 1) {
-      auto block = std::make_shared<EmbedSequential>();
-      if (opt_.resblock_updown)
-        block->add(res_block(ch, ch, Resample::Down));
-      else
-        block->add(std::make_shared<Downsample>(ch, opt_.conv_resample));
-      push_input(block);
-      skip_channels.push_back(ch);
-      ds *= 2;
-    }
-  }
-
-  middle_block_ = register_module("middle_block", std::make_shared<EmbedSequential>());
-  middle_block_->add(res_block(ch, ch, Resample::None));
-  middle_block_->add(attention(ch, false));
-  middle_block_->add(res_block(ch, ch, Resample::None));
 
   auto output_list = register_module("output_blocks", nn::ModuleList());
   for (int64_t level = levels - 1; level >= 0; --level) {
     const int64_t level_ch = opt_.channel_mult[level] * mc;
     for (int64_t i = 0; i <= opt_.num_res_blocks; ++i) {
       auto block = std::make_shared<EmbedSequential>();
-      block->add(res_block(ch + skip_channels.back(), level_ch, Resample::None));
+      block->add(make_res_block(opt_, ch + skip_channels.back(), level_ch, Resample::None));
       skip_channels.pop_back();
       ch = level_ch;
-      if (attention_at(ds)) block->add(attention(ch, true));
+      if (attention_at(opt_, ds)) block->add(make_attention(opt_, ch, true));
       if (level > 0 && i == opt_.num_res_blocks) {
         if (opt_.resblock_updown)
-          block->add(res_block(ch, ch, Resample::Up));
+          block->add(make_res_block(opt_, ch, ch, Resample::Up));
         else
           block->add(std::make_shared<Upsample>(ch, opt_.conv_resample));
         ds /= 2;

@@ -5,6 +5,21 @@
 
 namespace diffuse {
 
+DdpmStep ddpm_step(const Denoiser& denoiser, const GaussianDiffusion& process, const torch::Tensor& x, int64_t i,
+                        const torch::Tensor& noise, const ReverseOptions& opts) {
+  const double model_t = static_cast<double>(process.schedule().original_t()[static_cast<size_t>(i)]);
+  const auto mt = denoiser.time_tensor(x, model_t);
+  const auto out = denoiser.network(x, mt);
+  const auto t = torch::full({x.size(0)}, i, x.options().dtype(torch::kLong));
+  const auto st = process.p_mean_variance(out, x, t, opts);
+  // At the first kept step alpha_bar_prev = 1, so the posterior mean is x0 itself; use it exactly
+  // (the mean's coefficients are 1 and 0 only up to rounding).
+  auto mean = i == 0 ? st.x0_pred : st.mean;
+  if (denoiser.guided()) mean = mean + st.variance * denoiser.guidance_gradient(x, mt);
+  if (i == 0) return {mean, st.x0_pred};
+  return {mean + st.log_variance.mul(0.5).exp() * noise, st.x0_pred};
+}
+
 torch::Tensor sample_ddpm(const Denoiser& denoiser, NoiseSource& noise, const SamplerOptions& opts,
                           const torch::Tensor& x_T) {
   const std::string name = "ddpm";
@@ -28,20 +43,15 @@ torch::Tensor sample_ddpm(const Denoiser& denoiser, NoiseSource& noise, const Sa
     const int64_t N = gd.num_timesteps();
     for (int64_t i = N - 1; i >= 0; --i) {
       const auto k = static_cast<size_t>(i);
-      const double model_t = static_cast<double>(sched.original_t()[k]);
-      const auto out = denoiser.network(x, model_t);
-      const auto t = torch::full({x.size(0)}, i, x.options().dtype(torch::kLong));
-      const auto st = gd.p_mean_variance(out, x, t, ropts);
+      const auto step = ddpm_step(denoiser, gd, x, i, i > 0 ? noise.next() : torch::Tensor(), ropts);
       if (opts.on_step) {
         const double ab = sched.alpha_bar()[k];
-        opts.on_step(StepInfo{N - 1 - i, N, model_t, std::sqrt((1.0 - ab) / ab), x, st.x0_pred});
+        opts.on_step(StepInfo{N - 1 - i, N, static_cast<double>(sched.original_t()[k]), std::sqrt((1.0 - ab) / ab), x,
+                              step.x0_pred});
       }
-      // At the first kept step alpha_bar_prev = 1, so the posterior mean is x0 itself; return
-      // it exactly (the mean's coefficients are 1 and 0 only up to rounding).
-      if (i == 0) return st.x0_pred;
-      x = st.mean + st.log_variance.mul(0.5).exp() * noise.next();
+      x = step.x_prev;
     }
-    return x;  // unreachable: N >= 1
+    return x;
   });
 }
 

@@ -23,7 +23,8 @@ NoiseLevel scalar_level(double abar) { return {host_scalar(std::sqrt(abar)), hos
 
 }  // namespace
 
-Denoiser::Denoiser(ModelFn model, GaussianDiffusion diffusion) : model_(std::move(model)), diffusion_(std::move(diffusion)) {
+Denoiser::Denoiser(ModelFn model, GaussianDiffusion diffusion, GuidanceGradient guidance)
+    : model_(std::move(model)), guidance_(std::move(guidance)), diffusion_(std::move(diffusion)) {
   if (!model_) throw std::invalid_argument("Denoiser: the model function is empty");
   const auto& s = diffusion_.schedule();
   const auto T = static_cast<size_t>(s.num_timesteps());
@@ -40,9 +41,20 @@ Denoiser::Denoiser(ModelFn model, GaussianDiffusion diffusion) : model_(std::mov
   }
 }
 
+torch::Tensor Denoiser::time_tensor(const torch::Tensor& x_t, double model_t) const {
+  return torch::full({x_t.size(0)}, model_t, x_t.options().dtype(time_dtype(x_t)));
+}
+
 torch::Tensor Denoiser::network(const torch::Tensor& x_t, double model_t) const {
-  const auto t = torch::full({x_t.size(0)}, model_t, x_t.options().dtype(time_dtype(x_t)));
-  return network(x_t, t);
+  return network(x_t, time_tensor(x_t, model_t));
+}
+
+torch::Tensor Denoiser::guidance_gradient(const torch::Tensor& x_t, const torch::Tensor& model_t) const {
+  if (!guidance_) return {};
+  auto g = guidance_(x_t, model_t);
+  TORCH_CHECK(g.defined() && g.sizes() == x_t.sizes(), "the guidance gradient is ",
+              g.defined() ? g.sizes() : c10::IntArrayRef{}, " for x_t of ", x_t.sizes());
+  return g.to(x_t.scalar_type());
 }
 
 torch::Tensor Denoiser::network(const torch::Tensor& x_t, const torch::Tensor& model_t) const {
@@ -86,8 +98,8 @@ double Denoiser::t_to_sigma(double t) const {
   return std::exp((1.0 - w) * log_sigmas_[lo] + w * log_sigmas_[lo + 1]);
 }
 
-DenoiserOutput Denoiser::finish(const torch::Tensor& output, const torch::Tensor& x_t, const NoiseLevel& n,
-                                const ReverseOptions& opts) const {
+DenoiserOutput Denoiser::finish(const torch::Tensor& output, const torch::Tensor& x_t, const torch::Tensor& model_t,
+                                const NoiseLevel& n, const ReverseOptions& opts) const {
   auto [pred, var_values] = diffusion_.split_output(output);
   TORCH_CHECK(pred.sizes() == x_t.sizes(), "model prediction ", pred.sizes(), " does not match x_t ",
               x_t.sizes(), " (prediction ", to_string(prediction()), ", variance ",
@@ -121,6 +133,11 @@ DenoiserOutput Denoiser::finish(const torch::Tensor& output, const torch::Tensor
   else if (opts.clip_x0)
     p.x0 = p.x0.clamp(-1.0, 1.0);
   if (!p.eps.defined()) p.eps = eps_from_x0(x_t, p.x0, n);
+  if (guidance_) {
+    // The score -eps / s gains g: eps' = eps - s g (guided-diffusion's condition_score).
+    p.eps = p.eps - n.s * guidance_gradient(x_t, model_t);
+    p.x0 = x0_from_eps(x_t, p.eps, n);
+  }
   return out;
 }
 
@@ -128,14 +145,15 @@ DenoiserOutput Denoiser::at_step(const torch::Tensor& x_t, int64_t t, const Reve
   if (t < 0 || t >= num_timesteps())
     throw std::out_of_range("Denoiser::at_step: t = " + std::to_string(t) + " outside [0, " +
                             std::to_string(num_timesteps() - 1) + "]");
-  const auto out = network(x_t, model_t_table_[static_cast<size_t>(t)]);
-  return finish(out, x_t, scalar_level(schedule().alpha_bar()[static_cast<size_t>(t)]), opts);
+  const auto mt = time_tensor(x_t, model_t_table_[static_cast<size_t>(t)]);
+  const auto out = network(x_t, mt);
+  return finish(out, x_t, mt, scalar_level(schedule().alpha_bar()[static_cast<size_t>(t)]), opts);
 }
 
 DenoiserOutput Denoiser::at_steps(const torch::Tensor& x_t, const torch::Tensor& t, const ReverseOptions& opts) const {
   auto mt = schedule().gather(model_t_table_, t, x_t).reshape({-1}).to(time_dtype(x_t));
   const auto out = network(x_t, mt);
-  return finish(out, x_t, diffusion_.level(t, x_t), opts);
+  return finish(out, x_t, mt, diffusion_.level(t, x_t), opts);
 }
 
 DenoiserOutput Denoiser::at_sigma(const torch::Tensor& x, double sigma, const ReverseOptions& opts) const {
@@ -145,9 +163,10 @@ DenoiserOutput Denoiser::at_sigma(const torch::Tensor& x, double sigma, const Re
   const double a = 1.0 / std::sqrt(1.0 + sigma * sigma);
   const NoiseLevel n{host_scalar(a), host_scalar(sigma * a)};
   const auto x_t = x * a;
-  const auto out = network(x_t, model_t(sigma_to_t(sigma)));
+  const auto mt = time_tensor(x_t, model_t(sigma_to_t(sigma)));
+  const auto out = network(x_t, mt);
   // D(x; sigma) = x0 and (x - D)/sigma = (x_t - a x0)/s = eps: the VP conversions serve as is.
-  return finish(out, x_t, n, opts);
+  return finish(out, x_t, mt, n, opts);
 }
 
 }  // namespace diffuse

@@ -378,6 +378,7 @@ void TrainLoop::prepare_run_dir() {
       ckpt_ = std::make_unique<CheckpointReader>(resolve_checkpoint(req_.resume_from), device_);
     resolve_betas_file(cfg_.diffusion);  // the run's config and checkpoints carry the betas themselves
     validate(cfg_);
+    require_denoiser(cfg_, req_.resume_from.empty() ? "the config" : req_.resume_from);
   });
   int threads = static_cast<int>(cfg_.train.threads);
   // Ranks on one machine share its cores, as torchrun's OMP_NUM_THREADS=1 default intends.
@@ -762,6 +763,7 @@ void TrainLoop::sample_grid() {
   g.sample.num = cfg_.train.sample_num;
   g.sample.spacing = "";
   g.sample.seed = cfg_.train.seed;  // the same noise every time, so grids are comparable
+  g.sample.classifier = "";         // the grids show the model as it trains
   g.device = device_;
   auto images = generate(*ema_model_, *diffusion_, shape_, g);
   const auto path = (fs::path(req_.run_dir) / "samples" / fmt::format("step_{:08d}.png", step_)).string();

@@ -1,6 +1,6 @@
 // The trained network seen as a denoiser: raw output -> (x0, eps) through the core conversions,
 // with x0 clipping / dynamic thresholding, NFE counting, respaced-time mapping and the
-// continuous-sigma view used by the sigma-space samplers (Euler, Heun).
+// continuous-sigma view used by the sigma-space samplers (Euler, Heun), and classifier guidance.
 //
 // Two coordinates for the same noisy point (Karras et al. 2022, "EDM", and k-diffusion):
 //   VP:  x_t = a x0 + s eps,   a = sqrt(abar), s = sqrt(1 - abar)        (what the network sees)
@@ -32,7 +32,11 @@ class Denoiser {
  public:
   // `diffusion` is the TRAINED process: its schedule, prediction type and variance type.
   // If its schedule is itself respaced, the network is called with schedule.original_t().
-  Denoiser(ModelFn model, GaussianDiffusion diffusion);
+  // With `guidance` (classifier guidance), every prediction is conditioned as in Dhariwal &
+  // Nichol's Algorithm 2 (Song et al. 2021's score view): eps' = eps - sqrt(1 - abar) g after
+  // clipping, and x0 re-derived from eps'. Ancestral sampling uses guidance_gradient() instead
+  // (their Algorithm 1: the mean moves by Sigma g).
+  Denoiser(ModelFn model, GaussianDiffusion diffusion, GuidanceGradient guidance = {});
 
   const GaussianDiffusion& diffusion() const { return diffusion_; }
   const NoiseSchedule& schedule() const { return diffusion_.schedule(); }
@@ -63,16 +67,24 @@ class Denoiser {
   double sigma_to_t(double sigma) const;
   double t_to_sigma(double t) const;
 
+  // model_t for the whole batch as the network's time tensor [B] (float64 for float64 states).
+  torch::Tensor time_tensor(const torch::Tensor& x_t, double model_t) const;
+
+  bool guided() const { return static_cast<bool>(guidance_); }
+  // g at x_t and the network's time model_t [B]; undefined when not guided().
+  torch::Tensor guidance_gradient(const torch::Tensor& x_t, const torch::Tensor& model_t) const;
+
   // Network evaluations since construction or the last reset. Not thread-safe (one sampler
   // drives one Denoiser at a time).
   int64_t nfe() const { return nfe_; }
   void reset_nfe() const { nfe_ = 0; }
 
  private:
-  DenoiserOutput finish(const torch::Tensor& output, const torch::Tensor& x_t, const NoiseLevel& n,
-                        const ReverseOptions& opts) const;
+  DenoiserOutput finish(const torch::Tensor& output, const torch::Tensor& x_t, const torch::Tensor& model_t,
+                        const NoiseLevel& n, const ReverseOptions& opts) const;
 
   ModelFn model_;
+  GuidanceGradient guidance_;
   GaussianDiffusion diffusion_;
   std::vector<double> sigmas_, log_sigmas_, model_t_table_;
   bool identity_time_ = true;

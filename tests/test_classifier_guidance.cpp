@@ -1,0 +1,297 @@
+// Classifier guidance against guided-diffusion's own code (tests/reference/make_openai_classifier.py
+// ran its EncoderUNetModel, classifier_sample.py's cond_fn, p_sample and ddim_sample): the imported
+// classifier reproduces upstream's logits and guidance gradient, and one guided ancestral step
+// (condition_mean) and one guided DDIM step (condition_score) on an imported model match
+// upstream's; the gradient of a classifier with linear logits matches its closed form.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "diffuse/config.h"
+#include "diffuse/error.h"
+#include "diffuse/factory.h"
+#include "diffuse/models/encoder_unet.h"
+#include "diffuse/models/network.h"
+#include "diffuse/openai_checkpoint.h"
+#include "diffuse/samplers/classifier_guidance.h"
+#include "diffuse/samplers/ddim.h"
+#include "diffuse/samplers/ddpm.h"
+#include "diffuse/samplers/denoiser.h"
+#include "diffuse/schedule.h"
+#include "diffuse/torch_save.h"
+#include "openai_fixtures.h"
+#include "test_util.h"
+
+using namespace diffuse;
+using diffuse::test::first_line;
+using diffuse::test::get;
+using diffuse::test::relative_error;
+using diffuse::test::run_diffuse;
+using diffuse::test::TempDir;
+
+namespace {
+
+std::string classifier_file(const std::string& name) {
+  return diffuse::test::openai_fixture("openai_classifier", name);
+}
+std::string unet_file(const std::string& name) { return diffuse::test::openai_fixture("openai_unet", name); }
+
+std::shared_ptr<Network> import_classifier(const std::string& name) {
+  const Config cfg = openai_classifier_config({first_line(classifier_file(name + ".flags"))});
+  auto net = make_model(cfg, DataShape{{3, cfg.data.image_size, cfg.data.image_size}, 0});
+  const std::string file = classifier_file(name + ".pt");
+  load_openai_weights(*net, load_torch_save(file), file);
+  net->eval();
+  for (auto& p : net->parameters()) p.requires_grad_(false);
+  return net;
+}
+
+struct Model {
+  Config cfg;
+  std::shared_ptr<Network> net;
+};
+
+Model import_unet(const std::string& name) {
+  Model m;
+  m.cfg = openai_config({first_line(unet_file(name + ".flags"))}, OpenAiFamily::Guided);
+  m.net = make_model(m.cfg, DataShape{{3, m.cfg.data.image_size, m.cfg.data.image_size}, m.cfg.model.num_classes});
+  const std::string file = unet_file(name + ".pt");
+  load_openai_weights(*m.net, load_torch_save(file), file);
+  m.net->eval();
+  return m;
+}
+
+LogitsFn logits_of(const std::shared_ptr<Network>& net) {
+  return [net](const torch::Tensor& x, const torch::Tensor& t) { return net->forward(x, t); };
+}
+
+// classifier_sample.py's model_fn: labels only for a class-conditional model.
+ModelFn model_fn(const Model& m, const torch::Tensor& y) {
+  const bool cond = m.net->class_conditional();
+  return [net = m.net, y, cond](const torch::Tensor& x, const torch::Tensor& t) {
+    return net->forward(x, t, cond ? y : torch::Tensor());
+  };
+}
+
+}  // namespace
+
+TEST(ClassifierGuidance, TheImportedClassifierReproducesUpstreamLogitsAndGradient) {
+  for (const char* name : {"classifier_attention", "classifier_adaptive"}) {
+    SCOPED_TRACE(name);
+    const auto net = import_classifier(name);
+    const TorchSaveFile io = load_torch_save(classifier_file(std::string(name) + ".io.pt"));
+    const auto x = get(io, "x"), t = get(io, "t"), y = get(io, "y");
+    {
+      torch::NoGradGuard no_grad;
+      EXPECT_LT(relative_error(net->forward(x, t), get(io, "logits")), 1e-5);
+    }
+    const double scale = get(io, "scale").item<double>();
+    const auto g = classifier_gradient(logits_of(net), y, scale)(x, t);
+    EXPECT_LT(relative_error(g, get(io, "grad")), 1e-5);
+  }
+}
+
+TEST(ClassifierGuidance, EveryOptionOfTheClassifierFixturesIsInUse) {
+  const Config a = openai_classifier_config({first_line(classifier_file("classifier_attention.flags"))});
+  EXPECT_EQ(a.model.type, ModelType::Classifier);
+  EXPECT_EQ(a.model.pool, ClassifierPool::Attention);
+  EXPECT_TRUE(a.model.resblock_updown);
+  EXPECT_TRUE(a.model.use_scale_shift_norm);
+  EXPECT_EQ(a.model.num_head_channels, 64);
+  EXPECT_EQ(a.model.num_classes, 1000);
+  EXPECT_EQ(a.model.attention_resolutions, (std::vector<int64_t>{16, 8}));
+  const Config b = openai_classifier_config({first_line(classifier_file("classifier_adaptive.flags"))});
+  EXPECT_EQ(b.model.pool, ClassifierPool::Adaptive);
+  EXPECT_FALSE(b.model.resblock_updown);
+  EXPECT_FALSE(b.model.use_scale_shift_norm);
+  EXPECT_EQ(b.model.num_res_blocks, 0);
+  // create_classifier's levels for the published sizes.
+  EXPECT_EQ(openai_classifier_config({"--image_size 64 --classifier_depth 4"}).model.channel_mult,
+            (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(openai_classifier_config({"--image_size 256"}).model.channel_mult,
+            (std::vector<int64_t>{1, 1, 2, 2, 4, 4}));
+}
+
+TEST(ClassifierGuidance, GuidedAncestralAndDdimStepsMatchUpstream) {
+  struct Case {
+    const char* name;
+    const char* unet;
+    const char* classifier;
+    bool ddpm;
+    const char* respacing;
+  };
+  const Case cases[] = {{"guided_ddpm_cond", "guided_cond_newattn", "classifier_attention", true, ""},
+                        {"guided_ddpm_cond_t0", "guided_cond_newattn", "classifier_attention", true, ""},
+                        {"guided_ddim_uncond", "guided_xstart_heads", "classifier_adaptive", false, "ddim10"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Model m = import_unet(c.unet);
+    const auto classifier = import_classifier(c.classifier);
+    const TorchSaveFile io = load_torch_save(classifier_file(std::string(c.name) + ".io.pt"));
+    const auto x = get(io, "x"), y = get(io, "y");
+    const int64_t i = get(io, "t")[0].item<int64_t>();
+    const double scale = get(io, "scale").item<double>();
+    const GaussianDiffusion trained = make_diffusion(m.cfg);
+    const auto kept = [&] { return space_timesteps(trained.num_timesteps(), c.respacing); };
+    const GaussianDiffusion process =
+        *c.respacing ? GaussianDiffusion(trained.schedule().respace(kept()), trained.prediction(), trained.variance_type())
+                     : trained;
+    const Denoiser guided(model_fn(m, y), process, classifier_gradient(logits_of(classifier), y, scale));
+    const Denoiser plain(model_fn(m, y), process);
+    ReverseOptions clip;
+    clip.clip_x0 = true;
+    torch::NoGradGuard no_grad;  // as a sampler runs; the guidance turns autograd back on itself
+    torch::Tensor step, unguided, x0;
+    if (c.ddpm) {
+      const auto s = ddpm_step(guided, process, x, i, get(io, "noise"), clip);
+      step = s.x_prev;
+      x0 = s.x0_pred;
+      unguided = ddpm_step(plain, process, x, i, get(io, "noise"), clip).x_prev;
+    } else {
+      const double abar_prev = i > 0 ? process.schedule().alpha_bar()[static_cast<size_t>(i - 1)] : 1.0;
+      step = ddim_step(guided, x, i, abar_prev, /*eta=*/0.0, {}, clip);
+      x0 = guided.at_step(x, i, clip).pred.x0;
+      unguided = ddim_step(plain, x, i, abar_prev, 0.0, {}, clip);
+    }
+    EXPECT_LT(relative_error(step, get(io, "sample")), 1e-5);
+    // x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies an eps error by sqrt(1 / abar - 1)
+    // (about 60 at t = 911 of the linear schedule): the bound scales with it.
+    const double abar = process.schedule().alpha_bar()[static_cast<size_t>(i)];
+    const double gain = process.prediction() == Prediction::Epsilon ? std::max(1.0, std::sqrt(1 / abar - 1)) : 1.0;
+    EXPECT_LT(relative_error(x0, get(io, "pred_xstart")), 1e-5 * gain);
+    // The guidance moves the step 50 times that tolerance or more, so the comparison can fail.
+    EXPECT_GT(relative_error(unguided, get(io, "sample")), 5e-4);
+  }
+}
+
+TEST(ClassifierGuidance, TheGradientOfLinearLogitsIsItsClosedForm) {
+  // logits_k = <w_k, x>: grad_x log softmax_y = w_y - sum_k p_k w_k.
+  torch::manual_seed(3);
+  const auto w = torch::randn({5, 12}, torch::kDouble);
+  const auto x = torch::randn({4, 3, 2, 2}, torch::kDouble);
+  const auto y = torch::tensor({0, 4, 2, 2}, torch::kLong);
+  LogitsFn logits = [w](const torch::Tensor& x_t, const torch::Tensor&) {
+    return torch::matmul(x_t.flatten(1), w.t());
+  };
+  torch::Tensor g;
+  {
+    c10::InferenceMode inference;  // where the samplers call it
+    g = classifier_gradient(logits, y, 2.5)(x, torch::zeros({4}));
+  }
+  const auto p = torch::softmax(torch::matmul(x.flatten(1), w.t()), -1);
+  const auto expected = (w.index_select(0, y) - torch::matmul(p, w)).view_as(x) * 2.5;
+  EXPECT_LT(relative_error(g, expected), 1e-12);
+}
+
+TEST(ClassifierGuidance, TheCliImportsAClassifierAndSamplesWithIt) {
+  TempDir dir;
+  const auto path = [&](const std::string& n) { return (dir.path() / n).string(); };
+  auto r = run_diffuse("import " + classifier_file("classifier_attention.pt") +
+                       " --from guided-diffusion --classifier --flags '" +
+                       first_line(classifier_file("classifier_attention.flags")) + "' --out " + path("cls.pt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_HAS(r.out, "attention pooling, 1000 classes");
+  r = run_diffuse("import " + unet_file("guided_cond_newattn.pt") + " --from guided-diffusion --flags '" +
+                  first_line(unet_file("guided_cond_newattn.flags")) + "' --out " + path("model.pt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string common = " --num 2 --steps 3 --label 7 --seed 1 --save-tensor --no-images --sampler ";
+  for (const char* sampler : {"ddpm", "ddim"}) {
+    SCOPED_TRACE(sampler);
+    r = run_diffuse("sample --checkpoint " + path("model.pt") + common + sampler + " --out " + path("plain"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = run_diffuse("sample --checkpoint " + path("model.pt") + common + sampler + " --classifier " + path("cls.pt") +
+                    " --classifier-scale 30 --out " + path("guided"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    torch::Tensor a, b;
+    torch::load(a, path("plain/samples.pt"));
+    torch::load(b, path("guided/samples.pt"));
+    EXPECT_GT((a - b).abs().max().item<double>(), 1e-3) << "the classifier changed nothing";
+  }
+
+  // Misuse is named.
+  r = run_diffuse("sample --checkpoint " + path("cls.pt") + " --num 1 --out " + path("x"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "noisy-image classifier");
+  r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 1 --classifier " + path("model.pt") + " --out " +
+                  path("x"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "not a noisy-image classifier");
+  r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 1 --classifier-scale 2 --out " + path("x"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "--classifier-scale needs a classifier");
+  // A classifier trained on another schedule reads t as other noise levels.
+  r = run_diffuse("import " + classifier_file("classifier_attention.pt") +
+                  " --from guided-diffusion --classifier --flags '" +
+                  first_line(classifier_file("classifier_attention.flags")) + " --noise_schedule cosine' --out " +
+                  path("cls_cosine.pt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 1 --classifier " + path("cls_cosine.pt") +
+                  " --out " + path("x"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "cosine schedule");
+  r = run_diffuse("import " + classifier_file("classifier_attention.pt") + " --from improved-diffusion --classifier "
+                  "--flags '--image_size 16' --out " + path("y.pt"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "guided-diffusion");
+  r = run_diffuse("import " + classifier_file("classifier_attention.pt") + " --from guided-diffusion --classifier "
+                  "--flags '--image_size 16 --channel_mult 1,1 --classifier_width 64 --classifier_pool spatial' "
+                  "--out " +
+                  path("y.pt"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "--classifier_pool spatial");
+}
+
+TEST(ClassifierGuidance, AnUnconditionalModelTakesLabelsOnlyWithAClassifier) {
+  TempDir dir;
+  const auto path = [&](const std::string& n) { return (dir.path() / n).string(); };
+  auto r = run_diffuse("import " + classifier_file("classifier_adaptive.pt") +
+                       " --from guided-diffusion --classifier --flags '" +
+                       first_line(classifier_file("classifier_adaptive.flags")) + "' --out " + path("cls.pt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_diffuse("import " + unet_file("guided_xstart_heads.pt") + " --from guided-diffusion --flags '" +
+                  first_line(unet_file("guided_xstart_heads.flags")) + "' --out " + path("model.pt"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 2 --steps 2 --label 5 --out " + path("a"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "no classifier guides it");
+  r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 2 --steps 2 --label 5 --sampler euler " +
+                  "--classifier " + path("cls.pt") + " --out " + path("b"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 2 --steps 2 --label 1000 --classifier " +
+                  path("cls.pt") + " --out " + path("c"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "outside [0, 999]");
+}
+
+TEST(ClassifierGuidance, ClassifierConfigsAreValidated) {
+  Config c;
+  c.model.type = ModelType::Classifier;
+  c.model.num_classes = 10;
+  c.model.num_head_channels = -1;
+  c.data.path = "x";
+  try {
+    validate(c);
+    ADD_FAILURE() << "accepted attention pooling without num_head_channels";
+  } catch (const UsageError& e) {
+    EXPECT_HAS(e.what(), "model.pool attention needs model.num_head_channels");
+  }
+  c.model.num_head_channels = 32;
+  c.model.num_classes = 0;
+  try {
+    validate(c);
+    ADD_FAILURE() << "accepted a classifier without classes";
+  } catch (const UsageError& e) {
+    EXPECT_HAS(e.what(), "model.num_classes >= 1");
+  }
+  c.model.num_classes = 10;
+  EXPECT_NO_THROW(validate(c));
+  try {
+    require_denoiser(c, "run.yaml");
+    ADD_FAILURE() << "a classifier passed as a denoiser";
+  } catch (const UsageError& e) {
+    EXPECT_HAS(e.what(), "run.yaml: model.type classifier");
+  }
+}
