@@ -5,7 +5,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -36,6 +38,13 @@ static unsigned char* diffuse_stbiw_zlib_compress(unsigned char* data, int data_
 #define STBIW_ZLIB_COMPRESS diffuse_stbiw_zlib_compress
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_IMPLEMENTATION
+// Only the decoders image datasets use. Debian's stb_image (2022-09) has known memory-safety
+// bugs in its GIF and PSD decoders (CVE-2023-45661 to -45667), its TGA reader takes almost any
+// bytes for a header (fuzzing found a 21-byte "TGA" of 8224x8224 pixels) and its PNM header
+// parser overflows int on long numbers (found by fuzzing): those formats are not read at all.
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
 // stb_image copies zero bytes from a null pointer when a PNG chunk is empty (stbi__getn), which
 // is undefined behaviour (UBSan reports it; found by fuzzing, tests/fuzz/regressions/image/):
 // its memcpy calls go through one that does nothing for zero bytes.
@@ -60,17 +69,79 @@ constexpr unsigned char kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1
 // missing data with zeros, at the cost of the whole allocation and its processing.
 constexpr int kMaxImageSide = 16384;
 constexpr double kMaxDecodeRatio = 1100.0;
-constexpr double kDecodeFloorBytes = 16.0 * 1024 * 1024;
+std::atomic<size_t> g_decode_floor_bytes{size_t{16} * 1024 * 1024};
 
 void check_image_size(const std::string& name, int w, int h, int channels, size_t file_bytes) {
   if (w > kMaxImageSide || h > kMaxImageSide)
     throw UsageError(fmt::format("'{}' is {}x{} pixels: images larger than {}x{} are refused (a corrupt header?)",
                                  name, w, h, kMaxImageSide, kMaxImageSide));
   const double decoded = static_cast<double>(w) * h * std::max(channels, 1);
-  if (decoded > kDecodeFloorBytes + kMaxDecodeRatio * static_cast<double>(file_bytes))
+  const auto floor = static_cast<double>(g_decode_floor_bytes.load(std::memory_order_relaxed));
+  if (decoded > floor + kMaxDecodeRatio * static_cast<double>(file_bytes))
     throw UsageError(fmt::format("'{}' ({} bytes) claims {}x{} pixels, {:.0f} MB decoded: more than any image codec "
                                  "packs into {} bytes (a corrupt or truncated header?)",
                                  name, file_bytes, w, h, decoded / 1e6, file_bytes));
+}
+
+// stb_image builds a JPEG Huffman table from the 16 code counts of a DHT segment without
+// checking that they total at most 256, the size of its tables (upstream fixed it in 2.28):
+// a crafted table writes past them (found by fuzzing: tests/fuzz/regressions/image/). Every DHT
+// segment stb would read is checked first, following the markers as stb does: fill bytes
+// skipped, segments by their length, the tables of one segment while its length lasts (a byte
+// past the end reads as 0, as stb's does). `get` returns the next byte or -1 at the end; `skip`
+// moves past n bytes. With `header_only` the walk stops at the frame header (SOF0-2), where
+// stbi_info stops.
+template <class Get, class Skip>
+void check_jpeg_huffman_tables(Get get, Skip skip, bool header_only, const std::string& name) {
+  // Start of image, after any 0xFF fill bytes (as stb's marker reader takes it), or not a JPEG.
+  if (get() != 0xFF) return;
+  int soi = get();
+  while (soi == 0xFF) soi = get();
+  if (soi != 0xD8) return;
+  const auto byte = [&] { return std::max(get(), 0); };
+  for (;;) {
+    int c = get();
+    if (c < 0) return;
+    if (c != 0xFF) continue;  // stb looks for the next marker
+    int m = get();
+    while (m == 0xFF) m = get();
+    if (m < 0) return;
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) continue;  // no length
+    if (m == 0xD9) return;                                             // end of image
+    if (header_only && m >= 0xC0 && m <= 0xC2) return;
+    const int hi = get(), lo = get();
+    if (lo < 0) return;
+    const int64_t length = (int64_t{hi} << 8 | lo) - 2;
+    if (m != 0xC4) {
+      if (length > 0) skip(static_cast<size_t>(length));
+      continue;
+    }
+    for (int64_t left = length; left > 0;) {
+      byte();  // table class and id
+      int64_t codes = 0;
+      for (int i = 0; i < 16; ++i) codes += byte();
+      if (codes > 256)
+        throw UsageError(fmt::format("'{}' is a corrupt JPEG: a Huffman table declares {} codes (at most 256)", name,
+                                     codes));
+      skip(static_cast<size_t>(codes));
+      left -= 17 + codes;
+    }
+  }
+}
+
+void check_jpeg_bytes(const std::string& bytes, const std::string& name) {
+  size_t at = 0;
+  check_jpeg_huffman_tables(
+      [&] { return at < bytes.size() ? static_cast<int>(static_cast<unsigned char>(bytes[at++])) : -1; },
+      [&](size_t n) { at = n > bytes.size() - at ? bytes.size() : at + n; }, /*header_only=*/false, name);
+}
+
+void check_jpeg_file(std::FILE* f, const std::string& name) {
+  check_jpeg_huffman_tables([&] { return std::fgetc(f); },
+                            [&](size_t n) {
+                              std::fseek(f, static_cast<long>(std::min<size_t>(n, size_t{1} << 30)), SEEK_CUR);
+                            },
+                            /*header_only=*/true, name);
 }
 
 void put_be32(std::string& out, uint32_t v) {
@@ -268,6 +339,7 @@ torch::Tensor decode_image(const std::string& bytes, const std::string& name, in
     throw std::invalid_argument(fmt::format("decode_image: channels must be 0..4, got {}", channels));
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
     throw UsageError(fmt::format("'{}' is too large to decode ({} bytes)", name, bytes.size()));
+  check_jpeg_bytes(bytes, name);
   int w = 0, h = 0, c = 0;
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   if (stbi_info_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c))
@@ -288,18 +360,27 @@ torch::Tensor decode_image(const std::string& bytes, const std::string& name, in
   return out;
 }
 
+size_t set_image_decode_floor(size_t bytes) { return g_decode_floor_bytes.exchange(bytes); }
+
 torch::Tensor load_image(const std::string& path, int64_t channels) {
   return decode_image(read_file_bytes(path), path, channels);
 }
 
 ImageInfo image_info(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw UsageError(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
   int w = 0, h = 0, c = 0;
-  if (!stbi_info(path.c_str(), &w, &h, &c)) {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) throw UsageError(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+  int ok = 0;
+  try {
+    check_jpeg_file(f, path);
+    std::rewind(f);
+    ok = stbi_info_from_file(f, &w, &h, &c);
+  } catch (...) {
     std::fclose(f);
-    throw UsageError(fmt::format("'{}' is not a decodable image: {}", path, stbi_failure_reason()));
+    throw;
   }
+  std::fclose(f);
+  if (!ok) throw UsageError(fmt::format("'{}' is not a decodable image: {}", path, stbi_failure_reason()));
   std::error_code ec;
   const auto size = std::filesystem::file_size(path, ec);
   check_image_size(path, w, h, c, ec ? 0 : static_cast<size_t>(size));

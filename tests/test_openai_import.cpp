@@ -8,12 +8,14 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
 #include "diffuse/error.h"
 #include "diffuse/factory.h"
+#include "diffuse/image_io.h"
 #include "diffuse/losses.h"
 #include "diffuse/models/network.h"
 #include "diffuse/models/unet.h"
@@ -274,4 +276,39 @@ TEST(OpenAiImport, TheSameStateDictAsSafetensorsImportsAlike) {
   const auto net = load_network(reader, parse_config(reader.meta().config_yaml), false, torch::kCPU).net;
   const TorchSaveFile io = load_torch_save(reference("improved_cosine4000.io.pt"));
   EXPECT_LT(relative_error(net->forward(get(io, "x"), get(io, "t")), get(io, "out")), 1e-5);
+}
+
+TEST(OpenAiImport, TheBoundOfAConditionalModelIsGivenTheImagesLabels) {
+  // OpenAI's class-conditional models never learned the null label, so their bound is of
+  // p(x | y): eval gives each held-out image its own label. Two folders with the same images in
+  // the same order differ only in the second image's class (a/2.png vs b/2.png), so equal
+  // totals would mean the labels were not used.
+  TempDir dir;
+  const std::string ckpt = (dir.path() / "guided.pt").string();
+  auto r = run_diffuse("import " + reference("guided_cond_newattn.pt") + " --from guided-diffusion --flags '" +
+                       first_line(reference("guided_cond_newattn.flags")) + "' --out " + ckpt);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  torch::manual_seed(5);
+  const auto one = torch::randint(0, 256, {3, 16, 16}, torch::kUInt8);
+  const auto two = torch::randint(0, 256, {3, 16, 16}, torch::kUInt8);
+  for (const char* second : {"a", "b"}) {
+    std::filesystem::create_directories(dir.path() / second / "a");
+    std::filesystem::create_directories(dir.path() / second / second);
+    save_png((dir.path() / second / "a" / "1.png").string(), one);
+    save_png((dir.path() / second / second / "2.png").string(), two);
+  }
+  double totals[2] = {0, 0};
+  int k = 0;
+  for (const char* second : {"a", "b"}) {
+    const auto out = (dir.path() / ("eval_" + std::string(second))).string();
+    r = run_diffuse("eval --checkpoint " + ckpt + " --metrics bpd --batch-size 2 --format json --set data.path=" +
+                    (dir.path() / second).string() + " --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_HAS(r.out, "p(x | y)");
+    const auto j = nlohmann::json::parse(r.out);
+    totals[k++] = j["total_bpd"].get<double>();
+    EXPECT_EQ(j["num_images"].get<double>(), 2);
+  }
+  EXPECT_TRUE(std::isfinite(totals[0]) && std::isfinite(totals[1]));
+  EXPECT_GT(std::abs(totals[0] - totals[1]), 1e-6) << totals[0];
 }

@@ -4,6 +4,7 @@
 
 #include <torch/types.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -41,12 +42,20 @@ void save_grid(const std::string& path, const torch::Tensor& images, int64_t nro
 // a text chunk with a bad CRC.
 std::map<std::string, std::string> read_png_text(const std::string& path);
 
-// Decodes a PNG/JPEG/BMP/GIF/TGA/PNM... file to uint8 [C,H,W]; channels 0 keeps the file's
-// (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), 1..4 converts (stb_image's conversion). UsageError
-// naming the file when it cannot be read or decoded.
+// Decodes a PNG, JPEG or BMP file to uint8 [C,H,W]; channels 0 keeps the file's (1 grey,
+// 2 grey+alpha, 3 RGB, 4 RGBA), 1..4 converts (stb_image's conversion). Other formats are not
+// read. UsageError naming the file when it cannot be read or decoded, or when its header claims
+// more than it can hold (see set_image_decode_floor, and JPEG Huffman tables larger than the
+// format allows).
 torch::Tensor load_image(const std::string& path, int64_t channels = 0);
 // The same for bytes in memory; `name` is used in errors.
 torch::Tensor decode_image(const std::string& bytes, const std::string& name, int64_t channels = 0);
+
+// Decoding refuses a header that claims more pixels than its file can hold: beyond a floor that
+// any image may reach (16 MiB decoded by default), an image must come from a file of at least
+// 1/1100 of its decoded size. The fuzz harness lowers the floor so that each execution stays
+// short. Returns the previous floor; not meant to change while images are being decoded.
+size_t set_image_decode_floor(size_t bytes);
 
 struct ImageInfo {
   int64_t width = 0, height = 0, channels = 0;

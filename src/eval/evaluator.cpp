@@ -62,12 +62,19 @@ Series line(std::string label, std::vector<double> x, std::vector<double> y) {
 
 std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
-// Images of a dataset, [N, ...], N = min(limit, size) (limit 0 = all), on the 8-bit grid.
-torch::Tensor load_examples(const Dataset& ds, int64_t limit) {
+// Images of a dataset, [N, ...], N = min(limit, size) (limit 0 = all), on the 8-bit grid; their
+// labels into `labels` when asked ([N] int64, -1 where the dataset has none).
+torch::Tensor load_examples(const Dataset& ds, int64_t limit, torch::Tensor* labels = nullptr) {
   const int64_t n = limit > 0 ? std::min(limit, ds.size()) : ds.size();
   std::vector<torch::Tensor> xs;
+  std::vector<int64_t> ys;
   xs.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) xs.push_back(ds.get(i).x);
+  for (int64_t i = 0; i < n; ++i) {
+    auto e = ds.get(i);
+    xs.push_back(e.x);
+    ys.push_back(e.label);
+  }
+  if (labels) *labels = torch::tensor(ys, torch::kLong);
   auto x = torch::stack(xs);
   // The decoder term is a likelihood of 8-bit data: snap to the 256 levels (resizing may have
   // moved pixels off them).
@@ -91,15 +98,17 @@ torch::Tensor load_sample_folder(const std::string& dir, const DataShape& shape,
   return load_examples(ds, 0);
 }
 
-ModelFn unconditional_fn(Network& net, const ModelConfig& model) {
-  // A class-conditional network is evaluated with the null label: the unconditional model it
-  // also learned (p_uncond > 0), so the bound is of p(x), comparable across models. One that
-  // never learned it (an imported OpenAI model) has no such model.
-  if (net.class_conditional() && model.p_uncond <= 0.0)
-    throw UsageError("bpd: this class-conditional model was trained without the null label (model.p_uncond 0, as "
-                     "OpenAI's are), so it has no unconditional bound; a bound given the labels is not implemented");
-  return [&net](const torch::Tensor& x, const torch::Tensor& t) {
-    return net.forward(x, t.to(torch::kFloat32));
+// The network the bound is of. A class-conditional network is evaluated with the null label:
+// the unconditional model it also learned (p_uncond > 0), so the bound is of p(x), comparable
+// across models. One that never learned it (an imported OpenAI model) has only p(x | y): it is
+// evaluated with the held-out images' own labels, and the report says so.
+bool bound_given_labels(const Network& net, const ModelConfig& model) {
+  return net.class_conditional() && model.p_uncond <= 0.0;
+}
+
+ModelFn bound_fn(Network& net, const torch::Tensor& labels) {
+  return [&net, labels](const torch::Tensor& x, const torch::Tensor& t) {
+    return net.forward(x, t.to(torch::kFloat32), labels);
   };
 }
 
@@ -174,10 +183,17 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     dc.split = ev.split;
     dc.limit = 0;
     auto ds = make_dataset(dc, cfg.train.seed);
-    auto x_all = load_examples(*ds, ev.num_images);
+    const bool given_labels = bound_given_labels(net, cfg.model);
+    torch::Tensor y_all;
+    auto x_all = load_examples(*ds, ev.num_images, &y_all);
     const int64_t N = x_all.size(0), T = diffusion.num_timesteps(), B = ev.batch_size;
     rep.setting("decoder_cdf", to_string(ev.decoder_cdf));
-    auto fn = unconditional_fn(net, cfg.model);
+    rep.setting("bound", given_labels ? "p(x | y) with the images' labels (model.p_uncond 0: no unconditional model)"
+                                      : "p(x)");
+    if (given_labels && N > 0 && y_all.min().item<int64_t>() < 0)
+      throw UsageError("bpd: this class-conditional model was trained without the null label (model.p_uncond 0, as "
+                       "OpenAI's are), so its bound is of p(x | y) and needs labelled images (data.class_labels: true "
+                       "and a labelled dataset, e.g. class subfolders)");
     rep.value("num_images", static_cast<double>(N));
     rep.value("timesteps", static_cast<double>(T));
     // Batch b (images bB .. bB + B - 1, noise from (seed, b)) is rank b mod W's. Each round the
@@ -185,6 +201,11 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     // accumulator in the order of a one-rank run, with the same bits.
     const int64_t batches = (N + B - 1) / B;
     auto batch_x0 = [&](int64_t b) { return x_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device); };
+    // Batch b's network: the null label, or batch b's own labels.
+    auto fn = [&](int64_t b) {
+      return bound_fn(net, given_labels ? y_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device)
+                                        : torch::Tensor());
+    };
     auto images_before = [&](int64_t b) { return std::min(N, b * B); };
     // f(b, images in the round, images up to its end) per round; b = -1 when this rank has none.
     auto each_round = [&](auto&& f) {
@@ -205,7 +226,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
           opts.decoder_cdf = ev.decoder_cdf;
           int64_t k = 0;
           opts.progress = [&](int64_t) { bar.update(done + (++k) * round_images); };
-          rows = bpd_rows(calc_bpd_loop(diffusion, fn, batch_x0(b), batch_generator(req.seed, b, kBpdStream), opts));
+          rows = bpd_rows(calc_bpd_loop(diffusion, fn(b), batch_x0(b), batch_generator(req.seed, b, kBpdStream), opts));
         }
         acc.add_rows(all_gather_rows(pg, rows, "bpd terms"));
         done += round_images * T;
@@ -251,7 +272,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
       each_round([&](int64_t b, int64_t, int64_t images_after) {
         auto mine = torch::empty({0}, torch::kFloat64);
         if (b >= 0)
-          mine = estimate_bpd_mc(diffusion, fn, batch_x0(b), batch_generator(req.seed, b, kBpdMcStream), mo)
+          mine = estimate_bpd_mc(diffusion, fn(b), batch_x0(b), batch_generator(req.seed, b, kBpdMcStream), mo)
                      .per_image.to(torch::kCPU, torch::kFloat64);
         per_image.push_back(all_gather_rows(pg, mine, "bpd-mc estimates"));
         bar.update(images_after);
