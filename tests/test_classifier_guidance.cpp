@@ -76,6 +76,18 @@ ModelFn model_fn(const Model& m, const torch::Tensor& y) {
   };
 }
 
+// `diffuse import` of a fixture with the flags it was made with (plus `more_flags`): a classifier
+// of openai_classifier/, or a model of openai_unet/.
+diffuse::test::CommandResult import_classifier_cli(const std::string& name, const std::string& out,
+                                                   const std::string& more_flags = "") {
+  return run_diffuse("import " + classifier_file(name + ".pt") + " --from guided-diffusion --classifier --flags '" +
+                     first_line(classifier_file(name + ".flags")) + more_flags + "' --out " + out);
+}
+diffuse::test::CommandResult import_unet_cli(const std::string& name, const std::string& out) {
+  return run_diffuse("import " + unet_file(name + ".pt") + " --from guided-diffusion --flags '" +
+                     first_line(unet_file(name + ".flags")) + "' --out " + out);
+}
+
 }  // namespace
 
 TEST(ClassifierGuidance, TheImportedClassifierReproducesUpstreamLogitsAndGradient) {
@@ -189,13 +201,10 @@ TEST(ClassifierGuidance, TheGradientOfLinearLogitsIsItsClosedForm) {
 TEST(ClassifierGuidance, TheCliImportsAClassifierAndSamplesWithIt) {
   TempDir dir;
   const auto path = [&](const std::string& n) { return (dir.path() / n).string(); };
-  auto r = run_diffuse("import " + classifier_file("classifier_attention.pt") +
-                       " --from guided-diffusion --classifier --flags '" +
-                       first_line(classifier_file("classifier_attention.flags")) + "' --out " + path("cls.pt"));
+  auto r = import_classifier_cli("classifier_attention", path("cls.pt"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_HAS(r.out, "attention pooling, 1000 classes");
-  r = run_diffuse("import " + unet_file("guided_cond_newattn.pt") + " --from guided-diffusion --flags '" +
-                  first_line(unet_file("guided_cond_newattn.flags")) + "' --out " + path("model.pt"));
+  r = import_unet_cli("guided_cond_newattn", path("model.pt"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string common = " --num 2 --steps 3 --label 7 --seed 1 --save-tensor --no-images --sampler ";
   for (const char* sampler : {"ddpm", "ddim"}) {
@@ -223,10 +232,7 @@ TEST(ClassifierGuidance, TheCliImportsAClassifierAndSamplesWithIt) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_HAS(r.err, "--classifier-scale needs a classifier");
   // A classifier trained on another schedule reads t as other noise levels.
-  r = run_diffuse("import " + classifier_file("classifier_attention.pt") +
-                  " --from guided-diffusion --classifier --flags '" +
-                  first_line(classifier_file("classifier_attention.flags")) + " --noise_schedule cosine' --out " +
-                  path("cls_cosine.pt"));
+  r = import_classifier_cli("classifier_attention", path("cls_cosine.pt"), " --noise_schedule cosine");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 1 --classifier " + path("cls_cosine.pt") +
                   " --out " + path("x"));
@@ -247,12 +253,9 @@ TEST(ClassifierGuidance, TheCliImportsAClassifierAndSamplesWithIt) {
 TEST(ClassifierGuidance, AnUnconditionalModelTakesLabelsOnlyWithAClassifier) {
   TempDir dir;
   const auto path = [&](const std::string& n) { return (dir.path() / n).string(); };
-  auto r = run_diffuse("import " + classifier_file("classifier_adaptive.pt") +
-                       " --from guided-diffusion --classifier --flags '" +
-                       first_line(classifier_file("classifier_adaptive.flags")) + "' --out " + path("cls.pt"));
+  auto r = import_classifier_cli("classifier_adaptive", path("cls.pt"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = run_diffuse("import " + unet_file("guided_xstart_heads.pt") + " --from guided-diffusion --flags '" +
-                  first_line(unet_file("guided_xstart_heads.flags")) + "' --out " + path("model.pt"));
+  r = import_unet_cli("guided_xstart_heads", path("model.pt"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = run_diffuse("sample --checkpoint " + path("model.pt") + " --num 2 --steps 2 --label 5 --out " + path("a"));
   EXPECT_EQ(r.exit_code, 2);

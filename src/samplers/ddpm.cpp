@@ -6,7 +6,7 @@
 namespace diffuse {
 
 DdpmStep ddpm_step(const Denoiser& denoiser, const GaussianDiffusion& process, const torch::Tensor& x, int64_t i,
-                        const torch::Tensor& noise, const ReverseOptions& opts) {
+                   const torch::Tensor& noise, const ReverseOptions& opts) {
   const double model_t = static_cast<double>(process.schedule().original_t()[static_cast<size_t>(i)]);
   const auto mt = denoiser.time_tensor(x, model_t);
   const auto out = denoiser.network(x, mt);

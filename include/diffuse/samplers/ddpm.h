@@ -21,7 +21,7 @@ struct DdpmStep {
 // i = 0). A guided denoiser moves the mean by Sigma g (Dhariwal & Nichol 2021, Algorithm 1;
 // guided-diffusion's condition_mean), at i = 0 too.
 DdpmStep ddpm_step(const Denoiser& denoiser, const GaussianDiffusion& process, const torch::Tensor& x, int64_t i,
-                        const torch::Tensor& noise, const ReverseOptions& opts);
+                   const torch::Tensor& noise, const ReverseOptions& opts);
 
 // Returns x_0 ([B, ...] like noise.initial()). `x_T`, when defined, replaces noise.initial().
 // One network evaluation and (except the last step) one noise.next() per step.
