@@ -27,6 +27,7 @@
 #include <unordered_set>
 
 #include "diffuse/error.h"
+#include "diffuse/models/unet.h"
 
 namespace diffuse {
 namespace {
@@ -447,8 +448,8 @@ Table build_table() {
       ("type", &M::type, choice(model_type_names, parse_model_type),
        "unet for images, mlp for 2-D toy points, classifier for a noisy-image classifier (classifier guidance)")
       ("model_channels", &M::model_channels, at_least<int64_t>(1), "UNet: channels of the first level")
-      ("channel_mult", &M::channel_mult, list(at_least<int64_t>(1), true),
-       "UNet: channel multiplier per level; the resolution halves between levels")
+      ("channel_mult", &M::channel_mult, list(positive(), true),
+       "UNet: channel multiplier per level (model_channels x it must be whole); the resolution halves between levels")
       ("num_res_blocks", &M::num_res_blocks, at_least<int64_t>(0), "UNet: residual blocks per level")
       ("attention_resolutions", &M::attention_resolutions, list(at_least<int64_t>(1), false),
        "UNet: feature-map sizes that get self-attention, e.g. [7] for the 7x7 level of a 28x28 input")
@@ -474,11 +475,14 @@ Table build_table() {
       ("conv_resample", &M::conv_resample, any<bool>(), "UNet: a 3x3 convolution after up/downsampling")
       ("learn_sigma", &M::learn_sigma, any<bool>(),
        "the model also outputs the variance (2x channels); needs diffusion.variance learned or learned_range")
+      ("low_res_size", &M::low_res_size, at_least<int64_t>(0),
+       "UNet: > 0 makes a super-resolution model, conditioned on the image at this size (0 = off)")
       ("class_cond", &M::class_cond, any<bool>(), "condition on class labels (enables classifier-free guidance)")
       ("num_classes", &M::num_classes, at_least<int64_t>(0), "class count; 0 = the dataset's")
       ("p_uncond", &M::p_uncond, between(0, 1), "class_cond: probability of training with the null label")
       ("pool", &M::pool, choice(classifier_pool_names, parse_classifier_pool),
-       "classifier: the head, attention (pooling, needs num_head_channels) or adaptive (spatial mean)")
+       "classifier: the head, attention (pooling, needs num_head_channels), adaptive (spatial mean), spatial or "
+       "spatial_v2 (every block's spatial mean into an MLP)")
       ("hidden", &M::hidden, at_least<int64_t>(1), "MLP: width of the residual blocks")
       ("num_blocks", &M::num_blocks, at_least<int64_t>(1), "MLP: residual blocks");
 
@@ -706,6 +710,9 @@ void check_unet(const Config& c, std::vector<std::string>& problems) {
         levels, levels - 1, factor, size_text));
     return;
   }
+  if (m.low_res_size >= size)
+    problems.push_back(fmt::format("model.low_res_size: {} must be below the image size, {}", m.low_res_size,
+                                   size_text));
   std::vector<std::string> level_sizes;
   for (size_t l = 0; l < levels; ++l) level_sizes.push_back(std::to_string(size >> l));
   for (const int64_t r : m.attention_resolutions) {
@@ -718,7 +725,7 @@ void check_unet(const Config& c, std::vector<std::string>& problems) {
                                      r, size_text, join(level_sizes)));
       continue;
     }
-    const int64_t ch = m.model_channels * m.channel_mult[level];
+    const int64_t ch = unet_level_channels(m.model_channels, m.channel_mult[level]);
     if (m.num_head_channels > 0) {
       if (ch % m.num_head_channels != 0)
         problems.push_back(fmt::format("model.num_head_channels: {} does not divide the {} channels of the {}x{} "
@@ -745,6 +752,8 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
     add(fmt::format("model.type mlp works on 2-D points only: data.dataset must be toy2d, got {}",
                     to_string(c.data.dataset)));
   if (m.type != ModelType::Mlp && !toy) check_unet(c, problems);
+  if (m.low_res_size > 0 && m.type != ModelType::UNet)
+    add(fmt::format("model.low_res_size: super-resolution needs model.type unet, got {}", to_string(m.type)));
   if (m.type == ModelType::Classifier) {
     if (m.num_classes < 1) add("model.type classifier needs model.num_classes >= 1 (its logits)");
     if (m.class_cond) add("model.type classifier: model.class_cond does not apply (the classifier predicts the class)");

@@ -20,13 +20,23 @@ std::string to_string(ModelType v) {
   return "?";
 }
 
-std::vector<std::string> classifier_pool_names() { return {"attention", "adaptive"}; }
+std::vector<std::string> classifier_pool_names() { return {"attention", "adaptive", "spatial", "spatial_v2"}; }
 ClassifierPool parse_classifier_pool(const std::string& n) {
   if (n == "attention") return ClassifierPool::Attention;
   if (n == "adaptive") return ClassifierPool::Adaptive;
+  if (n == "spatial") return ClassifierPool::Spatial;
+  if (n == "spatial_v2") return ClassifierPool::SpatialV2;
   throw_not_one_of("classifier pool", n, classifier_pool_names());
 }
-std::string to_string(ClassifierPool v) { return v == ClassifierPool::Attention ? "attention" : "adaptive"; }
+std::string to_string(ClassifierPool v) {
+  switch (v) {
+    case ClassifierPool::Attention: return "attention";
+    case ClassifierPool::Adaptive: return "adaptive";
+    case ClassifierPool::Spatial: return "spatial";
+    case ClassifierPool::SpatialV2: return "spatial_v2";
+  }
+  return "?";
+}
 
 std::vector<std::string> dataset_kind_names() { return {"fashion-mnist", "mnist", "cifar10", "folder", "toy2d", "synthetic"}; }
 DatasetKind parse_dataset_kind(const std::string& n) {

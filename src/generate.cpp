@@ -7,10 +7,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <iostream>
 
+#include "diffuse/data/image_folder.h"
 #include "diffuse/dist/process_group.h"
+#include "diffuse/eval/npz.h"
 #include "diffuse/error.h"
 #include "diffuse/models/network.h"
+#include "diffuse/models/super_res.h"
 #include "diffuse/precision.h"
 #include "diffuse/runtime.h"
 #include "diffuse/samplers/classifier_guidance.h"
@@ -45,6 +50,24 @@ int64_t label_classes(const Network& net, const Network* classifier) {
   return classifier ? classifier->out_channels() : 0;
 }
 
+// A super-resolution model has its low-resolution images, [N, C, s, s]; other models have none.
+void check_low_res(const Network& net, const DataShape& shape, const torch::Tensor& low_res) {
+  const int64_t size = net.low_res_size();
+  if (size == 0) {
+    if (low_res.defined())
+      throw UsageError("low-resolution images were given (--low-res), but the model is not a super-resolution model");
+    return;
+  }
+  if (!low_res.defined())
+    throw UsageError(fmt::format("the model is a super-resolution model: it needs the {}x{} images to upsample "
+                                 "(diffuse sample --low-res FILE)", size, size));
+  const int64_t channels = shape.shape.empty() ? 0 : shape.shape[0];
+  if (low_res.dim() != 4 || low_res.size(0) < 1 || low_res.size(1) != channels || low_res.size(2) != size ||
+      low_res.size(3) != size)
+    throw UsageError(fmt::format("the low-resolution images are {}; the model upsamples images of {}x{}x{}",
+                                 shape_string(low_res.sizes().vec()), channels, size, size));
+}
+
 // The checks on a request that need no sampling (every rank makes them, with work or without).
 void check_request(Network& net, const SampleConfig& s, const Network* classifier) {
   if (s.num < 1) throw UsageError("sample.num must be >= 1");
@@ -74,6 +97,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
                                 const GenerateRequest& req) {
   const auto& s = req.sample;
   check_request(net, s, req.classifier);
+  check_low_res(net, shape, req.low_res);
   const bool cond = net.class_conditional();
 
   SamplerOptions opts;
@@ -93,10 +117,11 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   const bool learned = is_learned(diffusion.variance_type());
   // The network may run under autocast; the samplers' arithmetic stays in float32.
   const std::string precision = resolve_precision(s.precision, req.device);
-  auto raw = [&net, precision, device = req.device](const torch::Tensor& x, const torch::Tensor& t,
-                                                     const torch::Tensor& y) {
+  torch::Tensor low_res;  // the batch's, for a super-resolution model
+  auto raw = [&net, &low_res, precision, device = req.device](const torch::Tensor& x, const torch::Tensor& t,
+                                                               const torch::Tensor& y) {
     AutocastGuard ac(precision, device);
-    return net.forward(x, t, y).to(torch::kFloat32);
+    return net.forward(network_input(net, x, low_res), t, y).to(torch::kFloat32);
   };
   LogitsFn logits;
   if (req.classifier) {
@@ -112,6 +137,8 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   for (int64_t done = 0; done < s.num; done += s.batch_size) {
     const int64_t n = std::min(s.batch_size, s.num - done);
     const int64_t first = req.first_index + done;
+    if (req.low_res.defined())
+      low_res = req.low_res.index_select(0, torch::arange(first, first + n).remainder(req.low_res.size(0))).to(req.device);
     ModelFn fn;
     if (cond) {
       auto y = result.labels.slice(0, done, done + n).to(req.device);
@@ -136,6 +163,61 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   result.samples = torch::cat(parts, 0);
   if (was_training) net.train();
   return result;
+}
+
+torch::Tensor load_sample_folder(const std::string& dir, int64_t channels, int64_t image_size, bool say) {
+  ImageFolderOptions opt;
+  opt.image.channels = channels;
+  opt.image.image_size = image_size;
+  opt.image.labels = false;
+  opt.ignore_names = {"grid.png", "trajectory.png", "scatter.png"};  // what cmd_sample.cpp writes beside the samples
+  ImageFolderDataset ds(dir, opt);
+  if (say) std::cerr << "reading " << ds.describe() << "\n";  // stderr: stdout may be JSON
+  return load_examples(ds, 0);
+}
+
+namespace {
+
+LowResImages low_res_from_npz(const std::string& path, int64_t channels, int64_t size) {
+  const auto arrays = read_npz(path);
+  const auto images = arrays.find("arr_0");
+  if (images == arrays.end()) throw UsageError("'" + path + "': no arr_0 (the images) in the .npz");
+  const auto& x = images->second;
+  if (x.scalar_type() != torch::kByte || x.dim() != 4 || x.size(0) < 1 || x.size(1) != size || x.size(2) != size ||
+      x.size(3) != channels)
+    throw UsageError(fmt::format("'{}': arr_0 is {} {}; expected uint8 [N, {}, {}, {}] (N images of {}x{}, {} "
+                                 "channels last, as image_sample.py saves them)",
+                                 path, std::string(c10::toString(x.scalar_type())), shape_string(x.sizes().vec()), size, size,
+                                 channels, size, size, channels));
+  LowResImages r;
+  r.images = x.permute({0, 3, 1, 2}).to(torch::kFloat).div(127.5).sub(1.0).contiguous();
+  const auto labels = arrays.find("arr_1");
+  if (labels != arrays.end()) {
+    const auto& y = labels->second;
+    if (y.is_floating_point() || y.dim() != 1 || y.size(0) != x.size(0))
+      throw UsageError(fmt::format("'{}': arr_1 (the labels) is {} {}; expected {} integers", path,
+                                   std::string(c10::toString(y.scalar_type())), shape_string(y.sizes().vec()), x.size(0)));
+    const auto l = y.to(torch::kLong).contiguous();
+    r.labels.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel());
+  }
+  return r;
+}
+
+}  // namespace
+
+LowResImages load_low_res_images(const std::string& path, int64_t channels, int64_t size) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) {
+    if (!is_npz_file(path))
+      throw UsageError("--low-res '" + path + "': expected an image folder or an .npz of images (arr_0)");
+    return low_res_from_npz(path, channels, size);
+  }
+  LowResImages r;
+  r.images = load_sample_folder(path, channels, 0, false);
+  if (r.images.size(2) != size || r.images.size(3) != size)
+    throw UsageError(fmt::format("--low-res '{}': the images are {}x{}; the model upsamples {}x{} images", path,
+                                 r.images.size(3), r.images.size(2), size, size));
+  return r;
 }
 
 std::shared_ptr<Network> load_guidance_classifier(const std::string& path, const DataShape& shape,
@@ -167,6 +249,7 @@ GenerateResult generate_share(Network& net, const GaussianDiffusion& diffusion, 
                               const GenerateRequest& req, ProcessGroup& group) {
   const auto t0 = std::chrono::steady_clock::now();
   check_request(net, req.sample, req.classifier);
+  check_low_res(net, shape, req.low_res);
   const auto share = rank_slice(req.sample.num, group.rank(), group.world_size());
   GenerateResult r;
   if (share.size() > 0) {

@@ -173,4 +173,13 @@ TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfi
   return out;
 }
 
+TrainingLoss classifier_losses(const torch::Tensor& logits, const torch::Tensor& labels) {
+  if (logits.dim() != 2 || labels.dim() != 1 || labels.size(0) != logits.size(0))
+    throw std::invalid_argument("classifier_losses: expected logits [B, K] and labels [B]");
+  TrainingLoss out;
+  out.loss = torch::nn::functional::cross_entropy(
+      logits, labels.to(torch::kLong), torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  return out;
+}
+
 }  // namespace diffuse

@@ -39,6 +39,10 @@ struct FlagDef {
 // it from image_size, and an explicit one is accepted there too.
 const FlagDef kFlags[] = {
     {"image_size", Kind::Int, "64", "64"},
+    // sr_model_and_diffusion_defaults (super_res_sample.py): large_size replaces image_size. Empty
+    // here means "not a super-resolution model"; upstream's defaults are 256 and 64.
+    {"large_size", Kind::Int, "", ""},
+    {"small_size", Kind::Int, "", ""},
     {"num_channels", Kind::Int, "128", "128"},
     {"num_res_blocks", Kind::Int, "2", "2"},
     {"num_heads", Kind::Int, "4", "4"},
@@ -126,14 +130,22 @@ std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& 
   std::vector<int64_t> out;
   std::stringstream ss(v);
   std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.find('.') != std::string::npos)
-      throw UsageError(fmt::format("--{} {}: {} is not a whole number (diffuse's UNet has integer channel "
-                                   "multipliers, so the 512x512 model's 0.5 cannot be expressed)",
-                                   flag, v, item));
-    out.push_back(parse_int(flag, item));
-  }
+  while (std::getline(ss, item, ',')) out.push_back(parse_int(flag, item));
   if (out.empty()) throw UsageError(fmt::format("--{} '{}': expected a comma-separated list of integers", flag, v));
+  return out;
+}
+
+// --channel_mult: upstream takes integers only; diffuse also takes the fractions its 512x512
+// defaults use ("0.5,1,1,2,2,4,4").
+std::vector<double> parse_mult_list(const std::string& v) {
+  std::vector<double> out;
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    out.push_back(parse_float("channel_mult", item));
+    if (!(out.back() > 0)) throw UsageError(fmt::format("--channel_mult {}: {} is not a positive multiplier", v, item));
+  }
+  if (out.empty()) throw UsageError(fmt::format("--channel_mult '{}': expected a comma-separated list of numbers", v));
   return out;
 }
 
@@ -185,15 +197,21 @@ struct FlagValues {
   }
 };
 
-// Upstream's create_model: the levels of each supported image size.
-std::vector<int64_t> default_channel_mult(int64_t image_size, OpenAiFamily family) {
+// Upstream's create_model (sr_create_model for super-resolution): the levels of each image size
+// it knows.
+std::vector<double> default_channel_mult(int64_t image_size, OpenAiFamily family, bool super_res) {
+  const bool guided = family == OpenAiFamily::Guided;
+  if (super_res) {
+    if (image_size == 256 || (guided && image_size == 512)) return {1, 1, 2, 2, 4, 4};
+    if (image_size == 64) return {1, 2, 3, 4};
+    throw UsageError(fmt::format("--large_size {}: {}'s sr_create_model has no channel_mult for it; pass "
+                                 "--channel_mult", image_size, to_string(family)));
+  }
   if (image_size == 256) return {1, 1, 2, 2, 4, 4};
   if (image_size == 64) return {1, 2, 3, 4};
-  if (family == OpenAiFamily::Improved && image_size == 32) return {1, 2, 2, 2};
-  if (family == OpenAiFamily::Guided && image_size == 128) return {1, 1, 2, 3, 4};
-  if (family == OpenAiFamily::Guided && image_size == 512)
-    throw UsageError("--image_size 512: guided-diffusion's 512x512 model has a channel multiplier of 0.5, which "
-                     "diffuse's UNet (integer multipliers) cannot express");
+  if (!guided && image_size == 32) return {1, 2, 2, 2};
+  if (guided && image_size == 128) return {1, 1, 2, 3, 4};
+  if (guided && image_size == 512) return {0.5, 1, 1, 2, 2, 4, 4};
   throw UsageError(fmt::format("--image_size {}: {} has no default channel_mult for it; pass --channel_mult",
                                image_size, to_string(family)));
 }
@@ -210,6 +228,20 @@ std::vector<int64_t> attention_levels(const std::vector<int64_t>& resolutions, i
         out.push_back(image_size / ds);
   }
   return out;
+}
+
+// A super-resolution model's --large_size (its image size, returned) and --small_size (the
+// low-resolution input, model.low_res_size), both required.
+int64_t super_res_sizes(const FlagValues& f, ModelConfig& m) {
+  if (f.text("large_size").empty() || f.text("small_size").empty())
+    throw UsageError("a super-resolution model needs both --large_size and --small_size (super_res_sample.py's flags)");
+  const int64_t large = f.integer("large_size"), small = f.integer("small_size");
+  if (small < 1 || small >= large)
+    throw UsageError(fmt::format("--small_size {}: must be >= 1 and below --large_size {}", small, large));
+  if (f.has("use_new_attention_order") && f.boolean("use_new_attention_order"))
+    throw UsageError("--use_new_attention_order: sr_create_model builds super-resolution models without it");
+  m.low_res_size = small;
+  return large;
 }
 
 void set_sampling(Config& cfg, const FlagValues& f) {
@@ -268,13 +300,11 @@ void set_data(Config& cfg, int64_t image_size, bool class_labels) {
 }
 
 // guided-diffusion's create_classifier: the levels of each supported image size.
-std::vector<int64_t> classifier_channel_mult(int64_t image_size) {
+std::vector<double> classifier_channel_mult(int64_t image_size) {
+  if (image_size == 512) return {0.5, 1, 1, 2, 2, 4, 4};
   if (image_size == 256) return {1, 1, 2, 2, 4, 4};
   if (image_size == 128) return {1, 1, 2, 3, 4};
   if (image_size == 64) return {1, 2, 3, 4};
-  if (image_size == 512)
-    throw UsageError("--image_size 512: guided-diffusion's 512x512 classifier has a channel multiplier of 0.5, which "
-                     "diffuse's UNet (integer multipliers) cannot express");
   throw UsageError(fmt::format("--image_size {}: guided-diffusion's create_classifier knows 64, 128, 256 and 512; "
                                "pass --channel_mult for another size", image_size));
 }
@@ -297,11 +327,12 @@ Config openai_config(const std::vector<std::string>& flags, OpenAiFamily family)
   const FlagValues f{read_flags(flags, family)};
   Config cfg;
   ModelConfig& m = cfg.model;
-  const int64_t image_size = f.image_size();
+  const bool super_res = !f.text("large_size").empty() || !f.text("small_size").empty();
+  const int64_t image_size = super_res ? super_res_sizes(f, m) : f.image_size();
   m.type = ModelType::UNet;
   m.model_channels = f.integer("num_channels");
-  m.channel_mult = f.text("channel_mult").empty() ? default_channel_mult(image_size, family)
-                                                  : parse_int_list("channel_mult", f.text("channel_mult"));
+  m.channel_mult = f.text("channel_mult").empty() ? default_channel_mult(image_size, family, super_res)
+                                                  : parse_mult_list(f.text("channel_mult"));
   m.num_res_blocks = f.integer("num_res_blocks");
   m.attention_resolutions = attention_levels(parse_int_list("attention_resolutions", f.text("attention_resolutions")),
                                              image_size, m.channel_mult.size());
@@ -336,7 +367,7 @@ Config openai_classifier_config(const std::vector<std::string>& flags) {
   m.type = ModelType::Classifier;
   m.model_channels = f.integer("classifier_width");
   m.channel_mult = f.text("channel_mult").empty() ? classifier_channel_mult(image_size)
-                                                  : parse_int_list("channel_mult", f.text("channel_mult"));
+                                                  : parse_mult_list(f.text("channel_mult"));
   m.num_res_blocks = f.integer("classifier_depth");
   m.attention_resolutions = attention_levels(
       parse_int_list("classifier_attention_resolutions", f.text("classifier_attention_resolutions")), image_size,
@@ -349,10 +380,11 @@ Config openai_classifier_config(const std::vector<std::string>& flags) {
   m.resblock_updown = f.boolean("classifier_resblock_updown");
   m.conv_resample = true;
   const std::string& pool = f.text("classifier_pool");
-  if (pool != "attention" && pool != "adaptive")
-    throw UsageError(fmt::format("--classifier_pool {}: diffuse reads attention and adaptive pooling (the published "
-                                 "classifiers use attention); spatial and spatial_v2 are not implemented", pool));
-  m.pool = parse_classifier_pool(pool);
+  try {
+    m.pool = parse_classifier_pool(pool);
+  } catch (const UsageError&) {
+    throw UsageError(fmt::format("--classifier_pool {}: expected one of {}", pool, join(classifier_pool_names())));
+  }
   m.num_classes = kOpenAiClasses;
   m.class_cond = false;
   m.learn_sigma = false;

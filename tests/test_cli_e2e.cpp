@@ -91,6 +91,39 @@ TEST(CliTrain, PrintModelShowsParameterCount) {
   EXPECT_NE(r.out.find("Total parameters: 1,112,801"), std::string::npos) << r.out;
 }
 
+// A super-resolution model (model.low_res_size) trains on its images averaged down, draws its
+// periodic grid from the run's first images, samples from a folder of low-resolution images and
+// has a bound given them.
+TEST(CliEndToEnd, ASuperResolutionModelTrainsSamplesAndEvaluates) {
+  REQUIRE_FASHION_MNIST();
+  diffuse::test::TempDir dir;
+  const auto run = (dir.path() / "run").string();
+  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run +
+                       " --set model.low_res_size=7 --set diffusion.timesteps=20 --set train.steps=4"
+                       " --set train.sample_every=4 --set train.sample_num=4 --set train.sample_steps=3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(fs::path(run) / "samples" / "step_00000004.png")) << r.out;
+  fs::create_directories(dir.path() / "low");
+  for (int i = 0; i < 3; ++i)
+    diffuse::save_png((dir.path() / "low" / ("00000" + std::to_string(i) + ".png")).string(),
+                      torch::full({1, 7, 7}, 60 * i, torch::kUInt8));
+  const auto out = (dir.path() / "up").string();
+  r = run_diffuse("sample --checkpoint " + run + " --steps 3 --save-tensor --low-res " + (dir.path() / "low").string() +
+                  " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  torch::Tensor up;
+  torch::load(up, (fs::path(out) / "samples.pt").string());
+  EXPECT_EQ(up.sizes().vec(), (std::vector<int64_t>{3, 1, 28, 28}));
+  EXPECT_NE(diffuse::read_png_text((fs::path(out) / "000000.png").string())["low_res"].find("low"), std::string::npos);
+  r = run_diffuse("eval --checkpoint " + run + " --metrics bpd --num-images 4 --batch-size 4 --format json --out " +
+                  (dir.path() / "eval").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("given x averaged down to 7x7"), std::string::npos) << r.out;
+  expect_refused("eval --checkpoint " + run + " --metrics fid --num-samples 4 --inception /nonexistent.pth",
+                 {"super-resolution", "--low-res"});
+  expect_refused("sample --checkpoint " + run + " --steps 3 --out " + (dir.path() / "x").string(), {"--low-res"});
+}
+
 TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
   REQUIRE_FASHION_MNIST();
   diffuse::test::TempDir dir;

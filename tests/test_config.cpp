@@ -48,7 +48,7 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(model.type); CMP(model.model_channels); CMP(model.channel_mult); CMP(model.num_res_blocks);
   CMP(model.attention_resolutions); CMP(model.num_heads); CMP(model.num_head_channels); CMP(model.num_heads_upsample); CMP(model.use_new_attention_order); CMP(model.dropout);
   CMP(model.use_scale_shift_norm); CMP(model.resblock_updown); CMP(model.conv_resample); CMP(model.pool);
-  CMP(model.learn_sigma); CMP(model.class_cond); CMP(model.num_classes); CMP(model.p_uncond);
+  CMP(model.learn_sigma); CMP(model.low_res_size); CMP(model.class_cond); CMP(model.num_classes); CMP(model.p_uncond);
   CMP(model.hidden); CMP(model.num_blocks);
   CMP(diffusion.schedule); CMP(diffusion.timesteps); CMP(diffusion.beta_start); CMP(diffusion.beta_end);
   CMP(diffusion.cosine_s); CMP(diffusion.betas); CMP(diffusion.betas_file); CMP(diffusion.zero_terminal_snr); CMP(diffusion.rescale_timesteps);
@@ -81,7 +81,7 @@ Config all_changed() {
   auto& m = c.model;
   m.type = ModelType::Mlp;
   m.model_channels = 96;
-  m.channel_mult = {1, 2, 3, 4};
+  m.channel_mult = {0.5, 2, 3, 4};
   m.num_res_blocks = 3;
   m.attention_resolutions = {16, 8};
   m.num_heads = 8;
@@ -93,6 +93,7 @@ Config all_changed() {
   m.resblock_updown = true;
   m.conv_resample = false;
   m.learn_sigma = true;
+  m.low_res_size = 14;
   m.class_cond = true;
   m.num_classes = 10;
   m.p_uncond = 0.2;
@@ -234,7 +235,7 @@ train:
 eval:
   metrics: toy          # a single value is a one-entry list
 )");
-  EXPECT_EQ(c.model.channel_mult, (std::vector<int64_t>{1, 2, 4}));
+  EXPECT_EQ(c.model.channel_mult, (std::vector<double>{1, 2, 4}));
   EXPECT_TRUE(c.model.learn_sigma);
   EXPECT_EQ(c.diffusion.schedule, ScheduleKind::Cosine);
   EXPECT_EQ(c.diffusion.prediction, Prediction::Epsilon);
@@ -293,7 +294,7 @@ TEST(ConfigErrors, WrongType) {
   EXPECT_CONTAINS(parse_error("train:\n  lr: -inf\n"), "train.lr: expected a finite number");
   EXPECT_CONTAINS(parse_error("train:\n  device: {a: 1}\n"), "train.device: expected a string, got a map");
   EXPECT_CONTAINS(parse_error("model:\n  channel_mult: [1, x]\n"),
-                  "model.channel_mult: entry [1]: expected an integer, got 'x'");
+                  "model.channel_mult: entry [1]: expected a number, got 'x'");
   EXPECT_CONTAINS(parse_error("model:\n  channel_mult: {a: 1}\n"), "model.channel_mult: expected a list");
 }
 
@@ -303,7 +304,7 @@ TEST(ConfigErrors, OutOfRange) {
   EXPECT_CONTAINS(parse_error("model:\n  dropout: 1\n"), "model.dropout: must be in [0, 1), got 1");
   EXPECT_CONTAINS(parse_error("train:\n  lr: 0\n"), "train.lr: must be > 0, got 0");
   EXPECT_CONTAINS(parse_error("model:\n  channel_mult: []\n"), "model.channel_mult: must not be empty");
-  EXPECT_CONTAINS(parse_error("model:\n  channel_mult: [1, 0]\n"), "model.channel_mult: entry [1] must be >= 1, got 0");
+  EXPECT_CONTAINS(parse_error("model:\n  channel_mult: [1, 0]\n"), "model.channel_mult: entry [1] must be > 0, got 0");
   EXPECT_CONTAINS(parse_error("data:\n  channels: 2\n"), "data.channels: must be one of 0, 1, 3, got 2");
   EXPECT_CONTAINS(parse_error("diffusion:\n  beta_end: 1.5\n"),
                   "diffusion.beta_end: must be < 0 (default) or in (0, 1]");
@@ -382,7 +383,7 @@ TEST(ConfigOverride, SetsScalarsListsAndEnums) {
   apply_override(c, "train.lr=2e-4");
   EXPECT_EQ(c.train.lr, 2e-4);
   apply_override(c, "model.channel_mult=[1,2,2,4]");
-  EXPECT_EQ(c.model.channel_mult, (std::vector<int64_t>{1, 2, 2, 4}));
+  EXPECT_EQ(c.model.channel_mult, (std::vector<double>{1, 2, 2, 4}));
   apply_override(c, "eval.metrics=[bpd, fid]");
   EXPECT_EQ(c.eval.metrics, (std::vector<std::string>{"bpd", "fid"}));
   apply_override(c, "model.attention_resolutions=[]");
@@ -481,7 +482,7 @@ TEST(ConfigYaml, WritesEveryKeyOnceInTableOrder) {
   EXPECT_EQ(root["data"]["path"].as<std::string>(), all_changed().data.path);
   EXPECT_EQ(root["diffusion"]["betas_file"].as<std::string>(), all_changed().diffusion.betas_file);
   EXPECT_EQ(root["eval"]["reference"].as<std::string>(), "null");
-  EXPECT_EQ(root["model"]["channel_mult"].as<std::vector<int64_t>>(), (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(root["model"]["channel_mult"].as<std::vector<double>>(), (std::vector<double>{0.5, 2, 3, 4}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,7 +699,7 @@ TEST(ConfigDocs, ReferenceListsEveryKeyWithItsDefault) {
   const std::string md = config_reference_markdown();
   for (const auto& key : config_keys()) EXPECT_CONTAINS(md, "| `" + key + "` |");
   EXPECT_CONTAINS(md, "| `train.lr` | number, > 0 | `0.0002` |");
-  EXPECT_CONTAINS(md, "| `model.channel_mult` | non-empty list of integers, each >= 1 | `[1, 2, 2]` |");
+  EXPECT_CONTAINS(md, "| `model.channel_mult` | non-empty list of numbers, each > 0 | `[1, 2, 2]` |");
 }
 
 // docs/config.md holds config_reference_markdown() between two markers; scripts/update-docs.sh

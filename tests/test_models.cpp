@@ -9,6 +9,7 @@
 #include "diffuse/models/layers.h"
 #include "diffuse/models/mlp.h"
 #include "diffuse/models/network.h"
+#include "diffuse/models/super_res.h"
 #include "diffuse/models/unet.h"
 
 using namespace diffuse;
@@ -177,4 +178,35 @@ TEST(Models, SiluOwnedIsInPlaceOnlyWithoutAutograd) {
   const auto sc = silu_owned(c);
   EXPECT_EQ(sc.data_ptr(), c.data_ptr());  // in place
   EXPECT_TRUE(torch::allclose(sc, c_before * torch::sigmoid(c_before)));
+}
+
+TEST(SuperRes, AreaDownsamplingIsTheBlockMeanAndTheInputStacksTheUpsampledImage) {
+  torch::manual_seed(4);
+  const auto x = torch::randn({2, 3, 12, 12});
+  // 12 -> 4: the mean of each 3x3 block.
+  const auto blocks = x.view({2, 3, 4, 3, 4, 3}).mean({3, 5});
+  EXPECT_LT((downsample_area(x, 4) - blocks).abs().max().item<double>(), 1e-6);
+  ModelConfig m;
+  m.channel_mult = {1, 1};
+  m.model_channels = 32;
+  m.num_res_blocks = 1;
+  m.low_res_size = 4;
+  const UNetOptions o = UNetOptions::from_config(m, /*image_size=*/12, /*in_channels=*/3, /*out_channels=*/3, 0);
+  EXPECT_EQ(o.in_channels, 6);  // x_t and the upsampled image
+  UNet net(o);
+  EXPECT_EQ(net.low_res_size(), 4);
+  // A constant image upsamples to the same constant; the input is [x_t, upsampled].
+  const auto flat = torch::full({2, 3, 4, 4}, 0.25);
+  const auto in = network_input(net, x, flat);
+  EXPECT_EQ(in.sizes().vec(), (std::vector<int64_t>{2, 6, 12, 12}));
+  EXPECT_TRUE(torch::equal(in.slice(1, 0, 3), x));
+  EXPECT_LT((in.slice(1, 3, 6) - 0.25).abs().max().item<double>(), 1e-7);
+  // A guided batch of two copies of x_t repeats the low-resolution images.
+  EXPECT_EQ(network_input(net, torch::cat({x, x}), flat).size(0), 4);
+  EXPECT_THROW(network_input(net, x, torch::Tensor()), std::invalid_argument);
+  EXPECT_THROW(network_input(net, x, torch::zeros({2, 3, 5, 5})), std::invalid_argument);
+  m.low_res_size = 0;
+  UNet plain(UNetOptions::from_config(m, 12, 3, 3, 0));
+  EXPECT_THROW(network_input(plain, x, flat), std::invalid_argument);
+  EXPECT_TRUE(network_input(plain, x, torch::Tensor()).is_same(x));
 }

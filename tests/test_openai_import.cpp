@@ -3,6 +3,7 @@
 // it wrote import through the flags it was given, and the imported network reproduces upstream's
 // outputs, one reverse step and the bound's term on them; the flags of every published model map
 // to what the upstream scripts build.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -15,9 +16,11 @@
 
 #include "diffuse/error.h"
 #include "diffuse/factory.h"
+#include "diffuse/generate.h"
 #include "diffuse/image_io.h"
 #include "diffuse/losses.h"
 #include "diffuse/models/network.h"
+#include "diffuse/models/super_res.h"
 #include "diffuse/models/unet.h"
 #include "diffuse/openai_checkpoint.h"
 #include "diffuse/safetensors.h"
@@ -44,7 +47,10 @@ struct Fixture {
 };
 const Fixture kFixtures[] = {{"improved_cosine4000", OpenAiFamily::Improved},
                              {"guided_cond_newattn", OpenAiFamily::Guided},
-                             {"guided_xstart_heads", OpenAiFamily::Guided}};
+                             {"guided_xstart_heads", OpenAiFamily::Guided},
+                             {"guided_half_mult", OpenAiFamily::Guided},
+                             {"guided_superres", OpenAiFamily::Guided},
+                             {"improved_superres", OpenAiFamily::Improved}};
 
 struct Imported {
   Config cfg;
@@ -72,9 +78,10 @@ TEST(OpenAiImport, TheImportedNetworkReproducesUpstreamOutputsAndReverseStep) {
     const TorchSaveFile io = load_torch_save(reference(std::string(f.name) + ".io.pt"));
     const auto x = get(io, "x"), t = get(io, "t");
     const torch::Tensor y = io.find("y") ? get(io, "y") : torch::Tensor();
+    const torch::Tensor low_res = io.find("low_res") ? get(io, "low_res") : torch::Tensor();
     // The network rescales t itself (rescale_timesteps in the first fixture); the fixture's out
     // is upstream's model at the timesteps its diffusion feeds it.
-    const auto out = m.net->forward(x, t, y);
+    const auto out = m.net->forward(network_input(*m.net, x, low_res), t, y);
     EXPECT_LT(relative_error(out, get(io, "out")), 1e-5);
 
     const GaussianDiffusion diffusion = make_diffusion(m.cfg);
@@ -116,6 +123,27 @@ TEST(OpenAiImport, EveryOptionOfTheFixturesIsInUse) {
   EXPECT_EQ(c.diffusion.prediction, Prediction::X0);
   EXPECT_EQ(c.diffusion.variance, VarianceType::FixedLarge);
   EXPECT_EQ(c.model.num_heads_upsample, 2);
+  const Config h = import_fixture(kFixtures[3]).cfg, g = import_fixture(kFixtures[4]).cfg,
+               i = import_fixture(kFixtures[5]).cfg;
+  EXPECT_EQ(h.model.channel_mult, (std::vector<double>{0.5, 1}));
+  EXPECT_EQ(g.model.low_res_size, 8);
+  EXPECT_EQ(g.data.image_size, 16);
+  EXPECT_EQ(g.model.num_classes, 1000);
+  EXPECT_TRUE(g.model.resblock_updown);
+  EXPECT_EQ(i.model.low_res_size, 4);
+  EXPECT_TRUE(i.diffusion.rescale_timesteps);
+  EXPECT_EQ(make_model(g, DataShape{{3, 16, 16}, 1000})->in_channels(), 6);
+  {
+    // improved_superres's output depends on t (scale-shift norm), so its fixture checks
+    // rescale_timesteps; improved_cosine4000's cannot (one channel per GroupNorm group removes
+    // an added time embedding).
+    torch::NoGradGuard no_grad;
+    const Imported sr = import_fixture(kFixtures[5]);
+    const TorchSaveFile io = load_torch_save(reference("improved_superres.io.pt"));
+    sr.net->set_timestep_scale(1.0);
+    const auto unscaled = sr.net->forward(network_input(*sr.net, get(io, "x"), get(io, "low_res")), get(io, "t"));
+    EXPECT_GT(relative_error(unscaled, get(io, "out")), 1e-3);
+  }
   EXPECT_EQ(load_torch_save(reference("improved_cosine4000.pt")).format, "zip");
   const auto legacy = load_torch_save(reference("guided_cond_newattn.pt"));
   EXPECT_EQ(legacy.format, "legacy");
@@ -135,7 +163,7 @@ TEST(OpenAiImport, LegacyAndNewAttentionOrdersDifferOnlyInLayout) {
 TEST(OpenAiImport, PublishedFlagsMapToWhatTheUpstreamScriptsBuild) {
   std::ifstream in(reference("published.json"));
   const auto facts = nlohmann::json::parse(in);
-  ASSERT_GE(facts.size(), 11u);
+  ASSERT_GE(facts.size(), 14u);
   int built = 0;
   for (const auto& e : facts) {
     const std::string flags = e["flags"];
@@ -144,7 +172,9 @@ TEST(OpenAiImport, PublishedFlagsMapToWhatTheUpstreamScriptsBuild) {
     const Config cfg = openai_config({flags}, family);
     const ModelConfig& m = cfg.model;
     EXPECT_EQ(m.model_channels, e["model_channels"].get<int64_t>());
-    EXPECT_EQ(m.channel_mult, e["channel_mult"].get<std::vector<int64_t>>());
+    EXPECT_EQ(m.channel_mult, e["channel_mult"].get<std::vector<double>>());
+    EXPECT_EQ(m.low_res_size, e["low_res_size"].get<int64_t>());
+    EXPECT_EQ(m.low_res_size > 0 ? 6 : 3, e["in_channels"].get<int64_t>());
     EXPECT_EQ(m.num_res_blocks, e["num_res_blocks"].get<int64_t>());
     std::set<int64_t> ours(m.attention_resolutions.begin(), m.attention_resolutions.end()), theirs;
     for (int64_t ds : e["attention_downsample"].get<std::vector<int64_t>>())
@@ -210,7 +240,10 @@ TEST(OpenAiImport, BadFlagsAndMismatchedFilesAreNamed) {
   EXPECT_HAS(message([] { openai_config({"--image_size 32 --lr 1e-4"}, OpenAiFamily::Improved); }), ("--lr is not one of improved-diffusion's model, diffusion or sampling flags"));
   EXPECT_HAS(message([] { openai_config({"--image_size 32 --resblock_updown True"}, OpenAiFamily::Improved); }), ("--resblock_updown"));
   EXPECT_HAS(message([] { openai_config({"--learn_sigma", "maybe"}, OpenAiFamily::Guided); }), ("--learn_sigma maybe: expected a boolean"));
-  EXPECT_HAS(message([] { openai_config({"--image_size 512"}, OpenAiFamily::Guided); }), ("0.5"));
+  EXPECT_HAS(message([] { openai_config({"--image_size 16 --channel_mult 1,0"}, OpenAiFamily::Guided); }), ("--channel_mult 1,0: 0 is not a positive multiplier"));
+  EXPECT_HAS(message([] { openai_config({"--large_size 64"}, OpenAiFamily::Guided); }), ("needs both --large_size and --small_size"));
+  EXPECT_HAS(message([] { openai_config({"--large_size 64 --small_size 64"}, OpenAiFamily::Guided); }), ("--small_size 64: must be >= 1 and below --large_size 64"));
+  EXPECT_HAS(message([] { openai_config({"--large_size 128 --small_size 32"}, OpenAiFamily::Improved); }), ("--large_size 128"));
   EXPECT_HAS(message([] { openai_config({"--image_size 48"}, OpenAiFamily::Improved); }), ("--image_size 48"));
   EXPECT_HAS(message([] { openai_config({"--noise_schedule sigmoid --image_size 32"}, OpenAiFamily::Improved); }), ("--noise_schedule sigmoid"));
   EXPECT_HAS(message([] { openai_config({"--num_channels=abc --image_size 32"}, OpenAiFamily::Improved); }), ("--num_channels abc: expected an integer"));
@@ -311,4 +344,58 @@ TEST(OpenAiImport, TheBoundOfAConditionalModelIsGivenTheImagesLabels) {
   }
   EXPECT_TRUE(std::isfinite(totals[0]) && std::isfinite(totals[1]));
   EXPECT_GT(std::abs(totals[0] - totals[1]), 1e-6) << totals[0];
+}
+
+TEST(OpenAiImport, TheUpsamplerSamplesFromAnNpzOrAFolderOfLowResolutionImages) {
+  // guided_superres.base.npz is the fixture's low_res as image_sample.py saves samples (uint8
+  // NHWC arr_0, labels arr_1), the --base_samples of super_res_sample.py.
+  TempDir dir;
+  const std::string ckpt = (dir.path() / "up.pt").string(), npz = reference("guided_superres.base.npz");
+  auto r = run_diffuse("import " + reference("guided_superres.pt") + " --from guided-diffusion --flags '" +
+                       first_line(reference("guided_superres.flags")) + "' --out " + ckpt);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const TorchSaveFile io = load_torch_save(reference("guided_superres.io.pt"));
+  const LowResImages base = load_low_res_images(npz, 3, 8);
+  EXPECT_LT(relative_error(base.images, get(io, "low_res")), 1e-7);
+  EXPECT_EQ(base.labels, (std::vector<int64_t>{1, 998}));
+  EXPECT_THROW(load_low_res_images(npz, 3, 4), UsageError);  // the images are 8x8
+
+  const auto sample = [&](const std::string& name, const std::string& extra) {
+    const auto out = (dir.path() / name).string();
+    const auto res = run_diffuse("sample --checkpoint " + ckpt + " --steps 2 --seed 3 --save-tensor --out " + out +
+                                 " " + extra);
+    EXPECT_EQ(res.exit_code, 0) << res.err;
+    torch::Tensor t;
+    if (res.exit_code == 0) torch::load(t, out + "/samples.pt");
+    return t;
+  };
+  // --num defaults to the images' count and the labels come from arr_1.
+  const auto from_npz = sample("npz", "--low-res " + npz);
+  ASSERT_EQ(from_npz.size(0), 2);
+  EXPECT_EQ(read_png_text((dir.path() / "npz" / "000001.png").string()).at("label"), "998");
+  // The same images as a folder of PNGs (as a base model's `diffuse sample` writes them), with
+  // the labels given: the same samples, bit for bit.
+  const auto u8 = ((base.images + 1) * 127.5).round().to(torch::kUInt8);
+  std::filesystem::create_directories(dir.path() / "low");
+  std::filesystem::create_directories(dir.path() / "swapped");
+  for (int i = 0; i < 2; ++i) {
+    save_png((dir.path() / "low" / fmt::format("{:06d}.png", i)).string(), u8[i]);
+    save_png((dir.path() / "swapped" / fmt::format("{:06d}.png", 1 - i)).string(), u8[i]);
+  }
+  save_grid((dir.path() / "low" / "grid.png").string(), base.images);  // left out, as diffuse sample's own
+  const auto from_folder = sample("folder", "--low-res " + (dir.path() / "low").string() + " --label 1 998");
+  ASSERT_TRUE(from_folder.defined());
+  EXPECT_TRUE(torch::equal(from_folder, from_npz));
+  // Each sample is conditioned on its own image: swapping the images changes sample 0.
+  const auto swapped = sample("swapped_out", "--low-res " + (dir.path() / "swapped").string() + " --label 1 998");
+  ASSERT_TRUE(swapped.defined());
+  EXPECT_GT((swapped[0] - from_npz[0]).abs().max().item<double>(), 1e-3);
+
+  r = run_diffuse("sample --checkpoint " + ckpt + " --steps 2 --out " + (dir.path() / "none").string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_HAS(r.err, "--low-res");
+  r = run_diffuse("sample --checkpoint " + ckpt + " --steps 2 --low-res " + npz + " --out " +
+                  (dir.path() / "x").string() + " --set model.low_res_size=4");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_HAS(r.err, "arr_0");
 }

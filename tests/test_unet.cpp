@@ -178,7 +178,8 @@ TEST(UNet, OutputShapesForSeveralSizes) {
   torch::manual_seed(0);
   struct Case {
     int64_t size, channels, out;
-    std::vector<int64_t> mult, attn;
+    std::vector<double> mult;
+    std::vector<int64_t> attn;
   };
   for (const Case& c : {Case{28, 1, 1, {1, 2, 2}, {7}}, Case{32, 3, 6 /* learn_sigma */, {1, 2, 2, 2}, {16, 4}},
                         Case{16, 3, 3, {1, 2}, {}}}) {
@@ -359,6 +360,8 @@ TEST(UNet, BadConfigsThrowUsageErrorNamingTheKey) {
   bad([](UNetOptions& o) { o.channel_mult = {1, 3, 2}; o.model_channels = 16; }, "model.model_channels");
   bad([](UNetOptions& o) { o.model_channels = 32; o.channel_mult = {1, 2, 0}; }, "model.channel_mult");
   bad([](UNetOptions& o) { o.channel_mult = {}; }, "model.channel_mult");
+  bad([](UNetOptions& o) { o.channel_mult = {1, 2.01, 2}; }, "channels; expected a whole number >= 1");
+  bad([](UNetOptions& o) { o.channel_mult = {1, 2.5, 2}; o.model_channels = 32; }, "model.channel_mult: level 1 has 2.5 x 32 = 80 channels, not a multiple of 32");
   bad([](UNetOptions& o) { o.num_heads = 3; }, "model.num_heads: 3 heads do not divide the 64 channels of the 7x7 level");
   bad([](UNetOptions& o) { o.num_head_channels = 48; }, "model.num_head_channels");
   bad([](UNetOptions& o) { o.dropout = 1.0; }, "model.dropout");
@@ -499,4 +502,21 @@ TEST(UNet, ForwardMatchesStraightforwardReference) {
       EXPECT_GT(expected.abs().max().item<float>(), 1e-2f);
       EXPECT_LT((got - expected).abs().max().item<float>(), 1e-5f) << "ssn=" << ssn << " updown=" << updown;
     }
+}
+
+TEST(UNet, FractionalMultipliersMakeWholeChannelCounts) {
+  // guided-diffusion's 512x512 model starts at 0.5 x model_channels (int(mult * model_channels)).
+  UNetOptions o = small16();
+  o.out_channels = 3;
+  o.model_channels = 64;
+  o.channel_mult = {0.5, 1.5};  // 32 and 96 channels; the 8x8 attention has 2 heads of 48
+  UNet net(o);
+  const auto params = net.named_parameters();
+  EXPECT_EQ(params["input_blocks.0.0.weight"].sizes().vec(), (std::vector<int64_t>{32, 3, 3, 3}));
+  EXPECT_EQ(params["input_blocks.3.0.out_layers.3.weight"].size(0), 96);
+  EXPECT_EQ(params["out.2.weight"].sizes().vec(), (std::vector<int64_t>{3, 32, 3, 3}));
+  EXPECT_EQ(unet_level_channels(256, 0.5), 128);
+  torch::NoGradGuard g;
+  EXPECT_EQ(net.forward(torch::randn({2, 3, 16, 16}), torch::tensor({1.0f, 2.0f})).sizes().vec(),
+            (std::vector<int64_t>{2, 3, 16, 16}));
 }

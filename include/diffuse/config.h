@@ -23,8 +23,9 @@ std::vector<std::string> model_type_names();
 
 // The classifier's head: attention pooling over the last level (CLIP's AttentionPool2d, the
 // published classifiers') or the spatial mean and a 1x1 convolution.
-enum class ClassifierPool { Attention, Adaptive };
-ClassifierPool parse_classifier_pool(const std::string& name);  // attention, adaptive
+// The noisy-image classifier's head (guided-diffusion's EncoderUNetModel pool).
+enum class ClassifierPool { Attention, Adaptive, Spatial, SpatialV2 };
+ClassifierPool parse_classifier_pool(const std::string& name);  // attention, adaptive, spatial, spatial_v2
 std::string to_string(ClassifierPool v);
 std::vector<std::string> classifier_pool_names();
 
@@ -42,7 +43,9 @@ struct ModelConfig {
   ModelType type = ModelType::UNet;
   // UNet: names and meaning as improved-diffusion's UNetModel / script flags.
   int64_t model_channels = 64;
-  std::vector<int64_t> channel_mult = {1, 2, 2};
+  // Per level; a level has model_channels * mult channels, a whole number (guided-diffusion's
+  // 512x512 model starts at 0.5).
+  std::vector<double> channel_mult = {1, 2, 2};
   int64_t num_res_blocks = 2;
   // Resolutions (feature-map sizes, e.g. [7] for the 7x7 level of a 28x28 input) that get
   // self-attention, as improved-diffusion's --attention_resolutions flag (not downsample factors).
@@ -56,6 +59,9 @@ struct ModelConfig {
   bool resblock_updown = false;
   bool conv_resample = true;
   bool learn_sigma = false;  // 2x output channels; validate() requires diffusion.variance learned*
+  // Super-resolution (the SuperResModel of improved- and guided-diffusion): > 0 conditions the
+  // UNet on a low_res_size x low_res_size version of the image, upsampled and stacked on x_t.
+  int64_t low_res_size = 0;
   // Class conditioning: a label embedding added to the time embedding. num_classes = 0 takes
   // the dataset's class count. Labels are replaced by the null label with probability p_uncond
   // during training, so classifier-free guidance works at sampling time.

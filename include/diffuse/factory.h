@@ -38,7 +38,7 @@ DataShape data_shape(const Dataset& dataset, const DataConfig& cfg);
 std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data);
 
 // UsageError naming `origin` when cfg's model is not a denoising network (model.type classifier:
-// it guides sampling, through sample.classifier; diffuse does not train one).
+// it guides sampling, through sample.classifier), where sample or eval expects one.
 void require_denoiser(const Config& cfg, const std::string& origin);
 
 }  // namespace diffuse

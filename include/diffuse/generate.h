@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "diffuse/config.h"
 #include "diffuse/factory.h"
@@ -25,6 +26,9 @@ struct GenerateRequest {
   // Classifier guidance at sample.classifier_scale (load_guidance_classifier); null = none. The
   // labels are the model's, or (unconditional model) chosen as labels_for over its classes.
   Network* classifier = nullptr;
+  // Super-resolution models: low-resolution images [N, C, s, s] in [-1, 1]; the sample of global
+  // index g upsamples row g mod N. Undefined for other models.
+  torch::Tensor low_res;
   // After each batch: samples done so far, total.
   std::function<void(int64_t done, int64_t total)> on_batch;
   // Before each sampler step of each batch (trajectories); `first` is the batch's first index.
@@ -55,6 +59,23 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
 // classifier, or when its image size, channels or noise schedule differ from the model's.
 std::shared_ptr<Network> load_guidance_classifier(const std::string& path, const DataShape& shape,
                                                   const GaussianDiffusion& diffusion, const torch::Device& device);
+// An image folder as `diffuse sample` writes it (its numbered PNGs in index order, without the
+// grid.png, trajectory.png and scatter.png beside them) or any other: [N, C, S, S] in [-1, 1] on
+// the 8-bit grid with C = shape's channels and S its size (0: the first image's). `say` prints
+// what is read (stderr).
+torch::Tensor load_sample_folder(const std::string& dir, int64_t channels, int64_t image_size, bool say);
+
+// What a super-resolution model upsamples.
+struct LowResImages {
+  torch::Tensor images;         // [N, C, s, s] float32 in [-1, 1]
+  std::vector<int64_t> labels;  // the file's labels (an .npz's arr_1), empty when it has none
+};
+// The low-resolution images of `path`: an image folder (load_sample_folder; a base model's
+// `diffuse sample` output), or an .npz whose arr_0 is uint8 [N, s, s, C] and arr_1 its labels, as
+// improved- and guided-diffusion's image_sample.py write it (super_res_sample.py's
+// --base_samples). UsageError naming the file when the images are not C channels of s x s.
+LowResImages load_low_res_images(const std::string& path, int64_t channels, int64_t size);
+
 // Data-parallel generation: rank r of `group` makes the samples rank_slice(num, r, world) of the
 // request (indices first_index + begin .. first_index + end - 1), in batches of batch_size. A
 // rank whose share is empty still checks the request (so every rank refuses a bad one alike) and

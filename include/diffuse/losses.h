@@ -92,4 +92,9 @@ TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfi
                              const torch::Tensor& model_output, const torch::Tensor& x0, const torch::Tensor& x_t,
                              const torch::Tensor& t, const torch::Tensor& noise);
 
+// A noisy-image classifier's loss (guided-diffusion's classifier_train.py): the cross-entropy of
+// its logits [B, K] at x_t against the labels [B] (int64 in 0..K-1) in `loss`; mse and vb
+// undefined.
+TrainingLoss classifier_losses(const torch::Tensor& logits, const torch::Tensor& labels);
+
 }  // namespace diffuse

@@ -30,7 +30,8 @@ std::vector<std::string> openai_family_names();
 // fixed_large unless sigma_small, the loss their LossType would be, sampling as their
 // image_sample.py (ddpm, or ddim with use_ddim; timestep_respacing). Tokens may hold several
 // flags separated by spaces. UsageError naming the flag for an unknown flag, a bad value or a
-// setting diffuse cannot express (the 512x512 model's channel_mult of 0.5).
+// setting diffuse cannot express. --large_size and --small_size (super_res_sample.py) make the
+// super-resolution model (model.low_res_size), with sr_create_model's channel_mult.
 Config openai_config(const std::vector<std::string>& flags, OpenAiFamily family);
 
 // guided-diffusion's classifier_sample.py flags (its classifier_* flags, image_size, the diffusion

@@ -36,7 +36,7 @@ struct SampleOptions {
   int64_t num = 64, batch_size = 64, steps = 50, trajectory = 0, nrow = 0, first_index = 0;
   uint64_t seed = 0;
   std::string sampler = "ddim", spacing, weights = "ema", device = "auto", sigmas = "karras", precision = "fp32";
-  std::string classifier;
+  std::string classifier, low_res;
   double eta = -1.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0, classifier_scale = 1.0;
   std::vector<int64_t> labels;
   bool no_clip = false, save_tensor = false, no_images = false;
@@ -108,6 +108,17 @@ int run_sample(const SampleOptions& o) {
   const auto device = rank_device(o.device, env);
   const auto& shape = reader.meta().data;
 
+  // Super-resolution: the images to upsample, by default all of them once; a file's labels
+  // (arr_1) condition a class-conditional model unless --label is given.
+  LowResImages low_res;
+  if (!o.low_res.empty()) {
+    if (cfg.model.low_res_size == 0)
+      throw UsageError("--low-res: '" + path + "' is not a super-resolution model (model.low_res_size 0)");
+    low_res = load_low_res_images(o.low_res, shape.shape.at(0), cfg.model.low_res_size);
+    if (o.cmd->count("--num") == 0) cfg.sample.num = low_res.images.size(0);
+    if (o.cmd->count("--label") == 0 && cfg.model.class_cond && !low_res.labels.empty())
+      cfg.sample.labels = low_res.labels;
+  }
   auto [net, ema] = load_network(reader, cfg, s.use_ema, device);
   if (s.use_ema && !ema) std::cerr << "diffuse: " << path << " has no EMA weights; using the raw weights\n";
   auto diffusion = make_diffusion(cfg);
@@ -127,6 +138,7 @@ int run_sample(const SampleOptions& o) {
   req.device = device;
   req.first_index = o.first_index;
   req.classifier = classifier.get();
+  req.low_res = low_res.images;
   const int64_t batches = (share.size() + s.batch_size - 1) / s.batch_size;
   // The bar counts sampler steps over all of rank 0's batches (the step count is known at the
   // first step).
@@ -194,6 +206,7 @@ int run_sample(const SampleOptions& o) {
                                           {"guidance_scale", fmt::format("{}", s.guidance_scale)},
                                           {"precision", resolve_precision(s.precision, device)}};
   if (!s.spacing.empty()) meta["spacing"] = s.spacing;
+  if (!o.low_res.empty()) meta["low_res"] = fs::absolute(o.low_res).lexically_normal().string();
   if (classifier) {
     meta["classifier"] = fs::canonical(s.classifier).string();
     meta["classifier_scale"] = fmt::format("{}", s.classifier_scale);
@@ -274,6 +287,10 @@ void add_sample_command(CLI::App& app, Action& action) {
                   "Classifier guidance: a noisy-image classifier checkpoint (diffuse import --classifier)");
   cmd->add_option("--classifier-scale", o->classifier_scale, "Classifier guidance: the gradient's scale (default 1)")
       ->check(at_least(0));
+  cmd->add_option("--low-res", o->low_res,
+                  "Super-resolution: the images to upsample, an image folder (e.g. a base model's samples) or an "
+                  ".npz of uint8 NHWC images (arr_0, labels arr_1) as image_sample.py writes; sample i upsamples "
+                  "image i (cycled); --num defaults to their count");
   cmd->add_flag("--no-clip", o->no_clip, "Do not clip the predicted x0 to [-1, 1]");
   cmd->add_option("--dynamic-threshold", o->dynamic_threshold, "Imagen dynamic thresholding percentile (0 = off)")
       ->check(CLI::Range(0.0, 1.0));

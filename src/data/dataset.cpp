@@ -92,4 +92,20 @@ std::shared_ptr<Dataset> make_dataset(const DataConfig& cfg, uint64_t seed) {
   return ds;
 }
 
+torch::Tensor load_examples(const Dataset& ds, int64_t limit, torch::Tensor* labels) {
+  const int64_t n = limit > 0 ? std::min(limit, ds.size()) : ds.size();
+  std::vector<torch::Tensor> xs;
+  std::vector<int64_t> ys;
+  xs.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    auto e = ds.get(i);
+    xs.push_back(e.x);
+    ys.push_back(e.label);
+  }
+  if (labels) *labels = torch::tensor(ys, torch::kLong);
+  auto x = torch::stack(xs);
+  if (x.dim() == 4) x = torch::round((x + 1.0) * 127.5).clamp(0, 255) / 127.5 - 1.0;
+  return x;
+}
+
 }  // namespace diffuse

@@ -21,6 +21,7 @@
 #include "diffuse/generate.h"
 #include "diffuse/image_io.h"
 #include "diffuse/models/network.h"
+#include "diffuse/models/super_res.h"
 #include "diffuse/progress.h"
 #include "diffuse/samplers/noise_source.h"
 
@@ -62,41 +63,9 @@ Series line(std::string label, std::vector<double> x, std::vector<double> y) {
 
 std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
-// Images of a dataset, [N, ...], N = min(limit, size) (limit 0 = all), on the 8-bit grid; their
-// labels into `labels` when asked ([N] int64, -1 where the dataset has none).
-torch::Tensor load_examples(const Dataset& ds, int64_t limit, torch::Tensor* labels = nullptr) {
-  const int64_t n = limit > 0 ? std::min(limit, ds.size()) : ds.size();
-  std::vector<torch::Tensor> xs;
-  std::vector<int64_t> ys;
-  xs.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    auto e = ds.get(i);
-    xs.push_back(e.x);
-    ys.push_back(e.label);
-  }
-  if (labels) *labels = torch::tensor(ys, torch::kLong);
-  auto x = torch::stack(xs);
-  // The decoder term is a likelihood of 8-bit data: snap to the 256 levels (resizing may have
-  // moved pixels off them).
-  if (x.dim() == 4) x = torch::round((x + 1.0) * 127.5).clamp(0, 255) / 127.5 - 1.0;
-  return x;
-}
-
-// An image folder measured against (or as) samples, at the model's image shape. The extra
-// images `diffuse sample` writes beside its numbered samples (see cmd_sample.cpp) are not
-// samples and are left out, so its output folder can be passed as it is.
-torch::Tensor load_sample_folder(const std::string& dir, const DataShape& shape, bool say) {
-  ImageFolderOptions opt;
-  if (shape.shape.size() == 3) {
-    opt.image.channels = shape.shape[0];
-    opt.image.image_size = shape.shape[1];
-  }
-  opt.image.labels = false;
-  opt.ignore_names = {"grid.png", "trajectory.png", "scatter.png"};
-  ImageFolderDataset ds(dir, opt);
-  if (say) std::cerr << "reading " << ds.describe() << "\n";  // stderr: stdout may be JSON
-  return load_examples(ds, 0);
-}
+// An image folder measured against (or as) samples is read at the model's image shape.
+int64_t folder_channels(const DataShape& shape) { return shape.shape.size() == 3 ? shape.shape[0] : 0; }
+int64_t folder_size(const DataShape& shape) { return shape.shape.size() == 3 ? shape.shape[1] : 0; }
 
 // The network the bound is of. A class-conditional network is evaluated with the null label:
 // the unconditional model it also learned (p_uncond > 0), so the bound is of p(x), comparable
@@ -106,9 +75,11 @@ bool bound_given_labels(const Network& net, const ModelConfig& model) {
   return net.class_conditional() && model.p_uncond <= 0.0;
 }
 
-ModelFn bound_fn(Network& net, const torch::Tensor& labels) {
-  return [&net, labels](const torch::Tensor& x, const torch::Tensor& t) {
-    return net.forward(x, t.to(torch::kFloat32), labels);
+// A super-resolution network's bound is of p(x | its low-resolution version, made from x0 as in training).
+ModelFn bound_fn(Network& net, const torch::Tensor& labels, const torch::Tensor& x0) {
+  const torch::Tensor low_res = net.low_res_size() > 0 ? downsample_area(x0, net.low_res_size()) : torch::Tensor();
+  return [&net, labels, low_res](const torch::Tensor& x, const torch::Tensor& t) {
+    return net.forward(network_input(net, x, low_res), t.to(torch::kFloat32), labels);
   };
 }
 
@@ -163,6 +134,10 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   const bool images = req.shape.shape.size() == 3;
   if ((wants("fid") || wants("kid")) && !images) throw UsageError("fid/kid need image data; use the 'toy' metric for toy2d");
   if (wants("toy") && cfg.data.dataset != DatasetKind::Toy2d) throw UsageError("the 'toy' metric needs data.dataset: toy2d");
+  const bool generates = ((wants("fid") || wants("kid") || wants("toy")) && req.samples_dir.empty()) || !req.sweep.empty();
+  if (generates && net.low_res_size() > 0)
+    throw UsageError("fid / kid / sweeps: a super-resolution model samples from low-resolution images; make them with "
+                     "`diffuse sample --low-res FILE` and measure the folder with `diffuse eval --samples DIR`");
   ProcessGroup solo;
   ProcessGroup& pg = req.group ? *req.group : solo;
   const int64_t R = pg.rank(), W = pg.world_size();
@@ -188,8 +163,10 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     auto x_all = load_examples(*ds, ev.num_images, &y_all);
     const int64_t N = x_all.size(0), T = diffusion.num_timesteps(), B = ev.batch_size;
     rep.setting("decoder_cdf", to_string(ev.decoder_cdf));
-    rep.setting("bound", given_labels ? "p(x | y) with the images' labels (model.p_uncond 0: no unconditional model)"
-                                      : "p(x)");
+    const std::string given_low_res =
+        net.low_res_size() > 0 ? fmt::format(", given x averaged down to {0}x{0}", net.low_res_size()) : "";
+    rep.setting("bound", (given_labels ? "p(x | y) with the images' labels (model.p_uncond 0: no unconditional model)"
+                                       : "p(x)") + given_low_res);
     if (given_labels && N > 0 && y_all.min().item<int64_t>() < 0)
       throw UsageError("bpd: this class-conditional model was trained without the null label (model.p_uncond 0, as "
                        "OpenAI's are), so its bound is of p(x | y) and needs labelled images (data.class_labels: true "
@@ -204,7 +181,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     // Batch b's network: the null label, or batch b's own labels.
     auto fn = [&](int64_t b) {
       return bound_fn(net, given_labels ? y_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device)
-                                        : torch::Tensor());
+                                        : torch::Tensor(),
+                      batch_x0(b));
     };
     auto images_before = [&](int64_t b) { return std::min(N, b * B); };
     // f(b, images in the round, images up to its end) per round; b = -1 when this rank has none.
@@ -347,7 +325,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     }
     torch::Tensor x;  // every rank reads the reference and measures its rank_slice of it
     if (!ev.reference.empty()) {
-      x = load_sample_folder(ev.reference, req.shape, lead);
+      x = load_sample_folder(ev.reference, folder_channels(req.shape), folder_size(req.shape), lead);
     } else {
       DataConfig dc = cfg.data;
       dc.split = ev.split;
@@ -406,7 +384,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     torch::Tensor mine;  // this rank's share of the samples
     int64_t total = cfg.eval.num_samples;
     if (!req.samples_dir.empty()) {
-      auto all = load_sample_folder(req.samples_dir, req.shape, lead);
+      auto all = load_sample_folder(req.samples_dir, folder_channels(req.shape), folder_size(req.shape), lead);
       total = all.size(0);
       const auto share = rank_slice(total, R, W);
       mine = all.slice(0, share.begin, share.end);

@@ -84,8 +84,9 @@ torch::Tensor parse_npy(const std::string& b, const std::string& origin) {
   else if (little && code == "f4") type = torch::kFloat32, item = 4;
   else if (little && code == "i8") type = torch::kLong, item = 8;
   else if (little && code == "i4") type = torch::kInt, item = 4;
+  else if (little && code == "u1") type = torch::kByte, item = 1;  // images, as image_sample.py saves them
   else
-    throw UsageError(fmt::format("{}: unsupported .npy dtype '{}' (expected little-endian f8, f4, i8 or i4)", origin,
+    throw UsageError(fmt::format("{}: unsupported .npy dtype '{}' (expected little-endian f8, f4, i8, i4 or u1)", origin,
                                  descr));
   const size_t data = start + hlen;
   // The element count, bounded by the data present before each multiplication (it cannot wrap).

@@ -58,6 +58,23 @@ EncoderUNet::EncoderUNet(const UNetOptions& opt, ClassifierPool pool)
   middle_block_ = encoder.middle_block;
   const int64_t ch = encoder.channels;
 
+  if (pool_ == ClassifierPool::Spatial || pool_ == ClassifierPool::SpatialV2) {
+    // upstream's out = Sequential(Linear, ReLU, Linear) or (Linear, GroupNorm32, SiLU, Linear) over
+    // the concatenated block means: out.0, out.2 / out.0, out.1, out.3.
+    int64_t features = encoder.channels;  // the middle block's
+    for (const int64_t c : encoder.skip_channels) features += c;
+    constexpr int64_t kWidth = 2048;
+    spatial_head_ = nn::Sequential(nn::Linear(features, kWidth));
+    if (pool_ == ClassifierPool::Spatial) {
+      spatial_head_->push_back(nn::ReLU());
+    } else {
+      spatial_head_->push_back(make_group_norm(kWidth));
+      spatial_head_->push_back(nn::SiLU());
+    }
+    spatial_head_->push_back(nn::Linear(kWidth, opt_.out_channels));
+    register_module("out", spatial_head_);
+    return;
+  }
   // upstream's out = Sequential(normalization, SiLU, head...): the names out.0, out.2 / out.3.
   out_norm_ = make_group_norm(ch);
   auto out = register_module("out", nn::ModuleList());
@@ -80,6 +97,17 @@ EncoderUNet::EncoderUNet(const UNetOptions& opt, ClassifierPool pool)
   }
 }
 
+torch::Tensor EncoderUNet::block_means(torch::Tensor h, const torch::Tensor& emb) const {
+  std::vector<Tensor> means;
+  means.reserve(input_blocks_.size() + 1);
+  for (const auto& block : input_blocks_) {
+    h = block->forward(h, emb);
+    means.push_back(h.mean({2, 3}).to(torch::kFloat));
+  }
+  means.push_back(middle_block_->forward(h, emb).mean({2, 3}).to(torch::kFloat));
+  return at::cat(means, 1);
+}
+
 torch::Tensor EncoderUNet::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&) {
   if (!x.defined() || x.dim() != 4 || x.size(1) != in_channels() || x.size(2) != opt_.image_size ||
       x.size(3) != opt_.image_size)
@@ -91,6 +119,7 @@ torch::Tensor EncoderUNet::forward(const torch::Tensor& x, const torch::Tensor& 
   emb = time_fc2_->forward(silu_owned(std::move(emb)));
   const Tensor emb_act = silu_owned(std::move(emb));  // the SiLU that starts every ResBlock's emb_layers
   Tensor h = x;
+  if (spatial_head_) return spatial_head_->forward(block_means(h, emb_act));
   for (const auto& block : input_blocks_) h = block->forward(h, emb_act);
   h = middle_block_->forward(h, emb_act);
   h = silu_owned(group_norm32(out_norm_, h));

@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -37,7 +39,8 @@ UNetOptions UNetOptions::from_config(const ModelConfig& cfg, int64_t image_size,
                                      int64_t out_channels, int64_t num_classes) {
   UNetOptions o;
   o.image_size = image_size;
-  o.in_channels = in_channels;
+  // SuperResModel: the low-resolution image is stacked on x_t's channels.
+  o.in_channels = cfg.low_res_size > 0 ? 2 * in_channels : in_channels;
   o.out_channels = out_channels;
   o.model_channels = cfg.model_channels;
   o.channel_mult = cfg.channel_mult;
@@ -52,7 +55,12 @@ UNetOptions UNetOptions::from_config(const ModelConfig& cfg, int64_t image_size,
   o.resblock_updown = cfg.resblock_updown;
   o.conv_resample = cfg.conv_resample;
   o.num_classes = resolve_num_classes(cfg, num_classes);
+  o.low_res_size = cfg.low_res_size;
   return o;
+}
+
+int64_t unet_level_channels(int64_t model_channels, double mult) {
+  return static_cast<int64_t>(mult * static_cast<double>(model_channels));
 }
 
 std::vector<int64_t> unet_level_sizes(const UNetOptions& opt) {
@@ -73,16 +81,15 @@ void validate(const UNetOptions& opt) {
     fail("model.model_channels: must be >= 1 (got " + std::to_string(opt.model_channels) + ")");
   if (opt.channel_mult.empty()) fail("model.channel_mult: needs at least one level");
   for (size_t level = 0; level < opt.channel_mult.size(); ++level) {
-    const int64_t mult = opt.channel_mult[level];
-    if (mult < 1)
-      fail("model.channel_mult: multiplier " + std::to_string(mult) + " of level " + std::to_string(level) +
-           " must be >= 1");
-    const int64_t ch = mult * opt.model_channels;
-    if (ch % kGroupNormGroups != 0) {
+    const double mult = opt.channel_mult[level];
+    const double product = mult * static_cast<double>(opt.model_channels);
+    const std::string times = fmt::format("{} x {} = {}", mult, opt.model_channels, product);
+    if (!(mult > 0) || product < 1 || product > 1e9 || product != std::floor(product))
+      fail(fmt::format("model.channel_mult: level {} has {} channels; expected a whole number >= 1", level, times));
+    if (unet_level_channels(opt.model_channels, mult) % kGroupNormGroups != 0) {
       const std::string key = (opt.model_channels % kGroupNormGroups != 0) ? "model.model_channels" : "model.channel_mult";
-      fail(key + ": level " + std::to_string(level) + " has " + std::to_string(mult) + " x " +
-           std::to_string(opt.model_channels) + " = " + std::to_string(ch) +
-           " channels, not a multiple of 32 (GroupNorm uses 32 groups)");
+      fail(fmt::format("{}: level {} has {} channels, not a multiple of 32 (GroupNorm uses 32 groups)", key, level,
+                       times));
     }
   }
   if (opt.num_res_blocks < 0)
@@ -104,12 +111,17 @@ void validate(const UNetOptions& opt) {
     os << "model.dropout: " << opt.dropout << " is not in [0, 1)";
     fail(os.str());
   }
+  if (opt.low_res_size < 0 || opt.low_res_size >= opt.image_size)
+    fail(fmt::format("model.low_res_size: {} must be 0 (no super-resolution) or below data.image_size {}",
+                     opt.low_res_size, opt.image_size));
+  if (opt.low_res_size > 0 && opt.in_channels % 2 != 0)
+    fail("UNet in_channels must be even for super-resolution (x_t and the upsampled image)");
   if (opt.num_classes < 0) fail("model.num_classes: must be >= 0 (got " + std::to_string(opt.num_classes) + ")");
   // Heads must split every attention layer's channels: the levels listed, and the middle block
   // (always attention, at the last level).
   for (int64_t level = 0; level < levels; ++level) {
     if (!(contains(opt.attention_resolutions, sizes[level]) || level == levels - 1)) continue;
-    const int64_t ch = opt.channel_mult[level] * opt.model_channels;
+    const int64_t ch = unet_level_channels(opt.model_channels, opt.channel_mult[level]);
     const std::string where = " channels of the " + level_name(sizes[level]) + " level" +
                               (level == levels - 1 ? " (the middle block always has attention)" : "");
     if (opt.num_head_channels > 0) {
@@ -193,7 +205,7 @@ Encoder build_encoder(nn::Module& owner, const UNetOptions& opt) {
     e.input_blocks.push_back(std::move(block));
     e.skip_channels.push_back(ch);
   };
-  int64_t ch = opt.channel_mult[0] * opt.model_channels;
+  int64_t ch = unet_level_channels(opt.model_channels, opt.channel_mult[0]);
   {
     auto block = std::make_shared<EmbedSequential>();
     block->add(std::make_shared<InputConv>(opt.in_channels, ch));
@@ -202,7 +214,7 @@ Encoder build_encoder(nn::Module& owner, const UNetOptions& opt) {
   int64_t ds = 1;
   const int64_t levels = static_cast<int64_t>(opt.channel_mult.size());
   for (int64_t level = 0; level < levels; ++level) {
-    const int64_t level_ch = opt.channel_mult[level] * opt.model_channels;
+    const int64_t level_ch = unet_level_channels(opt.model_channels, opt.channel_mult[level]);
     for (int64_t i = 0; i < opt.num_res_blocks; ++i) {
       auto block = std::make_shared<EmbedSequential>();
       block->add(make_res_block(opt, ch, level_ch, Resample::None));
@@ -236,6 +248,7 @@ UNet::UNet(const UNetOptions& opt)
   using namespace unet_detail;
   namespace nn = torch::nn;
   validate(opt_);
+  set_low_res_size(opt_.low_res_size);
   const int64_t mc = opt_.model_channels, emb_dim = 4 * mc;
 
   time_fc1_ = nn::Linear(mc, emb_dim);
@@ -253,7 +266,7 @@ UNet::UNet(const UNetOptions& opt)
 
   auto output_list = register_module("output_blocks", nn::ModuleList());
   for (int64_t level = levels - 1; level >= 0; --level) {
-    const int64_t level_ch = opt_.channel_mult[level] * mc;
+    const int64_t level_ch = unet_level_channels(mc, opt_.channel_mult[level]);
     for (int64_t i = 0; i <= opt_.num_res_blocks; ++i) {
       auto block = std::make_shared<EmbedSequential>();
       block->add(make_res_block(opt_, ch + skip_channels.back(), level_ch, Resample::None));

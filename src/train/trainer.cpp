@@ -32,6 +32,7 @@
 #include "diffuse/image_io.h"
 #include "diffuse/losses.h"
 #include "diffuse/models/network.h"
+#include "diffuse/models/super_res.h"
 #include "diffuse/precision.h"
 #include "diffuse/progress.h"
 #include "diffuse/runtime.h"
@@ -317,6 +318,8 @@ class TrainLoop {
   std::unique_ptr<DataLoader> loader_;
   std::optional<GaussianDiffusion> diffusion_;
   std::shared_ptr<Network> model_, ema_model_;
+  bool classifier_ = false;     // model.type classifier: cross-entropy on x_t instead of a diffusion loss
+  torch::Tensor grid_low_res_;  // super-resolution: what the sample grids upsample
   std::unique_ptr<Ema> ema_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   std::unique_ptr<TimestepSampler> tsampler_;
@@ -378,8 +381,8 @@ void TrainLoop::prepare_run_dir() {
       ckpt_ = std::make_unique<CheckpointReader>(resolve_checkpoint(req_.resume_from), device_);
     resolve_betas_file(cfg_.diffusion);  // the run's config and checkpoints carry the betas themselves
     validate(cfg_);
-    require_denoiser(cfg_, req_.resume_from.empty() ? "the config" : req_.resume_from);
   });
+  classifier_ = cfg_.model.type == ModelType::Classifier;
   int threads = static_cast<int>(cfg_.train.threads);
   // Ranks on one machine share its cores, as torchrun's OMP_NUM_THREADS=1 default intends.
   if (threads == 0 && env_.local_world_size > 1 && !std::getenv("OMP_NUM_THREADS"))
@@ -428,6 +431,15 @@ void TrainLoop::build_data() {
   on_every_rank(*pg_, "loading the data", [&] {
     dataset_ = make_dataset(cfg_.data, cfg_.train.seed);
     shape_ = data_shape(*dataset_, cfg_.data);
+    if (classifier_) {
+      // A noisy-image classifier learns the labels: every example needs one inside its logits.
+      if (dataset_->num_classes() == 0)
+        throw UsageError("model.type classifier learns class labels, but the data (" + dataset_->describe() +
+                         ") has none");
+      if (cfg_.model.num_classes < dataset_->num_classes())
+        throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes",
+                                     cfg_.model.num_classes, dataset_->num_classes()));
+    }
     if (cfg_.model.class_cond) {
       // A label outside the embedding would fail mid-run (a device assert on CUDA): refuse it now.
       if (dataset_->num_classes() == 0)
@@ -603,17 +615,24 @@ void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const 
       if (d.drop.defined())
         y = drop_labels(y, d.drop.narrow(0, first, B), model_->null_label());
     }
+    // A super-resolution model learns p(x_0 | x_0 averaged down), as guided-diffusion's load_superres_data.
+    const auto low_res =
+        model_->low_res_size() > 0 ? downsample_area(x0, model_->low_res_size()) : torch::Tensor();
+    if (low_res.defined() && !grid_low_res_.defined()) grid_low_res_ = low_res.detach().to(torch::kCPU, torch::kFloat);
     torch::Tensor net_out;
     {
       AutocastGuard ac(precision_, device_);
-      net_out = model_->forward(x_t, t.to(torch::kFloat32), y);
+      net_out = model_->forward(network_input(*model_, x_t, low_res), t.to(torch::kFloat32), y);
     }
-    auto losses = training_losses(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, x_t, t, noise);
+    auto losses = classifier_ ? classifier_losses(net_out.to(torch::kFloat32), batch.y.to(device_))
+                              : training_losses(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, x_t, t, noise);
     auto loss = (losses.loss * d.weights.narrow(0, first, B)).mean() / K;
     if (grad_sync_ && micro + 1 == micro_batches.size()) grad_sync_->arm();  // gradients sync once per step
     loss_scale_->apply(loss).backward();
     loss_sum += loss.detach();
     if (losses.mse.defined()) mse_sum += losses.mse.detach().mean() / K;
+    // A classifier's first statistic is its accuracy on the noisy batch (logged as "accuracy").
+    if (classifier_) mse_sum += net_out.detach().argmax(1).eq(batch.y.to(device_)).to(torch::kFloat).mean() / K;
     if (losses.vb.defined()) vb_sum += losses.vb.detach().mean() / K;
     losses_seen.push_back(losses.loss.detach());
     first += B;
@@ -716,16 +735,19 @@ void TrainLoop::log_window(double lr, bool last) {
   if (W_ > 1)
     dist = fmt::format(", \"allreduce_wait_sec\": {}", json_double(comm_wait_seconds_ / std::max<int64_t>(win.steps, 1)));
   if (main_rank_) {
+    const std::string parts_json = classifier_ ? fmt::format("\"accuracy\": {}", json_double(mse))
+                                               : fmt::format("\"mse\": {}, \"vb\": {}", json_double(mse), json_double(vb));
     metrics_ << fmt::format(
-        "{{\"step\": {}, \"loss\": {}, \"mse\": {}, \"vb\": {}{}, \"grad_norm\": {}, \"lr\": {}, "
+        "{{\"step\": {}, \"loss\": {}, {}{}, \"grad_norm\": {}, \"lr\": {}, "
         "\"images_per_sec\": {}, \"elapsed\": {}, \"world_size\": {}, \"global_batch\": {}{}}}\n",
-        step_, json_double(last_loss_), json_double(mse), json_double(vb), quarters,
+        step_, json_double(last_loss_), parts_json, quarters,
         json_double(win.grad_norm / win.steps), json_double(lr), json_double(rate),
         json_double(prior_elapsed_ + el), W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum, dist);
     metrics_.flush();
   }
-  log_->info("step {}/{} loss {:.5f} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step_, cfg_.train.steps,
-             last_loss_, win.grad_norm / win.steps, lr, rate, format_duration(prior_elapsed_ + el));
+  log_->info("step {}/{} loss {:.5f}{} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step_, cfg_.train.steps,
+             last_loss_, classifier_ ? fmt::format(" accuracy {:.3f}", mse) : "", win.grad_norm / win.steps, lr, rate,
+             format_duration(prior_elapsed_ + el));
   win_.emplace(device_);
   comm_wait_seconds_ = 0.0;
 }
@@ -756,7 +778,7 @@ void TrainLoop::checkpoint() {
 }
 
 void TrainLoop::sample_grid() {
-  if (!main_rank_ || cfg_.train.sample_every <= 0 || cfg_.train.sample_num <= 0) return;
+  if (!main_rank_ || classifier_ || cfg_.train.sample_every <= 0 || cfg_.train.sample_num <= 0) return;
   GenerateRequest g;
   g.sample = with_sampler(cfg_.sample, "ddim");  // ddim's own eta, not one meant for sample.sampler
   g.sample.steps = std::min<int64_t>(cfg_.train.sample_steps, diffusion_->num_timesteps());
@@ -765,6 +787,8 @@ void TrainLoop::sample_grid() {
   g.sample.seed = cfg_.train.seed;  // the same noise every time, so grids are comparable
   g.sample.classifier = "";         // the grids show the model as it trains
   g.device = device_;
+  g.low_res = grid_low_res_;  // a super-resolution model upsamples the run's first images
+  if (ema_model_->low_res_size() > 0 && !g.low_res.defined()) return;
   auto images = generate(*ema_model_, *diffusion_, shape_, g);
   const auto path = (fs::path(req_.run_dir) / "samples" / fmt::format("step_{:08d}.png", step_)).string();
   fs::create_directories(fs::path(path).parent_path());

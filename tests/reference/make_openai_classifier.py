@@ -4,7 +4,8 @@
 For each classifier in CLASSIFIERS the script builds guided-diffusion's EncoderUNetModel as its
 create_classifier does (num_head_channels 64, 1000 classes, attention at the listed resolutions),
 with a channel_mult given by the case (create_classifier derives it from image_size, which it
-allows only from 64 up; the fixtures are 16x16 to stay small), gives every parameter random
+allows only from 64 up; the fixtures are 16x16 to stay small) and, for the spatial pools, 10
+classes (diffuse's import takes 1000; the test sets model.num_classes), gives every parameter random
 values (zero-initialised layers included) and writes to openai_classifier/:
   <case>.pt      the state_dict, as torch.save writes it (the case says which format and dtype)
   <case>.flags   the flags, one line, as a user passes them to `diffuse import --classifier --flags`
@@ -59,6 +60,18 @@ CLASSIFIERS = [
                "--classifier_attention_resolutions 8 --classifier_use_scale_shift_norm False "
                "--classifier_resblock_updown False --classifier_pool adaptive --noise_schedule cosine",
          t=[0, 640], y=[0, 517]),
+    # The spatial pools (every block's spatial mean into an MLP of width 2048; v2 adds GroupNorm
+    # and SiLU), one level; 10 classes rather than create_classifier's 1000 to keep the 2048-wide
+    # head's file small.
+    dict(name="classifier_spatial", fmt="zip", dtype=torch.float16, mult=(1,), classes=10,
+         flags="--image_size 16 --channel_mult 1 --classifier_width 64 --classifier_depth 0 "
+               "--classifier_attention_resolutions 16 --classifier_pool spatial",
+         t=[100, 3], y=[2, 9]),
+    dict(name="classifier_spatial_v2", fmt="zip", dtype=torch.float16, mult=(1,), classes=10,
+         flags="--image_size 16 --channel_mult 1 --classifier_width 64 --classifier_depth 1 "
+               "--classifier_attention_resolutions 16 --classifier_use_scale_shift_norm False "
+               "--classifier_pool spatial_v2",
+         t=[999, 50], y=[0, 7]),
 ]
 
 GUIDED = [
@@ -101,7 +114,7 @@ def build_classifier(case):
     ds = tuple(size // int(r) for r in a["classifier_attention_resolutions"].split(","))
     # create_classifier's construction with the case's channel_mult.
     model = gunet.EncoderUNetModel(
-        image_size=size, in_channels=3, model_channels=a["classifier_width"], out_channels=1000,
+        image_size=size, in_channels=3, model_channels=a["classifier_width"], out_channels=case.get("classes", 1000),
         num_res_blocks=a["classifier_depth"], attention_resolutions=ds, channel_mult=case["mult"],
         use_fp16=False, num_head_channels=64, use_scale_shift_norm=a["classifier_use_scale_shift_norm"],
         resblock_updown=a["classifier_resblock_updown"], pool=a["classifier_pool"])

@@ -70,6 +70,11 @@ struct ImageOptions {
 // files throw UsageError naming the key or file.
 std::shared_ptr<Dataset> make_dataset(const DataConfig& cfg, uint64_t seed = 0);
 
+// The first min(limit, size) examples (limit 0 = all) stacked, [N, ...], images snapped to the
+// 8-bit grid (resizing may have moved pixels off it); their labels into `labels` when asked ([N]
+// int64, -1 where the dataset has none).
+torch::Tensor load_examples(const Dataset& ds, int64_t limit, torch::Tensor* labels = nullptr);
+
 // "[1,28,28]", for messages.
 std::string shape_string(const std::vector<int64_t>& shape);
 

@@ -1,6 +1,6 @@
 // Reading NumPy .npy arrays and .npz archives (np.savez / np.savez_compressed), so statistics
 // precomputed in Python (e.g. pytorch-fid's `--save-stats` files holding mu and sigma) load as
-// tensors. Supports little-endian float64/float32/int64/int32 arrays in C or Fortran order, and
+// tensors. Supports little-endian float64/float32/int64/int32/uint8 arrays in C or Fortran order, and
 // zip entries stored or deflated, including the ZIP64 headers numpy writes.
 #pragma once
 

@@ -1,7 +1,9 @@
 // guided-diffusion's EncoderUNetModel: the noisy-image classifier of classifier guidance
 // (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis", sec. 4). The UNet's
 // time embedding, input blocks and middle block, then a head to one logit per class: GroupNorm,
-// SiLU and attention pooling (CLIP's AttentionPool2d) or the spatial mean and a 1x1 convolution.
+// SiLU and attention pooling (CLIP's AttentionPool2d) or the spatial mean and a 1x1 convolution;
+// or (spatial, spatial_v2) the spatial mean of every input block's and the middle block's output,
+// concatenated, into a two-layer MLP of width 2048 (ReLU; GroupNorm and SiLU for v2).
 // The same settings give upstream's parameters with its state-dict names and shapes
 // (input_blocks.1.0.in_layers.2.weight, ..., out.2.positional_embedding, out.2.c_proj.weight).
 #pragma once
@@ -37,6 +39,8 @@ class EncoderUNet : public Network {
 
  private:
   class AttentionPool;
+  // The spatial pools' features: every input block's and the middle block's spatial mean, [B, sum of channels].
+  torch::Tensor block_means(torch::Tensor h, const torch::Tensor& emb) const;
   UNetOptions opt_;
   ClassifierPool pool_;
   torch::nn::Linear time_fc1_{nullptr}, time_fc2_{nullptr};
@@ -45,6 +49,7 @@ class EncoderUNet : public Network {
   torch::nn::GroupNorm out_norm_{nullptr};
   torch::nn::Conv2d out_conv_{nullptr};  // adaptive
   std::shared_ptr<AttentionPool> attention_pool_;
+  torch::nn::Sequential spatial_head_{nullptr};  // spatial, spatial_v2
 };
 
 }  // namespace diffuse

@@ -31,6 +31,8 @@ class Network : public torch::nn::Module {
   int64_t num_classes() const { return num_classes_; }    // 0: unconditional
   bool class_conditional() const { return num_classes_ > 0; }
   int64_t null_label() const { return num_classes_; }     // the "no class" label (CFG)
+  // > 0: a super-resolution network, whose x is network_input(x_t, low_res) (models/super_res.h).
+  int64_t low_res_size() const { return low_res_size_; }
   // The network embeds t * scale (diffusion.rescale_timesteps: 1000 / T); 1 by default.
   void set_timestep_scale(double scale) { timestep_scale_ = scale; }
   double timestep_scale() const { return timestep_scale_; }
@@ -45,12 +47,14 @@ class Network : public torch::nn::Module {
   // class-conditional network. Values are not range-checked here (that would force a
   // device sync); the embedding lookup rejects out-of-range labels.
   torch::Tensor batch_labels(const torch::Tensor& y, int64_t batch, const torch::Device& device) const;
+  void set_low_res_size(int64_t size) { low_res_size_ = size; }
 
  private:
   int64_t in_channels_;
   int64_t out_channels_;
   int64_t num_classes_;
   double timestep_scale_ = 1.0;
+  int64_t low_res_size_ = 0;
 };
 
 // Sinusoidal timestep embedding (Vaswani et al. 2017, as improved-diffusion's

@@ -28,10 +28,10 @@ struct ModelConfig;
 
 struct UNetOptions {
   int64_t image_size = 32;      // square inputs; fixes which levels get attention
-  int64_t in_channels = 3;
-  int64_t out_channels = 3;     // 2 x in_channels when sigma is learned
+  int64_t in_channels = 3;      // of the network's input: 2 x the image's for super-resolution
+  int64_t out_channels = 3;     // 2 x the image's channels when sigma is learned
   int64_t model_channels = 64;
-  std::vector<int64_t> channel_mult = {1, 2, 2};
+  std::vector<double> channel_mult = {1, 2, 2};  // level channels: unet_level_channels
   int64_t num_res_blocks = 2;
   // Feature-map sizes that get self-attention (e.g. {7} for the 7x7 level of a 28x28 input).
   std::vector<int64_t> attention_resolutions = {};
@@ -44,6 +44,7 @@ struct UNetOptions {
   bool resblock_updown = false;
   bool conv_resample = true;
   int64_t num_classes = 0;         // > 0: class-conditional, label num_classes = null
+  int64_t low_res_size = 0;        // > 0: super-resolution (models/super_res.h makes the input)
 
   // The model.* keys of cfg plus the sizes the data (and the caller) decide.
   static UNetOptions from_config(const ModelConfig& cfg, int64_t image_size, int64_t in_channels,
@@ -54,6 +55,10 @@ struct UNetOptions {
 // UNet: sizes not divisible by 2^(levels-1), attention resolutions matching no level, channel
 // counts GroupNorm(32) or the heads cannot split, dropout outside [0, 1), ...
 void validate(const UNetOptions& opt);
+
+// Channels of a level, model_channels * mult truncated as upstream's int(mult * model_channels);
+// validate() requires the product to be whole.
+int64_t unet_level_channels(int64_t model_channels, double mult);
 
 // Feature-map sizes of the levels, image_size / 2^level (e.g. 28, 14, 7).
 std::vector<int64_t> unet_level_sizes(const UNetOptions& opt);
