@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Speed figures as JSON lines, measured side by side in one run (no timed assertions anywhere):
+#  - the machine's ceilings: matrix product and 3x3 convolution, fp32 and bf16, through each
+#    backend LibTorch has (one "ceilings" line);
 #  - diffuse training images/s for the quickstart UNet (fp32 and precision auto) and a CIFAR-sized
-#    64-channel UNet, with FLOPs per image and the fraction of measured matmul throughput;
+#    64-channel UNet, with FLOPs per image and the fraction of the best ceiling of the run's dtype;
 #  - the same UNets trained by PyTorch from Python on the same LibTorch and thread count
 #    (Debian's python3-torch wraps the same libtorch 1.13), the floor to beat;
-#  - sampling images/s per sampler at STEPS sampler steps (nfe_per_batch says what each step costs).
+#  - sampling images/s per sampler at STEPS sampler steps (nfe_per_batch says what each step costs),
+#    with the achieved rate against the same ceilings.
 #   STEPS=20 THREADS=2 scripts/bench.sh > bench.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -127,7 +127,8 @@ try:
             fig = {k: v for k, v in r.items() if "bpd" in k or k.startswith("num") or k == "device"} or r
     elif kind == "bench":
         keep = ("bench", "name", "sampler", "device", "precision", "batch", "steps", "images_per_sec",
-                "step_ms", "seconds", "peak_device_mib", "achieved_gflops", "fraction_of_matmul")
+                "step_ms", "seconds", "peak_device_mib", "achieved_gflops", "ceiling", "ceiling_gflops",
+                "fraction_of_ceiling", "ceilings")
         fig = {"lines": [{k: r[k] for k in keep if k in r} for r in jsonlines(text)]}
     elif kind == "env":
         fig = {"lines": [l for l in text.splitlines() if l.strip() and not l.startswith("$ ")][:30]}

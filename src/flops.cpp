@@ -32,11 +32,15 @@ std::unique_ptr<at::ObserverContext> on_op(const at::RecordFunction& fn) {
     if (x.size() < 3 || w.size() < 3) return nullptr;
     const auto stride = in[3].toIntVector(), padding = in[4].toIntVector(), dilation = in[5].toIntVector();
     const bool transposed = in[6].toBool();
+    // A one-entry stride, padding or dilation applies to every spatial dimension (conv2d(x, w,
+    // {}, 2) reaches aten::convolution as [2], not [2, 2]).
+    const auto at = [](const std::vector<int64_t>& v, size_t k, int64_t otherwise) {
+      return v.empty() ? otherwise : v.size() == 1 ? v[0] : k < v.size() ? v[k] : otherwise;
+    };
     int64_t out_spatial = 1;
     for (size_t d = 2; d < x.size(); ++d) {
       const size_t k = d - 2;
-      const int64_t s = stride.size() > k ? stride[k] : 1, p = padding.size() > k ? padding[k] : 0,
-                    dl = dilation.size() > k ? dilation[k] : 1;
+      const int64_t s = at(stride, k, 1), p = at(padding, k, 0), dl = at(dilation, k, 1);
       out_spatial *= transposed ? x[d] : (x[d] + 2 * p - dl * (w[d] - 1) - 1) / s + 1;
     }
     // Each output position of a convolution (each input position of a transposed one) does one
@@ -81,22 +85,65 @@ double count_flops(const std::function<void()>& fn) {
   return t_flops;
 }
 
-double measure_matmul_gflops(int64_t n, double seconds, bool cuda) {
-  torch::NoGradGuard ng;
-  auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(cuda ? torch::kCUDA : torch::kCPU);
-  auto a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts);
-  auto c = torch::mm(a, b);  // warm-up
+namespace {
+
+// GFLOP/s of `fn` (which does `flops` per call): one untimed call, then calls until `seconds`.
+double time_gflops(double flops, const std::function<void()>& fn, double seconds, bool cuda) {
+  fn();
   if (cuda) torch::cuda::synchronize();
   int64_t reps = 0;
   const auto t0 = std::chrono::steady_clock::now();
   double el = 0;
   do {
-    torch::mm_out(c, a, b);
+    fn();
     ++reps;
     if (cuda) torch::cuda::synchronize();
     el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   } while (el < seconds);
-  return 2.0 * static_cast<double>(n) * n * n * reps / el / 1e9;
+  return flops * static_cast<double>(reps) / el / 1e9;
+}
+
+}  // namespace
+
+std::vector<Ceiling> measure_ceilings(bool cuda, double seconds) {
+  torch::NoGradGuard ng;
+  const auto device = cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  const int64_t n = cuda ? 4096 : 1024;
+  // A UNet level's convolution: 128 -> 128 channels at 32x32, batch 16 (twice that on a GPU).
+  const int64_t batch = cuda ? 32 : 16, ch = 128, hw = 32;
+  const double mm_flops = 2.0 * n * n * n;
+  const double conv_flops = 2.0 * batch * hw * hw * ch * ch * 9;
+  std::vector<Ceiling> out;
+  std::vector<torch::ScalarType> dtypes{torch::kFloat32, torch::kBFloat16};
+  if (cuda) dtypes.push_back(torch::kHalf);
+  for (const auto dtype : dtypes) {
+    const auto opts = torch::TensorOptions().dtype(dtype).device(device);
+    const std::string name = dtype == torch::kFloat32 ? "fp32" : dtype == torch::kBFloat16 ? "bf16" : "fp16";
+    {
+      auto a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts), c = torch::empty({n, n}, opts);
+      out.push_back({"matmul", name, cuda ? "cublas" : "torch::mm",
+                     time_gflops(mm_flops, [&] { torch::mm_out(c, a, b); }, seconds, cuda)});
+      // The same product as a 1x1 convolution: on a CPU it runs on oneDNN's kernels rather than
+      // the BLAS library torch::mm calls for fp32.
+      auto x = a.t().contiguous().view({1, n, n, 1}), w = b.t().contiguous().view({n, n, 1, 1});
+      out.push_back({"matmul", name, cuda ? "cudnn (1x1 conv)" : "onednn (1x1 conv)",
+                     time_gflops(mm_flops, [&] { torch::conv2d(x, w); }, seconds, cuda)});
+    }
+    auto x = torch::randn({batch, ch, hw, hw}, opts), w = torch::randn({ch, ch, 3, 3}, opts) * 0.03;
+    out.push_back({"conv3x3", name, cuda ? "cudnn" : "onednn",
+                   time_gflops(conv_flops, [&] { torch::conv2d(x, w, {}, 1, 1); }, seconds, cuda)});
+  }
+  return out;
+}
+
+double best_ceiling(const std::vector<Ceiling>& ceilings, const std::string& dtype, const Ceiling** which) {
+  double best = 0;
+  for (const auto& c : ceilings)
+    if (c.dtype == dtype && c.gflops > best) {
+      best = c.gflops;
+      if (which) *which = &c;
+    }
+  return best;
 }
 
 }  // namespace diffuse

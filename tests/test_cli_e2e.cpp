@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "diffuse/data/toy2d.h"
@@ -415,4 +416,29 @@ TEST(CliEndToEnd, ToyTrainEvalSweep) {
   while (std::getline(csv, line)) ++rows;
   EXPECT_EQ(rows, 3);
   EXPECT_TRUE(fs::exists(fs::path(out) / "sweep.png"));
+}
+
+// `diffuse bench` measures the machine's ceilings once, before the first figure, and reports each
+// figure against the best ceiling of its dtype.
+TEST(CliBench, ReportsEachFigureAgainstTheBestCeilingOfItsDtype) {
+  REQUIRE_FASHION_MNIST();
+  const auto r = run_diffuse("bench sample -c " + tiny() + " --steps 2 --num 2 --sampler ddim --sampler euler");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<YAML::Node> lines;  // JSON lines are YAML flow mappings
+  std::istringstream in(r.out);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(YAML::Load(line));
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  ASSERT_EQ(lines[0]["bench"].as<std::string>(), "ceilings");
+  double best_fp32 = 0;
+  for (const auto& c : lines[0]["ceilings"])
+    if (c["dtype"].as<std::string>() == "fp32") best_fp32 = std::max(best_fp32, c["gflops"].as<double>());
+  EXPECT_EQ(lines[0]["ceilings"].size(), 6u);
+  for (size_t i = 1; i < lines.size(); ++i) {
+    const auto& s = lines[i];
+    EXPECT_EQ(s["bench"].as<std::string>(), "sample");
+    EXPECT_EQ(s["precision"].as<std::string>(), "fp32");
+    EXPECT_NEAR(s["ceiling_gflops"].as<double>(), best_fp32, 1e-5 * best_fp32);
+    EXPECT_NEAR(s["fraction_of_ceiling"].as<double>(), s["achieved_gflops"].as<double>() / best_fp32, 1e-4);
+  }
 }

@@ -1,7 +1,10 @@
 // `diffuse bench`: speed figures as JSON lines (no assertions; scripts/bench.sh drives it).
+//   ceilings: this machine's measured rates for matrix products and 3x3 convolutions, per dtype
+//           and backend (one line, before the first figure that uses them);
 //   train:  images/s of the real training loop for a config, FLOPs per image, and the fraction of
-//           this machine's measured matmul throughput that the step achieves;
-//   sample: images/s per sampler at a given step count (random weights: speed does not depend on them).
+//           the best ceiling for the run's dtype that the step achieves;
+//   sample: images/s per sampler at a given step count (random weights: speed does not depend on
+//           them), with the achieved rate against the same ceiling.
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -39,6 +42,32 @@ struct BenchOptions {
 
 std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{:.6g}", v) : "null"; }
 
+// The machine's ceilings on `device`, measured once per run (with the threads then set) and
+// printed as one JSON line.
+const std::vector<Ceiling>& ceilings_of(const torch::Device& device) {
+  static std::vector<Ceiling> cached;
+  static bool measured = false;
+  if (!measured) {
+    cached = measure_ceilings(device.is_cuda());
+    measured = true;
+    std::string entries;
+    for (const auto& c : cached)
+      entries += fmt::format("{}{{\"op\": \"{}\", \"dtype\": \"{}\", \"backend\": \"{}\", \"gflops\": {}}}",
+                             entries.empty() ? "" : ", ", c.op, c.dtype, c.backend, jnum(c.gflops));
+    std::cout << fmt::format("{{\"bench\": \"ceilings\", \"device\": \"{}\", \"threads\": {}, \"ceilings\": [{}]}}\n",
+                             device.str(), torch::get_num_threads(), entries);
+  }
+  return cached;
+}
+
+// The ceiling a run at `precision` (fp32, bf16, fp16) is measured against: the best rate of
+// its dtype, as "op dtype backend" and GFLOP/s.
+std::pair<std::string, double> ceiling_for(const torch::Device& device, const std::string& precision) {
+  const Ceiling* which = nullptr;
+  const double g = best_ceiling(ceilings_of(device), precision, &which);
+  return {which ? which->op + " " + which->dtype + " " + which->backend : "none", g};
+}
+
 double forward_flops_per_example(Network& net, const DataShape& shape, int64_t batch, const torch::Device& device) {
   std::vector<int64_t> dims{batch};
   dims.insert(dims.end(), shape.shape.begin(), shape.shape.end());
@@ -67,8 +96,8 @@ int bench_train(const BenchOptions& o) {
     reset_peak_device_memory(device);
     auto s = train(req);
     const double peak_device = peak_device_memory_mib(device);
-    // The reference throughput on the device trained on, with the threads train() set.
-    const double matmul = measure_matmul_gflops(device.is_cuda() ? 4096 : 1024, 1.0, device.is_cuda());
+    // The ceilings of the device trained on, with the threads train() set.
+    const auto [ceiling_name, ceiling] = ceiling_for(device, s.precision);
     std::error_code ec;
     fs::remove_all(dir, ec);
     const DataShape shape = data_shape(*make_dataset(cfg.data, cfg.train.seed), cfg.data);
@@ -82,12 +111,13 @@ int bench_train(const BenchOptions& o) {
         "{{\"bench\": \"train\", \"name\": \"{}\", \"config\": \"{}\", \"batch\": {}, \"threads\": {}, "
         "\"device\": \"{}\", \"precision\": \"{}\", \"channels_last\": {}, \"parameters\": {}, \"steps\": {}, "
         "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"peak_device_mib\": {}, \"fwd_gflops_per_image\": {}, "
-        "\"train_gflops_per_image\": {}, \"achieved_gflops\": {}, \"matmul_gflops\": {}, \"fraction_of_matmul\": {}}}\n",
+        "\"train_gflops_per_image\": {}, \"achieved_gflops\": {}, \"ceiling\": \"{}\", \"ceiling_gflops\": {}, "
+        "\"fraction_of_ceiling\": {}}}\n",
         o.name.empty() ? fs::path(path).stem().string() : o.name, path, cfg.train.batch_size, s.threads, s.device,
         s.precision, cfg.train.channels_last ? "true" : "false", s.parameters, o.steps,
         jnum(s.steady_images_per_second), jnum(1000.0 * cfg.train.batch_size / s.steady_images_per_second),
-        jnum(peak_rss_mib()), jnum(peak_device), jnum(fwd / 1e9), jnum(train_flops / 1e9), jnum(achieved), jnum(matmul),
-        jnum(achieved / matmul));
+        jnum(peak_rss_mib()), jnum(peak_device), jnum(fwd / 1e9), jnum(train_flops / 1e9), jnum(achieved), ceiling_name,
+        jnum(ceiling), jnum(achieved / ceiling));
   }
   return 0;
 }
@@ -102,6 +132,9 @@ int bench_sample(const BenchOptions& o) {
     auto net = make_model(cfg, shape);
     net->to(device);
     auto diffusion = make_diffusion(cfg);
+    const std::string precision = resolve_precision(cfg.sample.precision, device);
+    const double fwd = forward_flops_per_example(*net, shape, 4, device);
+    const auto [ceiling_name, ceiling] = ceiling_for(device, precision);
     const auto samplers = o.samplers.empty() ? sampler_names() : o.samplers;
     for (const auto& name : samplers) {
       GenerateRequest req;
@@ -115,11 +148,17 @@ int bench_sample(const BenchOptions& o) {
       warm.sample.steps = std::min<int64_t>(2, o.steps);
       generate_samples(*net, diffusion, shape, warm);  // one-time kernel/primitive set-up
       auto r = generate_samples(*net, diffusion, shape, req);
+      // Each network evaluation runs on the whole batch: nfe / batches evaluations per image.
+      const int64_t nfe_per_batch = r.nfe / std::max<int64_t>(1, r.batches);
+      const double achieved = fwd * static_cast<double>(nfe_per_batch) * static_cast<double>(o.num) / r.seconds / 1e9;
       std::cout << fmt::format(
           "{{\"bench\": \"sample\", \"config\": \"{}\", \"sampler\": \"{}\", \"steps\": {}, \"nfe_per_batch\": {}, "
-          "\"num\": {}, \"batch\": {}, \"device\": \"{}\", \"images_per_sec\": {}, \"seconds\": {}}}\n",
-          path, name, o.steps, r.nfe / std::max<int64_t>(1, (o.num + req.sample.batch_size - 1) / req.sample.batch_size),
-          o.num, req.sample.batch_size, device.str(), jnum(o.num / r.seconds), jnum(r.seconds));
+          "\"num\": {}, \"batch\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"images_per_sec\": {}, "
+          "\"seconds\": {}, \"fwd_gflops_per_image\": {}, \"achieved_gflops\": {}, \"ceiling\": \"{}\", "
+          "\"ceiling_gflops\": {}, \"fraction_of_ceiling\": {}}}\n",
+          path, name, o.steps, nfe_per_batch, o.num, req.sample.batch_size, device.str(), precision,
+          jnum(o.num / r.seconds), jnum(r.seconds), jnum(fwd / 1e9), jnum(achieved), ceiling_name, jnum(ceiling),
+          jnum(achieved / ceiling));
     }
   }
   return 0;
