@@ -7,7 +7,8 @@
 #  - the same UNets trained by PyTorch from Python on the same LibTorch and thread count
 #    (Debian's python3-torch wraps the same libtorch 1.13), the floor to beat;
 #  - sampling images/s per sampler at STEPS sampler steps (nfe_per_batch says what each step costs),
-#    with the achieved rate against the same ceilings.
+#    with the achieved rate against the same ceilings; DDIM in fp32 and bf16 on both UNets beside
+#    PyTorch's DDIM on the same networks (equal network evaluations, batch 64).
 #   STEPS=20 THREADS=2 scripts/bench.sh > bench.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,22 @@ fi
 
 echo "# sampling" >&2
 quiet $D bench sample -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --num 64 --set train.threads="$THREADS"
+# Equal network evaluations against PyTorch: DDIM, batch 64, both UNets, fp32 and bf16.
+for prec in fp32 auto; do
+  quiet $D bench sample -c configs/fashion-mnist-quick.yaml --sampler ddim --steps "$STEPS" --num 64 \
+    --set train.threads="$THREADS" --set sample.precision=$prec
+  quiet $D bench sample -c configs/bench-cifar64.yaml --sampler ddim --steps "$(( (STEPS + 3) / 4 ))" --num 64 \
+    --set train.threads="$THREADS" --set sample.precision=$prec
+done
+if $PY -c 'import torch' 2>/dev/null; then
+  for bf in "" --bf16; do
+    OPENBLAS_NUM_THREADS=1 $PY scripts/bench_pytorch.py --sample $bf --name pytorch-fmnist-small${bf:+-bf16} \
+      --threads "$THREADS" --steps "$STEPS"
+    OPENBLAS_NUM_THREADS=1 $PY scripts/bench_pytorch.py --sample $bf --name pytorch-cifar-64ch${bf:+-bf16} \
+      --threads "$THREADS" --steps "$(( (STEPS + 3) / 4 ))" --image-size 32 --channels 3 --model-channels 64 \
+      --channel-mult 1,2,2,2 --num-res-blocks 2 --attention-resolutions 16
+  done
+fi
 
 # Data parallel on this machine: the same global batch (64) as 1 rank x THREADS threads and as
 # 2 ranks x THREADS/2 threads (Gloo on loopback). The gradient all-reduce time that backward did

@@ -2,7 +2,8 @@
 """The floor to beat: the same ADM-style UNet trained by PyTorch from Python, on the same
 LibTorch build (Debian's python3-torch wraps the same libtorch 1.13) and thread count.
 
-Prints one JSON line like `diffuse bench train`. The network mirrors diffuse's UNet (and
+Prints one JSON line like `diffuse bench train`, or with --sample like `diffuse bench sample`
+(DDIM, one network evaluation per step, under inference mode; --bf16 adds CPU bf16 autocast). The network mirrors diffuse's UNet (and
 improved-diffusion's UNetModel): the parameter count is printed so the two can be compared.
 
   /usr/bin/python3 scripts/bench_pytorch.py --image-size 28 --channels 1 --model-channels 32 \
@@ -12,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import time
 
 import torch
@@ -130,6 +132,40 @@ class UNet(nn.Module):
         return self.out(h)
 
 
+def peak_rss_mib():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def bench_sample(a, net, abar):
+    """DDIM (eta 0) over `steps` evenly spaced timesteps: the arithmetic of every deterministic
+    first-order sampler, so the time is the network's."""
+    net.eval()
+    ts = torch.linspace(999, 0, a.steps).round().long()
+    g = torch.Generator().manual_seed(0)
+
+    def run():
+        x = torch.randn(a.batch, a.channels, a.image_size, a.image_size, generator=g)
+        for i, t in enumerate(ts):
+            ab = abar[t]
+            ab_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                eps = net(x, t.repeat(a.batch)).float()
+            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+        return x
+
+    with torch.inference_mode():
+        run()  # warm-up pass
+        t0 = time.perf_counter()
+        run()
+        sec = time.perf_counter() - t0
+    print(json.dumps({"bench": "sample-pytorch", "name": a.name, "batch": a.batch, "threads": a.threads,
+                      "torch": torch.__version__, "precision": "bf16" if a.bf16 else "fp32",
+                      "parameters": sum(p.numel() for p in net.parameters()), "steps": a.steps,
+                      "images_per_sec": round(a.batch / sec, 3),
+                      "nfe_images_per_sec": round(a.batch * a.steps / sec, 2), "peak_rss_mib": peak_rss_mib()}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="pytorch")
@@ -146,12 +182,17 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--sample", action="store_true", help="time DDIM sampling instead of training")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (sampling)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     attn = {int(r) for r in a.attention_resolutions.split(",") if r}
     net = UNet(a.channels, a.model_channels, [int(m) for m in a.channel_mult.split(",")], a.num_res_blocks, attn,
                a.image_size, a.num_heads, a.dropout, not a.no_scale_shift)
+    if a.sample:
+        abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
+        return bench_sample(a, net, abar)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.0)
     ema = [p.detach().clone() for p in net.parameters()]
     abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
@@ -180,7 +221,7 @@ def main():
     print(json.dumps({"bench": "train-pytorch", "name": a.name, "batch": a.batch, "threads": a.threads,
                       "torch": torch.__version__, "parameters": sum(p.numel() for p in net.parameters()),
                       "steps": a.steps, "images_per_sec": round(a.batch * a.steps / sec, 3),
-                      "step_ms": round(1000 * sec / a.steps, 3)}))
+                      "step_ms": round(1000 * sec / a.steps, 3), "peak_rss_mib": peak_rss_mib()}))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@
 #include "diffuse/flops.h"
 #include "diffuse/generate.h"
 #include "diffuse/models/network.h"
+#include "diffuse/op_profile.h"
 #include "diffuse/runtime.h"
 #include "diffuse/samplers/registry.h"
 #include "diffuse/train/trainer.h"
@@ -36,7 +37,7 @@ struct BenchOptions {
   std::vector<std::string> configs;
   std::vector<std::string> overrides;
   std::vector<std::string> samplers;
-  int64_t steps = 20, warmup = 3, batch = 0, num = 16;
+  int64_t steps = 20, warmup = 3, batch = 0, num = 16, profile = 0;
   std::string name;
 };
 
@@ -66,6 +67,20 @@ std::pair<std::string, double> ceiling_for(const torch::Device& device, const st
   const Ceiling* which = nullptr;
   const double g = best_ceiling(ceilings_of(device), precision, &which);
   return {which ? which->op + " " + which->dtype + " " + which->backend : "none", g};
+}
+
+// The `top` operators of `fn` by self time, as one JSON line.
+void print_profile(const std::string& name, int64_t top, const std::function<void()>& fn) {
+  const OpProfile p = profile_ops(fn);
+  std::string rows;
+  for (size_t i = 0; i < p.ops.size() && static_cast<int64_t>(i) < top; ++i) {
+    const auto& op = p.ops[i];
+    rows += fmt::format("{}{{\"op\": \"{}\", \"calls\": {}, \"self_ms\": {}, \"total_ms\": {}, \"self_share\": {}}}",
+                        rows.empty() ? "" : ", ", op.name, op.calls, jnum(op.self_ms), jnum(op.total_ms),
+                        jnum(op.self_ms / p.wall_ms));
+  }
+  std::cout << fmt::format("{{\"bench\": \"profile\", \"name\": \"{}\", \"wall_ms\": {}, \"ops\": [{}]}}\n", name,
+                           jnum(p.wall_ms), rows);
 }
 
 double forward_flops_per_example(Network& net, const DataShape& shape, int64_t batch, const torch::Device& device) {
@@ -98,6 +113,16 @@ int bench_train(const BenchOptions& o) {
     const double peak_device = peak_device_memory_mib(device);
     // The ceilings of the device trained on, with the threads train() set.
     const auto [ceiling_name, ceiling] = ceiling_for(device, s.precision);
+    if (o.profile > 0) {
+      // A second, short run under the profiler: the warm-up steps and two more.
+      TrainRequest preq = req;
+      preq.config.train.steps = o.warmup + 2;
+      preq.config.train.log_every = preq.config.train.steps;
+      preq.config.train.checkpoint_every = preq.config.train.steps + 1;
+      preq.timing_warmup_steps = 0;
+      preq.overwrite = true;
+      print_profile(o.name.empty() ? fs::path(path).stem().string() : o.name, o.profile, [&] { train(preq); });
+    }
     std::error_code ec;
     fs::remove_all(dir, ec);
     const DataShape shape = data_shape(*make_dataset(cfg.data, cfg.train.seed), cfg.data);
@@ -159,6 +184,7 @@ int bench_sample(const BenchOptions& o) {
           path, name, o.steps, nfe_per_batch, o.num, req.sample.batch_size, device.str(), precision,
           jnum(o.num / r.seconds), jnum(r.seconds), jnum(fwd / 1e9), jnum(achieved), ceiling_name, jnum(ceiling),
           jnum(achieved / ceiling));
+      if (o.profile > 0) print_profile(name, o.profile, [&] { generate_samples(*net, diffusion, shape, req); });
     }
   }
   return 0;
@@ -178,6 +204,9 @@ void add_bench_command(CLI::App& app, Action& action) {
   cmd->add_option("--num", o->num, "Samples per sampler (sample)")->check(CLI::PositiveNumber);
   cmd->add_option("--sampler", o->samplers, "Samplers to time (default: all)");
   cmd->add_option("--name", o->name, "Name for the JSON line");
+  cmd->add_option("--profile", o->profile,
+                  "Also run once under the operator profiler and print the N operators with the most self time")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([o, &action] {
     action = [o] { return o->what == "train" ? bench_train(*o) : bench_sample(*o); };
   });

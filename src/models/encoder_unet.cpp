@@ -122,7 +122,7 @@ torch::Tensor EncoderUNet::forward(const torch::Tensor& x, const torch::Tensor& 
   if (spatial_head_) return spatial_head_->forward(block_means(h, emb_act));
   for (const auto& block : input_blocks_) h = block->forward(h, emb_act);
   h = middle_block_->forward(h, emb_act);
-  h = silu_owned(group_norm32(out_norm_, h));
+  h = group_norm_act(out_norm_, h, Activation::SiLU);
   if (attention_pool_) return attention_pool_->forward(h);
   return out_conv_->forward(h.mean({2, 3}, /*keepdim=*/true)).flatten(1);
 }

@@ -318,7 +318,7 @@ torch::Tensor UNet::forward(const torch::Tensor& x, const torch::Tensor& t, cons
     h = block->forward(at::cat({h, skips.back()}, 1), emb_act);
     skips.pop_back();
   }
-  return out_conv_->forward(silu_owned(group_norm32(out_norm_, h)));
+  return out_conv_->forward(group_norm_act(out_norm_, h, Activation::SiLU));
 }
 
 }  // namespace diffuse

@@ -81,7 +81,7 @@ class ResBlock : public Layer {
   // emb: SiLU(timestep embedding), [B, emb_channels] (the SiLU that starts improved-diffusion's
   // emb_layers is applied once by the caller for all blocks).
   Tensor forward(const Tensor& x, const Tensor& emb) override {
-    Tensor h = silu_owned(group_norm32(norm1_, x));
+    Tensor h = group_norm_act(norm1_, x, Activation::SiLU);
     Tensor xs = x;
     if (resample_ != Resample::None) {
       h = resample(h, resample_);
@@ -93,14 +93,13 @@ class ResBlock : public Layer {
     if (e.scalar_type() != h.scalar_type()) e = e.to(h.scalar_type());
     const int64_t batch = e.size(0), c = out_channels_;
     if (scale_shift_) {
-      // FiLM-style conditioning: norm(h) * (1 + scale) + shift.
-      const Tensor e4 = e.view({batch, 2 * c, 1, 1});
-      h = at::addcmul(e4.narrow(1, c, c), group_norm32(norm2_, h), e4.narrow(1, 0, c) + 1);
+      // FiLM-style conditioning: SiLU(norm(h) * (1 + scale) + shift).
+      const Tensor e2 = e.view({batch, 2 * c});
+      h = group_norm_act(norm2_, h, Activation::SiLU, e2.narrow(1, 0, c), e2.narrow(1, c, c));
     } else {
       h.add_(e.view({batch, c, 1, 1}));  // h is conv1's output: its backward does not need it
-      h = group_norm32(norm2_, h);
+      h = group_norm_act(norm2_, h, Activation::SiLU);
     }
-    h = silu_owned(std::move(h));
     if (dropout_ > 0.0 && is_training()) h = at::dropout(h, dropout_, /*train=*/true);
     h = conv2_->forward(h);
     // In place on conv2's fresh output (not saved for backward).
@@ -132,7 +131,7 @@ class AttentionBlock : public Layer {
 
   Tensor forward(const Tensor& x, const Tensor&) override {
     const int64_t b = x.size(0), c = x.size(1), height = x.size(2), width = x.size(3);
-    const Tensor qkv = at::conv2d(group_norm32(norm_, x), qkv_->weight.unsqueeze(-1), qkv_->bias);
+    const Tensor qkv = at::conv2d(group_norm_act(norm_, x, Activation::None), qkv_->weight.unsqueeze(-1), qkv_->bias);
     Tensor a = qkv_attention(qkv.reshape({b, 3 * c, height * width}), num_heads_, order_).view({b, c, height, width});
     if (x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous())
       a = a.contiguous(at::MemoryFormat::ChannelsLast);
