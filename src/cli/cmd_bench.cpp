@@ -180,10 +180,10 @@ int bench_sample(const BenchOptions& o) {
           "{{\"bench\": \"sample\", \"config\": \"{}\", \"sampler\": \"{}\", \"steps\": {}, \"nfe_per_batch\": {}, "
           "\"num\": {}, \"batch\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"images_per_sec\": {}, "
           "\"seconds\": {}, \"fwd_gflops_per_image\": {}, \"achieved_gflops\": {}, \"ceiling\": \"{}\", "
-          "\"ceiling_gflops\": {}, \"fraction_of_ceiling\": {}}}\n",
+          "\"ceiling_gflops\": {}, \"fraction_of_ceiling\": {}, \"peak_rss_mib\": {}}}\n",
           path, name, o.steps, nfe_per_batch, o.num, req.sample.batch_size, device.str(), precision,
           jnum(o.num / r.seconds), jnum(r.seconds), jnum(fwd / 1e9), jnum(achieved), ceiling_name, jnum(ceiling),
-          jnum(achieved / ceiling));
+          jnum(achieved / ceiling), jnum(peak_rss_mib()));
       if (o.profile > 0) print_profile(name, o.profile, [&] { generate_samples(*net, diffusion, shape, req); });
     }
   }
