@@ -140,11 +140,18 @@ check() {  # check DESCRIPTION COMMAND...
   if "${@:2}"; then troot_log "  ok: $1"; else troot_log "  FAILED: $1"; fail=1; fi
 }
 cc=$BUILD_DIR/compile_commands.json
-n_tu=$(grep -c '"file":' "$cc")
-n_cuda=$(grep '"command":' "$cc" | grep -c -- '-DDIFFUSE_WITH_CUDA' || true)
-n_nccl=$(grep '"command":' "$cc" | grep -c -- '-DUSE_C10D_NCCL' || true)
-check "$n_cuda of $n_tu translation units compiled with -DDIFFUSE_WITH_CUDA (and $n_nccl with -DUSE_C10D_NCCL)" \
+# The fused GroupNorm kernels (src/models/group_norm_kernel.cpp, one object per instruction set,
+# marked by -DDIFFUSE_GN_ISA=) are plain C++ without LibTorch on purpose, so they carry none of
+# its definitions; every other translation unit must carry the CUDA ones.
+commands=$(grep '"command":' "$cc")
+n_kernel=$(grep -c -- '-DDIFFUSE_GN_ISA=' <<<"$commands" || true)
+n_tu=$(($(grep -c '"file":' "$cc") - n_kernel))
+n_cuda=$(grep -v -- '-DDIFFUSE_GN_ISA=' <<<"$commands" | grep -c -- '-DDIFFUSE_WITH_CUDA' || true)
+n_nccl=$(grep -v -- '-DDIFFUSE_GN_ISA=' <<<"$commands" | grep -c -- '-DUSE_C10D_NCCL' || true)
+check "$n_cuda of $n_tu LibTorch translation units compiled with -DDIFFUSE_WITH_CUDA (and $n_nccl with -DUSE_C10D_NCCL)" \
   test "$n_tu" -gt 0 -a "$n_cuda" -eq "$n_tu"
+check "the $n_kernel LibTorch-free kernel objects include no LibTorch header" \
+  bash -c '! grep -nE "#include *[<\"](torch|ATen|c10)/" src/models/group_norm_kernel.cpp src/models/group_norm_kernel.h'
 for exe in "${EXES[@]}"; do
   check "$exe linked against libtorch_cuda.so and libc10_cuda.so" \
     in_root /bin/bash -c "readelf -d /src/$BUILD_DIR/$exe | grep -q 'libtorch_cuda.so' && readelf -d /src/$BUILD_DIR/$exe | grep -q 'libc10_cuda.so'"
@@ -221,7 +228,7 @@ summary="CUDA compile-and-link check: LibTorch $torch_version (Debian, CUDA), CU
   cuDNN: $cudnn_note
   build: ${build_s}s, $warnings distinct compiler warnings (log: $LOG)
   checked: configure with find_package(Torch) finding CUDA (TARGET torch_cuda);
-           every translation unit ($n_tu: diffuse_core, diffuse$([[ $BUILD_TESTS == ON ]] && echo ", diffuse_tests")) compiled with
+           every LibTorch translation unit ($n_tu, besides $n_kernel LibTorch-free kernel objects: diffuse_core, diffuse$([[ $BUILD_TESTS == ON ]] && echo ", diffuse_tests")) compiled with
            -DDIFFUSE_WITH_CUDA and the CUDA 12.4 headers; ${EXES[*]} linked against
            libtorch_cuda/libc10_cuda; a c10d::ProcessGroupNCCL program compiled and linked (rc $probe_rc)
   ran:     diffuse --version in the root without a GPU: rc $version_rc: $(tr '\n' ' ' <<<"$version_out" | cut -c1-200)
