@@ -64,17 +64,19 @@ TEST(GroupNormAct, MatchesSeparateOpsAndTheirGradients) {
   ASSERT_FALSE(kernels.empty());
   for (const auto& name : kernels) {
     ASSERT_TRUE(set_cpu_kernels(name));
-    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16})
+    for (auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
       const double tol = dtype == torch::kFloat ? 1e-5 : 1.5e-2;
       for (const auto& k : kCases) {
         SCOPED_TRACE(name + " " + std::string(c10::toString(dtype)) + " c=" + std::to_string(k.c) +
-                     " hw=" + std::to_string(k.h * k.w));
+                     " hw=" + std::to_string(k.h * k.w) +
+                     (layout == at::MemoryFormat::ChannelsLast ? " channels-last" : ""));
         torch::manual_seed(7);
         auto norm = make_group_norm(k.c);
         torch::NoGradGuard ng;
         norm->weight.copy_(torch::randn({k.c}) * 0.5 + 1);
         norm->bias.copy_(torch::randn({k.c}) * 0.3);
-        auto x = (torch::randn({k.n, k.c, k.h, k.w}) * 2 + 0.5).to(dtype).requires_grad_();
+        auto x = (torch::randn({k.n, k.c, k.h, k.w}) * 2 + 0.5).to(dtype).contiguous(layout).requires_grad_();
         torch::Tensor scale, shift;
         if (k.film) {
           scale = (torch::randn({k.n, k.c}) * 0.3).to(dtype).requires_grad_();
@@ -88,6 +90,8 @@ TEST(GroupNormAct, MatchesSeparateOpsAndTheirGradients) {
           y.backward(up);
         }
         EXPECT_EQ(y.dtype(), dtype);
+        EXPECT_TRUE(y.is_contiguous(layout));  // the layout is kept, not converted
+        EXPECT_TRUE(x.grad().is_contiguous(layout));
         std::vector<torch::Tensor> leaves{x, norm->weight, norm->bias};
         if (k.film) leaves.insert(leaves.end(), {scale, shift});
         std::vector<torch::Tensor> got;
@@ -130,13 +134,15 @@ TEST(GroupNormAct, IndependentOfBatch) {
     torch::NoGradGuard ng;
     torch::manual_seed(3);
     auto norm = make_group_norm(64);
-    const auto x = torch::randn({5, 64, 9, 9});
-    const auto scale = torch::randn({5, 64}) * 0.2, shift = torch::randn({5, 64}) * 0.2;
-    const auto all = group_norm_act(norm, x, Activation::SiLU, scale, shift);
-    for (int64_t i = 0; i < 5; ++i) {
-      const auto one = group_norm_act(norm, x.narrow(0, i, 1).contiguous(), Activation::SiLU,
-                                      scale.narrow(0, i, 1), shift.narrow(0, i, 1));
-      EXPECT_TRUE(torch::equal(one, all.narrow(0, i, 1))) << name << " sample " << i;
+    for (auto layout : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+      const auto x = torch::randn({5, 64, 9, 9}).contiguous(layout);
+      const auto scale = torch::randn({5, 64}) * 0.2, shift = torch::randn({5, 64}) * 0.2;
+      const auto all = group_norm_act(norm, x, Activation::SiLU, scale, shift);
+      for (int64_t i = 0; i < 5; ++i) {
+        const auto one = group_norm_act(norm, x.narrow(0, i, 1).contiguous(layout), Activation::SiLU,
+                                        scale.narrow(0, i, 1), shift.narrow(0, i, 1));
+        EXPECT_TRUE(torch::equal(one, all.narrow(0, i, 1))) << name << " sample " << i;
+      }
     }
   }
 }

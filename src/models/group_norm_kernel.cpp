@@ -167,9 +167,130 @@ void backward_dx(const T* x, const float* dz, T* dx, int64_t channels, int64_t h
   }
 }
 
+// Channels-last, one sample: x is [hw, c], a group is cpg consecutive channels of every pixel.
+// Loops run over channels innermost, so they vectorise across channels; sums are per channel
+// first (double), then per group.
+template <class T, bool Silu>
+void apply_rows(const T* __restrict x, T* __restrict y, int64_t hw, int64_t c, const float* __restrict a,
+                const float* __restrict b) {
+  for (int64_t p = 0; p < hw; ++p) {
+    const T* xr = x + p * c;
+    T* yr = y + p * c;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float u = to_float(xr[ch]) * a[ch] + b[ch];
+      yr[ch] = from_float<T>(Silu ? u * sigmoid(u) : u);
+    }
+  }
+}
+
+template <class T>
+void forward_nhwc(const T* __restrict x, T* __restrict y, int64_t hw, int64_t c, int64_t groups, double eps,
+                  const float* w, const float* bias, const float* g, const float* sh, bool silu, float* mean,
+                  float* rstd, double* __restrict dwork, float* __restrict fwork) {
+  double* sum = dwork;         // [c]
+  double* mean_c = dwork + c;  // [c]
+  const int64_t cpg = c / groups;
+  const double len = static_cast<double>(cpg * hw);
+  for (int64_t ch = 0; ch < c; ++ch) sum[ch] = 0;
+  for (int64_t p = 0; p < hw; ++p)
+    for (int64_t ch = 0; ch < c; ++ch) sum[ch] += static_cast<double>(to_float(x[p * c + ch]));
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    double s = 0;
+    for (int64_t j = 0; j < cpg; ++j) s += sum[gi * cpg + j];
+    for (int64_t j = 0; j < cpg; ++j) mean_c[gi * cpg + j] = s / len;
+  }
+  for (int64_t ch = 0; ch < c; ++ch) sum[ch] = 0;
+  for (int64_t p = 0; p < hw; ++p)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const double d = static_cast<double>(to_float(x[p * c + ch])) - mean_c[ch];
+      sum[ch] += d * d;
+    }
+  float* a = fwork;      // [c]
+  float* off = fwork + c;  // [c]
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    double v = 0;
+    for (int64_t j = 0; j < cpg; ++j) v += sum[gi * cpg + j];
+    const double m = mean_c[gi * cpg];
+    mean[gi] = static_cast<float>(m);
+    rstd[gi] = static_cast<float>(1.0 / __builtin_sqrt(v / len + eps));
+    for (int64_t j = 0; j < cpg; ++j) {
+      const int64_t ch = gi * cpg + j;
+      const float scale = rstd[gi] * w[ch];
+      a[ch] = scale * g[ch];
+      off[ch] = (bias[ch] - mean[gi] * scale) * g[ch] + sh[ch];
+    }
+  }
+  if (silu) apply_rows<T, true>(x, y, hw, c, a, off);
+  else apply_rows<T, false>(x, y, hw, c, a, off);
+}
+
+template <class T, bool Silu>
+void backward_rows(const T* __restrict x, const T* __restrict dy, float* __restrict dz, int64_t hw, int64_t c,
+                   const float* __restrict mean_c, const float* __restrict rstd_c, const float* __restrict w,
+                   const float* __restrict bias, const float* __restrict g, const float* __restrict sh,
+                   double* __restrict s_du, double* __restrict s_duz, double* __restrict s_dzx) {
+  for (int64_t p = 0; p < hw; ++p)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const int64_t i = p * c + ch;
+      const float xhat = (to_float(x[i]) - mean_c[ch]) * rstd_c[ch];
+      const float z = xhat * w[ch] + bias[ch];
+      float du = to_float(dy[i]);
+      if (Silu) {
+        const float u = z * g[ch] + sh[ch];
+        const float sg = sigmoid(u);
+        du *= sg * (1.0f + u * (1.0f - sg));
+      }
+      const float d = du * g[ch];
+      dz[i] = d;
+      s_du[ch] += du;
+      s_duz[ch] += static_cast<double>(du * z);
+      s_dzx[ch] += static_cast<double>(d * xhat);
+    }
+}
+
+template <class T>
+void backward_nhwc(const T* __restrict x, const T* __restrict dy, T* __restrict dx, int64_t hw, int64_t c,
+                   int64_t groups, const float* mean, const float* rstd, const float* w, const float* bias,
+                   const float* g, const float* sh, bool silu, float* __restrict dz, double* __restrict dwork,
+                   float* __restrict fwork, float* sum_du, float* sum_du_z, float* sum_dz, float* sum_dz_xhat) {
+  const int64_t cpg = c / groups;
+  float *mean_c = fwork, *rstd_c = fwork + c, *m1_c = fwork + 2 * c, *m2_c = fwork + 3 * c;
+  for (int64_t ch = 0; ch < c; ++ch) {
+    mean_c[ch] = mean[ch / cpg];
+    rstd_c[ch] = rstd[ch / cpg];
+  }
+  double *s_du = dwork, *s_duz = dwork + c, *s_dzx = dwork + 2 * c;
+  for (int64_t k = 0; k < 3 * c; ++k) dwork[k] = 0;
+  if (silu) backward_rows<T, true>(x, dy, dz, hw, c, mean_c, rstd_c, w, bias, g, sh, s_du, s_duz, s_dzx);
+  else backward_rows<T, false>(x, dy, dz, hw, c, mean_c, rstd_c, w, bias, g, sh, s_du, s_duz, s_dzx);
+  const double len = static_cast<double>(cpg * hw);
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    double m1 = 0, m2 = 0;
+    for (int64_t j = 0; j < cpg; ++j) {
+      const int64_t ch = gi * cpg + j;
+      sum_du[ch] = static_cast<float>(s_du[ch]);
+      sum_du_z[ch] = static_cast<float>(s_duz[ch]);
+      sum_dz[ch] = sum_du[ch] * g[ch];
+      sum_dz_xhat[ch] = static_cast<float>(s_dzx[ch]);
+      m1 += static_cast<double>(w[ch]) * sum_dz[ch];
+      m2 += static_cast<double>(w[ch]) * sum_dz_xhat[ch];
+    }
+    for (int64_t j = 0; j < cpg; ++j) {
+      m1_c[gi * cpg + j] = static_cast<float>(m1 / len);
+      m2_c[gi * cpg + j] = static_cast<float>(m2 / len);
+    }
+  }
+  for (int64_t p = 0; p < hw; ++p)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const int64_t i = p * c + ch;
+      const float xhat = (to_float(x[i]) - mean_c[ch]) * rstd_c[ch];
+      dx[i] = from_float<T>(rstd_c[ch] * (dz[i] * w[ch] - m1_c[ch] - xhat * m2_c[ch]));
+    }
+}
+
 template <class T>
 constexpr Kernels<T> kernels_of() {
-  return {&stats<T>, &apply<T>, &backward_sums<T>, &backward_dx<T>};
+  return {&stats<T>, &apply<T>, &backward_sums<T>, &backward_dx<T>, &forward_nhwc<T>, &backward_nhwc<T>};
 }
 
 #define DIFFUSE_GN_STR2(x) #x

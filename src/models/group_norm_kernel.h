@@ -2,7 +2,8 @@
 // per instruction set. group_norm_kernel.cpp is compiled once per set (AVX-512, AVX2, the
 // baseline) with its own flags; layers.cpp picks the best the CPU runs. Private to src/models.
 //
-// A block is one (sample, group): `channels` channels of `hw` contiguous values each, NCHW.
+// A block is one (sample, group): `channels` channels of `hw` contiguous values each, NCHW;
+// the *_nhwc kernels take one channels-last sample instead.
 // float tensors are float*, bf16 tensors uint16_t* (their bit patterns).
 #pragma once
 
@@ -28,6 +29,18 @@ struct Kernels {
   // dx = rstd * (dz * w[c] - m1 - xhat * m2).
   void (*backward_dx)(const T* x, const float* dz, T* dx, int64_t channels, int64_t hw, float mean, float rstd,
                       const float* w, float m1, float m2);
+  // Channels-last, one whole sample: x is [hw, c]; the forward writes the sample's per-group
+  // mean and rstd ([groups]). dwork: 2c doubles, fwork: 2c floats of scratch. g and sh are the
+  // sample's FiLM factor and offset ([c]).
+  void (*forward_nhwc)(const T* x, T* y, int64_t hw, int64_t c, int64_t groups, double eps, const float* w,
+                       const float* bias, const float* g, const float* sh, bool silu, float* mean, float* rstd,
+                       double* dwork, float* fwork);
+  // Its backward: writes dx and the sample's four per-channel sums (as backward_sums). dz: hw * c
+  // floats, dwork: 3c doubles, fwork: 4c floats of scratch.
+  void (*backward_nhwc)(const T* x, const T* dy, T* dx, int64_t hw, int64_t c, int64_t groups, const float* mean,
+                        const float* rstd, const float* w, const float* bias, const float* g, const float* sh,
+                        bool silu, float* dz, double* dwork, float* fwork, float* sum_du, float* sum_du_z,
+                        float* sum_dz, float* sum_dz_xhat);
 };
 
 struct KernelSet {

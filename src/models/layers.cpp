@@ -163,6 +163,53 @@ void gn_act_forward(const gn_kernel::KernelSet& set, const torch::Tensor& x, con
   });
 }
 
+// Channels-last: one sample per task (a group is spread over every pixel).
+template <class T>
+void gn_act_forward_nhwc(const gn_kernel::KernelSet& set, const torch::Tensor& x, const torch::Tensor& y,
+                         const torch::Tensor& w, const torch::Tensor& b, const torch::Tensor& g,
+                         const torch::Tensor& sh, const torch::Tensor& mean, const torch::Tensor& rstd, int64_t groups,
+                         double eps, bool silu) {
+  const auto& k = kernels_for<T>(set);
+  const GnShape s = gn_shape(x, groups);
+  const T* xp = data_of<T>(x);
+  T* yp = data_of<T>(y);
+  const float *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>(), *gp = g.data_ptr<float>(),
+              *shp = sh.data_ptr<float>();
+  float *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> dwork(2 * s.c);
+    std::vector<float> fwork(2 * s.c);
+    for (int64_t n = begin; n < end; ++n)
+      k.forward_nhwc(xp + n * s.c * s.hw, yp + n * s.c * s.hw, s.hw, s.c, groups, eps, wp, bp, gp + n * s.c,
+                     shp + n * s.c, silu, mp + n * groups, rp + n * groups, dwork.data(), fwork.data());
+  });
+}
+
+template <class T>
+void gn_act_backward_nhwc(const gn_kernel::KernelSet& set, const torch::Tensor& x, const torch::Tensor& dy,
+                          const torch::Tensor& dx, const torch::Tensor& w, const torch::Tensor& b,
+                          const torch::Tensor& g, const torch::Tensor& sh, const torch::Tensor& mean,
+                          const torch::Tensor& rstd, const torch::Tensor& sums, int64_t groups, bool silu) {
+  const auto& k = kernels_for<T>(set);
+  const GnShape s = gn_shape(x, groups);
+  const T *xp = data_of<T>(x), *dyp = data_of<T>(dy);
+  T* dxp = data_of<T>(dx);
+  const float *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>(), *gp = g.data_ptr<float>(),
+              *shp = sh.data_ptr<float>(), *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  float* sp = sums.data_ptr<float>();
+  const int64_t plane = s.n * s.c;
+  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> dz(s.c * s.hw), fwork(4 * s.c);
+    std::vector<double> dwork(3 * s.c);
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t base = n * s.c * s.hw, nc0 = n * s.c;
+      k.backward_nhwc(xp + base, dyp + base, dxp + base, s.hw, s.c, groups, mp + n * groups, rp + n * groups, wp, bp,
+                      gp + nc0, shp + nc0, silu, dz.data(), dwork.data(), fwork.data(), sp + nc0, sp + plane + nc0,
+                      sp + 2 * plane + nc0, sp + 3 * plane + nc0);
+    }
+  });
+}
+
 template <class T>
 void gn_act_backward(const gn_kernel::KernelSet& set, const torch::Tensor& x, const torch::Tensor& dy,
                      const torch::Tensor& dx, const torch::Tensor& w, const torch::Tensor& b, const torch::Tensor& g,
@@ -209,9 +256,16 @@ struct GroupNormAct : torch::autograd::Function<GroupNormAct> {
     const auto [g, sh] = film_terms(scale, shift, s.n, s.c);
     const auto f = torch::TensorOptions().dtype(torch::kFloat);
     torch::Tensor mean = torch::empty({s.n, groups}, f), rstd = torch::empty({s.n, groups}, f);
-    torch::Tensor y = torch::empty_like(x);
-    if (x.scalar_type() == torch::kFloat) gn_act_forward<float>(*set, x, y, w, b, g, sh, mean, rstd, groups, eps, silu);
-    else gn_act_forward<uint16_t>(*set, x, y, w, b, g, sh, mean, rstd, groups, eps, silu);
+    torch::Tensor y = torch::empty_like(x);  // keeps x's layout
+    const bool f32 = x.scalar_type() == torch::kFloat;
+    if (!x.is_contiguous()) {  // channels-last (fused_path_applies)
+      if (f32) gn_act_forward_nhwc<float>(*set, x, y, w, b, g, sh, mean, rstd, groups, eps, silu);
+      else gn_act_forward_nhwc<uint16_t>(*set, x, y, w, b, g, sh, mean, rstd, groups, eps, silu);
+    } else if (f32) {
+      gn_act_forward<float>(*set, x, y, w, b, g, sh, mean, rstd, groups, eps, silu);
+    } else {
+      gn_act_forward<uint16_t>(*set, x, y, w, b, g, sh, mean, rstd, groups, eps, silu);
+    }
     ctx->save_for_backward({x, weight, bias, scale, shift, mean, rstd});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["silu"] = silu;
@@ -228,12 +282,17 @@ struct GroupNormAct : torch::autograd::Function<GroupNormAct> {
     const GnShape s = gn_shape(x, groups);
     const torch::Tensor w = weight.to(torch::kFloat).contiguous(), b = bias.to(torch::kFloat).contiguous();
     const auto [g, sh] = film_terms(scale, shift, s.n, s.c);
-    const torch::Tensor dy = grads[0].to(x.scalar_type()).contiguous();
+    const bool nhwc = !x.is_contiguous();
+    const torch::Tensor dy =
+        grads[0].to(x.scalar_type()).contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
     torch::Tensor dx = torch::empty_like(x);
     torch::Tensor sums = torch::empty({4, s.n, s.c}, torch::TensorOptions().dtype(torch::kFloat));
-    if (x.scalar_type() == torch::kFloat)
-      gn_act_backward<float>(*set, x, dy, dx, w, b, g, sh, saved[5], saved[6], sums, groups, silu);
-    else gn_act_backward<uint16_t>(*set, x, dy, dx, w, b, g, sh, saved[5], saved[6], sums, groups, silu);
+    const bool f32 = x.scalar_type() == torch::kFloat;
+    const auto &mean = saved[5], &rstd = saved[6];
+    if (nhwc && f32) gn_act_backward_nhwc<float>(*set, x, dy, dx, w, b, g, sh, mean, rstd, sums, groups, silu);
+    else if (nhwc) gn_act_backward_nhwc<uint16_t>(*set, x, dy, dx, w, b, g, sh, mean, rstd, sums, groups, silu);
+    else if (f32) gn_act_backward<float>(*set, x, dy, dx, w, b, g, sh, mean, rstd, sums, groups, silu);
+    else gn_act_backward<uint16_t>(*set, x, dy, dx, w, b, g, sh, mean, rstd, sums, groups, silu);
     torch::Tensor dw = sums[3].sum(0).to(weight.scalar_type()), db = sums[2].sum(0).to(bias.scalar_type());
     torch::Tensor dscale = present(scale) ? sums[1].to(scale.scalar_type()) : torch::Tensor();
     torch::Tensor dshift = present(shift) ? sums[0].to(shift.scalar_type()) : torch::Tensor();
@@ -247,7 +306,8 @@ bool film_fits(const torch::Tensor& x, const torch::Tensor& t) {
 
 bool fused_path_applies(const torch::Tensor& x, const torch::nn::GroupNorm& norm, const torch::Tensor& scale,
                         const torch::Tensor& shift) {
-  if (!active_kernels() || !x.is_cpu() || x.dim() < 3 || !x.is_contiguous()) return false;
+  if (!active_kernels() || !x.is_cpu() || x.dim() < 3) return false;
+  if (!x.is_contiguous() && !(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast))) return false;
   if (x.scalar_type() != torch::kFloat && x.scalar_type() != torch::kBFloat16) return false;
   if (x.size(1) % kGroupNormGroups != 0 || x.size(0) == 0 || x.numel() == 0) return false;
   if (!norm->weight.defined() || !norm->bias.defined()) return false;
