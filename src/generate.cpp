@@ -21,6 +21,7 @@
 #include "diffuse/samplers/classifier_guidance.h"
 #include "diffuse/samplers/guidance.h"
 #include "diffuse/samplers/registry.h"
+#include "diffuse/shape_string.h"
 #include "diffuse/train/checkpoint.h"
 
 namespace diffuse {

@@ -15,6 +15,7 @@
 #include "diffuse/data/dataset.h"
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "diffuse/shape_string.h"
 
 // stb's PNG writer compresses with zlib (faster and smaller than its built-in deflate).
 static unsigned char* diffuse_stbiw_zlib_compress(unsigned char* data, int data_len, int* out_len, int quality) {

@@ -16,6 +16,7 @@
 #include "diffuse/models/layers.h"
 #include "diffuse/models/network.h"
 #include "diffuse/safetensors.h"
+#include "diffuse/shape_string.h"
 #include "diffuse/torch_save.h"
 #include "diffuse/train/checkpoint.h"
 

@@ -1,7 +1,6 @@
 #include "diffuse/data/dataset.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include <stdexcept>
 
@@ -11,6 +10,7 @@
 #include "diffuse/data/synthetic.h"
 #include "diffuse/data/toy2d.h"
 #include "diffuse/error.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 
@@ -27,10 +27,6 @@ std::string Dataset::describe() const {
 void Dataset::check_index(int64_t index) const {
   if (index < 0 || index >= size())
     throw std::out_of_range(fmt::format("dataset index {} out of range [0, {})", index, size()));
-}
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  return "[" + fmt::format("{}", fmt::join(shape, ",")) + "]";
 }
 
 LimitedDataset::LimitedDataset(std::shared_ptr<const Dataset> base, int64_t limit)

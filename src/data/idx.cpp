@@ -9,6 +9,7 @@
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 #include "diffuse/hash.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 

@@ -16,6 +16,7 @@
 #include "diffuse/error.h"
 #include "diffuse/hash.h"
 #include "diffuse/image_io.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 

@@ -7,6 +7,7 @@
 
 #include "diffuse/data/dataset.h"
 #include "diffuse/error.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 

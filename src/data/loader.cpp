@@ -5,36 +5,21 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <numeric>
 #include <random>
 
 #include "diffuse/error.h"
+#include "diffuse/rng.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 
 namespace {
 
-uint64_t splitmix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 uint64_t mix(uint64_t a, uint64_t b) { return splitmix64(splitmix64(a) ^ (b + 0x632be59bd9b4e019ULL)); }
 
 constexpr uint64_t kOrderTag = 0x6f726465725f7631ULL;  // "order_v1"
 constexpr uint64_t kFlipTag = 0x666c69705f5f7631ULL;   // "flip__v1"
-
-// Uniform in [0, n) by rejection (std::uniform_int_distribution differs between standard
-// libraries; this does not, so a run resumes identically anywhere).
-uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t excess = (std::numeric_limits<uint64_t>::max() % n + 1) % n;  // 2^64 mod n
-  uint64_t r = rng();
-  while (r > std::numeric_limits<uint64_t>::max() - excess) r = rng();
-  return r % n;
-}
 
 bool flip_at(uint64_t seed, int64_t epoch, int64_t position) {
   return mix(mix(seed ^ kFlipTag, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(position)) >> 63;

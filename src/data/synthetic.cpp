@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "diffuse/rng.h"
+
 namespace diffuse {
 
 SyntheticDataset::SyntheticDataset(int64_t size, int64_t channels, int64_t image_size, int64_t num_classes,
@@ -12,17 +14,13 @@ SyntheticDataset::SyntheticDataset(int64_t size, int64_t channels, int64_t image
 
 Example SyntheticDataset::get(int64_t index) const {
   check_index(index);
-  // splitmix64 per pixel from (seed, index): the same image for the same index on any thread.
+  // A SplitMix64 stream per image from (seed, index): the same image for the same index on any
+  // thread.
   auto x = torch::empty({channels_, image_size_, image_size_}, torch::kFloat32);
   float* p = x.data_ptr<float>();
   uint64_t s = seed_ * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(index) * 0xBF58476D1CE4E5B9ULL;
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    p[i] = static_cast<float>(z & 0xFF) / 127.5f - 1.0f;
-  }
+  for (int64_t i = 0; i < x.numel(); ++i, s += 0x9E3779B97F4A7C15ULL)
+    p[i] = static_cast<float>(splitmix64(s) & 0xFF) / 127.5f - 1.0f;
   return {x, num_classes_ > 0 ? index % num_classes_ : -1};
 }
 

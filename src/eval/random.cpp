@@ -1,22 +1,11 @@
 #include "diffuse/eval/random.h"
 
 #include <cmath>
-#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
 
 namespace diffuse {
-
-uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
-  if (n == 0) throw std::invalid_argument("uniform_below: n must be >= 1");
-  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
-  const uint64_t limit = kMax - kMax % n;  // a multiple of n: [0, limit) maps evenly onto [0, n)
-  uint64_t r;
-  do r = rng();
-  while (r >= limit);
-  return r % n;
-}
 
 torch::Tensor random_subset(std::mt19937_64& rng, int64_t n, int64_t m, const torch::Device& device) {
   if (m < 0 || m > n) throw std::invalid_argument("random_subset: need 0 <= m <= n");

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "diffuse/error.h"
+#include "diffuse/shape_string.h"
 #include "models/unet_blocks.h"
 
 namespace diffuse {

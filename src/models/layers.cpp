@@ -359,11 +359,4 @@ void zero_parameters(torch::nn::Module& module) {
   for (auto& p : module.parameters()) p.zero_();
 }
 
-std::string shape_string(const torch::Tensor& t) {
-  if (!t.defined()) return "undefined";
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
 }  // namespace diffuse

@@ -8,6 +8,7 @@
 #include "diffuse/config.h"
 #include "diffuse/error.h"
 #include "diffuse/models/layers.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 

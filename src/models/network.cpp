@@ -13,6 +13,7 @@
 #include "diffuse/models/layers.h"
 #include "diffuse/models/mlp.h"
 #include "diffuse/models/unet.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 

@@ -8,6 +8,7 @@
 #include "diffuse/error.h"
 #include "diffuse/models/layers.h"
 #include "diffuse/models/network.h"
+#include "diffuse/shape_string.h"
 
 namespace diffuse {
 

@@ -14,6 +14,7 @@
 #include "diffuse/config.h"
 #include "diffuse/error.h"
 #include "diffuse/models/layers.h"
+#include "diffuse/shape_string.h"
 #include "models/unet_blocks.h"
 
 namespace diffuse {

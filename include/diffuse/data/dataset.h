@@ -75,7 +75,4 @@ std::shared_ptr<Dataset> make_dataset(const DataConfig& cfg, uint64_t seed = 0);
 // int64, -1 where the dataset has none).
 torch::Tensor load_examples(const Dataset& ds, int64_t limit, torch::Tensor* labels = nullptr);
 
-// "[1,28,28]", for messages.
-std::string shape_string(const std::vector<int64_t>& shape);
-
 }  // namespace diffuse

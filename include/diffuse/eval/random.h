@@ -9,10 +9,9 @@
 #include <cstdint>
 #include <random>
 
-namespace diffuse {
+#include "diffuse/rng.h"
 
-// Uniform integer in [0, n), n >= 1 (rejection sampling: no modulo bias).
-uint64_t uniform_below(std::mt19937_64& rng, uint64_t n);
+namespace diffuse {
 
 // m distinct indices drawn uniformly from [0, n) (a partial Fisher-Yates shuffle), int64 [m] on
 // `device`. Requires 0 <= m <= n.

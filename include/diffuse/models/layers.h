@@ -45,7 +45,4 @@ torch::Tensor upsample_nearest_2x(const torch::Tensor& x);
 // improved-diffusion's zero_module: every parameter of the module set to 0.
 void zero_parameters(torch::nn::Module& module);
 
-// "[2, 3, 28, 28]" (or "undefined") for error messages.
-std::string shape_string(const torch::Tensor& t);
-
 }  // namespace diffuse
