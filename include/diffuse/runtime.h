@@ -22,8 +22,8 @@ double cgroup_cpu_limit(const std::string& cgroup_root = "/sys/fs/cgroup",
 int default_thread_count();
 
 // Sets LibTorch's intra-op threads (0 = default_thread_count()) and holds OpenBLAS's own pool to one
-// thread, so the two pools do not compete for the same cores (measured ~25-35% faster for a
-// UNet step on 2 cores). Returns the thread count in effect.
+// thread, so the two pools do not compete for the same cores (docs/decisions.md, "Threads").
+// Returns the thread count in effect.
 int configure_threads(int threads);
 
 // "auto" (CUDA when available), "cpu", "cuda" or "cuda:N". Throws UsageError when CUDA is

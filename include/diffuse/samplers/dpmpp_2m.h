@@ -10,11 +10,9 @@
 // sigma = 0 (lambda = +inf) that returns the last x0 prediction (k-diffusion's last step,
 // diffusers' lower_order_final with final_sigmas_type "zero"). Worked in the EDM variable
 // (x = x_t / a, lambda = -log sigma): x_next = (sigma_next / sigma) x - (exp(-h) - 1) D.
-// Measured on Gaussian data (tests): a plain t-linspace ending at t = 0 makes the last step
-// span ~30% of the lambda range and the multistep extrapolation (r ~ 0.25) overshoots, while a
-// "trailing" spacing ends at t ~ T/steps and returns E[x0 | x_t] there, shrinking low-variance
-// detail; karras and exponential avoid both. Like euler/heun it needs a finite sigma_max, so
-// zero-terminal-SNR schedules are refused (use ddim or ddpm there).
+// karras and exponential sigmas are the defaults because t-spacings end badly for a multistep
+// method (docs/decisions.md, "DPM-Solver++(2M) runs on Karras sigmas"). Like euler/heun it needs a
+// finite sigma_max, so zero-terminal-SNR schedules are refused (use ddim or ddpm there).
 #pragma once
 
 #include <torch/types.h>
