@@ -223,10 +223,10 @@ struct Rule {
   Rule(std::string text_, std::function<std::string(const T&)> check_)
       : text(std::move(text_)), check(std::move(check_)) {}
 
-  std::string text;                              // for the docs, e.g. ">= 1"; "" = any value
-  std::function<std::string(const T&)> check;    // null = any value
-  std::function<T(const YAML::Node&)> decode;    // null = Codec<T>::read
-  std::string type;                              // "" = Codec<T>::type()
+  std::string text;                            // for the docs, e.g. ">= 1"; "" = any value
+  std::function<std::string(const T&)> check;  // null = any value
+  std::function<T(const YAML::Node&)> decode;  // null = Codec<T>::read
+  std::string type;                            // "" = Codec<T>::type()
 };
 
 template <class T>
@@ -442,6 +442,8 @@ Rule<std::string> device_name() {
 }
 
 Table build_table() {
+  // One key a line, read as a table.
+  // clang-format off
   Table t;
   using M = ModelConfig;
   SectionAdder<M>(t, "model", &Config::model, "The network. UNet keys follow improved-diffusion's UNetModel.")
@@ -547,7 +549,9 @@ Table build_table() {
       ("device", &R::device, device_name(), "auto (CUDA when available), cpu, cuda or cuda:N")
       ("threads", &R::threads, at_least<int64_t>(0), "CPU threads; 0 = OMP_NUM_THREADS if set, else all usable cores")
       ("channels_last", &R::channels_last, any<bool>(), "channels-last memory format")
-      ("precision", &R::precision, one_of(kPrecisions), "mixed precision: fp32, bf16 (CUDA, or CPUs with avx512_bf16/amx), fp16 (CUDA, loss-scaled), auto (bf16 where the hardware has it, fp16 on Volta/Turing GPUs, else fp32)")
+      ("precision", &R::precision, one_of(kPrecisions),
+       "mixed precision: fp32, bf16 (CUDA, or CPUs with avx512_bf16/amx), fp16 (CUDA, loss-scaled), auto (bf16 "
+       "where the hardware has it, fp16 on Volta/Turing GPUs, else fp32)")
       ("log_every", &R::log_every, at_least<int64_t>(1), "steps between log lines")
       ("checkpoint_every", &R::checkpoint_every, at_least<int64_t>(1), "steps between checkpoints")
       ("sample_every", &R::sample_every, at_least<int64_t>(0), "steps between sample grids; 0 = never")
@@ -588,7 +592,8 @@ Table build_table() {
       ("classifier_scale", &P::classifier_scale, at_least<double>(0), "classifier guidance: the gradient's scale s")
       ("sigmas", &P::sigmas, one_of(kSigmas), "euler/heun: the sigma sequence")
       ("rho", &P::rho, positive(), "karras sigmas: the exponent rho")
-      ("precision", &P::precision, one_of(kPrecisions), "network precision while sampling: fp32, bf16, fp16 (CUDA), auto (bf16 where native)");
+      ("precision", &P::precision, one_of(kPrecisions),
+       "network precision while sampling: fp32, bf16, fp16 (CUDA), auto (bf16 where native)");
 
   using E = EvalConfig;
   SectionAdder<E>(t, "eval", &Config::eval, "Evaluation.")
@@ -603,6 +608,7 @@ Table build_table() {
       ("reference", &E::reference, any<std::string>(), "image folder or cached statistics for FID/KID")
       ("num_samples", &E::num_samples, at_least<int64_t>(1), "generated samples for FID/KID/toy metrics");
   return t;
+  // clang-format on
 }
 
 const Table& table() {
@@ -706,13 +712,13 @@ void check_unet(const Config& c, std::vector<std::string>& problems) {
   const int64_t factor = int64_t{1} << (levels - 1);
   if (size % factor != 0) {
     problems.push_back(fmt::format(
-        "model.channel_mult: {} levels halve the image {} times, so its size must be divisible by {}; got {}",
-        levels, levels - 1, factor, size_text));
+        "model.channel_mult: {} levels halve the image {} times, so its size must be divisible by {}; got {}", levels,
+        levels - 1, factor, size_text));
     return;
   }
   if (m.low_res_size >= size)
-    problems.push_back(fmt::format("model.low_res_size: {} must be below the image size, {}", m.low_res_size,
-                                   size_text));
+    problems.push_back(
+        fmt::format("model.low_res_size: {} must be below the image size, {}", m.low_res_size, size_text));
   std::vector<std::string> level_sizes;
   for (size_t l = 0; l < levels; ++l) level_sizes.push_back(std::to_string(size >> l));
   for (const int64_t r : m.attention_resolutions) {
@@ -720,21 +726,24 @@ void check_unet(const Config& c, std::vector<std::string>& problems) {
     for (size_t l = 0; l < levels; ++l)
       if ((size >> l) == r) level = l;
     if (level == levels) {
-      problems.push_back(fmt::format("model.attention_resolutions: {} is not the size of any UNet level for {} "
-                                     "(level sizes: {})",
-                                     r, size_text, join(level_sizes)));
+      problems.push_back(
+          fmt::format("model.attention_resolutions: {} is not the size of any UNet level for {} "
+                      "(level sizes: {})",
+                      r, size_text, join(level_sizes)));
       continue;
     }
     const int64_t ch = unet_level_channels(m.model_channels, m.channel_mult[level]);
     if (m.num_head_channels > 0) {
       if (ch % m.num_head_channels != 0)
-        problems.push_back(fmt::format("model.num_head_channels: {} does not divide the {} channels of the {}x{} "
-                                       "attention level (model.model_channels * model.channel_mult)",
-                                       m.num_head_channels, ch, r, r));
+        problems.push_back(
+            fmt::format("model.num_head_channels: {} does not divide the {} channels of the {}x{} "
+                        "attention level (model.model_channels * model.channel_mult)",
+                        m.num_head_channels, ch, r, r));
     } else if (m.num_heads > 0 && ch % m.num_heads != 0) {
-      problems.push_back(fmt::format("model.num_heads: {} does not divide the {} channels of the {}x{} attention "
-                                     "level (model.model_channels * model.channel_mult)",
-                                     m.num_heads, ch, r, r));
+      problems.push_back(
+          fmt::format("model.num_heads: {} does not divide the {} channels of the {}x{} attention "
+                      "level (model.model_channels * model.channel_mult)",
+                      m.num_heads, ch, r, r));
     }
   }
 }
@@ -771,11 +780,13 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
     add(fmt::format("diffusion.variance {} needs model.learn_sigma: true (the model must output the variance)",
                     to_string(d.variance)));
   if (d.loss == LossType::Hybrid && !learned)
-    add(fmt::format("diffusion.loss hybrid trains a learned variance: diffusion.variance must be learned or "
+    add(
+        fmt::format("diffusion.loss hybrid trains a learned variance: diffusion.variance must be learned or "
                     "learned_range, got {} (use loss simple, or kl for the VLB with a fixed variance)",
                     to_string(d.variance)));
   if (d.loss == LossType::Simple && learned)
-    add(fmt::format("diffusion.loss simple does not train the variance: with diffusion.variance {} use loss "
+    add(
+        fmt::format("diffusion.loss simple does not train the variance: with diffusion.variance {} use loss "
                     "hybrid or kl",
                     to_string(d.variance)));
 
@@ -785,8 +796,8 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
     if (d.betas.empty() == d.betas_file.empty())
       add("diffusion.schedule custom needs exactly one of diffusion.betas and diffusion.betas_file");
     else if (!d.betas.empty() && static_cast<int64_t>(d.betas.size()) != d.timesteps)
-      add(fmt::format("diffusion.betas has {} entries but diffusion.timesteps is {}; they must agree",
-                      d.betas.size(), d.timesteps));
+      add(fmt::format("diffusion.betas has {} entries but diffusion.timesteps is {}; they must agree", d.betas.size(),
+                      d.timesteps));
   } else {
     if (!d.betas.empty() || !d.betas_file.empty())
       add(fmt::format("diffusion.betas / diffusion.betas_file are used only by schedule custom, not {}",
@@ -800,7 +811,8 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
     add(fmt::format("diffusion.beta_start ({}) must be below diffusion.beta_end ({})", d.beta_start, d.beta_end));
   }
   if (d.zero_terminal_snr && (d.prediction == Prediction::Epsilon || d.prediction == Prediction::Score))
-    add(fmt::format("diffusion.zero_terminal_snr makes alpha_bar_T = 0, where x_0 cannot be recovered from an {} "
+    add(
+        fmt::format("diffusion.zero_terminal_snr makes alpha_bar_T = 0, where x_0 cannot be recovered from an {} "
                     "prediction: set diffusion.prediction to v or x0 (Lin et al. 2023)",
                     to_string(d.prediction)));
 
@@ -823,8 +835,10 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
     add(fmt::format("sample.guidance_scale {} needs model.class_cond: true (1 = no guidance)",
                     c.sample.guidance_scale));
   else if (c.sample.guidance_scale != 1.0 && m.p_uncond <= 0.0)
-    add(fmt::format("sample.guidance_scale {} needs a model trained with the null label (model.p_uncond > 0; "
-                    "OpenAI's imported models have 0)", c.sample.guidance_scale));
+    add(
+        fmt::format("sample.guidance_scale {} needs a model trained with the null label (model.p_uncond > 0; "
+                    "OpenAI's imported models have 0)",
+                    c.sample.guidance_scale));
   if (!c.sample.labels.empty() && !m.class_cond && c.sample.classifier.empty())
     add("sample.labels needs model.class_cond: true or a sample.classifier");
   if (m.class_cond && m.num_classes > 0) {
@@ -911,8 +925,7 @@ Config load_config(const std::string& path) {
 void apply_override(Config& cfg, const std::string& assignment) {
   const Source src{"--set " + assignment, false};
   const auto eq = assignment.find('=');
-  if (eq == std::string::npos)
-    throw UsageError(fmt::format("--set '{}': expected section.key=VALUE", assignment));
+  if (eq == std::string::npos) throw UsageError(fmt::format("--set '{}': expected section.key=VALUE", assignment));
   auto trim = [](std::string s) {
     const auto b = s.find_first_not_of(" \t");
     const auto e = s.find_last_not_of(" \t");

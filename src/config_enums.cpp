@@ -38,7 +38,9 @@ std::string to_string(ClassifierPool v) {
   return "?";
 }
 
-std::vector<std::string> dataset_kind_names() { return {"fashion-mnist", "mnist", "cifar10", "folder", "toy2d", "synthetic"}; }
+std::vector<std::string> dataset_kind_names() {
+  return {"fashion-mnist", "mnist", "cifar10", "folder", "toy2d", "synthetic"};
+}
 DatasetKind parse_dataset_kind(const std::string& n) {
   if (n == "fashion-mnist" || n == "fashion_mnist") return DatasetKind::FashionMnist;
   if (n == "mnist") return DatasetKind::Mnist;

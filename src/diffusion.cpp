@@ -60,12 +60,14 @@ GaussianStats GaussianDiffusion::q_mean_variance(const torch::Tensor& x0, const 
   return {mean, var, logv};
 }
 
-torch::Tensor GaussianDiffusion::q_sample(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& noise) const {
+torch::Tensor GaussianDiffusion::q_sample(const torch::Tensor& x0, const torch::Tensor& t,
+                                          const torch::Tensor& noise) const {
   const auto n = level(t, x0);
   return n.a * x0 + n.s * noise;
 }
 
-GaussianStats GaussianDiffusion::q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t, const torch::Tensor& t) const {
+GaussianStats GaussianDiffusion::q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t,
+                                             const torch::Tensor& t) const {
   const auto& s = schedule_;
   auto mean = s.gather(s.posterior_mean_coef1(), t, x_t) * x0 + s.gather(s.posterior_mean_coef2(), t, x_t) * x_t;
   auto var = s.gather(s.posterior_variance(), t, x_t).expand_as(x_t);
@@ -126,7 +128,8 @@ ReverseStats GaussianDiffusion::p_mean_variance(const torch::Tensor& model_outpu
   return {post.mean, variance, log_variance, x0, eps};
 }
 
-torch::Tensor GaussianDiffusion::p_sample(const ReverseStats& stats, const torch::Tensor& t, const torch::Tensor& noise) const {
+torch::Tensor GaussianDiffusion::p_sample(const ReverseStats& stats, const torch::Tensor& t,
+                                          const torch::Tensor& noise) const {
   auto nonzero = broadcast_to_batch((t.to(stats.mean.device()) != 0).to(stats.mean.scalar_type()), stats.mean);
   return stats.mean + nonzero * (0.5 * stats.log_variance).exp() * noise;
 }

@@ -11,8 +11,7 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
   return out;
 }
 
-void throw_not_one_of(const std::string& what, const std::string& value,
-                      const std::vector<std::string>& allowed) {
+void throw_not_one_of(const std::string& what, const std::string& value, const std::vector<std::string>& allowed) {
   throw UsageError(what + " '" + value + "' is not one of: " + join(allowed));
 }
 

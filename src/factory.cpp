@@ -68,8 +68,9 @@ std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
 
 void require_denoiser(const Config& cfg, const std::string& origin) {
   if (cfg.model.type == ModelType::Classifier)
-    throw UsageError(origin + ": model.type classifier is a noisy-image classifier, not a denoising network: it "
-                              "guides sampling (diffuse sample --classifier CKPT)");
+    throw UsageError(origin +
+                     ": model.type classifier is a noisy-image classifier, not a denoising network: it "
+                     "guides sampling (diffuse sample --classifier CKPT)");
 }
 
 }  // namespace diffuse

@@ -64,8 +64,7 @@ std::unique_ptr<at::ObserverContext> on_op(const at::RecordFunction& fn) {
     // of their own: q [B, H, L, E], k [B, H, S, E], v [B, H, S, Ev] -> Q K^T and (softmax) V. The math
     // fallback is left to the bmm/matmul calls it makes.
     const auto q = shape(0), k = shape(1), v = shape(2);
-    if (q.size() == 4 && k.size() == 4 && v.size() == 4)
-      t_flops += 2.0 * q[0] * q[1] * q[2] * k[2] * (q[3] + v[3]);
+    if (q.size() == 4 && k.size() == 4 && v.size() == 4) t_flops += 2.0 * q[0] * q[1] * q[2] * k[2] * (q[3] + v[3]);
   }
   return nullptr;
 }
@@ -122,16 +121,19 @@ std::vector<Ceiling> measure_ceilings(bool cuda, double seconds) {
     {
       auto a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts), c = torch::empty({n, n}, opts);
       out.push_back({"matmul", name, cuda ? "cublas" : "torch::mm",
-                     time_gflops(mm_flops, [&] { torch::mm_out(c, a, b); }, seconds, cuda)});
+                     time_gflops(
+                         mm_flops, [&] { torch::mm_out(c, a, b); }, seconds, cuda)});
       // The same product as a 1x1 convolution: on a CPU it runs on oneDNN's kernels rather than
       // the BLAS library torch::mm calls for fp32.
       auto x = a.t().contiguous().view({1, n, n, 1}), w = b.t().contiguous().view({n, n, 1, 1});
       out.push_back({"matmul", name, cuda ? "cudnn (1x1 conv)" : "onednn (1x1 conv)",
-                     time_gflops(mm_flops, [&] { torch::conv2d(x, w); }, seconds, cuda)});
+                     time_gflops(
+                         mm_flops, [&] { torch::conv2d(x, w); }, seconds, cuda)});
     }
     auto x = torch::randn({batch, ch, hw, hw}, opts), w = torch::randn({ch, ch, 3, 3}, opts) * 0.03;
     out.push_back({"conv3x3", name, cuda ? "cudnn" : "onednn",
-                   time_gflops(conv_flops, [&] { torch::conv2d(x, w, {}, 1, 1); }, seconds, cuda)});
+                   time_gflops(
+                       conv_flops, [&] { torch::conv2d(x, w, {}, 1, 1); }, seconds, cuda)});
   }
   return out;
 }

@@ -60,8 +60,10 @@ void check_low_res(const Network& net, const DataShape& shape, const torch::Tens
     return;
   }
   if (!low_res.defined())
-    throw UsageError(fmt::format("the model is a super-resolution model: it needs the {}x{} images to upsample "
-                                 "(diffuse sample --low-res FILE)", size, size));
+    throw UsageError(
+        fmt::format("the model is a super-resolution model: it needs the {}x{} images to upsample "
+                    "(diffuse sample --low-res FILE)",
+                    size, size));
   const int64_t channels = shape.shape.empty() ? 0 : shape.shape[0];
   if (low_res.dim() != 4 || low_res.size(0) < 1 || low_res.size(1) != channels || low_res.size(2) != size ||
       low_res.size(3) != size)
@@ -76,8 +78,9 @@ void check_request(Network& net, const SampleConfig& s, const Network* classifie
   const bool cond = net.class_conditional();
   const int64_t classes = label_classes(net, classifier);
   if (classes == 0 && !s.labels.empty())
-    throw UsageError("class labels were given (sample.labels, --label), but the model is not class-conditional "
-                     "and no classifier guides it");
+    throw UsageError(
+        "class labels were given (sample.labels, --label), but the model is not class-conditional "
+        "and no classifier guides it");
   if (!cond && s.guidance_scale != 1.0)
     throw UsageError("sample.guidance_scale needs a class-conditional model (trained with model.class_cond)");
   if (cond && classifier && classifier->out_channels() != net.num_classes())
@@ -120,7 +123,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   const std::string precision = resolve_precision(s.precision, req.device);
   torch::Tensor low_res;  // the batch's, for a super-resolution model
   auto raw = [&net, &low_res, precision, device = req.device](const torch::Tensor& x, const torch::Tensor& t,
-                                                               const torch::Tensor& y) {
+                                                              const torch::Tensor& y) {
     AutocastGuard ac(precision, device);
     return net.forward(network_input(net, x, low_res), t, y).to(torch::kFloat32);
   };
@@ -139,7 +142,8 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
     const int64_t n = std::min(s.batch_size, s.num - done);
     const int64_t first = req.first_index + done;
     if (req.low_res.defined())
-      low_res = req.low_res.index_select(0, torch::arange(first, first + n).remainder(req.low_res.size(0))).to(req.device);
+      low_res =
+          req.low_res.index_select(0, torch::arange(first, first + n).remainder(req.low_res.size(0))).to(req.device);
     ModelFn fn;
     if (cond) {
       auto y = result.labels.slice(0, done, done + n).to(req.device);
@@ -149,8 +153,8 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
       fn = [&raw](const torch::Tensor& x, const torch::Tensor& t) { return raw(x, t, torch::Tensor()); };
     }
     GuidanceGradient guidance;
-    if (logits) guidance = classifier_gradient(logits, result.labels.slice(0, done, done + n).to(req.device),
-                                               s.classifier_scale);
+    if (logits)
+      guidance = classifier_gradient(logits, result.labels.slice(0, done, done + n).to(req.device), s.classifier_scale);
     Denoiser denoiser(fn, diffusion, guidance);
     auto noise = NoiseSource::range(s.seed, first, n, shape.shape, req.device);
     if (req.on_step) opts.on_step = [&](const StepInfo& info) { req.on_step(info, first); };
@@ -186,10 +190,11 @@ LowResImages low_res_from_npz(const std::string& path, int64_t channels, int64_t
   const auto& x = images->second;
   if (x.scalar_type() != torch::kByte || x.dim() != 4 || x.size(0) < 1 || x.size(1) != size || x.size(2) != size ||
       x.size(3) != channels)
-    throw UsageError(fmt::format("'{}': arr_0 is {} {}; expected uint8 [N, {}, {}, {}] (N images of {}x{}, {} "
-                                 "channels last, as image_sample.py saves them)",
-                                 path, std::string(c10::toString(x.scalar_type())), shape_string(x.sizes().vec()), size, size,
-                                 channels, size, size, channels));
+    throw UsageError(
+        fmt::format("'{}': arr_0 is {} {}; expected uint8 [N, {}, {}, {}] (N images of {}x{}, {} "
+                    "channels last, as image_sample.py saves them)",
+                    path, std::string(c10::toString(x.scalar_type())), shape_string(x.sizes().vec()), size, size,
+                    channels, size, size, channels));
   LowResImages r;
   r.images = x.permute({0, 3, 1, 2}).to(torch::kFloat).div(127.5).sub(1.0).contiguous();
   const auto labels = arrays.find("arr_1");
@@ -197,7 +202,8 @@ LowResImages low_res_from_npz(const std::string& path, int64_t channels, int64_t
     const auto& y = labels->second;
     if (y.is_floating_point() || y.dim() != 1 || y.size(0) != x.size(0))
       throw UsageError(fmt::format("'{}': arr_1 (the labels) is {} {}; expected {} integers", path,
-                                   std::string(c10::toString(y.scalar_type())), shape_string(y.sizes().vec()), x.size(0)));
+                                   std::string(c10::toString(y.scalar_type())), shape_string(y.sizes().vec()),
+                                   x.size(0)));
     const auto l = y.to(torch::kLong).contiguous();
     r.labels.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel());
   }
@@ -238,9 +244,10 @@ std::shared_ptr<Network> load_guidance_classifier(const std::string& path, const
   bool same = a.size() == b.size();
   for (size_t i = 0; same && i < a.size(); ++i) same = std::abs(a[i] - b[i]) <= 1e-12 * std::max(1.0, std::abs(b[i]));
   if (!same)
-    throw UsageError(fmt::format("'{}' was trained on a {}-step {} schedule; the model's ({} steps) differs, so the "
-                                 "classifier's t would not match the model's noise levels",
-                                 path, cfg.diffusion.timesteps, to_string(cfg.diffusion.schedule), b.size()));
+    throw UsageError(
+        fmt::format("'{}' was trained on a {}-step {} schedule; the model's ({} steps) differs, so the "
+                    "classifier's t would not match the model's noise levels",
+                    path, cfg.diffusion.timesteps, to_string(cfg.diffusion.schedule), b.size()));
   auto net = load_network(reader, cfg, /*prefer_ema=*/false, device).net;
   for (auto& p : net->parameters()) p.requires_grad_(false);
   return net;

@@ -74,14 +74,15 @@ std::atomic<size_t> g_decode_floor_bytes{size_t{16} * 1024 * 1024};
 
 void check_image_size(const std::string& name, int w, int h, int channels, size_t file_bytes) {
   if (w > kMaxImageSide || h > kMaxImageSide)
-    throw UsageError(fmt::format("'{}' is {}x{} pixels: images larger than {}x{} are refused (a corrupt header?)",
-                                 name, w, h, kMaxImageSide, kMaxImageSide));
+    throw UsageError(fmt::format("'{}' is {}x{} pixels: images larger than {}x{} are refused (a corrupt header?)", name,
+                                 w, h, kMaxImageSide, kMaxImageSide));
   const double decoded = static_cast<double>(w) * h * std::max(channels, 1);
   const auto floor = static_cast<double>(g_decode_floor_bytes.load(std::memory_order_relaxed));
   if (decoded > floor + kMaxDecodeRatio * static_cast<double>(file_bytes))
-    throw UsageError(fmt::format("'{}' ({} bytes) claims {}x{} pixels, {:.0f} MB decoded: more than any image codec "
-                                 "packs into {} bytes (a corrupt or truncated header?)",
-                                 name, file_bytes, w, h, decoded / 1e6, file_bytes));
+    throw UsageError(
+        fmt::format("'{}' ({} bytes) claims {}x{} pixels, {:.0f} MB decoded: more than any image codec "
+                    "packs into {} bytes (a corrupt or truncated header?)",
+                    name, file_bytes, w, h, decoded / 1e6, file_bytes));
 }
 
 // stb_image builds a JPEG Huffman table from the 16 code counts of a DHT segment without
@@ -122,8 +123,8 @@ void check_jpeg_huffman_tables(Get get, Skip skip, bool header_only, const std::
       int64_t codes = 0;
       for (int i = 0; i < 16; ++i) codes += byte();
       if (codes > 256)
-        throw UsageError(fmt::format("'{}' is a corrupt JPEG: a Huffman table declares {} codes (at most 256)", name,
-                                     codes));
+        throw UsageError(
+            fmt::format("'{}' is a corrupt JPEG: a Huffman table declares {} codes (at most 256)", name, codes));
       skip(static_cast<size_t>(codes));
       left -= 17 + codes;
     }
@@ -138,11 +139,10 @@ void check_jpeg_bytes(const std::string& bytes, const std::string& name) {
 }
 
 void check_jpeg_file(std::FILE* f, const std::string& name) {
-  check_jpeg_huffman_tables([&] { return std::fgetc(f); },
-                            [&](size_t n) {
-                              std::fseek(f, static_cast<long>(std::min<size_t>(n, size_t{1} << 30)), SEEK_CUR);
-                            },
-                            /*header_only=*/true, name);
+  check_jpeg_huffman_tables(
+      [&] { return std::fgetc(f); },
+      [&](size_t n) { std::fseek(f, static_cast<long>(std::min<size_t>(n, size_t{1} << 30)), SEEK_CUR); },
+      /*header_only=*/true, name);
 }
 
 void put_be32(std::string& out, uint32_t v) {
@@ -172,9 +172,10 @@ void check_keyword(const std::string& k) {
   bool ok = !k.empty() && k.size() <= 79 && k.front() != ' ' && k.back() != ' ' && k.find("  ") == std::string::npos;
   for (unsigned char c : k) ok = ok && c >= 32 && c <= 126;
   if (!ok)
-    throw UsageError(fmt::format("PNG text keyword '{}' is invalid: keywords are 1-79 printable ASCII characters "
-                                 "without leading, trailing or double spaces",
-                                 k));
+    throw UsageError(
+        fmt::format("PNG text keyword '{}' is invalid: keywords are 1-79 printable ASCII characters "
+                    "without leading, trailing or double spaces",
+                    k));
 }
 
 bool is_ascii(const std::string& s) {
@@ -218,19 +219,20 @@ torch::Tensor to_uint8(const torch::Tensor& x) {
 
 torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow, int64_t padding, double pad_value) {
   if (images.dim() != 4 || images.size(0) < 1)
-    throw UsageError(fmt::format("make_grid needs images [N,C,H,W] with N >= 1, got {}", shape_string(images.sizes().vec())));
+    throw UsageError(
+        fmt::format("make_grid needs images [N,C,H,W] with N >= 1, got {}", shape_string(images.sizes().vec())));
   if (nrow < 0 || padding < 0)
     throw UsageError(fmt::format("make_grid: nrow ({}) and padding ({}) must be >= 0", nrow, padding));
   const int64_t n = images.size(0), c = images.size(1), h = images.size(2), w = images.size(3);
-  const int64_t cols = std::min(n, nrow > 0 ? nrow : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n)))));
+  const int64_t cols =
+      std::min(n, nrow > 0 ? nrow : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n)))));
   const int64_t rows = (n + cols - 1) / cols;
   const int64_t cell_h = h + padding, cell_w = w + padding;
   torch::Tensor grid;
   if (images.scalar_type() == torch::kUInt8)
     grid = torch::full({c, rows * cell_h + padding, cols * cell_w + padding},
                        to_uint8(torch::tensor(pad_value)).item<uint8_t>(), images.options());
-  else
-    grid = torch::full({c, rows * cell_h + padding, cols * cell_w + padding}, pad_value, images.options());
+  else grid = torch::full({c, rows * cell_h + padding, cols * cell_w + padding}, pad_value, images.options());
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = i / cols, col = i % cols;
     grid.narrow(1, r * cell_h + padding, h).narrow(2, col * cell_w + padding, w).copy_(images[i]);
@@ -300,8 +302,8 @@ std::map<std::string, std::string> read_png_text(const std::string& path) {
     const uint32_t len = get_be32(b, pos);
     const std::string type = b.substr(pos + 4, 4);
     if (len > b.size() - pos - 12)
-      throw UsageError(fmt::format("'{}' is truncated: chunk {} at byte {} claims {} bytes, {} remain", path, type,
-                                   pos, len, b.size() - pos - 12));
+      throw UsageError(fmt::format("'{}' is truncated: chunk {} at byte {} claims {} bytes, {} remain", path, type, pos,
+                                   len, b.size() - pos - 12));
     if (type == "IEND") break;
     if (type == "tEXt" || type == "zTXt" || type == "iTXt") {
       const uint32_t stored = get_be32(b, pos + 8 + len);
@@ -345,7 +347,8 @@ torch::Tensor decode_image(const std::string& bytes, const std::string& name, in
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   if (stbi_info_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c))
     check_image_size(name, w, h, std::max<int>(c, static_cast<int>(channels)), bytes.size());
-  unsigned char* px = stbi_load_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c, static_cast<int>(channels));
+  unsigned char* px =
+      stbi_load_from_memory(data, static_cast<int>(bytes.size()), &w, &h, &c, static_cast<int>(channels));
   if (!px) throw UsageError(fmt::format("cannot decode image '{}': {}", name, stbi_failure_reason()));
   const int64_t cc = channels > 0 ? channels : c;
   torch::Tensor out;

@@ -72,8 +72,7 @@ torch::Tensor prior_bpd(const GaussianDiffusion& diffusion, const torch::Tensor&
 }
 
 VlbTerm vlb_term_bpd(const GaussianDiffusion& diffusion, const torch::Tensor& model_output, const torch::Tensor& x0,
-                     const torch::Tensor& x_t, const torch::Tensor& t, const ReverseOptions& opts,
-                     DecoderCdf cdf) {
+                     const torch::Tensor& x_t, const torch::Tensor& t, const ReverseOptions& opts, DecoderCdf cdf) {
   auto post = diffusion.q_posterior(x0, x_t, t);
   auto p = diffusion.p_mean_variance(model_output, x_t, t, opts);
   auto kl = mean_flat(normal_kl(post.mean, post.log_variance, p.mean, p.log_variance)) / kLn2;
@@ -153,11 +152,10 @@ TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfi
   auto [pred, var_values] = diffusion.split_output(model_output);
   if (cfg.type != LossType::Simple) {
     // The VLB term only trains the variance when the mean has its own (MSE) loss.
-    auto frozen = cfg.type == LossType::Hybrid && var_values.defined()
-                      ? torch::cat({pred.detach(), var_values}, 1)
-                      : model_output;
-    auto vb = vlb_term_bpd(diffusion, frozen.to(torch::kFloat32), x0.to(torch::kFloat32),
-                           x_t.to(torch::kFloat32), t, ReverseOptions{false, 0.0})
+    auto frozen = cfg.type == LossType::Hybrid && var_values.defined() ? torch::cat({pred.detach(), var_values}, 1)
+                                                                       : model_output;
+    auto vb = vlb_term_bpd(diffusion, frozen.to(torch::kFloat32), x0.to(torch::kFloat32), x_t.to(torch::kFloat32), t,
+                           ReverseOptions{false, 0.0})
                   .bpd;
     out.vb = vb * (cfg.type == LossType::Hybrid ? cfg.hybrid_lambda * T : T);
   }

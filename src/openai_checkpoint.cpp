@@ -164,8 +164,7 @@ std::map<std::string, std::string> read_flags(const std::vector<std::string>& to
     if (const char* d = family == OpenAiFamily::Improved ? f.improved : f.guided) values[f.name] = d;
   for (size_t i = 0; i < tokens.size(); ++i) {
     const std::string& tok = tokens[i];
-    if (tok.rfind("--", 0) != 0)
-      throw UsageError(fmt::format("OpenAI flags: expected --name value, got '{}'", tok));
+    if (tok.rfind("--", 0) != 0) throw UsageError(fmt::format("OpenAI flags: expected --name value, got '{}'", tok));
     std::string name = tok.substr(2), value;
     const auto eq = name.find('=');
     if (eq != std::string::npos) {
@@ -205,8 +204,10 @@ std::vector<double> default_channel_mult(int64_t image_size, OpenAiFamily family
   if (super_res) {
     if (image_size == 256 || (guided && image_size == 512)) return {1, 1, 2, 2, 4, 4};
     if (image_size == 64) return {1, 2, 3, 4};
-    throw UsageError(fmt::format("--large_size {}: {}'s sr_create_model has no channel_mult for it; pass "
-                                 "--channel_mult", image_size, to_string(family)));
+    throw UsageError(
+        fmt::format("--large_size {}: {}'s sr_create_model has no channel_mult for it; pass "
+                    "--channel_mult",
+                    image_size, to_string(family)));
   }
   if (image_size == 256) return {1, 1, 2, 2, 4, 4};
   if (image_size == 64) return {1, 2, 3, 4};
@@ -257,8 +258,7 @@ void set_sampling(Config& cfg, const FlagValues& f) {
   const auto digit = [](unsigned char ch) { return std::isdigit(ch) != 0; };
   if (!respacing.empty() && std::all_of(respacing.begin(), respacing.end(), digit))
     cfg.sample.steps = parse_int("timestep_respacing", respacing);  // "250": evenly spaced steps
-  else
-    cfg.sample.spacing = respacing;  // "ddim50", "10,15,20"
+  else cfg.sample.spacing = respacing;                              // "ddim50", "10,15,20"
 }
 
 // The diffusion flags as create_gaussian_diffusion reads them (the model's learn_sigma decides
@@ -274,7 +274,7 @@ void set_diffusion(Config& cfg, const FlagValues& f) {
   if (d.timesteps < 1) throw UsageError(fmt::format("--diffusion_steps {}: must be >= 1", d.timesteps));
   d.prediction = f.boolean("predict_xstart") ? Prediction::X0 : Prediction::Epsilon;
   const bool sigma_small = f.has("sigma_small") && f.boolean("sigma_small");
-  d.variance = m.learn_sigma   ? VarianceType::LearnedRange
+  d.variance = m.learn_sigma ? VarianceType::LearnedRange
                : sigma_small ? VarianceType::FixedSmall
                              : VarianceType::FixedLarge;
   // Their LossType: RESCALED_KL (use_kl), RESCALED_MSE (vb * T / 1000) or MSE (vb as it is);
@@ -306,8 +306,10 @@ std::vector<double> classifier_channel_mult(int64_t image_size) {
   if (image_size == 256) return {1, 1, 2, 2, 4, 4};
   if (image_size == 128) return {1, 1, 2, 3, 4};
   if (image_size == 64) return {1, 2, 3, 4};
-  throw UsageError(fmt::format("--image_size {}: guided-diffusion's create_classifier knows 64, 128, 256 and 512; "
-                               "pass --channel_mult for another size", image_size));
+  throw UsageError(
+      fmt::format("--image_size {}: guided-diffusion's create_classifier knows 64, 128, 256 and 512; "
+                  "pass --channel_mult for another size",
+                  image_size));
 }
 
 }  // namespace
@@ -367,12 +369,12 @@ Config openai_classifier_config(const std::vector<std::string>& flags) {
   const int64_t image_size = f.image_size();
   m.type = ModelType::Classifier;
   m.model_channels = f.integer("classifier_width");
-  m.channel_mult = f.text("channel_mult").empty() ? classifier_channel_mult(image_size)
-                                                  : parse_mult_list(f.text("channel_mult"));
+  m.channel_mult =
+      f.text("channel_mult").empty() ? classifier_channel_mult(image_size) : parse_mult_list(f.text("channel_mult"));
   m.num_res_blocks = f.integer("classifier_depth");
-  m.attention_resolutions = attention_levels(
-      parse_int_list("classifier_attention_resolutions", f.text("classifier_attention_resolutions")), image_size,
-      m.channel_mult.size());
+  m.attention_resolutions =
+      attention_levels(parse_int_list("classifier_attention_resolutions", f.text("classifier_attention_resolutions")),
+                       image_size, m.channel_mult.size());
   m.num_heads = 1;           // EncoderUNetModel's default; create_classifier sets heads by channels:
   m.num_head_channels = 64;  // its num_head_channels=64
   m.use_new_attention_order = false;
@@ -410,8 +412,10 @@ int64_t load_openai_weights(Network& net, const TorchSaveFile& sd, const std::st
     torch::Tensor& param = item.value();
     const auto it = by_name.find(name);
     if (it == by_name.end())
-      throw UsageError(fmt::format("'{}': the state_dict has no tensor '{}' {} (are the flags those of this "
-                                   "model?)", file, name, shape_string(param)));
+      throw UsageError(
+          fmt::format("'{}': the state_dict has no tensor '{}' {} (are the flags those of this "
+                      "model?)",
+                      file, name, shape_string(param)));
     torch::Tensor src = *it->second;
     if (!src.is_floating_point())
       throw UsageError(fmt::format("'{}': tensor '{}' is {}, expected floating point", file, name,
@@ -421,8 +425,10 @@ int64_t load_openai_weights(Network& net, const TorchSaveFile& sd, const std::st
         src.size(1) == param.size(1))
       src = torch::cat({src.to(torch::kFloat), torch::zeros({1, src.size(1)})}, 0);
     if (src.sizes() != param.sizes())
-      throw UsageError(fmt::format("'{}': tensor '{}' is {}, but the flags build {} (are the flags those of this "
-                                   "model?)", file, name, shape_string(src), shape_string(param)));
+      throw UsageError(
+          fmt::format("'{}': tensor '{}' is {}, but the flags build {} (are the flags those of this "
+                      "model?)",
+                      file, name, shape_string(src), shape_string(param)));
     param.copy_(src.to(torch::kFloat));
     used.insert(name);
     ++copied;
@@ -432,8 +438,10 @@ int64_t load_openai_weights(Network& net, const TorchSaveFile& sd, const std::st
     if (!used.count(name)) extra.push_back(name + " " + shape_string(t));
   if (!extra.empty()) {
     if (extra.size() > 5) extra.resize(5), extra.emplace_back("...");
-    throw UsageError(fmt::format("'{}': the flags build no tensor for {} of the state_dict's tensors ({}); are the "
-                                 "flags those of this model?", file, sd.tensors.size() - used.size(), join(extra)));
+    throw UsageError(
+        fmt::format("'{}': the flags build no tensor for {} of the state_dict's tensors ({}); are the "
+                    "flags those of this model?",
+                    file, sd.tensors.size() - used.size(), join(extra)));
   }
   return copied;
 }

@@ -19,8 +19,13 @@ std::string format_duration(double s) {
 }
 
 ProgressBar::ProgressBar(std::string label, int64_t total, int64_t start, bool enabled)
-    : label_(std::move(label)), total_(total), start_(start), done_(start), enabled_(enabled),
-      t0_(std::chrono::steady_clock::now()), last_draw_(t0_ - std::chrono::seconds(1)) {}
+    : label_(std::move(label)),
+      total_(total),
+      start_(start),
+      done_(start),
+      enabled_(enabled),
+      t0_(std::chrono::steady_clock::now()),
+      last_draw_(t0_ - std::chrono::seconds(1)) {}
 
 ProgressBar::~ProgressBar() {
   if (enabled_ && !finished_) finish();

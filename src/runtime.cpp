@@ -115,7 +115,8 @@ torch::Device resolve_device(const std::string& name) {
   if (name == "cpu") return torch::Device(torch::kCPU);
   if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
     if (!torch::cuda::is_available())
-      throw UsageError("device '" + name + "' was asked for, but CUDA is not available in this build/machine "
+      throw UsageError("device '" + name +
+                       "' was asked for, but CUDA is not available in this build/machine "
                        "(use device: auto or cpu)");
     torch::Device d(name == "cuda" ? std::string("cuda:0") : name);
     if (d.index() >= static_cast<int>(torch::cuda::device_count()))
@@ -191,9 +192,10 @@ std::string version_report() {
 #endif
     }
   }
-  out += fmt::format("CPU threads by default: {} (usable cores: {}, machine: {}{})\n", default_thread_count(),
-                     available_cores(), std::thread::hardware_concurrency(),
-                     std::getenv("OMP_NUM_THREADS") ? fmt::format(", OMP_NUM_THREADS={}", std::getenv("OMP_NUM_THREADS")) : "");
+  out += fmt::format(
+      "CPU threads by default: {} (usable cores: {}, machine: {}{})\n", default_thread_count(), available_cores(),
+      std::thread::hardware_concurrency(),
+      std::getenv("OMP_NUM_THREADS") ? fmt::format(", OMP_NUM_THREADS={}", std::getenv("OMP_NUM_THREADS")) : "");
   return out;
 }
 

@@ -24,11 +24,11 @@ struct DtypeInfo {
   torch::ScalarType type;
   size_t bytes;
 };
-constexpr DtypeInfo kDtypes[] = {
-    {"F64", torch::kFloat64, 8}, {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2},
-    {"BF16", torch::kBFloat16, 2}, {"I64", torch::kInt64, 8}, {"I32", torch::kInt32, 4},
-    {"I16", torch::kInt16, 2},   {"I8", torch::kInt8, 1},     {"U8", torch::kUInt8, 1},
-    {"BOOL", torch::kBool, 1}};
+constexpr DtypeInfo kDtypes[] = {{"F64", torch::kFloat64, 8}, {"F32", torch::kFloat32, 4},
+                                 {"F16", torch::kFloat16, 2}, {"BF16", torch::kBFloat16, 2},
+                                 {"I64", torch::kInt64, 8},   {"I32", torch::kInt32, 4},
+                                 {"I16", torch::kInt16, 2},   {"I8", torch::kInt8, 1},
+                                 {"U8", torch::kUInt8, 1},    {"BOOL", torch::kBool, 1}};
 
 const DtypeInfo* dtype_by_name(const std::string& name) {
   for (const auto& d : kDtypes)
@@ -149,8 +149,10 @@ SafeTensors decode_safetensors(const std::string& bytes, const std::string& file
   if (bytes.size() < 8) throw bad(fmt::format("{} bytes is too short for the 8-byte header length", bytes.size()));
   const uint64_t n = read_le64(bytes.data());
   if (n > kMaxHeaderBytes || n > bytes.size() - 8)
-    throw bad(fmt::format("header length {} exceeds the file ({} bytes after the length) or 100 MB (not a "
-                          "safetensors file?)", n, bytes.size() - 8));
+    throw bad(
+        fmt::format("header length {} exceeds the file ({} bytes after the length) or 100 MB (not a "
+                    "safetensors file?)",
+                    n, bytes.size() - 8));
   const uint64_t buffer_bytes = bytes.size() - 8 - n;
   nlohmann::json header;
   try {
@@ -178,8 +180,10 @@ SafeTensors decode_safetensors(const std::string& bytes, const std::string& file
   uint64_t at = 0;
   for (const auto& e : entries) {
     if (e.begin != at)
-      throw bad(fmt::format("tensor '{}' starts at byte {} of the data, where {} was expected (overlapping or "
-                            "missing data)", e.name, e.begin, at));
+      throw bad(
+          fmt::format("tensor '{}' starts at byte {} of the data, where {} was expected (overlapping or "
+                      "missing data)",
+                      e.name, e.begin, at));
     at = e.end;
   }
   if (at != buffer_bytes) throw bad(fmt::format("{} bytes of the data buffer belong to no tensor", buffer_bytes - at));
@@ -189,7 +193,8 @@ SafeTensors decode_safetensors(const std::string& bytes, const std::string& file
     if (e.dtype->type == torch::kBool)
       for (uint64_t i = e.begin; i < e.end; ++i)
         if (static_cast<unsigned char>(data[i]) > 1)
-          throw bad(fmt::format("tensor '{}': a BOOL byte is {}, not 0 or 1", e.name, static_cast<int>(static_cast<unsigned char>(data[i]))));
+          throw bad(fmt::format("tensor '{}': a BOOL byte is {}, not 0 or 1", e.name,
+                                static_cast<int>(static_cast<unsigned char>(data[i]))));
     if (e.end > e.begin) std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
     out.tensors.emplace_back(e.name, std::move(t));
   }

@@ -74,9 +74,7 @@ std::vector<double> read_betas_file(const std::string& path) {
 
 }  // namespace
 
-std::vector<std::string> schedule_kind_names() {
-  return {"linear", "cosine", "sigmoid", "scaled_linear", "custom"};
-}
+std::vector<std::string> schedule_kind_names() { return {"linear", "cosine", "sigmoid", "scaled_linear", "custom"}; }
 
 ScheduleKind parse_schedule_kind(const std::string& name) {
   if (name == "linear") return ScheduleKind::Linear;
@@ -102,8 +100,8 @@ std::vector<double> make_betas(const ScheduleSpec& spec) {
   const int64_t T = spec.timesteps;
   std::vector<double> betas;
   if (spec.kind == ScheduleKind::Custom) {
-    betas = !spec.betas.empty() ? spec.betas : (!spec.betas_file.empty() ? read_betas_file(spec.betas_file)
-                                                                           : std::vector<double>{});
+    betas = !spec.betas.empty() ? spec.betas
+                                : (!spec.betas_file.empty() ? read_betas_file(spec.betas_file) : std::vector<double>{});
     if (betas.empty()) throw UsageError("schedule 'custom' needs betas (a list) or betas_file");
   } else {
     if (T < 1) throw UsageError("timesteps must be >= 1, got " + std::to_string(T));
@@ -151,8 +149,7 @@ std::vector<double> make_betas(const ScheduleSpec& spec) {
   }
   for (size_t i = 0; i < betas.size(); ++i) {
     if (!std::isfinite(betas[i]) || betas[i] <= 0.0 || betas[i] > 1.0)
-      throw UsageError("beta[" + std::to_string(i) + "] = " + std::to_string(betas[i]) +
-                       " is outside (0, 1]");
+      throw UsageError("beta[" + std::to_string(i) + "] = " + std::to_string(betas[i]) + " is outside (0, 1]");
   }
   if (spec.zero_terminal_snr) betas = rescale_zero_terminal_snr(betas);
   return betas;
@@ -198,8 +195,8 @@ std::vector<int64_t> space_timesteps(int64_t T, const std::string& spec_in) {
         return steps;
       }
     }
-    throw UsageError("respacing '" + spec_in + "': no integer stride gives exactly " + std::to_string(n) +
-                     " of " + std::to_string(T) + " steps (try a plain count, e.g. '" + std::to_string(n) + "')");
+    throw UsageError("respacing '" + spec_in + "': no integer stride gives exactly " + std::to_string(n) + " of " +
+                     std::to_string(T) + " steps (try a plain count, e.g. '" + std::to_string(n) + "')");
   }
   if (spec.rfind("leading:", 0) == 0) {
     const int64_t n = count_after("leading:");
@@ -231,8 +228,8 @@ std::vector<int64_t> space_timesteps(int64_t T, const std::string& spec_in) {
       const int64_t size = size_per + (i < extra ? 1 : 0);
       const int64_t c = counts[static_cast<size_t>(i)];
       if (c < 1 || size < c)
-        throw UsageError("respacing '" + spec_in + "': section " + std::to_string(i) + " has " +
-                         std::to_string(size) + " steps, cannot take " + std::to_string(c));
+        throw UsageError("respacing '" + spec_in + "': section " + std::to_string(i) + " has " + std::to_string(size) +
+                         " steps, cannot take " + std::to_string(c));
       const double stride = c <= 1 ? 1.0 : static_cast<double>(size - 1) / static_cast<double>(c - 1);
       double cur = 0.0;
       for (int64_t k = 0; k < c; ++k) {
@@ -244,7 +241,8 @@ std::vector<int64_t> space_timesteps(int64_t T, const std::string& spec_in) {
   }
   std::set<int64_t> uniq(steps.begin(), steps.end());
   for (int64_t v : uniq)
-    if (v < 0 || v >= T) throw UsageError("respacing '" + spec_in + "' produced step " + std::to_string(v) + " outside [0, T)");
+    if (v < 0 || v >= T)
+      throw UsageError("respacing '" + spec_in + "' produced step " + std::to_string(v) + " outside [0, T)");
   return {uniq.begin(), uniq.end()};
 }
 
@@ -261,10 +259,7 @@ NoiseSchedule::NoiseSchedule(std::vector<double> betas, std::vector<int64_t> ori
 
 NoiseSchedule NoiseSchedule::from_spec(const ScheduleSpec& spec) { return NoiseSchedule(make_betas(spec)); }
 
-NoiseSchedule::NoiseSchedule(const NoiseSchedule& o)
-    : betas_(o.betas_), original_t_(o.original_t_) {
-  derive();
-}
+NoiseSchedule::NoiseSchedule(const NoiseSchedule& o) : betas_(o.betas_), original_t_(o.original_t_) { derive(); }
 
 NoiseSchedule& NoiseSchedule::operator=(const NoiseSchedule& o) {
   if (this != &o) {
@@ -280,10 +275,10 @@ NoiseSchedule& NoiseSchedule::operator=(const NoiseSchedule& o) {
 void NoiseSchedule::derive() {
   const size_t T = betas_.size();
   auto resize = [&](std::vector<double>& v) { v.assign(T, 0.0); };
-  for (auto* v : {&alphas_, &alpha_bar_, &alpha_bar_prev_, &alpha_bar_next_, &sqrt_alpha_bar_,
-                  &sqrt_one_minus_alpha_bar_, &log_one_minus_alpha_bar_, &sqrt_recip_alpha_bar_,
-                  &sqrt_recipm1_alpha_bar_, &posterior_variance_, &posterior_log_variance_clipped_,
-                  &posterior_mean_coef1_, &posterior_mean_coef2_, &snr_, &log_snr_})
+  for (auto* v :
+       {&alphas_, &alpha_bar_, &alpha_bar_prev_, &alpha_bar_next_, &sqrt_alpha_bar_, &sqrt_one_minus_alpha_bar_,
+        &log_one_minus_alpha_bar_, &sqrt_recip_alpha_bar_, &sqrt_recipm1_alpha_bar_, &posterior_variance_,
+        &posterior_log_variance_clipped_, &posterior_mean_coef1_, &posterior_mean_coef2_, &snr_, &log_snr_})
     resize(*v);
   double ab = 1.0;
   for (size_t t = 0; t < T; ++t) {
@@ -303,7 +298,8 @@ void NoiseSchedule::derive() {
     sqrt_recipm1_alpha_bar_[t] = std::sqrt(1.0 / a - 1.0);
     // Luo eq. 84: sigma_q^2(t) = (1 - alpha_t)(1 - alpha_bar_{t-1}) / (1 - alpha_bar_t).
     posterior_variance_[t] = beta * (1.0 - ap) / (1.0 - a);
-    // Luo eq. 84: mu_q = [sqrt(alpha_bar_{t-1}) beta_t x_0 + sqrt(alpha_t)(1 - alpha_bar_{t-1}) x_t] / (1 - alpha_bar_t).
+    // Luo eq. 84: mu_q = [sqrt(alpha_bar_{t-1}) beta_t x_0 + sqrt(alpha_t)(1 - alpha_bar_{t-1}) x_t] / (1 -
+    // alpha_bar_t).
     posterior_mean_coef1_[t] = beta * std::sqrt(ap) / (1.0 - a);
     posterior_mean_coef2_[t] = (1.0 - ap) * std::sqrt(alphas_[t]) / (1.0 - a);
     snr_[t] = a / (1.0 - a);  // Luo eq. 107
@@ -324,8 +320,8 @@ NoiseSchedule NoiseSchedule::respace(const std::vector<int64_t>& kept) const {
   int64_t prev = -1;
   for (int64_t k : kept) {
     if (k <= prev || k >= num_timesteps())
-      throw UsageError("respacing: kept steps must be ascending indices in [0, " +
-                       std::to_string(num_timesteps() - 1) + "]");
+      throw UsageError("respacing: kept steps must be ascending indices in [0, " + std::to_string(num_timesteps() - 1) +
+                       "]");
     prev = k;
     const double ab = alpha_bar_[static_cast<size_t>(k)];
     betas.push_back(1.0 - ab / last);
@@ -349,15 +345,14 @@ ScheduleRow NoiseSchedule::row(int64_t t) const {
           snr_[i]};
 }
 
-const torch::Tensor& NoiseSchedule::device_table(const std::vector<double>& table,
-                                                 const torch::Device& device) const {
+const torch::Tensor& NoiseSchedule::device_table(const std::vector<double>& table, const torch::Device& device) const {
   const std::string key = std::to_string(reinterpret_cast<uintptr_t>(&table)) + "@" + device.str();
   std::lock_guard<std::mutex> lock(cache_mutex_);
   auto it = cache_.find(key);
   if (it == cache_.end()) {
-    auto host = torch::from_blob(const_cast<double*>(table.data()), {static_cast<int64_t>(table.size())},
-                                 torch::kFloat64)
-                    .clone();
+    auto host =
+        torch::from_blob(const_cast<double*>(table.data()), {static_cast<int64_t>(table.size())}, torch::kFloat64)
+            .clone();
     it = cache_.emplace(key, host.to(device)).first;
   }
   return it->second;

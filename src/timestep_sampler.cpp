@@ -34,7 +34,9 @@ torch::Tensor UniformTimestepSampler::probabilities() const {
 }
 
 ImportanceTimestepSampler::ImportanceTimestepSampler(int64_t T, int64_t history, double uniform_prob)
-    : TimestepSampler(T), history_(history), uniform_prob_(uniform_prob),
+    : TimestepSampler(T),
+      history_(history),
+      uniform_prob_(uniform_prob),
       losses_(static_cast<size_t>(T), std::vector<double>(static_cast<size_t>(history), 0.0)),
       counts_(static_cast<size_t>(T), 0) {
   if (history < 1) throw UsageError("importance sampler history must be >= 1");
@@ -98,10 +100,10 @@ torch::Tensor ImportanceTimestepSampler::state() const {
 void ImportanceTimestepSampler::load_state(const torch::Tensor& state, const std::string& origin) {
   const int64_t T = num_timesteps();
   if (!state.defined() || state.dim() != 2 || state.size(0) != T || state.size(1) != history_ + 1)
-    throw UsageError(fmt::format("{}: timestep_sampler_state has shape [{}], the importance sampler needs [{}, {}] "
-                                 "(diffusion.timesteps x history + 1)",
-                                 origin, state.defined() ? fmt::format("{}", fmt::join(state.sizes(), ", ")) : "",
-                                 T, history_ + 1));
+    throw UsageError(
+        fmt::format("{}: timestep_sampler_state has shape [{}], the importance sampler needs [{}, {}] "
+                    "(diffusion.timesteps x history + 1)",
+                    origin, state.defined() ? fmt::format("{}", fmt::join(state.sizes(), ", ")) : "", T, history_ + 1));
   if (!state.is_floating_point())
     throw UsageError(fmt::format("{}: timestep_sampler_state is {}, not floating point", origin,
                                  c10::toString(state.scalar_type())));
@@ -114,8 +116,8 @@ void ImportanceTimestepSampler::load_state(const torch::Tensor& state, const std
                                    origin, t, c, history_));
     for (int64_t h = 0; h < history_; ++h)
       if (!std::isfinite(a[t][h]))
-        throw UsageError(fmt::format("{}: timestep_sampler_state: loss {} of t = {} is {}, not finite", origin, h, t,
-                                     a[t][h]));
+        throw UsageError(
+            fmt::format("{}: timestep_sampler_state: loss {} of t = {} is {}, not finite", origin, h, t, a[t][h]));
   }
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t h = 0; h < history_; ++h) losses_[static_cast<size_t>(t)][static_cast<size_t>(h)] = a[t][h];

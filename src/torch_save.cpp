@@ -26,8 +26,8 @@ constexpr int64_t kMaxNodeVisits = 10'000'000;  // a pickle can share one list m
 enum class Kind { None, Bool, Int, BigInt, Float, Str, Bytes, Tuple, List, Dict, Global, Storage, Tensor };
 
 const char* kind_name(Kind k) {
-  static const char* names[] = {"None", "bool", "int", "int", "float", "str", "bytes", "tuple",
-                                "list", "dict", "global", "storage", "tensor"};
+  static const char* names[] = {"None",  "bool", "int",  "int",    "float",   "str",   "bytes",
+                                "tuple", "list", "dict", "global", "storage", "tensor"};
   return names[static_cast<int>(k)];
 }
 
@@ -59,11 +59,11 @@ struct Arena {
 
 const std::map<std::string, torch::ScalarType>& storage_types() {
   static const std::map<std::string, torch::ScalarType> types = {
-      {"torch.FloatStorage", torch::kFloat},   {"torch.DoubleStorage", torch::kDouble},
-      {"torch.HalfStorage", torch::kHalf},     {"torch.BFloat16Storage", torch::kBFloat16},
-      {"torch.LongStorage", torch::kLong},     {"torch.IntStorage", torch::kInt},
-      {"torch.ShortStorage", torch::kShort},   {"torch.CharStorage", torch::kChar},
-      {"torch.ByteStorage", torch::kByte},     {"torch.BoolStorage", torch::kBool}};
+      {"torch.FloatStorage", torch::kFloat}, {"torch.DoubleStorage", torch::kDouble},
+      {"torch.HalfStorage", torch::kHalf},   {"torch.BFloat16Storage", torch::kBFloat16},
+      {"torch.LongStorage", torch::kLong},   {"torch.IntStorage", torch::kInt},
+      {"torch.ShortStorage", torch::kShort}, {"torch.CharStorage", torch::kChar},
+      {"torch.ByteStorage", torch::kByte},   {"torch.BoolStorage", torch::kBool}};
   return types;
 }
 
@@ -81,7 +81,8 @@ class Unpickler {
       if (op == '.') break;
       step(op);
     }
-    if (stack_.size() != 1 || !marks_.empty()) fail("STOP with {} values and {} marks on the stack", stack_.size(), marks_.size());
+    if (stack_.size() != 1 || !marks_.empty())
+      fail("STOP with {} values and {} marks on the stack", stack_.size(), marks_.size());
     return stack_.back();
   }
   size_t position() const { return pos_; }
@@ -201,7 +202,9 @@ void Unpickler::step(uint8_t op) {
     case ']': push(make(Kind::List)); return;
     case '}': push(make(Kind::Dict)); return;
     case 't': push(tuple(pop_to_mark())); return;
-    case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
+    case 0x85:
+    case 0x86:
+    case 0x87: {  // TUPLE1..3
       std::vector<Value*> items(static_cast<size_t>(op - 0x84));
       for (auto it = items.rbegin(); it != items.rend(); ++it) *it = pop();
       push(tuple(std::move(items)));
@@ -276,7 +279,8 @@ void Unpickler::step(uint8_t op) {
       return;
     }
     case 'N': push(make(Kind::None)); return;
-    case 0x88: case 0x89: {
+    case 0x88:
+    case 0x89: {
       auto* x = make(Kind::Bool);
       x->i = op == 0x88;
       push(x);
@@ -303,7 +307,8 @@ void Unpickler::step(uint8_t op) {
     case 'b': {  // BUILD: the state of an OrderedDict (its _metadata) or a tensor is not needed
       pop();
       if (stack_.empty() || (stack_.back()->kind != Kind::Dict && stack_.back()->kind != Kind::Tensor))
-        fail("BUILD on a {}: only dicts and tensors are read", stack_.empty() ? "nothing" : kind_name(stack_.back()->kind));
+        fail("BUILD on a {}: only dicts and tensors are read",
+             stack_.empty() ? "nothing" : kind_name(stack_.back()->kind));
       return;
     }
     case '0': pop(); return;
@@ -313,8 +318,10 @@ void Unpickler::step(uint8_t op) {
       push(stack_.back());
       return;
     default:
-      fail("opcode 0x{:02x} is not read here (diffuse reads state_dicts: dicts, lists, tuples, numbers, strings and "
-           "tensors)", op);
+      fail(
+          "opcode 0x{:02x} is not read here (diffuse reads state_dicts: dicts, lists, tuples, numbers, strings and "
+          "tensors)",
+          op);
   }
 }
 
@@ -325,8 +332,10 @@ Value* Unpickler::global(const std::string& module, const std::string& name) {
   bool ok = storage_types().count(full) > 0;
   for (const char* a : allowed) ok = ok || full == a;
   if (!ok)
-    fail("refers to '{}', which is not read: only tensors, OrderedDicts, dicts, lists and numbers are (a torch.save "
-         "file can name any Python code; diffuse never runs it)", full);
+    fail(
+        "refers to '{}', which is not read: only tensors, OrderedDicts, dicts, lists and numbers are (a torch.save "
+        "file can name any Python code; diffuse never runs it)",
+        full);
   auto* g = make(Kind::Global);
   g->s = full;
   return g;
@@ -348,7 +357,8 @@ Value* Unpickler::reduce(Value* callable, Value* args) {
     return a[0];
   }
   if (callable->s == "torch._utils._rebuild_tensor_v2") {
-    if (a.size() < 4 || a[0]->kind != Kind::Storage) fail("_rebuild_tensor_v2 needs (storage, offset, size, stride, ...)");
+    if (a.size() < 4 || a[0]->kind != Kind::Storage)
+      fail("_rebuild_tensor_v2 needs (storage, offset, size, stride, ...)");
     auto* t = make(Kind::Tensor);
     t->storage = a[0];
     t->offset = as_int(a[1], "storage offset");
@@ -365,9 +375,9 @@ Value* Unpickler::persistent(Value* pid) {
   if (pid->kind != Kind::Tuple || p.size() < 5 || p.size() > 6 || p[0]->kind != Kind::Str || p[0]->s != "storage")
     fail("a persistent id that is not ('storage', type, key, location, size)");
   if (p[1]->kind != Kind::Global || !storage_types().count(p[1]->s)) fail("a storage of unknown type");
-  if (p[2]->kind != Kind::Str || p[2]->s.empty() || p[2]->s.size() > 64) fail("a storage key that is not a short string");
-  if (p.size() == 6 && p[5]->kind != Kind::None)
-    fail("a storage view (files of torch < 0.4) is not supported");
+  if (p[2]->kind != Kind::Str || p[2]->s.empty() || p[2]->s.size() > 64)
+    fail("a storage key that is not a short string");
+  if (p.size() == 6 && p[5]->kind != Kind::None) fail("a storage view (files of torch < 0.4) is not supported");
   const int64_t numel = as_int(p[4], "storage size");
   if (numel < 0) fail("storage size {} < 0", numel);
   const auto dtype = storage_types().at(p[1]->s);
@@ -400,7 +410,8 @@ void attach(Value* storage, const char* data, size_t size, const std::string& wh
 // take: a stride of 0 lets a few stored bytes stand for any number of elements.
 torch::Tensor materialise(const Value* t, const std::string& name, const std::string& origin, uint64_t& budget) {
   const Value* s = t->storage;
-  if (!s->data.defined()) throw UsageError(fmt::format("'{}': tensor '{}': its storage '{}' has no data", origin, name, s->s));
+  if (!s->data.defined())
+    throw UsageError(fmt::format("'{}': tensor '{}': its storage '{}' has no data", origin, name, s->s));
   auto bad = [&](const std::string& why) {
     return UsageError(fmt::format("'{}': tensor '{}' (size [{}], stride [{}], offset {}) {}", origin, name,
                                   fmt::join(t->size, ", "), fmt::join(t->stride, ", "), t->offset, why));
@@ -448,11 +459,14 @@ struct Flattener {
           std::string name;
           if (key->kind == Kind::Str) name = key->s;
           else if (key->kind == Kind::Int) name = std::to_string(key->i);
-          else throw UsageError(fmt::format("'{}': a dict key at '{}' is a {}, expected a string", origin, path, kind_name(key->kind)));
+          else
+            throw UsageError(
+                fmt::format("'{}': a dict key at '{}' is a {}, expected a string", origin, path, kind_name(key->kind)));
           walk(v->items[k + 1], join(name), depth + 1);
         }
         return;
-      case Kind::List: case Kind::Tuple:
+      case Kind::List:
+      case Kind::Tuple:
         for (size_t k = 0; k < v->items.size(); ++k) walk(v->items[k], join(std::to_string(k)), depth + 1);
         return;
       default: return;  // numbers, strings, None
@@ -485,11 +499,13 @@ std::string zip_prefix(const ZipArchive& zip, const std::string& name) {
       prefix = e.name.substr(0, slash + 1), ++pickles;
   }
   if (pickles != 1)
-    throw UsageError(fmt::format("'{}' is a zip archive but not a torch.save file ({} '<name>/data.pkl' entries, "
-                                 "expected one)", name, pickles));
+    throw UsageError(
+        fmt::format("'{}' is a zip archive but not a torch.save file ({} '<name>/data.pkl' entries, "
+                    "expected one)",
+                    name, pickles));
   if (zip.find(prefix + "constants.pkl") || zip.find(prefix + "code/"))
-    throw UsageError(fmt::format("'{}' is a TorchScript module (torch.jit.save), not a torch.save file of tensors",
-                                 name));
+    throw UsageError(
+        fmt::format("'{}' is a TorchScript module (torch.jit.save), not a torch.save file of tensors", name));
   return prefix;
 }
 
@@ -584,8 +600,10 @@ bool looks_like_torch_save(const std::string& bytes) {
 TorchSaveFile decode_torch_save(const std::string& bytes, const std::string& name) {
   if (is_zip(bytes)) return decode_zip(bytes, name);
   if (bytes.compare(0, kLegacyMagic.size(), kLegacyMagic) == 0) return decode_legacy(bytes, name);
-  throw UsageError(fmt::format("'{}' is not a torch.save file (neither a zip archive nor the legacy format's magic "
-                               "number)", name));
+  throw UsageError(
+      fmt::format("'{}' is not a torch.save file (neither a zip archive nor the legacy format's magic "
+                  "number)",
+                  name));
 }
 
 TorchSaveFile load_torch_save(const std::string& path) { return decode_torch_save(read_file_bytes(path), path); }

@@ -44,7 +44,8 @@ struct Directory {
 // 22 + 65535 bytes (its comment is at most 65535 bytes long).
 Directory find_directory(const Reader& r) {
   const auto& b = r.b;
-  if (b.size() < 22) throw UsageError(fmt::format("zip archive '{}' is too short ({} bytes) to be one", r.origin, b.size()));
+  if (b.size() < 22)
+    throw UsageError(fmt::format("zip archive '{}' is too short ({} bytes) to be one", r.origin, b.size()));
   const uint64_t lowest = b.size() > 22 + 65535 ? b.size() - 22 - 65535 : 0;
   for (uint64_t p = b.size() - 22 + 1; p-- > lowest;) {
     if (r.u32(p) != kEndOfDirectory || p + 22 + r.u16(p + 20) != b.size()) continue;
@@ -61,13 +62,16 @@ Directory find_directory(const Reader& r) {
       throw UsageError(fmt::format("zip archive '{}': no ZIP64 end of central directory at byte {}", r.origin, z));
     return {r.u64(z + 32), r.u64(z + 48), r.u64(z + 40)};
   }
-  throw UsageError(fmt::format("zip archive '{}' has no end of central directory record (truncated, or not a zip "
-                               "file)", r.origin));
+  throw UsageError(
+      fmt::format("zip archive '{}' has no end of central directory record (truncated, or not a zip "
+                  "file)",
+                  r.origin));
 }
 
 // The ZIP64 extended-information extra field replaces, in this order, each 32-bit field that
 // holds 0xFFFFFFFF (APPNOTE 4.5.3).
-void apply_zip64_extra(const Reader& r, uint64_t x, uint64_t end, ZipEntry& e, uint64_t& local, const std::string& what) {
+void apply_zip64_extra(const Reader& r, uint64_t x, uint64_t end, ZipEntry& e, uint64_t& local,
+                       const std::string& what) {
   while (x + 4 <= end) {
     const uint16_t id = r.u16(x), len = r.u16(x + 2);
     if (x + 4 + len > end)
@@ -99,7 +103,8 @@ ZipEntry read_entry(const Reader& r, uint64_t& p, uint64_t directory_end) {
   const uint64_t nlen = r.u16(p + 28), xlen = r.u16(p + 30), clen = r.u16(p + 32);
   uint64_t local = r.u32(p + 42);
   if (p + 46 + nlen + xlen + clen > directory_end)
-    throw UsageError(fmt::format("zip archive '{}': central directory entry at byte {} runs past the directory", r.origin, p));
+    throw UsageError(
+        fmt::format("zip archive '{}': central directory entry at byte {} runs past the directory", r.origin, p));
   e.name = r.b.substr(p + 46, nlen);
   const std::string what = fmt::format("zip archive '{}', entry '{}'", r.origin, e.name);
   apply_zip64_extra(r, p + 46 + nlen, p + 46 + nlen + xlen, e, local, what);
@@ -108,8 +113,7 @@ ZipEntry read_entry(const Reader& r, uint64_t& p, uint64_t directory_end) {
   if (e.method != 0 && e.method != 8)
     throw UsageError(fmt::format("{}: compression method {} (expected 0, stored, or 8, deflate)", what, e.method));
   r.need(local, 30, "local header");
-  if (r.u32(local) != kLocalHeader)
-    throw UsageError(fmt::format("{}: no local header at byte {}", what, local));
+  if (r.u32(local) != kLocalHeader) throw UsageError(fmt::format("{}: no local header at byte {}", what, local));
   const uint64_t lnlen = r.u16(local + 26), lxlen = r.u16(local + 28);
   r.need(local + 30, lnlen + lxlen, "local header");
   if (r.b.compare(local + 30, lnlen, e.name) != 0)
@@ -117,8 +121,8 @@ ZipEntry read_entry(const Reader& r, uint64_t& p, uint64_t directory_end) {
   e.data_offset = local + 30 + lnlen + lxlen;
   r.need(e.data_offset, e.compressed_size, "entry data");
   if (e.method == 0 && e.compressed_size != e.size)
-    throw UsageError(fmt::format("{}: stored entry with {} compressed and {} uncompressed bytes", what,
-                                 e.compressed_size, e.size));
+    throw UsageError(
+        fmt::format("{}: stored entry with {} compressed and {} uncompressed bytes", what, e.compressed_size, e.size));
   if (e.method == 8 && e.size / 1032 > e.compressed_size)  // deflate expands at most 1032:1
     throw UsageError(fmt::format("{}: {} compressed bytes cannot inflate to the {} bytes the entry claims", what,
                                  e.compressed_size, e.size));

@@ -38,8 +38,8 @@ inline std::string npy(const std::string& descr, bool fortran, const std::vector
   std::string sh;
   for (auto d : shape) sh += std::to_string(d) + ", ";
   if (shape.size() > 1) sh.resize(sh.size() - 2);
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
-                       ", 'shape': (" + sh + "), }";
+  std::string header =
+      "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") + ", 'shape': (" + sh + "), }";
   while ((10 + header.size() + 1) % 64 != 0) header += ' ';
   header += '\n';
   std::string out = "\x93NUMPY";

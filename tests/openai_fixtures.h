@@ -40,8 +40,8 @@ inline bool has(const std::string& text, const std::string& part) { return text.
 
 }  // namespace diffuse::test
 
-#define EXPECT_HAS(text, part)                                                                           \
-  do {                                                                                                   \
-    const std::string text_ = (text);                                                                    \
-    EXPECT_TRUE(diffuse::test::has(text_, part)) << "expected \"" << (part) << "\" in: " << text_;       \
+#define EXPECT_HAS(text, part)                                                                     \
+  do {                                                                                             \
+    const std::string text_ = (text);                                                              \
+    EXPECT_TRUE(diffuse::test::has(text_, part)) << "expected \"" << (part) << "\" in: " << text_; \
   } while (0)

@@ -27,16 +27,14 @@ namespace tb = diffuse::test_bytes;
 namespace {
 
 struct Row {
-  const char* id;    // the row's name in docs/bad-input.md
-  const char* what;  // what is wrong, in words
-  std::string args;  // after `diffuse`; {run} {new} {tmp} {tiny} {fx} are filled in
+  const char* id;                    // the row's name in docs/bad-input.md
+  const char* what;                  // what is wrong, in words
+  std::string args;                  // after `diffuse`; {run} {new} {tmp} {tiny} {fx} are filled in
   std::vector<std::string> needles;  // each must appear in stderr (placeholders filled in)
   int exit_code = 2;
 };
 
-std::string be32(uint32_t v) {
-  return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
-}
+std::string be32(uint32_t v) { return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)}; }
 std::string idx_file(uint8_t ndim, const std::vector<uint32_t>& dims, size_t payload) {
   std::string s{'\0', '\0', '\x08', char(ndim)};
   for (auto d : dims) s += be32(d);
@@ -85,8 +83,9 @@ class Fixture {
 
  private:
   Fixture() {
-    const auto r = run_diffuse(fill("train --config {tiny} --run-dir {run} --set train.steps=2 --set "
-                                    "train.checkpoint_every=2 --set data.limit=64 --set train.threads=1"));
+    const auto r =
+        run_diffuse(fill("train --config {tiny} --run-dir {run} --set train.steps=2 --set "
+                         "train.checkpoint_every=2 --set data.limit=64 --set train.threads=1"));
     if (r.exit_code != 0) throw std::runtime_error("fixture run failed: " + r.err);
     write_configs();
     write_idx_dirs();
@@ -190,7 +189,8 @@ void check_rows(const char* group, const std::vector<Row>& rows) {
     EXPECT_EQ(r.exit_code, row.exit_code) << args << "\n" << r.err;
     for (const auto& n : row.needles) {
       const auto needle = f.fill(n);
-      EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in stderr of " << args << "\n" << r.err;
+      EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in stderr of " << args << "\n"
+                                                       << r.err;
     }
     EXPECT_EQ(Fixture::snapshot(f.run()), before) << args << " changed the run directory";
     EXPECT_FALSE(fs::exists(f.tmp() + "/new-run")) << args << " left the run directory it was refused for";
@@ -208,6 +208,8 @@ void check_rows(const char* group, const std::vector<Row>& rows) {
     std::ofstream(fs::path(dir) / (std::string(group) + ".md")) << table;
 }
 
+// The rows read as a table: one input a line.
+// clang-format off
 const std::string kTrainNew = "train --config {tiny} --run-dir {new} --set train.steps=1 ";
 
 std::vector<Row> option_rows() {
@@ -217,7 +219,8 @@ std::vector<Row> option_rows() {
       {"unknown-sampler", "a sampler that does not exist", "sample --checkpoint {run} --sampler dpm", {"dpm", "ddim"}},
       {"negative-eta", "a negative eta", "sample --checkpoint {run} --eta -0.5", {"--eta: must be >= 0, got -0.5"}},
       {"unknown-option", "an option no command has", "sample --checkpoint {run} --colour red", {"--colour"}},
-      {"bad-format", "an output format that does not exist", "eval --checkpoint {run} --format xml", {"--format", "xml"}},
+      {"bad-format", "an output format that does not exist", "eval --checkpoint {run} --format xml",
+       {"--format", "xml"}},
       {"unknown-metric", "a metric that does not exist", "eval --checkpoint {run} --metrics fidd", {"fidd"}},
       {"bad-respace", "a respacing that is not a spacing", "schedule --respace ddim0", {"--respace 'ddim0'"}},
       {"negative-threads", "a negative thread count", "sample --checkpoint {run} --threads -1", {"--threads"}},
@@ -229,7 +232,8 @@ std::vector<Row> option_rows() {
        {"'{tmp}/no-such-run'", "does not exist"}},
       {"fresh-over-run", "a fresh run in a directory that holds one", "train --config {tiny} --run-dir {run}",
        {"'{run}'", "--resume", "--overwrite"}},
-      {"sample-out-file", "a sample output directory that is a file", "sample --checkpoint {run} --num 1 --steps 1 --out {tmp}/a-file",
+      {"sample-out-file", "a sample output directory that is a file",
+       "sample --checkpoint {run} --num 1 --steps 1 --out {tmp}/a-file",
        {"'{tmp}/a-file'"}},
   };
 }
@@ -252,10 +256,12 @@ std::vector<Row> config_rows() {
       {"set-bad-enum", "a schedule name that does not exist", kTrainNew + "--set diffusion.schedule=cosin",
        {"diffusion.schedule", "cosine"}},
       {"betas-file-missing", "a betas_file that does not exist",
-       kTrainNew + "--set diffusion.schedule=custom --set diffusion.betas_file={tmp}/no-betas.txt", {"{tmp}/no-betas.txt"}},
+       kTrainNew + "--set diffusion.schedule=custom --set diffusion.betas_file={tmp}/no-betas.txt",
+       {"{tmp}/no-betas.txt"}},
       {"learn-sigma-fixed", "learned sigmas with a fixed variance", kTrainNew + "--set model.learn_sigma=true",
        {"learn_sigma"}},
-      {"resume-other-model", "--resume with a model of another width", "train --resume {run} --set model.model_channels=64",
+      {"resume-other-model", "--resume with a model of another width",
+       "train --resume {run} --set model.model_channels=64",
        {"another model configuration"}},
   };
 }
@@ -278,19 +284,23 @@ std::vector<Row> data_rows() {
       {"cifar-size", "a CIFAR-10 batch that is not whole records", cifar + "{tmp}/cifar-size.bin",
        {"{tmp}/cifar-size.bin", "3073"}},
       {"cifar-label", "a CIFAR-10 record with label 12", cifar + "{tmp}/cifar-label.bin", {"label 12", "outside 0..9"}},
-      {"folder-no-images", "an image folder without images", folder + "{tmp}/images-empty", {"no images", "{tmp}/images-empty"}},
+      {"folder-no-images", "an image folder without images", folder + "{tmp}/images-empty",
+       {"no images", "{tmp}/images-empty"}},
       {"folder-not-png", "a .png that is text", folder + "{tmp}/images-text", {"{tmp}/images-text/a.png"}},
       {"folder-huge-image", "a PNG header of 20000 x 20000 pixels", folder + "{tmp}/images-huge",
-       {"{tmp}/images-huge/big.png"}},  // 1.13's stb reads the header and our 16384 cap refuses it; newer stb refuses it itself
+       // 1.13's stb reads the header and our 16384 cap refuses it; newer stb refuses it itself
+       {"{tmp}/images-huge/big.png"}},
       {"folder-mixed-layout", "images beside class subfolders", folder + "{tmp}/images-mixed",
        {"root.png", "class subfolder"}},
-      {"resume-bad-data", "--resume onto a truncated dataset", "train --resume {run} --set data.path={tmp}/idx-truncated",
+      {"resume-bad-data", "--resume onto a truncated dataset",
+       "train --resume {run} --set data.path={tmp}/idx-truncated",
        {"truncated"}},
   };
 }
 
 std::vector<Row> checkpoint_rows() {
-  const std::string fid = "eval --checkpoint {run} --metrics fid --num-samples 2 --feature-extractor {fx} --reference-stats ";
+  const std::string fid =
+      "eval --checkpoint {run} --metrics fid --num-samples 2 --feature-extractor {fx} --reference-stats ";
   return {
       {"ckpt-missing", "a checkpoint that does not exist", "sample --checkpoint {tmp}/none.pt", {"'{tmp}/none.pt'"}},
       {"ckpt-truncated", "half a checkpoint", "sample --checkpoint {tmp}/truncated.pt", {"'{tmp}/truncated.pt'"}},
@@ -306,13 +316,16 @@ std::vector<Row> checkpoint_rows() {
       {"extractor-missing", "a feature network that does not exist",
        "eval --checkpoint {run} --metrics fid --num-samples 2 --feature-extractor {tmp}/inception.pt",
        {"{tmp}/inception.pt"}},
-      {"stats-garbage", "a reference-statistics file of garbage", fid + "{tmp}/stats-garbage.pt", {"{tmp}/stats-garbage.pt"}},
+      {"stats-garbage", "a reference-statistics file of garbage", fid + "{tmp}/stats-garbage.pt",
+       {"{tmp}/stats-garbage.pt"}},
       {"stats-other-network", "statistics of another feature network", fid + "{tmp}/stats-other.pt",
        {"{tmp}/stats-other.pt", "another feature network"}},
       {"stats-truncated-npz", "a truncated .npz", fid + "{tmp}/stats-truncated.npz", {"{tmp}/stats-truncated.npz"}},
-      {"stats-shape-npz", "an .npz whose sigma is 2 x 3", fid + "{tmp}/stats-shape.npz", {"{tmp}/stats-shape.npz", "sigma"}},
+      {"stats-shape-npz", "an .npz whose sigma is 2 x 3", fid + "{tmp}/stats-shape.npz",
+       {"{tmp}/stats-shape.npz", "sigma"}},
   };
 }
+// clang-format on
 
 }  // namespace
 
@@ -329,7 +342,8 @@ TEST(BadInput, EveryRowIsInTheDocs) {
   for (const auto& rows : {option_rows(), config_rows(), data_rows(), checkpoint_rows()})
     for (const auto& row : rows) {
       ++n;
-      EXPECT_NE(doc.find(fmt::format("| `{}` |", row.id)), std::string::npos) << row.id << " is not in docs/bad-input.md";
+      EXPECT_NE(doc.find(fmt::format("| `{}` |", row.id)), std::string::npos)
+          << row.id << " is not in docs/bad-input.md";
     }
   EXPECT_GE(n, 30u);
 }

@@ -96,8 +96,10 @@ diffuse::test::CommandResult import_unet_cli(const std::string& name, const std:
 }  // namespace
 
 TEST(ClassifierGuidance, TheImportedClassifierReproducesUpstreamLogitsAndGradient) {
-  const std::pair<const char*, int64_t> fixtures[] = {
-      {"classifier_attention", 1000}, {"classifier_adaptive", 1000}, {"classifier_spatial", 10}, {"classifier_spatial_v2", 10}};
+  const std::pair<const char*, int64_t> fixtures[] = {{"classifier_attention", 1000},
+                                                      {"classifier_adaptive", 1000},
+                                                      {"classifier_spatial", 10},
+                                                      {"classifier_spatial_v2", 10}};
   for (const auto& [name, classes] : fixtures) {
     SCOPED_TRACE(name);
     const auto net = import_classifier(name, classes);
@@ -134,8 +136,7 @@ TEST(ClassifierGuidance, EveryOptionOfTheClassifierFixturesIsInUse) {
   // create_classifier's levels for the published sizes.
   EXPECT_EQ(openai_classifier_config({"--image_size 64 --classifier_depth 4"}).model.channel_mult,
             (std::vector<double>{1, 2, 3, 4}));
-  EXPECT_EQ(openai_classifier_config({"--image_size 256"}).model.channel_mult,
-            (std::vector<double>{1, 1, 2, 2, 4, 4}));
+  EXPECT_EQ(openai_classifier_config({"--image_size 256"}).model.channel_mult, (std::vector<double>{1, 1, 2, 2, 4, 4}));
   EXPECT_EQ(openai_classifier_config({"--image_size 512"}).model.channel_mult,
             (std::vector<double>{0.5, 1, 1, 2, 2, 4, 4}));
 }
@@ -161,9 +162,9 @@ TEST(ClassifierGuidance, GuidedAncestralAndDdimStepsMatchUpstream) {
     const double scale = get(io, "scale").item<double>();
     const GaussianDiffusion trained = make_diffusion(m.cfg);
     const auto kept = [&] { return space_timesteps(trained.num_timesteps(), c.respacing); };
-    const GaussianDiffusion process =
-        *c.respacing ? GaussianDiffusion(trained.schedule().respace(kept()), trained.prediction(), trained.variance_type())
-                     : trained;
+    const GaussianDiffusion process = *c.respacing ? GaussianDiffusion(trained.schedule().respace(kept()),
+                                                                       trained.prediction(), trained.variance_type())
+                                                   : trained;
     const Denoiser guided(model_fn(m, y), process, classifier_gradient(logits_of(classifier), y, scale));
     const Denoiser plain(model_fn(m, y), process);
     ReverseOptions clip;
@@ -251,11 +252,14 @@ TEST(ClassifierGuidance, TheCliImportsAClassifierAndSamplesWithIt) {
                   " --out " + path("x"));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_HAS(r.err, "cosine schedule");
-  r = run_diffuse("import " + classifier_file("classifier_attention.pt") + " --from improved-diffusion --classifier "
-                  "--flags '--image_size 16' --out " + path("y.pt"));
+  r = run_diffuse("import " + classifier_file("classifier_attention.pt") +
+                  " --from improved-diffusion --classifier "
+                  "--flags '--image_size 16' --out " +
+                  path("y.pt"));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_HAS(r.err, "guided-diffusion");
-  r = run_diffuse("import " + classifier_file("classifier_attention.pt") + " --from guided-diffusion --classifier "
+  r = run_diffuse("import " + classifier_file("classifier_attention.pt") +
+                  " --from guided-diffusion --classifier "
                   "--flags '--image_size 16 --channel_mult 1,1 --classifier_width 64 --classifier_pool max' "
                   "--out " +
                   path("y.pt"));

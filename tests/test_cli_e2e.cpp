@@ -28,7 +28,8 @@ std::string tiny() { return std::string(DIFFUSE_SOURCE_DIR) + "/configs/tiny.yam
 void expect_refused(const std::string& args, std::initializer_list<std::string> needles) {
   const auto r = run_diffuse(args);
   EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
-  for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "'" << n << "' for " << args << "\n" << r.err;
+  for (const auto& n : needles)
+    EXPECT_NE(r.err.find(n), std::string::npos) << "'" << n << "' for " << args << "\n" << r.err;
 }
 }  // namespace
 
@@ -53,19 +54,22 @@ TEST(CliTrain, HostileInputExitsTwoNamingThePathOrOption) {
   diffuse::test::TempDir dir;
   const auto file = (dir.path() / "a-file").string();
   std::ofstream(file) << "not a directory";
-  expect_refused("train --config " + std::string(DIFFUSE_SOURCE_DIR) + "/configs/toy2d.yaml --set train.steps=1 --run-dir " +
-                     file, {file, "not a directory"});
+  expect_refused(
+      "train --config " + std::string(DIFFUSE_SOURCE_DIR) + "/configs/toy2d.yaml --set train.steps=1 --run-dir " + file,
+      {file, "not a directory"});
   const auto idx = dir.path() / "idx";
   fs::create_directories(idx);
   auto be32 = [](uint32_t v) {
-    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
+    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+                       static_cast<char>(v)};
   };
   std::ofstream(idx / "train-images-idx3-ubyte", std::ios::binary)
       << std::string("\0\0\x08\x03", 4) + be32(65536) + be32(1u << 24) + be32(1u << 24);  // 16 bytes: 2^72 pixels
   std::ofstream(idx / "train-labels-idx1-ubyte", std::ios::binary)
       << std::string("\0\0\x08\x01", 4) + be32(65536) + std::string(65536, '\x03');  // as many labels as images
-  expect_refused("train --config " + tiny() + " --run-dir " + (dir.path() / "run").string() + " --set data.path=" +
-                     idx.string(), {(idx / "train-images-idx3-ubyte").string(), "2^40"});
+  expect_refused(
+      "train --config " + tiny() + " --run-dir " + (dir.path() / "run").string() + " --set data.path=" + idx.string(),
+      {(idx / "train-images-idx3-ubyte").string(), "2^40"});
   for (const std::string opt : {"--num", "--steps", "--batch-size"}) {
     const auto r = run_diffuse("sample --checkpoint " + dir.str() + " " + opt + " 0");
     EXPECT_EQ(r.exit_code, 2) << r.err;
@@ -83,7 +87,8 @@ TEST(CliTrain, PrintModelShowsParameterCount) {
   EXPECT_NE(r.out.find("Total parameters: "), std::string::npos) << r.out;
   // The quickstart UNet has the settings of issue 3's reference point, where improved-diffusion's
   // UNetModel counts 1,191,233 parameters (1,112,801 without use_scale_shift_norm).
-  r = run_diffuse("train --config " + std::string(DIFFUSE_SOURCE_DIR) + "/configs/fashion-mnist-quick.yaml --print-model");
+  r = run_diffuse("train --config " + std::string(DIFFUSE_SOURCE_DIR) +
+                  "/configs/fashion-mnist-quick.yaml --print-model");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("Total parameters: 1,191,233"), std::string::npos) << r.out;
   r = run_diffuse("train --config " + std::string(DIFFUSE_SOURCE_DIR) +
@@ -137,9 +142,11 @@ TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
   // Sample: one PNG per sample + grid, settings in the PNG text, same seed -> same samples
   // whatever the batch size.
   const auto out1 = (dir.path() / "s1").string(), out2 = (dir.path() / "s2").string();
-  r = run_diffuse("sample --checkpoint " + run + " --num 6 --batch-size 6 --steps 5 --seed 3 --save-tensor --out " + out1);
+  r = run_diffuse("sample --checkpoint " + run + " --num 6 --batch-size 6 --steps 5 --seed 3 --save-tensor --out " +
+                  out1);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = run_diffuse("sample --checkpoint " + run + " --num 6 --batch-size 4 --steps 5 --seed 3 --save-tensor --trajectory 3 --out " + out2);
+  r = run_diffuse("sample --checkpoint " + run +
+                  " --num 6 --batch-size 4 --steps 5 --seed 3 --save-tensor --trajectory 3 --out " + out2);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(fs::exists(fs::path(out1) / ("00000" + std::to_string(i) + ".png")));
   EXPECT_TRUE(fs::exists(fs::path(out1) / "grid.png"));
@@ -162,7 +169,8 @@ TEST(CliEndToEnd, TrainSampleEvalOnTinyConfig) {
   // bf16 autocast for the network: the same samples up to bf16 rounding (mean |diff| over pixels
   // in [-1, 1]; measured ~1e-3 here, bounded at 0.05).
   const auto out3 = (dir.path() / "s3").string();
-  r = run_diffuse("sample --checkpoint " + run + " --num 6 --steps 5 --seed 3 --precision bf16 --save-tensor --no-images --out " + out3);
+  r = run_diffuse("sample --checkpoint " + run +
+                  " --num 6 --steps 5 --seed 3 --precision bf16 --save-tensor --no-images --out " + out3);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   torch::Tensor c16;
   torch::load(c16, (fs::path(out3) / "samples.pt").string());
@@ -215,9 +223,11 @@ def forward(self, x):
   EXPECT_EQ(j["num_samples"].as<int64_t>(), 8);
   EXPECT_TRUE(fs::exists(dir.path() / "ref.pt"));
   // The cache is reused for the same network and reference, and refused for another reference.
-  const std::string again = "eval --checkpoint " + run + " --metrics fid --num-samples 8 --set sample.steps=5"
-                            " --feature-extractor " + fe + " --format json --reference-stats " +
-                            (dir.path() / "ref.pt").string() + " --reference ";
+  const std::string again = "eval --checkpoint " + run +
+                            " --metrics fid --num-samples 8 --set sample.steps=5"
+                            " --feature-extractor " +
+                            fe + " --format json --reference-stats " + (dir.path() / "ref.pt").string() +
+                            " --reference ";
   r = run_diffuse(again + out2);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_DOUBLE_EQ(YAML::Load(r.out)["fid"].as<double>(), j["fid"].as<double>());
@@ -246,7 +256,8 @@ def forward(self, x):
   expect_refused("sample --checkpoint " + run + " --sampler dpm", {"ddim"});
   expect_refused("sample --checkpoint " + (dir.path() / "nope").string(), {"nope"});
   // The error lists the allowed values.
-  expect_refused("eval --checkpoint " + run + " --metrics bpd --set data.dataset=fashion", {"data.dataset", "fashion-mnist"});
+  expect_refused("eval --checkpoint " + run + " --metrics bpd --set data.dataset=fashion",
+                 {"data.dataset", "fashion-mnist"});
   // Options the chosen sampler would ignore are refused, naming the ones that take them.
   expect_refused("sample --checkpoint " + run + " --sampler dpmpp-2m --eta 0.5", {"euler-ancestral"});
   expect_refused("sample --checkpoint " + run + " --sampler ddim --sigmas karras", {"sigma"});
@@ -266,8 +277,10 @@ def forward(self, x):
   }
 
   // The Monte Carlo bound: a mean and a standard error, near the exact bound computed above.
-  r = run_diffuse("eval --checkpoint " + run + " --metrics bpd-mc --num-images 4 --batch-size 4 --mc-timesteps 64"
-                  " --format json --out " + (dir.path() / "eval-mc").string() + " --set diffusion.timesteps=1000");
+  r = run_diffuse("eval --checkpoint " + run +
+                  " --metrics bpd-mc --num-images 4 --batch-size 4 --mc-timesteps 64"
+                  " --format json --out " +
+                  (dir.path() / "eval-mc").string() + " --set diffusion.timesteps=1000");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   j = YAML::Load(r.out);
   const double mc = j["bpd_mc"].as<double>(), se = j["bpd_mc_std_error"].as<double>();
@@ -291,15 +304,18 @@ TEST(CliEndToEnd, ClassConditionalSamplingWithGuidance) {
   REQUIRE_FASHION_MNIST();
   diffuse::test::TempDir dir;
   const auto run = (dir.path() / "run").string();
-  auto r = run_diffuse("train --config " + tiny() + " --run-dir " + run +
-                       " --set model.class_cond=true --set model.p_uncond=0.2 --set train.steps=4 --set data.limit=256");
+  auto r =
+      run_diffuse("train --config " + tiny() + " --run-dir " + run +
+                  " --set model.class_cond=true --set model.p_uncond=0.2 --set train.steps=4 --set data.limit=256");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto guided = (dir.path() / "g").string(), plain = (dir.path() / "p").string();
-  r = run_diffuse("sample --checkpoint " + run + " --num 4 --steps 3 --seed 2 --label 3 --label 7 --guidance-scale 3 "
-                  "--save-tensor --out " + guided);
+  r = run_diffuse("sample --checkpoint " + run +
+                  " --num 4 --steps 3 --seed 2 --label 3 --label 7 --guidance-scale 3 "
+                  "--save-tensor --out " +
+                  guided);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = run_diffuse("sample --checkpoint " + run + " --num 4 --steps 3 --seed 2 --label 3 --label 7 --save-tensor --out " +
-                  plain);
+  r = run_diffuse("sample --checkpoint " + run +
+                  " --num 4 --steps 3 --seed 2 --label 3 --label 7 --save-tensor --out " + plain);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (int i = 0; i < 4; ++i) {
     const auto text = diffuse::read_png_text((fs::path(guided) / ("00000" + std::to_string(i) + ".png")).string());
@@ -327,9 +343,11 @@ TEST(CliEndToEnd, ExportImportSafetensorsSamplesTheSame) {
   r = run_diffuse("import " + st + " --out " + back);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   torch::Tensor a, b, c;
-  for (const auto& [ckpt, out] : {std::pair{run, (dir.path() / "sa").string()}, {back, (dir.path() / "sb").string()},
+  for (const auto& [ckpt, out] : {std::pair{run, (dir.path() / "sa").string()},
+                                  {back, (dir.path() / "sb").string()},
                                   {st, (dir.path() / "sc").string()}}) {
-    r = run_diffuse("sample --checkpoint " + ckpt + " --num 2 --steps 3 --seed 5 --save-tensor --no-images --out " + out);
+    r = run_diffuse("sample --checkpoint " + ckpt + " --num 2 --steps 3 --seed 5 --save-tensor --no-images --out " +
+                    out);
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   torch::load(a, (dir.path() / "sa" / "samples.pt").string());
@@ -392,8 +410,10 @@ TEST(CliEndToEnd, ToyTrainEvalSweep) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(fs::path(run) / "samples" / "step_00000400.png"));
   const auto out = (dir.path() / "eval").string();
-  r = run_diffuse("eval --checkpoint " + run + " --metrics toy --num-samples 1000 --sweep ddim:5,20 --sweep dpmpp-2m:10"
-                  " --set sample.sampler=ddpm --set sample.steps=250 --format json --out " + out);
+  r = run_diffuse("eval --checkpoint " + run +
+                  " --metrics toy --num-samples 1000 --sweep ddim:5,20 --sweep dpmpp-2m:10"
+                  " --set sample.sampler=ddpm --set sample.steps=250 --format json --out " +
+                  out);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = YAML::Load(r.out);
   const double sw = j["sliced_w2"].as<double>();
@@ -405,8 +425,8 @@ TEST(CliEndToEnd, ToyTrainEvalSweep) {
   // Baseline: standard-normal points (same mean and variance as the standardised moons, which
   // is what a model that learned only the first two moments would give) are clearly farther.
   torch::manual_seed(0);
-  const double baseline = diffuse::sliced_wasserstein2(
-      torch::randn({1000, 2}), diffuse::sample_toy(diffuse::ToyKind::TwoMoons, 1000, 99), {});
+  const double baseline = diffuse::sliced_wasserstein2(torch::randn({1000, 2}),
+                                                       diffuse::sample_toy(diffuse::ToyKind::TwoMoons, 1000, 99), {});
   EXPECT_LT(sw, 0.5 * baseline) << "two moons are not learned: sliced W2^2 " << sw << " vs N(0,I) " << baseline;
   EXPECT_TRUE(std::isfinite(j["mmd2_rbf"].as<double>()));
   // The sweep table: a header and one row per (sampler, steps).

@@ -45,31 +45,34 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   std::vector<std::string> out;
 #define CMP(f) \
   if (!(a.f == b.f)) out.push_back(#f)
+  // clang-format off
   CMP(model.type); CMP(model.model_channels); CMP(model.channel_mult); CMP(model.num_res_blocks);
-  CMP(model.attention_resolutions); CMP(model.num_heads); CMP(model.num_head_channels); CMP(model.num_heads_upsample); CMP(model.use_new_attention_order); CMP(model.dropout);
-  CMP(model.use_scale_shift_norm); CMP(model.resblock_updown); CMP(model.conv_resample); CMP(model.pool);
-  CMP(model.learn_sigma); CMP(model.low_res_size); CMP(model.class_cond); CMP(model.num_classes); CMP(model.p_uncond);
-  CMP(model.hidden); CMP(model.num_blocks);
+  CMP(model.attention_resolutions); CMP(model.num_heads); CMP(model.num_head_channels); CMP(model.num_heads_upsample);
+  CMP(model.use_new_attention_order); CMP(model.dropout); CMP(model.use_scale_shift_norm); CMP(model.resblock_updown);
+  CMP(model.conv_resample); CMP(model.pool); CMP(model.learn_sigma); CMP(model.low_res_size); CMP(model.class_cond);
+  CMP(model.num_classes); CMP(model.p_uncond); CMP(model.hidden); CMP(model.num_blocks);
   CMP(diffusion.schedule); CMP(diffusion.timesteps); CMP(diffusion.beta_start); CMP(diffusion.beta_end);
-  CMP(diffusion.cosine_s); CMP(diffusion.betas); CMP(diffusion.betas_file); CMP(diffusion.zero_terminal_snr); CMP(diffusion.rescale_timesteps);
-  CMP(diffusion.prediction); CMP(diffusion.variance); CMP(diffusion.loss); CMP(diffusion.hybrid_lambda);
-  CMP(diffusion.loss_weighting); CMP(diffusion.min_snr_gamma); CMP(diffusion.timestep_sampler);
-  CMP(data.dataset); CMP(data.path); CMP(data.split); CMP(data.image_size); CMP(data.channels);
-  CMP(data.random_flip); CMP(data.class_labels); CMP(data.skip_bad_files); CMP(data.limit); CMP(data.workers);
-  CMP(data.prefetch); CMP(data.toy); CMP(data.toy_size);
+  CMP(diffusion.cosine_s); CMP(diffusion.betas); CMP(diffusion.betas_file); CMP(diffusion.zero_terminal_snr);
+  CMP(diffusion.rescale_timesteps); CMP(diffusion.prediction); CMP(diffusion.variance); CMP(diffusion.loss);
+  CMP(diffusion.hybrid_lambda); CMP(diffusion.loss_weighting); CMP(diffusion.min_snr_gamma);
+  CMP(diffusion.timestep_sampler);
+  CMP(data.dataset); CMP(data.path); CMP(data.split); CMP(data.image_size); CMP(data.channels); CMP(data.random_flip);
+  CMP(data.class_labels); CMP(data.skip_bad_files); CMP(data.limit); CMP(data.workers); CMP(data.prefetch);
+  CMP(data.toy); CMP(data.toy_size);
   CMP(train.steps); CMP(train.batch_size); CMP(train.lr); CMP(train.adam_beta1); CMP(train.adam_beta2);
-  CMP(train.adam_eps); CMP(train.weight_decay); CMP(train.warmup_steps); CMP(train.lr_schedule);
-  CMP(train.min_lr); CMP(train.grad_clip); CMP(train.grad_accum); CMP(train.ema_decay); CMP(train.ema_warmup);
-  CMP(train.seed); CMP(train.device); CMP(train.threads); CMP(train.channels_last); CMP(train.precision);
-  CMP(train.log_every); CMP(train.checkpoint_every); CMP(train.sample_every); CMP(train.sample_num);
-  CMP(train.sample_steps); CMP(train.keep_checkpoints); CMP(train.on_nonfinite);
-  CMP(train.dist_backend); CMP(train.dist_timeout); CMP(train.dist_bucket_mb); CMP(train.dist_rank_logs);
+  CMP(train.adam_eps); CMP(train.weight_decay); CMP(train.warmup_steps); CMP(train.lr_schedule); CMP(train.min_lr);
+  CMP(train.grad_clip); CMP(train.grad_accum); CMP(train.ema_decay); CMP(train.ema_warmup); CMP(train.seed);
+  CMP(train.device); CMP(train.threads); CMP(train.channels_last); CMP(train.precision); CMP(train.log_every);
+  CMP(train.checkpoint_every); CMP(train.sample_every); CMP(train.sample_num); CMP(train.sample_steps);
+  CMP(train.keep_checkpoints); CMP(train.on_nonfinite); CMP(train.dist_backend); CMP(train.dist_timeout);
+  CMP(train.dist_bucket_mb); CMP(train.dist_rank_logs);
   CMP(sample.sampler); CMP(sample.steps); CMP(sample.spacing); CMP(sample.eta); CMP(sample.num);
-  CMP(sample.batch_size); CMP(sample.seed); CMP(sample.use_ema); CMP(sample.clip_x0);
-  CMP(sample.dynamic_threshold); CMP(sample.guidance_scale); CMP(sample.labels); CMP(sample.sigmas);
-  CMP(sample.rho); CMP(sample.precision); CMP(sample.classifier); CMP(sample.classifier_scale);
-  CMP(eval.metrics); CMP(eval.split); CMP(eval.num_images); CMP(eval.batch_size); CMP(eval.mc_timesteps); CMP(eval.decoder_cdf);
-  CMP(eval.feature_extractor); CMP(eval.reference); CMP(eval.num_samples);
+  CMP(sample.batch_size); CMP(sample.seed); CMP(sample.use_ema); CMP(sample.clip_x0); CMP(sample.dynamic_threshold);
+  CMP(sample.guidance_scale); CMP(sample.labels); CMP(sample.sigmas); CMP(sample.rho); CMP(sample.precision);
+  CMP(sample.classifier); CMP(sample.classifier_scale);
+  CMP(eval.metrics); CMP(eval.split); CMP(eval.num_images); CMP(eval.batch_size); CMP(eval.mc_timesteps);
+  CMP(eval.decoder_cdf); CMP(eval.feature_extractor); CMP(eval.reference); CMP(eval.num_samples);
+  // clang-format on
 #undef CMP
   return out;
 }

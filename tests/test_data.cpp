@@ -48,7 +48,8 @@ void spew_gz(const fs::path& p, const std::string& bytes) {
 
 std::string idx_bytes(const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data) {
   std::string b = {0, 0, 8, static_cast<char>(dims.size())};
-  for (uint32_t d : dims) b += {static_cast<char>(d >> 24), static_cast<char>(d >> 16), static_cast<char>(d >> 8), static_cast<char>(d)};
+  for (uint32_t d : dims)
+    b += {static_cast<char>(d >> 24), static_cast<char>(d >> 16), static_cast<char>(d >> 8), static_cast<char>(d)};
   b.append(data.begin(), data.end());
   return b;
 }
@@ -154,12 +155,12 @@ TEST(DataTransform, ChannelsAndIdentity) {
   EXPECT_LT((grey[0].to(torch::kFloat64) - luma).abs().max().item<double>(), 1e-6);
   // Grey then resize: torch's antialiased bilinear of the luma plane.
   const auto grey_resized = ImageTransform(3, 4, 4, 2, 1).apply(rgb);
-  const auto luma_ref = F::interpolate(((luma + 1.0) * 127.5).unsqueeze(0).unsqueeze(0),
-                                       F::InterpolateFuncOptions()
-                                           .size(std::vector<int64_t>{2, 2})
-                                           .mode(torch::kBilinear)
-                                           .align_corners(false)
-                                           .antialias(true));
+  const auto luma_ref =
+      F::interpolate(((luma + 1.0) * 127.5).unsqueeze(0).unsqueeze(0), F::InterpolateFuncOptions()
+                                                                           .size(std::vector<int64_t>{2, 2})
+                                                                           .mode(torch::kBilinear)
+                                                                           .align_corners(false)
+                                                                           .antialias(true));
   EXPECT_LT((grey_resized.to(torch::kFloat64) - (luma_ref.squeeze(0) / 127.5 - 1.0)).abs().max().item<double>(), 1e-5);
   // Grey to RGB replicates.
   const auto g = random_u8({1, 3, 5}, 8);
@@ -374,8 +375,8 @@ TEST(DataIdx, RealFashionMnist) {
       }
     }
     for (int c = 0; c < 10; ++c) EXPECT_EQ(hist[c], n / 10) << split << " class " << c;
-    EXPECT_EQ(lo, -1.0f);  // black background pixels
-    EXPECT_EQ(hi, 1.0f);   // some pixel is 255
+    EXPECT_EQ(lo, -1.0f);            // black background pixels
+    EXPECT_EQ(hi, 1.0f);             // some pixel is 255
     EXPECT_EQ(ds->get(0).label, 9);  // both splits start with an ankle boot
   }
   cfg.split = "test";
@@ -441,7 +442,13 @@ TEST(DataCifar10, ReadsRecordsOfEveryBatch) {
   std::string rec = cifar_file(0, 3).substr(2 * kCifarRecordBytes + 1, 3072);
   const auto rgb = torch::from_blob(rec.data(), {3, 32, 32}, torch::kUInt8).to(torch::kFloat64);
   const auto luma = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).unsqueeze(0).unsqueeze(0);
-  const auto ref = F::interpolate(luma, F::InterpolateFuncOptions().size(std::vector<int64_t>{16, 16}).mode(torch::kBilinear).align_corners(false).antialias(true)) / 127.5 - 1.0;
+  const auto ref = F::interpolate(luma, F::InterpolateFuncOptions()
+                                            .size(std::vector<int64_t>{16, 16})
+                                            .mode(torch::kBilinear)
+                                            .align_corners(false)
+                                            .antialias(true)) /
+                       127.5 -
+                   1.0;
   EXPECT_LT((test->get(2).x.to(torch::kFloat64) - ref.squeeze(0)).abs().max().item<double>(), 1e-4);
   // A single file as the path.
   cfg.path = (sub / "data_batch_3.bin").string();
@@ -510,9 +517,8 @@ TEST(DataImageFolder, ClassSubfoldersGeometryAndChannels) {
   // Sorted paths: cat/a.png, cat/b.png, dog/d.bmp, dog/sub/c.PNG.
   EXPECT_EQ(fs::path(folder->file(2)).filename(), "d.bmp");
   const std::vector<int64_t> labels = {0, 0, 1, 1};
-  const std::vector<torch::Tensor> expected = {
-      reference_resize(fx.a, 4), reference_resize(fx.b, 4).expand({3, 4, 4}),
-      reference_resize(fx.d, 4), reference_resize(fx.c.narrow(0, 0, 3), 4)};
+  const std::vector<torch::Tensor> expected = {reference_resize(fx.a, 4), reference_resize(fx.b, 4).expand({3, 4, 4}),
+                                               reference_resize(fx.d, 4), reference_resize(fx.c.narrow(0, 0, 3), 4)};
   for (int64_t i = 0; i < 4; ++i) {
     const auto e = ds->get(i);
     EXPECT_EQ(e.label, labels[i]);
@@ -698,7 +704,8 @@ TEST(DataToy, CheckerboardTwoMoonsAndSwissRollStructure) {
       // Float rounding may move a point across a grid line; ignore those within 1e-4 of one.
       if (std::abs(u - std::round(u)) < 1e-4 || std::abs(v - std::round(v)) < 1e-4) continue;
       ++checked;
-      ASSERT_EQ(((static_cast<int64_t>(std::floor(u)) + static_cast<int64_t>(std::floor(v))) % 2 + 2) % 2, 0) << u << "," << v;
+      ASSERT_EQ(((static_cast<int64_t>(std::floor(u)) + static_cast<int64_t>(std::floor(v))) % 2 + 2) % 2, 0)
+          << u << "," << v;
     }
     EXPECT_GT(checked, n * 99 / 100);
   }
@@ -716,8 +723,8 @@ TEST(DataToy, CheckerboardTwoMoonsAndSwissRollStructure) {
         ++inner;
       }
       // Distance to the upper unit half circle.
-      const double d = py >= 0 ? std::abs(std::hypot(px, py) - 1.0)
-                               : std::min(std::hypot(px - 1, py), std::hypot(px + 1, py));
+      const double d =
+          py >= 0 ? std::abs(std::hypot(px, py) - 1.0) : std::min(std::hypot(px - 1, py), std::hypot(px + 1, py));
       ASSERT_LT(d, 0.6) << i;
     }
     EXPECT_NEAR(inner / double(n), 0.5, 0.02);

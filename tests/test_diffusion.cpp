@@ -142,7 +142,8 @@ TEST(Diffusion, ClippingAndDynamicThresholding) {
   EXPECT_TRUE(torch::allclose(dyn[1], out[1]));
   // p = 0.9 of |x| = 0, 0.2, ..., 2.0 (11 values, linear interpolation: the value at rank 9) is
   // 1.8: values are clamped to +-1.8 and divided by it; dynamic_threshold_max caps s at 1.5.
-  auto row = torch::linspace(0.0, 2.0, 11, torch::kFloat64) * torch::tensor({1., -1., 1., -1., 1., -1., 1., -1., 1., -1., 1.}, torch::kFloat64);
+  auto row = torch::linspace(0.0, 2.0, 11, torch::kFloat64) *
+             torch::tensor({1., -1., 1., -1., 1., -1., 1., -1., 1., -1., 1.}, torch::kFloat64);
   row = row.reshape({1, 11});
   auto q = dynamic_threshold(row, 0.9);
   EXPECT_TRUE(torch::allclose(q, torch::clamp(row, -1.8, 1.8) / 1.8, 1e-6, 1e-7)) << q;

@@ -197,10 +197,11 @@ std::vector<YAML::Node> read_metrics(const fs::path& run) {
 }
 
 std::string tiny_args(const fs::path& run, int64_t batch, const std::string& extra) {
-  return fmt::format("train --config {}/configs/tiny.yaml --run-dir {} --set train.batch_size={} --set train.steps=6 "
-                     "--set train.log_every=1 --set train.checkpoint_every=1000 --set data.limit=512 "
-                     "--set train.dist_timeout=30 {}",
-                     DIFFUSE_SOURCE_DIR, run.string(), batch, extra);
+  return fmt::format(
+      "train --config {}/configs/tiny.yaml --run-dir {} --set train.batch_size={} --set train.steps=6 "
+      "--set train.log_every=1 --set train.checkpoint_every=1000 --set data.limit=512 "
+      "--set train.dist_timeout=30 {}",
+      DIFFUSE_SOURCE_DIR, run.string(), batch, extra);
 }
 
 std::vector<torch::Tensor> final_weights(const fs::path& run) {
@@ -260,9 +261,10 @@ TEST(Dist, TwoRanksWithClassConditioning) {
 // 1-rank run's, and so must the steps drawn from it afterwards.
 TEST(Dist, TwoRanksFeedTheImportanceSamplerEveryRanksLosses) {
   REQUIRE_FASHION_MNIST();
-  const std::string extra = "--set diffusion.timestep_sampler=importance --set diffusion.timesteps=10 "
-                            "--set diffusion.schedule=cosine "
-                            "--set train.steps=14";
+  const std::string extra =
+      "--set diffusion.timestep_sampler=importance --set diffusion.timesteps=10 "
+      "--set diffusion.schedule=cosine "
+      "--set train.steps=14";
   TempDir dir;
   const auto one = dir.path() / "one", two = dir.path() / "two";
   ASSERT_EQ(run_diffuse(tiny_args(one, 16, extra)).exit_code, 0);
@@ -381,8 +383,7 @@ void expect_death_named(int victim, int signal = SIGKILL) {
   }
   const auto err = ranks[survivor]->err();
   EXPECT_NE(err.find(fmt::format("rank {}", survivor)), std::string::npos) << err;
-  EXPECT_NE(err.find(victim == 0 ? "rank 0, which hosts it" : "rank 1 stopped responding"), std::string::npos)
-      << err;
+  EXPECT_NE(err.find(victim == 0 ? "rank 0, which hosts it" : "rank 1 stopped responding"), std::string::npos) << err;
 }
 
 TEST(Dist, KilledRankIsNamedByTheSurvivor) { expect_death_named(1); }
@@ -409,7 +410,6 @@ TEST(Dist, SignalToTheLauncherStopsEveryRankAtOneStep) {
   EXPECT_EQ(r.meta().step, read_metrics(run).back()["step"].as<int64_t>());
   EXPECT_EQ(r.meta().world_size, 2);
 }
-
 
 // torchrun (Debian's python3-torch) launches the binary itself, hosting the store in its agent.
 TEST(Dist, TorchrunLaunchesTheSameRun) {

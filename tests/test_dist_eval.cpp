@@ -106,9 +106,10 @@ class DistEval : public ::testing::Test {
 TEST_F(DistEval, TwoRankSampleWritesTheOneRankFiles) {
   diffuse::test::TempDir out;
   Compared c;
-  ASSERT_NO_FATAL_FAILURE(one_and_two_ranks("sample --checkpoint " + run_dir() +
-                                                " --num 6 --batch-size 3 --steps 3 --seed 11 --save-tensor --trajectory 2 --out ",
-                                            out.path(), "s", c));
+  ASSERT_NO_FATAL_FAILURE(
+      one_and_two_ranks("sample --checkpoint " + run_dir() +
+                            " --num 6 --batch-size 3 --steps 3 --seed 11 --save-tensor --trajectory 2 --out ",
+                        out.path(), "s", c));
   const auto &one = c.one, &two = c.two;
   // Rank 0 gives the summary, naming the ranks.
   EXPECT_NE(c.two_out.find("sampled 6 with ddim"), std::string::npos) << c.two_out;
@@ -128,7 +129,8 @@ TEST_F(DistEval, TwoRankSampleWritesTheOneRankFiles) {
   const auto own = out.path() / "s-launcher";
   const auto r = diffuse::test::run_diffuse("sample --checkpoint " + run_dir() +
                                             " --num 6 --batch-size 3 --steps 3 --seed 11 --save-tensor --trajectory 2"
-                                            " --nproc-per-node 2 --out " + own.string());
+                                            " --nproc-per-node 2 --out " +
+                                            own.string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(names_in(one), names_in(own));
   for (const auto& name : names_in(one)) {
@@ -140,13 +142,14 @@ TEST_F(DistEval, TwoRankSampleWritesTheOneRankFiles) {
   // One batch of 6 on one rank, 3 + 3 on two: the trajectory's 6 rows come from both ranks, in
   // order (the batches differ, so float rounding may too: compared up to 2 levels of 255).
   Compared t;
-  ASSERT_NO_FATAL_FAILURE(one_and_two_ranks("sample --checkpoint " + run_dir() +
-                                                " --num 6 --batch-size 6 --steps 3 --seed 11 --no-images --trajectory 2 --out ",
-                                            out.path(), "t", t));
+  ASSERT_NO_FATAL_FAILURE(
+      one_and_two_ranks("sample --checkpoint " + run_dir() +
+                            " --num 6 --batch-size 6 --steps 3 --seed 11 --no-images --trajectory 2 --out ",
+                        out.path(), "t", t));
   const auto t1 = diffuse::load_image((t.one / "trajectory.png").string()).to(torch::kInt);
   const auto t2 = diffuse::load_image((t.two / "trajectory.png").string()).to(torch::kInt);
   ASSERT_EQ(t1.sizes(), t2.sizes());
-  EXPECT_EQ(t1.size(1), 12 * (28 + 2) + 2);  // x_t and x0 rows for each of the 6 samples
+  EXPECT_EQ(t1.size(1), 12 * (28 + 2) + 2);         // x_t and x0 rows for each of the 6 samples
   EXPECT_LE((t1 - t2).abs().max().item<int>(), 2);  // 8-bit levels
 }
 
@@ -155,10 +158,11 @@ TEST_F(DistEval, TwoRankSampleWritesTheOneRankFiles) {
 TEST_F(DistEval, TwoRankBitsPerDimIsTheOneRankBound) {
   diffuse::test::TempDir out;
   Compared c;
-  ASSERT_NO_FATAL_FAILURE(one_and_two_ranks("eval --checkpoint " + run_dir() +
-                                                " --metrics bpd,bpd-mc --mc-timesteps 3 --num-images 5 --batch-size 2"
-                                                " --split test --seed 4 --set diffusion.timesteps=20 --format json --out ",
-                                            out.path(), "e", c));
+  ASSERT_NO_FATAL_FAILURE(
+      one_and_two_ranks("eval --checkpoint " + run_dir() +
+                            " --metrics bpd,bpd-mc --mc-timesteps 3 --num-images 5 --batch-size 2"
+                            " --split test --seed 4 --set diffusion.timesteps=20 --format json --out ",
+                        out.path(), "e", c));
   const auto &one = c.one, &two = c.two;
   // Every number is printed in its shortest round-trip form, so equal text is equal bits.
   EXPECT_EQ(c.two_out, c.one_out);

@@ -78,8 +78,8 @@ TEST(EvalFid, NonCommuting2x2MatchesAnalyticSquareRoot) {
   ASSERT_LT((sqrtM.matmul(sqrtM) - M).abs().max().item<double>(), 1e-12);  // the truth is right
   const double tr_sqrt = sqrtM.trace().item<double>();
   auto mu1 = torch::tensor({0.3, -0.2}, torch::kFloat64), mu2 = torch::tensor({-0.1, 0.4}, torch::kFloat64);
-  const double expected = (mu1 - mu2).square().sum().item<double>() + S1.trace().item<double>() +
-                          S2.trace().item<double>() - 2 * tr_sqrt;
+  const double expected =
+      (mu1 - mu2).square().sum().item<double>() + S1.trace().item<double>() + S2.trace().item<double>() - 2 * tr_sqrt;
   EXPECT_NEAR(frechet_distance(stats_of(mu1, S1), stats_of(mu2, S2)), expected, 1e-12);
 }
 
@@ -116,7 +116,8 @@ TEST(EvalFid, StatsRecoverKnownGaussian) {
   for (int64_t i = 0; i < 3; ++i) {
     EXPECT_NEAR(s.mu[i].item<double>(), mu[i].item<double>(), 4.5 * std::sqrt(S[i][i].item<double>() / N));
     for (int64_t j = 0; j < 3; ++j) {
-      const double se = std::sqrt((S[i][i].item<double>() * S[j][j].item<double>() + std::pow(S[i][j].item<double>(), 2)) / N);
+      const double se =
+          std::sqrt((S[i][i].item<double>() * S[j][j].item<double>() + std::pow(S[i][j].item<double>(), 2)) / N);
       EXPECT_NEAR(s.sigma[i][j].item<double>(), S[i][j].item<double>(), 4.5 * se) << i << "," << j;
     }
   }
@@ -221,7 +222,8 @@ TEST(EvalKid, HandComputedValues) {
   auto Y2 = torch::tensor({1.0, 1.0, 0.0, 0.0}, torch::kFloat64).view({2, 2});
   EXPECT_NEAR(kid(X2, Y2, 3, 1000, 1).mean, -2.375, 1e-12);  // subset size capped at 2
   // Larger random sets against explicit loops (full subsets, float32 input).
-  auto A = torch::randn({7, 3}, seeded(9), torch::kFloat64), B = torch::randn({7, 3}, seeded(10), torch::kFloat64) + 0.5;
+  auto A = torch::randn({7, 3}, seeded(9), torch::kFloat64),
+       B = torch::randn({7, 3}, seeded(10), torch::kFloat64) + 0.5;
   EXPECT_NEAR(kid(A.to(torch::kFloat32), B.to(torch::kFloat32), 2, 7).mean,
               mmd2_loops(A.to(torch::kFloat32).to(torch::kFloat64), B.to(torch::kFloat32).to(torch::kFloat64)), 1e-10);
 }

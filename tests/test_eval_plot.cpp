@@ -152,8 +152,8 @@ TEST(PlotPoints, DarkensExactlyThePixelsWherePointsFall) {
   ASSERT_EQ(img.sizes(), (std::vector<int64_t>{3, 64, 64}));
   // (1, 1) -> column floor(4/6*64) = 42, row floor(2/6*64) = 21 (y grows upwards).
   const int dense = img[0][21][42].item<int>(), sparse = img[0][53][10].item<int>();
-  EXPECT_LT(dense, sparse);    // more points, darker
-  EXPECT_LT(sparse, 255);      // a single point still shows
+  EXPECT_LT(dense, sparse);                  // more points, darker
+  EXPECT_LT(sparse, 255);                    // a single point still shows
   EXPECT_EQ(img[0][5][5].item<int>(), 255);  // empty background stays white
   // Only those two pixels (and the grey axes) are non-white.
   auto non_white = (img[0] < 200).sum().item<int64_t>();

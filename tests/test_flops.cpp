@@ -17,9 +17,13 @@ TEST(Flops, CountsConvolutionsAndMatrixProductsByTheirClosedForms) {
   EXPECT_DOUBLE_EQ(count_flops([&] { torch::conv2d(x, torch::randn({4, 3, 3, 3}), {}, 1, 1); }), 2.0 * 2 * 64 * 108);
   EXPECT_DOUBLE_EQ(count_flops([&] { torch::conv2d(x, torch::randn({4, 3, 3, 3}), {}, 2); }), 2.0 * 2 * 9 * 108);
   EXPECT_DOUBLE_EQ(count_flops([&] { torch::mm(torch::randn({5, 7}), torch::randn({7, 3})); }), 2.0 * 5 * 7 * 3);
-  EXPECT_DOUBLE_EQ(count_flops([&] { torch::bmm(torch::randn({2, 5, 7}), torch::randn({2, 7, 3})); }),
+  EXPECT_DOUBLE_EQ(count_flops([&] {
+                     torch::bmm(torch::randn({2, 5, 7}), torch::randn({2, 7, 3}));
+                   }),
                    2.0 * 2 * 5 * 7 * 3);
-  EXPECT_DOUBLE_EQ(count_flops([&] { torch::addmm(torch::zeros({4, 8}), torch::randn({4, 6}), torch::randn({6, 8})); }),
+  EXPECT_DOUBLE_EQ(count_flops([&] {
+                     torch::addmm(torch::zeros({4, 8}), torch::randn({4, 6}), torch::randn({6, 8}));
+                   }),
                    2.0 * 4 * 6 * 8);
   EXPECT_DOUBLE_EQ(count_flops([&] { torch::relu(x); }), 0.0);  // only products are counted
 }

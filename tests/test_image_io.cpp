@@ -119,10 +119,11 @@ TEST(ImageIo, MakeGridLayout) {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t ch = 0; ch < c; ++ch)
         for (int64_t y = 0; y < h; ++y)
-          for (int64_t x = 0; x < w; ++x) acc[ch][p + (i / cols) * (h + p) + y][p + (i % cols) * (w + p) + x] = src[i][ch][y][x];
+          for (int64_t x = 0; x < w; ++x)
+            acc[ch][p + (i / cols) * (h + p) + y][p + (i % cols) * (w + p) + x] = src[i][ch][y][x];
     EXPECT_TRUE(torch::equal(g, expected)) << "nrow=" << nrow;
   };
-  check(0, 3, 2);   // ceil(sqrt(5)) = 3 per row
+  check(0, 3, 2);  // ceil(sqrt(5)) = 3 per row
   check(2, 2, 3);
   check(10, 5, 1);  // never more columns than images
   const auto g0 = make_grid(imgs, 1, 0);
@@ -203,7 +204,8 @@ TEST(ImageIo, PngTextNonAsciiAndOtherChunkKinds) {
   const std::string raw = "compressed text, compressed text, compressed text";
   uLongf zlen = compressBound(raw.size());
   std::string z(zlen, '\0');
-  ASSERT_EQ(compress(reinterpret_cast<Bytef*>(&z[0]), &zlen, reinterpret_cast<const Bytef*>(raw.data()), raw.size()), Z_OK);
+  ASSERT_EQ(compress(reinterpret_cast<Bytef*>(&z[0]), &zlen, reinterpret_cast<const Bytef*>(raw.data()), raw.size()),
+            Z_OK);
   z.resize(zlen);
   const std::string extra = make_chunk("tEXt", std::string("Author\0Ren\xe9", 11)) +
                             make_chunk("zTXt", std::string("Description\0\0", 13) + z);
@@ -220,7 +222,7 @@ TEST(ImageIo, PngTextNonAsciiAndOtherChunkKinds) {
 TEST(ImageIo, PngTextKeywordRules) {
   const auto img = random_u8({1, 2, 2}, 2);
   for (const std::string& bad : {std::string(""), std::string(" lead"), std::string("trail "), std::string("a  b"),
-                                std::string(80, 'k'), std::string("tab\there"), std::string("caf\xc3\xa9")})
+                                 std::string(80, 'k'), std::string("tab\there"), std::string("caf\xc3\xa9")})
     EXPECT_THROW(encode_png(img, {{bad, "v"}}), UsageError) << "'" << bad << "'";
   EXPECT_THROW(encode_png(img, {{"k", std::string("a\0b", 3)}}), UsageError);
   EXPECT_NO_THROW(encode_png(img, {{std::string(79, 'k'), ""}, {"a b", "x"}}));

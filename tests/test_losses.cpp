@@ -19,8 +19,8 @@ using test::make_diffusion;
 TEST(Losses, GaussianKlMatchesMonteCarlo) {
   torch::manual_seed(0);
   const int64_t n = 400000;
-  for (auto [m1, lv1, m2, lv2] : {std::tuple{0.3, -1.0, -0.2, 0.5}, std::tuple{1.0, 0.2, 1.0, 0.2},
-                                  std::tuple{-2.0, -4.0, 0.0, 0.0}}) {
+  for (auto [m1, lv1, m2, lv2] :
+       {std::tuple{0.3, -1.0, -0.2, 0.5}, std::tuple{1.0, 0.2, 1.0, 0.2}, std::tuple{-2.0, -4.0, 0.0, 0.0}}) {
     auto x = m1 + std::exp(0.5 * lv1) * torch::randn({n}, torch::kFloat64);
     auto logp1 = -0.5 * (lv1 + (x - m1).pow(2) / std::exp(lv1));
     auto logp2 = -0.5 * (lv2 + (x - m2).pow(2) / std::exp(lv2));
@@ -64,8 +64,8 @@ TEST(Losses, DiscretizedLikelihoodTanhMatchesImprovedDiffusionsFormula) {
   double worst_cdf_gap = 0;
   for (double mean : {-1.2, -0.5, 0.0, 0.013, 0.9, 1.0}) {
     for (double log_scale : {-7.0, -4.0, -1.0, 0.0, 1.5}) {
-      auto lp = discretized_gaussian_log_likelihood(bins, torch::full_like(bins, mean), torch::full_like(bins, log_scale),
-                                                    DecoderCdf::Tanh);
+      auto lp = discretized_gaussian_log_likelihood(bins, torch::full_like(bins, mean),
+                                                    torch::full_like(bins, log_scale), DecoderCdf::Tanh);
       const double sd = std::exp(log_scale);
       double total = 0;
       for (int k = 0; k < 256; ++k) {

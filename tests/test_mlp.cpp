@@ -39,7 +39,8 @@ TEST(Mlp, ParameterCountByHand) {
   const int64_t H = 32, D = 2, Dout = 4;
   EXPECT_EQ(count_parameters(Mlp(small(true))),
             2 * lin(H, H) + lin(D, H) + 2 * (2 * H + 3 * lin(H, H)) + 2 * H + lin(H, Dout));
-  EXPECT_EQ(count_parameters(Mlp(small(false, 8))), 2 * lin(H, H) + 9 * H + lin(D, H) + 2 * 3 * lin(H, H) + lin(H, Dout));
+  EXPECT_EQ(count_parameters(Mlp(small(false, 8))),
+            2 * lin(H, H) + 9 * H + lin(D, H) + 2 * 3 * lin(H, H) + lin(H, Dout));
 }
 
 TEST(Mlp, ShapesZeroInitAndBatchIndependence) {
@@ -73,7 +74,8 @@ TEST(Mlp, ClassConditionalAndGradients) {
       const auto with_labels = net.forward(x, t, torch::tensor({0, 1, 2, 3}, torch::kLong));
       EXPECT_GT((with_labels[0] - net.forward(x, t)[0]).abs().max().item<float>(), 1e-5f);
     }
-    const auto loss = torch::mse_loss(net.forward(x, t, torch::tensor({0, 1, 2, 3}, torch::kLong)), torch::randn({4, 4}));
+    const auto loss =
+        torch::mse_loss(net.forward(x, t, torch::tensor({0, 1, 2, 3}, torch::kLong)), torch::randn({4, 4}));
     loss.backward();
     for (const auto& item : net.named_parameters()) {
       ASSERT_TRUE(item.value().grad().defined()) << item.key();

@@ -55,7 +55,7 @@ TEST(Models, MakeNetworkFromConfig) {
   EXPECT_NE(std::dynamic_pointer_cast<UNet>(net), nullptr);
 
   cfg.class_cond = true;
-  auto cond = make_network(cfg, 28, 1, 2, 10);  // learn_sigma: the caller doubles out_channels
+  auto cond = make_network(cfg, 28, 1, 2, 10);                          // learn_sigma: the caller doubles out_channels
   EXPECT_EQ(count_parameters(*cond), 1191233 + 11 * 128 + 32 * 9 + 1);  // label rows + 2nd out channel
   EXPECT_EQ(cond->num_classes(), 10);
   EXPECT_EQ(cond->out_channels(), 2);

@@ -45,12 +45,10 @@ struct Fixture {
   const char* name;
   OpenAiFamily family;
 };
-const Fixture kFixtures[] = {{"improved_cosine4000", OpenAiFamily::Improved},
-                             {"guided_cond_newattn", OpenAiFamily::Guided},
-                             {"guided_xstart_heads", OpenAiFamily::Guided},
-                             {"guided_half_mult", OpenAiFamily::Guided},
-                             {"guided_superres", OpenAiFamily::Guided},
-                             {"improved_superres", OpenAiFamily::Improved}};
+const Fixture kFixtures[] = {
+    {"improved_cosine4000", OpenAiFamily::Improved}, {"guided_cond_newattn", OpenAiFamily::Guided},
+    {"guided_xstart_heads", OpenAiFamily::Guided},   {"guided_half_mult", OpenAiFamily::Guided},
+    {"guided_superres", OpenAiFamily::Guided},       {"improved_superres", OpenAiFamily::Improved}};
 
 struct Imported {
   Config cfg;
@@ -237,16 +235,27 @@ TEST(OpenAiImport, BadFlagsAndMismatchedFilesAreNamed) {
     }
     return std::string("(no error)");
   };
-  EXPECT_HAS(message([] { openai_config({"--image_size 32 --lr 1e-4"}, OpenAiFamily::Improved); }), ("--lr is not one of improved-diffusion's model, diffusion or sampling flags"));
-  EXPECT_HAS(message([] { openai_config({"--image_size 32 --resblock_updown True"}, OpenAiFamily::Improved); }), ("--resblock_updown"));
-  EXPECT_HAS(message([] { openai_config({"--learn_sigma", "maybe"}, OpenAiFamily::Guided); }), ("--learn_sigma maybe: expected a boolean"));
-  EXPECT_HAS(message([] { openai_config({"--image_size 16 --channel_mult 1,0"}, OpenAiFamily::Guided); }), ("--channel_mult 1,0: 0 is not a positive multiplier"));
-  EXPECT_HAS(message([] { openai_config({"--large_size 64"}, OpenAiFamily::Guided); }), ("needs both --large_size and --small_size"));
-  EXPECT_HAS(message([] { openai_config({"--large_size 64 --small_size 64"}, OpenAiFamily::Guided); }), ("--small_size 64: must be >= 1 and below --large_size 64"));
-  EXPECT_HAS(message([] { openai_config({"--large_size 128 --small_size 32"}, OpenAiFamily::Improved); }), ("--large_size 128"));
+  EXPECT_HAS(message([] { openai_config({"--image_size 32 --lr 1e-4"}, OpenAiFamily::Improved); }),
+             ("--lr is not one of improved-diffusion's model, diffusion or sampling flags"));
+  EXPECT_HAS(message([] { openai_config({"--image_size 32 --resblock_updown True"}, OpenAiFamily::Improved); }),
+             ("--resblock_updown"));
+  EXPECT_HAS(message([] {
+               openai_config({"--learn_sigma", "maybe"}, OpenAiFamily::Guided);
+             }),
+             ("--learn_sigma maybe: expected a boolean"));
+  EXPECT_HAS(message([] { openai_config({"--image_size 16 --channel_mult 1,0"}, OpenAiFamily::Guided); }),
+             ("--channel_mult 1,0: 0 is not a positive multiplier"));
+  EXPECT_HAS(message([] { openai_config({"--large_size 64"}, OpenAiFamily::Guided); }),
+             ("needs both --large_size and --small_size"));
+  EXPECT_HAS(message([] { openai_config({"--large_size 64 --small_size 64"}, OpenAiFamily::Guided); }),
+             ("--small_size 64: must be >= 1 and below --large_size 64"));
+  EXPECT_HAS(message([] { openai_config({"--large_size 128 --small_size 32"}, OpenAiFamily::Improved); }),
+             ("--large_size 128"));
   EXPECT_HAS(message([] { openai_config({"--image_size 48"}, OpenAiFamily::Improved); }), ("--image_size 48"));
-  EXPECT_HAS(message([] { openai_config({"--noise_schedule sigmoid --image_size 32"}, OpenAiFamily::Improved); }), ("--noise_schedule sigmoid"));
-  EXPECT_HAS(message([] { openai_config({"--num_channels=abc --image_size 32"}, OpenAiFamily::Improved); }), ("--num_channels abc: expected an integer"));
+  EXPECT_HAS(message([] { openai_config({"--noise_schedule sigmoid --image_size 32"}, OpenAiFamily::Improved); }),
+             ("--noise_schedule sigmoid"));
+  EXPECT_HAS(message([] { openai_config({"--num_channels=abc --image_size 32"}, OpenAiFamily::Improved); }),
+             ("--num_channels abc: expected an integer"));
 
   // The improved fixture's file with other flags: the first misshapen tensor is named.
   const std::string file = reference("improved_cosine4000.pt");
@@ -301,8 +310,8 @@ TEST(OpenAiImport, TheSameStateDictAsSafetensorsImportsAlike) {
   TempDir dir;
   const std::string st = (dir.path() / "improved.safetensors").string(), ckpt = (dir.path() / "improved.pt").string();
   save_safetensors(st, load_torch_save(reference("improved_cosine4000.pt")).tensors);
-  const auto r = import_openai_checkpoint(st, {first_line(reference("improved_cosine4000.flags"))},
-                                          OpenAiFamily::Improved, ckpt);
+  const auto r =
+      import_openai_checkpoint(st, {first_line(reference("improved_cosine4000.flags"))}, OpenAiFamily::Improved, ckpt);
   EXPECT_EQ(r.format, "safetensors");
   torch::NoGradGuard no_grad;
   const CheckpointReader reader(ckpt);
@@ -362,8 +371,8 @@ TEST(OpenAiImport, TheUpsamplerSamplesFromAnNpzOrAFolderOfLowResolutionImages) {
 
   const auto sample = [&](const std::string& name, const std::string& extra) {
     const auto out = (dir.path() / name).string();
-    const auto res = run_diffuse("sample --checkpoint " + ckpt + " --steps 2 --seed 3 --save-tensor --out " + out +
-                                 " " + extra);
+    const auto res =
+        run_diffuse("sample --checkpoint " + ckpt + " --steps 2 --seed 3 --save-tensor --out " + out + " " + extra);
     EXPECT_EQ(res.exit_code, 0) << res.err;
     torch::Tensor t;
     if (res.exit_code == 0) torch::load(t, out + "/samples.pt");

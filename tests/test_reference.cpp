@@ -109,7 +109,8 @@ TEST(ReferenceImprovedDiffusion, SchedulesAndTheirPosteriorCoefficients) {
     expect_close(pick(sched.posterior_mean_coef1()), r["posterior_mean_coef1"], "coef1");
     expect_close(pick(sched.posterior_mean_coef2()), r["posterior_mean_coef2"], "coef2");
     double sum_b = 0, sum_log_ab = 0;
-    for (size_t i = 0; i < sched.betas().size(); ++i) sum_b += sched.betas()[i], sum_log_ab += std::log(sched.alpha_bar()[i]);
+    for (size_t i = 0; i < sched.betas().size(); ++i)
+      sum_b += sched.betas()[i], sum_log_ab += std::log(sched.alpha_bar()[i]);
     EXPECT_NEAR(sum_b, r["sum_betas"].get<double>(), 1e-9 * std::abs(sum_b));
     EXPECT_NEAR(sum_log_ab, r["sum_log_alphas_cumprod"].get<double>(), 1e-9 * std::abs(sum_log_ab));
   }
@@ -179,8 +180,8 @@ TEST(ReferenceImprovedDiffusion, VariationalBoundTerms) {
     SCOPED_TRACE(vname + " " + pname);
     const GaussianDiffusion d(schedule("linear", 1000), prediction(pname), parse_variance_type(vname));
     const auto x0 = f64(r["x0"], shape), x_t = f64(r["x_t"], shape);
-    const auto term = vlb_term_bpd(d, fake_output(x_t, t, is_learned(d.variance_type())), x0, x_t, t, {},
-                                   DecoderCdf::Tanh);
+    const auto term =
+        vlb_term_bpd(d, fake_output(x_t, t, is_learned(d.variance_type())), x0, x_t, t, {}, DecoderCdf::Tanh);
     expect_close(term.bpd, f64(r["bpd"]), "bpd");
     expect_close(term.x0_pred, f64(r["pred_xstart"]), "x0");
   }
@@ -266,8 +267,8 @@ TEST(ReferenceImprovedDiffusion, DdpmTrajectoriesWithFedNoise) {
   for (const auto& r : ref["ddpm"]) {
     const auto vname = r["variance"].get<std::string>();
     SCOPED_TRACE(vname);
-    const Denoiser den(fake_model(false), GaussianDiffusion(schedule("linear", 1000), Prediction::Epsilon,
-                                                            parse_variance_type(vname)));
+    const Denoiser den(fake_model(false),
+                       GaussianDiffusion(schedule("linear", 1000), Prediction::Epsilon, parse_variance_type(vname)));
     auto noise = NoiseSource::supplied(draws(r["noise"], shape));
     SamplerOptions o;
     o.spacing = r["spec"].get<std::string>();

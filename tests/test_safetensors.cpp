@@ -150,17 +150,23 @@ TEST(Safetensors, HostileHeadersAreRefusedNamingTheFile) {
   EXPECT_NE(refused(raw_file("{\"w\": {" + f4 + "\"data_offsets\": [0, 12]}}", std::string(12, '\0'))).find("needs 16"),
             std::string::npos);
   EXPECT_NE(refused(raw_file("{\"w\": {\"dtype\": \"F8\", \"shape\": [1], \"data_offsets\": [0, 1]}}", "x"))
-                .find("dtype 'F8'"), std::string::npos);
+                .find("dtype 'F8'"),
+            std::string::npos);
   EXPECT_NE(refused(raw_file("{\"w\": {\"dtype\": \"F32\", \"shape\": [4294967296, 4294967296, 4], \"data_offsets\": "
-                             "[0, 0]}}")).find("overflows"), std::string::npos);
+                             "[0, 0]}}"))
+                .find("overflows"),
+            std::string::npos);
   EXPECT_NE(refused(raw_file("{\"w\": {\"dtype\": \"F32\", \"shape\": [-1], \"data_offsets\": [0, 0]}}"))
-                .find("non-negative"), std::string::npos);
+                .find("non-negative"),
+            std::string::npos);
   // Two tensors over the same bytes, and a hole before the second.
   const std::string two = "{\"a\": {" + f4 + "\"data_offsets\": [0, 16]}, \"b\": {" + f4 + "\"data_offsets\": [";
   EXPECT_NE(refused(raw_file(two + "0, 16]}}", std::string(16, '\0'))).find("overlapping"), std::string::npos);
-  EXPECT_NE(refused(raw_file(two + "20, 36]}}", std::string(36, '\0'))).find("overlapping or missing"), std::string::npos);
+  EXPECT_NE(refused(raw_file(two + "20, 36]}}", std::string(36, '\0'))).find("overlapping or missing"),
+            std::string::npos);
   EXPECT_NE(refused(raw_file("{\"m\": {\"dtype\": \"BOOL\", \"shape\": [1], \"data_offsets\": [0, 1]}}", "\x02"))
-                .find("BOOL byte is 2"), std::string::npos);
+                .find("BOOL byte is 2"),
+            std::string::npos);
   EXPECT_NE(refused(raw_file("{\"__metadata__\": {\"k\": 3}}")).find("not a string"), std::string::npos);
   EXPECT_NE(refused(raw_file("{\"w\": 3}")).find("not an object"), std::string::npos);
   EXPECT_NE(refused(raw_file("{\"w\": 3}")).find("x.safetensors"), std::string::npos);

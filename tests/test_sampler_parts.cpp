@@ -200,13 +200,17 @@ TEST(SamplerDenoiser, RespacedScheduleCallsOriginalTime) {
   EXPECT_EQ(den.network(x, 7.0).size(0), 2);
   EXPECT_EQ(den.nfe(), 3);
   // A learned-variance denoiser splits off the variance channels.
-  Denoiser learned([](const torch::Tensor& x, const torch::Tensor& t) { return torch::cat({toy_output(x, t), x * 0 + 0.25}, 1); },
-                   GaussianDiffusion(make_schedule(), Prediction::Epsilon, VarianceType::LearnedRange));
+  Denoiser learned(
+      [](const torch::Tensor& x, const torch::Tensor& t) {
+        return torch::cat({toy_output(x, t), x * 0 + 0.25}, 1);
+      },
+      GaussianDiffusion(make_schedule(), Prediction::Epsilon, VarianceType::LearnedRange));
   const auto out = learned.at_step(x, 10);
   EXPECT_EQ(out.pred.x0.sizes(), x.sizes());
   EXPECT_TRUE(torch::allclose(out.var_values, torch::full_like(x, 0.25)));
   // A model whose output does not fit fails clearly.
-  Denoiser wrong([](const torch::Tensor& x, const torch::Tensor&) { return x.narrow(1, 0, 2); }, GaussianDiffusion(make_schedule()));
+  Denoiser wrong([](const torch::Tensor& x, const torch::Tensor&) { return x.narrow(1, 0, 2); },
+                 GaussianDiffusion(make_schedule()));
   EXPECT_THROW(wrong.at_step(x, 10), c10::Error);
 }
 
@@ -220,7 +224,8 @@ TEST(SamplerGuidance, OneBatchedCallCombinesPredictionChannels) {
   LabeledModelFn net = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
     ++calls;
     auto yf = broadcast_to_batch(y.to(x.scalar_type()), x);
-    return torch::cat({x * (yf + 1.0), (yf + (y == null_label).to(x.scalar_type()).reshape({-1, 1}) * 100.0).expand_as(x)}, 1);
+    return torch::cat(
+        {x * (yf + 1.0), (yf + (y == null_label).to(x.scalar_type()).reshape({-1, 1}) * 100.0).expand_as(x)}, 1);
   };
   const auto labels = torch::tensor({0, 3, 7});
   const auto x = torch::randn({B, C}, torch::kFloat64);
@@ -253,7 +258,8 @@ TEST(SamplerGuidance, WorksInsideSamplers) {
   LabeledModelFn net = [](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
     return toy_output(x, t) + broadcast_to_batch(y.to(x.scalar_type()), x) * 0.01;
   };
-  Denoiser den(classifier_free_guidance(net, torch::tensor({1, 2, 3, 4}), 0, 3.0, false), GaussianDiffusion(make_schedule()));
+  Denoiser den(classifier_free_guidance(net, torch::tensor({1, 2, 3, 4}), 0, 3.0, false),
+               GaussianDiffusion(make_schedule()));
   auto noise = NoiseSource::range(0, 0, 4, {2});
   SamplerOptions opts;
   opts.steps = 5;
@@ -277,7 +283,8 @@ TEST(SamplerGuidance, GuidedSamplingIsSamplingTheCombinedModel) {
     return uncond + w * (cond - uncond);
   };
   for (const std::string name : {"ddim", "euler-ancestral", "ddpm"}) {
-    const Denoiser guided(classifier_free_guidance(net, labels, null_label, w, false), GaussianDiffusion(make_schedule()));
+    const Denoiser guided(classifier_free_guidance(net, labels, null_label, w, false),
+                          GaussianDiffusion(make_schedule()));
     const Denoiser combined(by_hand, GaussianDiffusion(make_schedule()));
     auto a = NoiseSource::range(3, 0, 3, {2}, torch::kCPU, torch::kFloat64);
     auto b = NoiseSource::range(3, 0, 3, {2}, torch::kCPU, torch::kFloat64);
@@ -335,7 +342,8 @@ TEST(SamplerSigmas, KarrasExponentialAndModel) {
 // Registry and option checks
 
 TEST(SamplerRegistry, NamesAndErrors) {
-  EXPECT_EQ(sampler_names(), (std::vector<std::string>{"ddpm", "ddim", "dpmpp-2m", "euler", "euler-ancestral", "heun"}));
+  EXPECT_EQ(sampler_names(),
+            (std::vector<std::string>{"ddpm", "ddim", "dpmpp-2m", "euler", "euler-ancestral", "heun"}));
   Denoiser den(toy_output, GaussianDiffusion(make_schedule(ScheduleKind::Linear, 100)));
   auto noise = NoiseSource::range(0, 0, 2, {3});
   auto run = [&](const std::string& name, const SamplerOptions& o) {
@@ -444,7 +452,7 @@ TEST(SamplerRegistry, ResultsAreWritableAndOnStepReports) {
     EXPECT_EQ(calls, 5) << name;
     EXPECT_FALSE(x.is_inference()) << name;
     EXPECT_EQ(x.scalar_type(), torch::kFloat32) << name;  // the noise dtype is kept throughout
-    x.add_(1.0);  // would throw for an inference tensor
+    x.add_(1.0);                                          // would throw for an inference tensor
     EXPECT_LE(x.max().item<double>(), 2.0);
   }
 }

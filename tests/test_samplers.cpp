@@ -273,9 +273,11 @@ TEST(SamplersGaussian, LearnedVarianceMatchesFixed) {
   ASSERT_GT(mean_abs(fixed_small - fixed_large), 1e-3);  // the two fixed choices do differ
   const auto learned = sample(g.denoiser(Prediction::Epsilon, VarianceType::Learned, log_post_var));
   EXPECT_LT((learned - fixed_small).abs().max().item<double>(), 1e-10);
-  const auto range_small = sample(g.denoiser(Prediction::Epsilon, VarianceType::LearnedRange, [](double) { return -1.0; }));
+  const auto range_small =
+      sample(g.denoiser(Prediction::Epsilon, VarianceType::LearnedRange, [](double) { return -1.0; }));
   EXPECT_LT((range_small - fixed_small).abs().max().item<double>(), 1e-10);
-  const auto range_large = sample(g.denoiser(Prediction::Epsilon, VarianceType::LearnedRange, [](double) { return 1.0; }));
+  const auto range_large =
+      sample(g.denoiser(Prediction::Epsilon, VarianceType::LearnedRange, [](double) { return 1.0; }));
   EXPECT_LT((range_large - fixed_large).abs().max().item<double>(), 1e-10);
   // Every sampler accepts a learned-variance model (the variance channels are ignored by the
   // non-ancestral ones) and gives what the fixed-variance model gives.

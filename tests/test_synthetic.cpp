@@ -15,8 +15,8 @@ TEST(SyntheticData, DeterministicEightBitImagesOfTheConfiguredShape) {
   EXPECT_EQ(a->shape(), (std::vector<int64_t>{1, 16, 16}));
   EXPECT_EQ(a->num_classes(), 10);
   auto x = a->get(7).x;
-  EXPECT_TRUE(torch::equal(x, b->get(7).x));           // same seed and index -> same image
-  EXPECT_FALSE(torch::equal(x, other->get(7).x));      // another seed -> another image
+  EXPECT_TRUE(torch::equal(x, b->get(7).x));       // same seed and index -> same image
+  EXPECT_FALSE(torch::equal(x, other->get(7).x));  // another seed -> another image
   EXPECT_FALSE(torch::equal(x, a->get(8).x));
   EXPECT_EQ(a->get(13).label, 3);
   // Pixels lie on the 8-bit grid k/127.5 - 1 and cover the range roughly uniformly.

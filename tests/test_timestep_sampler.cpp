@@ -35,8 +35,7 @@ TEST(TimestepSampler, ImportanceSamplerIsUnbiasedAndFollowsSecondMoment) {
   auto p = s.probabilities();
   double z = 0;
   for (int64_t i = 0; i < T; ++i) z += loss_of(i);
-  for (int64_t i = 0; i < T; ++i)
-    EXPECT_NEAR(p[i].item<double>(), loss_of(i) / z * 0.999 + 0.001 / T, 1e-12);
+  for (int64_t i = 0; i < T; ++i) EXPECT_NEAR(p[i].item<double>(), loss_of(i) / z * 0.999 + 0.001 / T, 1e-12);
   // Unbiasedness: E[w(t) L(t)] = (1/T) sum_t L(t). Monte Carlo with 5 SE tolerance.
   auto gen = at::detail::createCPUGenerator(11);
   auto d = s.sample(200000, torch::kCPU, gen);

@@ -71,9 +71,17 @@ std::string legacy_file(const std::string& object_pickle, const std::string& key
 
 // The pickle of {'w': _rebuild_tensor_v2(storage('k', FloatStorage, numel), offset, size, stride)}.
 std::string tensor_pickle(int numel, int offset, const std::string& size_and_stride) {
-  return "\x80\x02}(X\x01\x00\x00\x00" "w" "ctorch._utils\n_rebuild_tensor_v2\n("
-         "(X\x07\x00\x00\x00" "storage" "ctorch\nFloatStorage\n" "X\x01\x00\x00\x00" "k"
-         "X\x03\x00\x00\x00" "cpu" "K"s +
+  return "\x80\x02}(X\x01\x00\x00\x00"
+         "w"
+         "ctorch._utils\n_rebuild_tensor_v2\n("
+         "(X\x07\x00\x00\x00"
+         "storage"
+         "ctorch\nFloatStorage\n"
+         "X\x01\x00\x00\x00"
+         "k"
+         "X\x03\x00\x00\x00"
+         "cpu"
+         "K"s +
          static_cast<char>(numel) + "NtQK" + static_cast<char>(offset) + size_and_stride + "\x89}tRu.";
 }
 std::string float_data(int numel) {
@@ -86,8 +94,8 @@ const std::string kKeys("\x80\x02](X\x01\x00\x00\x00ke.", 12);
 }  // namespace
 
 TEST(TorchSave, FilesPythonWroteReadWithEveryValue) {
-  for (const char* file : {"nested.torch1.zip.pt", "nested.torch1.legacy.pt", "nested.torch2.zip.pt",
-                           "nested.torch2.legacy.pt"}) {
+  for (const char* file :
+       {"nested.torch1.zip.pt", "nested.torch1.legacy.pt", "nested.torch2.zip.pt", "nested.torch2.legacy.pt"}) {
     SCOPED_TRACE(file);
     const auto f = load_torch_save(reference(file));
     EXPECT_EQ(f.format, std::string(file).find("zip") != std::string::npos ? "zip" : "legacy");
@@ -157,8 +165,9 @@ TEST(TorchSave, CraftedPicklesAreRefused) {
             std::string::npos);  // offset 1 + 3 = element 4 of 4
   EXPECT_NE(crafted(tensor_pickle(4, 0, "K\x03K\x02\x86K\x02K\x01\x86")).find("reads past"), std::string::npos);
   // A stride of 2^62: the last index overflows int64.
-  EXPECT_NE(crafted(tensor_pickle(4, 0, "K\x03\x85\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40\x85"s)).find("past any storage"),
-            std::string::npos);
+  EXPECT_NE(
+      crafted(tensor_pickle(4, 0, "K\x03\x85\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x40\x85"s)).find("past any storage"),
+      std::string::npos);
   // Stride 0 over 2^40 elements: four stored bytes would become 4 TiB.
   EXPECT_NE(crafted(tensor_pickle(4, 0, "\x8a\x06\x00\x00\x00\x00\x00\x01\x85K\x00\x85"s)).find("expands to more"),
             std::string::npos);
@@ -171,12 +180,18 @@ TEST(TorchSave, CraftedPicklesAreRefused) {
   EXPECT_NE(refusal(ok.substr(0, ok.size() - 3)).find("ends inside the data"), std::string::npos);
   EXPECT_NE(refusal(ok.substr(0, 35)).find("needs 1 more bytes"), std::string::npos) << refusal(ok.substr(0, 35));
   EXPECT_NE(crafted("\x80\x02h\x05.").find("memo entry 5 was never stored"), std::string::npos);
-  EXPECT_NE(crafted("\x80\x02" "cos\nsystem\n.").find("'os.system', which is not read"), std::string::npos);
+  EXPECT_NE(crafted("\x80\x02"
+                    "cos\nsystem\n.")
+                .find("'os.system', which is not read"),
+            std::string::npos);
   EXPECT_NE(crafted("\x80\x02\x81.").find("opcode 0x81"), std::string::npos);
   for (const std::string& msg : {crafted("\x80\x02h\x05."), refusal(ok.substr(0, 35))})
     EXPECT_NE(msg.find("crafted.pt"), std::string::npos) << msg;
   // A list that holds itself: the walk stops at the nesting limit.
-  EXPECT_NE(refusal(legacy_file("\x80\x02]q\x00h\x00" "a."s, "\x80\x02]."s, "")).find("nests or repeats too deeply"),
+  EXPECT_NE(refusal(legacy_file("\x80\x02]q\x00h\x00"
+                                "a."s,
+                                "\x80\x02]."s, ""))
+                .find("nests or repeats too deeply"),
             std::string::npos);
   EXPECT_NE(refusal("not a torch file").find("is not a torch.save file"), std::string::npos);
 }

@@ -364,8 +364,9 @@ TEST(Train, ResumeFromAnOlderCheckpointSetsTheAbandonedStepsAside) {
   EXPECT_EQ(names({kept.begin(), kept.end()}), (std::vector<std::string>{"ckpt_00000003.pt"}));
   EXPECT_EQ(CheckpointReader(resolve_checkpoint(dir.str())).meta().step, 3);
   EXPECT_EQ(ls(dir.path() / "samples"), (std::vector<std::string>{"step_00000002.png", "step_00000003.png"}));
-  EXPECT_EQ(ls(dir.path() / "abandoned_after_step_2"),
-            (std::vector<std::string>{"ckpt_00000004.pt", "ckpt_00000006.pt", "step_00000004.png", "step_00000006.png"}));
+  EXPECT_EQ(
+      ls(dir.path() / "abandoned_after_step_2"),
+      (std::vector<std::string>{"ckpt_00000004.pt", "ckpt_00000006.pt", "step_00000004.png", "step_00000006.png"}));
   EXPECT_NE(test::Background::slurp(s.log).find("abandoned_after_step_2"), std::string::npos);
 }
 
@@ -443,7 +444,7 @@ TEST(Train, BetasFileScheduleIsStoredWithTheRun) {
   EXPECT_EQ(stored(), betas);
   fs::remove(file);
   EXPECT_EQ(stored(), betas);
-  const auto r = test::run_diffuse("sample --checkpoint " + run + " --num 4 --steps 5 --out " +
-                                   (dir.path() / "samples").string());
+  const auto r =
+      test::run_diffuse("sample --checkpoint " + run + " --num 4 --steps 5 --out " + (dir.path() / "samples").string());
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }

@@ -45,12 +45,12 @@ TEST(LrSchedule, LinearWarmupThenConstant) {
 TEST(LrSchedule, CosineFromPeakToMinimumOverTheRemainingSteps) {
   const double lr = 2e-4, min_lr = 2e-5;
   LrSchedule s{lr, 100, "cosine", min_lr, 1100};
-  EXPECT_DOUBLE_EQ(s.at(50), lr * 0.5);                  // still warming up
-  EXPECT_DOUBLE_EQ(s.at(100), lr);                       // end of warm-up: cos(0)
-  EXPECT_NEAR(s.at(600), 0.5 * (lr + min_lr), 1e-18);    // halfway: cos(pi/2) = 0
+  EXPECT_DOUBLE_EQ(s.at(50), lr * 0.5);                // still warming up
+  EXPECT_DOUBLE_EQ(s.at(100), lr);                     // end of warm-up: cos(0)
+  EXPECT_NEAR(s.at(600), 0.5 * (lr + min_lr), 1e-18);  // halfway: cos(pi/2) = 0
   EXPECT_NEAR(s.at(350), min_lr + 0.5 * (lr - min_lr) * (1 + std::cos(M_PI / 4)), 1e-18);
-  EXPECT_DOUBLE_EQ(s.at(1100), min_lr);                  // the last step: cos(pi)
-  EXPECT_DOUBLE_EQ(s.at(5000), min_lr);                  // past the end it stays there
+  EXPECT_DOUBLE_EQ(s.at(1100), min_lr);  // the last step: cos(pi)
+  EXPECT_DOUBLE_EQ(s.at(5000), min_lr);  // past the end it stays there
   for (int64_t k = 101; k < 1100; ++k) EXPECT_LT(s.at(k + 1), s.at(k)) << k;
 }
 
@@ -147,8 +147,8 @@ TEST(LossScale, KeepsGradientsThatFp16WouldFlushToZero) {
   auto run = [](DynamicLossScale& s) {
     auto w = torch::ones({8}, torch::requires_grad());  // fp32 weights
     const auto x = torch::full({8}, 1e-4, torch::kHalf);
-    const auto y = (w.to(torch::kHalf) * x).sum();       // fp16 activations
-    s.apply(y.to(torch::kFloat32) * 1e-4).backward();     // dloss/dw = 1e-8
+    const auto y = (w.to(torch::kHalf) * x).sum();     // fp16 activations
+    s.apply(y.to(torch::kFloat32) * 1e-4).backward();  // dloss/dw = 1e-8
     s.unscale({w});
     return w.grad();
   };
@@ -369,7 +369,8 @@ TEST(CheckpointInfo, FingerprintsTellTheStatesApart) {
   EXPECT_EQ(a.parameters, count_parameters(*net));
   EXPECT_TRUE(a.has_ema && a.has_optimizer);
   EXPECT_EQ(b.meta.elapsed_seconds, 99);
-  EXPECT_EQ(info_json(a).find("\"data_fingerprint\":\"fnv1a64:00000000000000aa\""), info_json(a).find("\"data_fingerprint\""));
+  EXPECT_EQ(info_json(a).find("\"data_fingerprint\":\"fnv1a64:00000000000000aa\""),
+            info_json(a).find("\"data_fingerprint\""));
   for (const auto& [x, y] : {std::pair{a.weights_fingerprint, b.weights_fingerprint},
                              {a.ema_fingerprint, b.ema_fingerprint},
                              {a.optimizer_fingerprint, b.optimizer_fingerprint},

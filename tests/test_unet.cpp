@@ -97,20 +97,21 @@ TEST(UNet, ReferenceCountEqualsHandSum) {
   for (bool ssn : {true, false}) {
     const int64_t E = 128;
     int64_t n = lin(32, E) + lin(E, E) + conv(1, 32, 3);
-    n += res(32, 32, E, ssn) + conv(32, 32, 3);                // level 28, downsample
-    n += res(32, 64, E, ssn) + conv(64, 64, 3);                // level 14, downsample
-    n += res(64, 64, E, ssn) + attn(64);                       // level 7
-    n += 2 * res(64, 64, E, ssn) + attn(64);                   // middle
-    n += res(128, 64, E, ssn) + attn(64);                      // out, level 7: skips 64, 64
-    n += res(128, 64, E, ssn) + attn(64) + conv(64, 64, 3);    //   + upsample
+    n += res(32, 32, E, ssn) + conv(32, 32, 3);                         // level 28, downsample
+    n += res(32, 64, E, ssn) + conv(64, 64, 3);                         // level 14, downsample
+    n += res(64, 64, E, ssn) + attn(64);                                // level 7
+    n += 2 * res(64, 64, E, ssn) + attn(64);                            // middle
+    n += res(128, 64, E, ssn) + attn(64);                               // out, level 7: skips 64, 64
+    n += res(128, 64, E, ssn) + attn(64) + conv(64, 64, 3);             //   + upsample
     n += res(128, 64, E, ssn) + res(96, 64, E, ssn) + conv(64, 64, 3);  // level 14: skips 64, 32
-    n += res(96, 32, E, ssn) + res(64, 32, E, ssn);            // level 28: skips 32, 32
+    n += res(96, 32, E, ssn) + res(64, 32, E, ssn);                     // level 28: skips 32, 32
     n += gn(32) + conv(32, 1, 3);
     auto o = mnist_reference();
     o.use_scale_shift_norm = ssn;
     EXPECT_EQ(count_parameters(UNet(o)), n) << "ssn=" << ssn;
   }
-  EXPECT_EQ(res(32, 64, 128, true), 2 * 32 + 9 * 32 * 64 + 64 + 128 * 128 + 128 + 2 * 64 + 9 * 64 * 64 + 64 + 32 * 64 + 64);
+  EXPECT_EQ(res(32, 64, 128, true),
+            2 * 32 + 9 * 32 * 64 + 64 + 128 * 128 + 128 + 2 * 64 + 9 * 64 * 64 + 64 + 32 * 64 + 64);
 }
 
 // A class-conditional 16x16 UNet with two levels and 10 classes, plus its resblock_updown and
@@ -118,12 +119,12 @@ TEST(UNet, ReferenceCountEqualsHandSum) {
 TEST(UNet, HandCountedSmallUNet) {
   const int64_t E = 128;
   const int64_t common = lin(32, E) + lin(E, E) + 11 * E /* label_emb: 10 classes + null */ + conv(3, 32, 3) +
-                         res(32, 32, E, false) +                                 // level 16
-                         res(32, 64, E, false) + attn(64) +                      // level 8
-                         2 * res(64, 64, E, false) + attn(64) +                  // middle
-                         res(128, 64, E, false) + attn(64) +                     // out level 8 (skip 64)
-                         res(96, 64, E, false) + attn(64) +                      //   (skip 32)
-                         res(96, 32, E, false) + res(64, 32, E, false) +         // out level 16
+                         res(32, 32, E, false) +                          // level 16
+                         res(32, 64, E, false) + attn(64) +               // level 8
+                         2 * res(64, 64, E, false) + attn(64) +           // middle
+                         res(128, 64, E, false) + attn(64) +              // out level 8 (skip 64)
+                         res(96, 64, E, false) + attn(64) +               //   (skip 32)
+                         res(96, 32, E, false) + res(64, 32, E, false) +  // out level 16
                          gn(32) + conv(32, 6, 3);
   auto o = small16();
   UNet conv_resample(o);
@@ -357,18 +358,39 @@ TEST(UNet, BadConfigsThrowUsageErrorNamingTheKey) {
   bad([](UNetOptions& o) { o.image_size = 30; }, "data.image_size: 30 is not divisible by 4");
   bad([](UNetOptions& o) { o.channel_mult = {1, 2, 2, 2}; }, "data.image_size");  // 28 / 8
   bad([](UNetOptions& o) { o.model_channels = 48; }, "model.model_channels");
-  bad([](UNetOptions& o) { o.channel_mult = {1, 3, 2}; o.model_channels = 16; }, "model.model_channels");
-  bad([](UNetOptions& o) { o.model_channels = 32; o.channel_mult = {1, 2, 0}; }, "model.channel_mult");
+  bad(
+      [](UNetOptions& o) {
+        o.channel_mult = {1, 3, 2};
+        o.model_channels = 16;
+      },
+      "model.model_channels");
+  bad(
+      [](UNetOptions& o) {
+        o.model_channels = 32;
+        o.channel_mult = {1, 2, 0};
+      },
+      "model.channel_mult");
   bad([](UNetOptions& o) { o.channel_mult = {}; }, "model.channel_mult");
   bad([](UNetOptions& o) { o.channel_mult = {1, 2.01, 2}; }, "channels; expected a whole number >= 1");
-  bad([](UNetOptions& o) { o.channel_mult = {1, 2.5, 2}; o.model_channels = 32; }, "model.channel_mult: level 1 has 2.5 x 32 = 80 channels, not a multiple of 32");
-  bad([](UNetOptions& o) { o.num_heads = 3; }, "model.num_heads: 3 heads do not divide the 64 channels of the 7x7 level");
+  bad(
+      [](UNetOptions& o) {
+        o.channel_mult = {1, 2.5, 2};
+        o.model_channels = 32;
+      },
+      "model.channel_mult: level 1 has 2.5 x 32 = 80 channels, not a multiple of 32");
+  bad([](UNetOptions& o) { o.num_heads = 3; },
+      "model.num_heads: 3 heads do not divide the 64 channels of the 7x7 level");
   bad([](UNetOptions& o) { o.num_head_channels = 48; }, "model.num_head_channels");
   bad([](UNetOptions& o) { o.dropout = 1.0; }, "model.dropout");
   bad([](UNetOptions& o) { o.num_res_blocks = -1; }, "model.num_res_blocks");
   bad([](UNetOptions& o) { o.in_channels = 0; }, "data.channels");
   // The middle block always has attention: its heads are checked even without attention levels.
-  bad([](UNetOptions& o) { o.attention_resolutions = {}; o.num_heads = 3; }, "middle block");
+  bad(
+      [](UNetOptions& o) {
+        o.attention_resolutions = {};
+        o.num_heads = 3;
+      },
+      "middle block");
   // Wrong input shapes are a programming error (std::invalid_argument), not a crash.
   UNet net(mnist_reference());
   EXPECT_THROW(net.forward(torch::randn({1, 1, 30, 30}), torch::zeros({1})), std::invalid_argument);

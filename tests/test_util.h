@@ -24,17 +24,17 @@ inline const char* kFashionMnistImages = "/usr/share/datasets/fashion-mnist/trai
 // A test that needs something installed skips without it, except where the environment says it
 // is installed (scripts/test.sh sets DIFFUSE_REQUIRE_DATA=1 and DIFFUSE_REQUIRE_TORCHRUN=1, and
 // CI runs that): there a missing one is a broken install, and the test fails.
-#define DIFFUSE_SKIP_OR_FAIL_IF(missing, require_env, what)                   \
-  do {                                                                         \
-    if (missing) {                                                             \
-      if (std::getenv(require_env)) FAIL() << what << " is not installed";    \
-      GTEST_SKIP() << what << " is not installed";                             \
-    }                                                                          \
+#define DIFFUSE_SKIP_OR_FAIL_IF(missing, require_env, what)                \
+  do {                                                                     \
+    if (missing) {                                                         \
+      if (std::getenv(require_env)) FAIL() << what << " is not installed"; \
+      GTEST_SKIP() << what << " is not installed";                         \
+    }                                                                      \
   } while (0)
-#define REQUIRE_FASHION_MNIST()                                                                        \
+#define REQUIRE_FASHION_MNIST()                                                                                 \
   DIFFUSE_SKIP_OR_FAIL_IF(!std::filesystem::exists(diffuse::test::kFashionMnistImages), "DIFFUSE_REQUIRE_DATA", \
                           "dataset-fashion-mnist")
-#define REQUIRE_TORCHRUN()                                                                              \
+#define REQUIRE_TORCHRUN()                                                                                     \
   DIFFUSE_SKIP_OR_FAIL_IF(std::system("command -v torchrun >/dev/null 2>&1") != 0, "DIFFUSE_REQUIRE_TORCHRUN", \
                           "torchrun (python3-torch)")
 

@@ -51,8 +51,8 @@ struct ModelConfig {
   // self-attention, as improved-diffusion's --attention_resolutions flag (not downsample factors).
   std::vector<int64_t> attention_resolutions = {};
   int64_t num_heads = 4;
-  int64_t num_head_channels = -1;  // > 0 overrides num_heads with channels / num_head_channels
-  int64_t num_heads_upsample = -1;  // heads of the output blocks' attention; -1 = num_heads
+  int64_t num_head_channels = -1;        // > 0 overrides num_heads with channels / num_head_channels
+  int64_t num_heads_upsample = -1;       // heads of the output blocks' attention; -1 = num_heads
   bool use_new_attention_order = false;  // guided-diffusion's QKVAttention: q, k, v split first
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
@@ -102,16 +102,16 @@ struct DataConfig {
   DatasetKind dataset = DatasetKind::FashionMnist;
   std::string path = "/usr/share/datasets/fashion-mnist";  // directory (or file for some kinds)
   std::string split = "train";                             // train | test
-  int64_t image_size = 0;     // 0 = the dataset's native size; else center-crop + resize
-  int64_t channels = 0;       // 0 = native; 1 = grey, 3 = RGB
-  bool random_flip = false;   // random horizontal flip
-  bool class_labels = true;   // read labels where the dataset has them (folder: class-per-subfolder)
-  bool skip_bad_files = false;  // folder: skip unreadable images (counted in the log) instead of failing
-  int64_t limit = 0;          // use only the first N examples (0 = all)
-  int64_t workers = 2;        // background loading/decoding threads
-  int64_t prefetch = 4;       // batches prepared ahead
+  int64_t image_size = 0;                                  // 0 = the dataset's native size; else center-crop + resize
+  int64_t channels = 0;                                    // 0 = native; 1 = grey, 3 = RGB
+  bool random_flip = false;                                // random horizontal flip
+  bool class_labels = true;          // read labels where the dataset has them (folder: class-per-subfolder)
+  bool skip_bad_files = false;       // folder: skip unreadable images (counted in the log) instead of failing
+  int64_t limit = 0;                 // use only the first N examples (0 = all)
+  int64_t workers = 2;               // background loading/decoding threads
+  int64_t prefetch = 4;              // batches prepared ahead
   ToyKind toy = ToyKind::SwissRoll;  // dataset: toy2d
-  int64_t toy_size = 100000;  // toy2d: points per epoch
+  int64_t toy_size = 100000;         // toy2d: points per epoch
 };
 
 struct TrainConfig {
@@ -128,39 +128,39 @@ struct TrainConfig {
   double grad_clip = 1.0;                // max global grad norm; 0 = off
   int64_t grad_accum = 1;                // micro-batches per optimizer step
   double ema_decay = 0.9999;
-  bool ema_warmup = true;                // decay = min(ema_decay, (1 + step) / (10 + step))
+  bool ema_warmup = true;  // decay = min(ema_decay, (1 + step) / (10 + step))
   uint64_t seed = 0;
-  std::string device = "auto";           // auto | cpu | cuda | cuda:N
-  int64_t threads = 0;                   // CPU threads; 0 = OMP_NUM_THREADS if set, else all usable cores
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  int64_t threads = 0;          // CPU threads; 0 = OMP_NUM_THREADS if set, else all usable cores
   bool channels_last = false;
-  std::string precision = "fp32";        // fp32 | bf16 | fp16 | auto (bf16 where the hardware has it)
+  std::string precision = "fp32";  // fp32 | bf16 | fp16 | auto (bf16 where the hardware has it)
   int64_t log_every = 100;
   int64_t checkpoint_every = 1000;
-  int64_t sample_every = 1000;           // 0 = never
-  int64_t sample_num = 64;               // images in the periodic grid
-  int64_t sample_steps = 50;             // sampler steps for the periodic grid
-  int64_t keep_checkpoints = 3;          // keep the last K (plus `latest`)
-  std::string on_nonfinite = "error";    // error | skip
+  int64_t sample_every = 1000;         // 0 = never
+  int64_t sample_num = 64;             // images in the periodic grid
+  int64_t sample_steps = 50;           // sampler steps for the periodic grid
+  int64_t keep_checkpoints = 3;        // keep the last K (plus `latest`)
+  std::string on_nonfinite = "error";  // error | skip
   // Data parallelism (under torchrun or --nproc-per-node); batch_size stays per rank.
-  std::string dist_backend = "auto";     // auto (nccl on CUDA, gloo on CPU) | gloo | nccl
-  int64_t dist_timeout = 1800;           // seconds a collective waits for the other ranks
-  int64_t dist_bucket_mb = 25;           // gradient all-reduce bucket size in MiB
-  bool dist_rank_logs = false;           // ranks > 0 also write run_dir/rank_<r>.log
+  std::string dist_backend = "auto";  // auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+  int64_t dist_timeout = 1800;        // seconds a collective waits for the other ranks
+  int64_t dist_bucket_mb = 25;        // gradient all-reduce bucket size in MiB
+  bool dist_rank_logs = false;        // ranks > 0 also write run_dir/rank_<r>.log
 };
 
 struct SampleConfig {
   std::string sampler = "ddim";  // ddpm, ddim, dpmpp-2m, euler, euler-ancestral, heun
   int64_t steps = 50;
-  std::string spacing = "";      // respacing spec (see schedule.h); "" = the sampler's default
-  double eta = -1.0;             // < 0: the sampler's default (ddim 0, euler-ancestral 1)
+  std::string spacing = "";  // respacing spec (see schedule.h); "" = the sampler's default
+  double eta = -1.0;         // < 0: the sampler's default (ddim 0, euler-ancestral 1)
   int64_t num = 64;
   int64_t batch_size = 64;
   uint64_t seed = 0;
   bool use_ema = true;
-  bool clip_x0 = true;            // images only (toy points are never clipped)
+  bool clip_x0 = true;  // images only (toy points are never clipped)
   double dynamic_threshold = 0.0;
-  double guidance_scale = 1.0;   // classifier-free guidance (1 = off)
-  std::vector<int64_t> labels;   // class labels to sample (cycled); empty = random / unconditional
+  double guidance_scale = 1.0;  // classifier-free guidance (1 = off)
+  std::vector<int64_t> labels;  // class labels to sample (cycled); empty = random / unconditional
   // Classifier guidance (Dhariwal & Nichol 2021): a noisy-image classifier checkpoint (model.type
   // classifier) whose s * grad log p(y | x_t) steers every step; "" = none.
   std::string classifier = "";
@@ -173,13 +173,13 @@ struct SampleConfig {
 struct EvalConfig {
   std::vector<std::string> metrics = {"bpd"};  // bpd, bpd-mc, fid, kid, toy
   std::string split = "test";
-  int64_t num_images = 1000;     // held-out images for bpd (0 = all)
+  int64_t num_images = 1000;  // held-out images for bpd (0 = all)
   int64_t batch_size = 64;
-  int64_t mc_timesteps = 8;      // bpd-mc: random t per image
+  int64_t mc_timesteps = 8;                    // bpd-mc: random t per image
   DecoderCdf decoder_cdf = DecoderCdf::Exact;  // bpd: normal CDF of the decoder term (tanh = improved-diffusion's)
-  std::string feature_extractor = "";  // TorchScript file for FID/KID features
-  std::string reference = "";    // image folder or cached statistics file for FID/KID
-  int64_t num_samples = 1000;    // generated samples for FID/KID/toy metrics
+  std::string feature_extractor = "";          // TorchScript file for FID/KID features
+  std::string reference = "";                  // image folder or cached statistics file for FID/KID
+  int64_t num_samples = 1000;                  // generated samples for FID/KID/toy metrics
 };
 
 struct Config {

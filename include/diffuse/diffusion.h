@@ -32,8 +32,8 @@ struct GaussianStats {
 
 // Options of one reverse step.
 struct ReverseOptions {
-  bool clip_x0 = true;               // clamp the predicted x_0 to [-1, 1]
-  double dynamic_threshold = 0.0;    // Imagen's percentile p (e.g. 0.995); 0 = off
+  bool clip_x0 = true;                   // clamp the predicted x_0 to [-1, 1]
+  double dynamic_threshold = 0.0;        // Imagen's percentile p (e.g. 0.995); 0 = off
   double dynamic_threshold_max = 1.0e9;  // upper bound on the per-sample threshold s
 };
 
@@ -67,8 +67,8 @@ class GaussianDiffusion {
   GaussianStats q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t, const torch::Tensor& t) const;
 
   // The model's p(x_{t-1} | x_t) from its raw output (with variance channels if learned).
-  ReverseStats p_mean_variance(const torch::Tensor& model_output, const torch::Tensor& x_t,
-                               const torch::Tensor& t, const ReverseOptions& opts = {}) const;
+  ReverseStats p_mean_variance(const torch::Tensor& model_output, const torch::Tensor& x_t, const torch::Tensor& t,
+                               const ReverseOptions& opts = {}) const;
   // x_{t-1} = mean + [t > 0] exp(log_var / 2) noise.
   torch::Tensor p_sample(const ReverseStats& stats, const torch::Tensor& t, const torch::Tensor& noise) const;
 

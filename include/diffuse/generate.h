@@ -20,8 +20,8 @@ class ProcessGroup;
 struct StepInfo;
 
 struct GenerateRequest {
-  SampleConfig sample;          // sampler, steps, spacing, eta, clipping, guidance, labels, seed, num, batch_size
-  int64_t first_index = 0;      // global index of the first sample: sample i depends only on (seed, i)
+  SampleConfig sample;      // sampler, steps, spacing, eta, clipping, guidance, labels, seed, num, batch_size
+  int64_t first_index = 0;  // global index of the first sample: sample i depends only on (seed, i)
   torch::Device device = torch::kCPU;
   // Classifier guidance at sample.classifier_scale (load_guidance_classifier); null = none. The
   // labels are the model's, or (unconditional model) chosen as labels_for over its classes.

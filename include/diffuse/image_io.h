@@ -20,8 +20,7 @@ torch::Tensor to_uint8(const torch::Tensor& x);
 // `nrow` images per row (0 = ceil(sqrt(N))), `padding` pixels of pad_value around and between
 // them (torchvision's make_grid layout). Keeps the input's dtype and device (for uint8 input
 // the pad value goes through to_uint8).
-torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow = 0, int64_t padding = 2,
-                        double pad_value = -1.0);
+torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow = 0, int64_t padding = 2, double pad_value = -1.0);
 
 // PNG bytes of an image [C,H,W] (C = 1, 2, 3, 4: grey, grey+alpha, RGB, RGBA), uint8 or float
 // in [-1,1], with one text chunk per entry after IHDR: tEXt for ASCII values, iTXt (UTF-8)
@@ -30,8 +29,7 @@ torch::Tensor make_grid(const torch::Tensor& images, int64_t nrow = 0, int64_t p
 std::string encode_png(const torch::Tensor& image, const std::map<std::string, std::string>& text = {});
 
 // encode_png written atomically to `path` (temporary file, fsync, rename). Errors name the path.
-void save_png(const std::string& path, const torch::Tensor& image,
-              const std::map<std::string, std::string>& text = {});
+void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text = {});
 
 // make_grid then save_png.
 void save_grid(const std::string& path, const torch::Tensor& images, int64_t nrow = 0,

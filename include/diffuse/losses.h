@@ -38,8 +38,7 @@ std::vector<std::string> decoder_cdf_names();
 // log p(x) of 8-bit data x in [-1, 1] under a Gaussian discretised into 256 bins of width 2/255;
 // the edge bins extend to -inf and +inf, so the 256 probabilities sum to 1. Elementwise, nats.
 torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const torch::Tensor& mean,
-                                                  const torch::Tensor& log_scale,
-                                                  DecoderCdf cdf = DecoderCdf::Exact);
+                                                  const torch::Tensor& log_scale, DecoderCdf cdf = DecoderCdf::Exact);
 
 // L_T: KL(q(x_T | x_0) || N(0, I)) in bits/dim, [B].
 torch::Tensor prior_bpd(const GaussianDiffusion& diffusion, const torch::Tensor& x0);
@@ -69,7 +68,7 @@ struct LossConfig {
   LossType type = LossType::Simple;
   double hybrid_lambda = 0.001;  // Nichol & Dhariwal's lambda for L_hybrid = L_simple + lambda L_vlb
   LossWeighting weighting = LossWeighting::None;
-  double min_snr_gamma = 5.0;    // Hang et al. (2023)
+  double min_snr_gamma = 5.0;  // Hang et al. (2023)
 };
 
 // Per-sample weight of the MSE on the prediction target.

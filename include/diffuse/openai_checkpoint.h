@@ -54,8 +54,8 @@ struct OpenAiImport {
   std::string format;  // of the file read: "zip torch.save", "legacy torch.save" or "safetensors"
 };
 
-// Reads `file` (torch.save in either format, or the same state_dict as safetensors), builds the network of `flags` and writes a diffuse
-// checkpoint (weights only, no EMA or optimizer state) to `out`, atomically.
+// Reads `file` (torch.save in either format, or the same state_dict as safetensors), builds the network of `flags` and
+// writes a diffuse checkpoint (weights only, no EMA or optimizer state) to `out`, atomically.
 OpenAiImport import_openai_checkpoint(const std::string& file, const std::vector<std::string>& flags,
                                       OpenAiFamily family, const std::string& out);
 // The same for guided-diffusion's classifier (its .pt and openai_classifier_config's flags): a

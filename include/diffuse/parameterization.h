@@ -30,10 +30,12 @@ struct Predictions {
   torch::Tensor x0, eps, v, score;
 };
 
-torch::Tensor x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& eps, const NoiseLevel& n);  // Luo eq. 115 rearranged
+torch::Tensor x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& eps,
+                          const NoiseLevel& n);  // Luo eq. 115 rearranged
 torch::Tensor eps_from_x0(const torch::Tensor& x_t, const torch::Tensor& x0, const NoiseLevel& n);
-torch::Tensor v_from_x0_eps(const torch::Tensor& x0, const torch::Tensor& eps, const NoiseLevel& n);  // v = a eps - s x0
-torch::Tensor x0_from_v(const torch::Tensor& x_t, const torch::Tensor& v, const NoiseLevel& n);  // x0 = a x_t - s v
+torch::Tensor v_from_x0_eps(const torch::Tensor& x0, const torch::Tensor& eps,
+                            const NoiseLevel& n);                                                 // v = a eps - s x0
+torch::Tensor x0_from_v(const torch::Tensor& x_t, const torch::Tensor& v, const NoiseLevel& n);   // x0 = a x_t - s v
 torch::Tensor eps_from_v(const torch::Tensor& x_t, const torch::Tensor& v, const NoiseLevel& n);  // eps = s x_t + a v
 // Tweedie (Luo eq. 133): grad log p(x_t) = -eps / s.
 torch::Tensor score_from_eps(const torch::Tensor& eps, const NoiseLevel& n);

@@ -17,7 +17,7 @@ class ProgressBar {
   ~ProgressBar();
   // Redraws at most ~8 times a second (and always at the end).
   void update(int64_t done, const std::string& suffix = "");
-  void finish();  // leaves the last state on its own line
+  void finish();                                     // leaves the last state on its own line
   void set_total(int64_t total) { total_ = total; }  // once the amount of work is known
   bool enabled() const { return enabled_; }
   double elapsed_seconds() const;

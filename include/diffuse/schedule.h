@@ -34,10 +34,10 @@ struct ScheduleSpec {
   // A negative value means "the kind's default".
   double beta_start = -1.0;
   double beta_end = -1.0;
-  double cosine_s = 0.008;     // Nichol & Dhariwal offset
-  double max_beta = 0.999;     // cap for the cosine schedule
-  std::vector<double> betas;   // Custom: explicit betas (or read from betas_file)
-  std::string betas_file;      // Custom: whitespace/comma separated numbers
+  double cosine_s = 0.008;         // Nichol & Dhariwal offset
+  double max_beta = 0.999;         // cap for the cosine schedule
+  std::vector<double> betas;       // Custom: explicit betas (or read from betas_file)
+  std::string betas_file;          // Custom: whitespace/comma separated numbers
   bool zero_terminal_snr = false;  // Lin et al. (2023): rescale so alpha_bar_{T-1} = 0
 };
 
@@ -59,8 +59,8 @@ std::vector<int64_t> space_timesteps(int64_t num_timesteps, const std::string& s
 // One row of a schedule, for printing.
 struct ScheduleRow {
   int64_t t, original_t;
-  double beta, alpha_bar, alpha_bar_prev, posterior_variance, posterior_log_variance_clipped,
-      posterior_mean_coef1, posterior_mean_coef2, snr;
+  double beta, alpha_bar, alpha_bar_prev, posterior_variance, posterior_log_variance_clipped, posterior_mean_coef1,
+      posterior_mean_coef2, snr;
 };
 
 class NoiseSchedule {
@@ -103,17 +103,16 @@ class NoiseSchedule {
   // Gather `table[t]` for a batch of integer timesteps t (shape [B]) and return it in
   // like's dtype and device, shaped [B, 1, ..., 1] to broadcast against `like`.
   // The float64 table is copied to each device once and cached.
-  torch::Tensor gather(const std::vector<double>& table, const torch::Tensor& t,
-                       const torch::Tensor& like) const;
+  torch::Tensor gather(const std::vector<double>& table, const torch::Tensor& t, const torch::Tensor& like) const;
 
  private:
   void derive();
   const torch::Tensor& device_table(const std::vector<double>& table, const torch::Device& device) const;
 
   std::vector<double> betas_, alphas_, alpha_bar_, alpha_bar_prev_, alpha_bar_next_, sqrt_alpha_bar_,
-      sqrt_one_minus_alpha_bar_, log_one_minus_alpha_bar_, sqrt_recip_alpha_bar_,
-      sqrt_recipm1_alpha_bar_, posterior_variance_, posterior_log_variance_clipped_,
-      posterior_mean_coef1_, posterior_mean_coef2_, snr_, log_snr_;
+      sqrt_one_minus_alpha_bar_, log_one_minus_alpha_bar_, sqrt_recip_alpha_bar_, sqrt_recipm1_alpha_bar_,
+      posterior_variance_, posterior_log_variance_clipped_, posterior_mean_coef1_, posterior_mean_coef2_, snr_,
+      log_snr_;
   std::vector<int64_t> original_t_;
 
   // Per-(table, device) float64 copies, so gathers on CUDA never copy host memory per batch.

@@ -29,7 +29,7 @@ struct TorchSaveFile {
   // list and tuple items are numbered), in the order the pickle holds them. Contiguous CPU
   // copies in the stored dtype. Numbers, strings and None in the object are skipped.
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  std::string format;  // "zip" or "legacy"
+  std::string format;                                        // "zip" or "legacy"
   const torch::Tensor* find(const std::string& name) const;  // nullptr when absent
 };
 

@@ -15,7 +15,7 @@ struct ZipEntry {
   std::string name;
   uint64_t data_offset = 0;  // of the entry's (compressed) bytes in the archive
   uint64_t compressed_size = 0;
-  uint64_t size = 0;  // uncompressed
+  uint64_t size = 0;    // uncompressed
   uint16_t method = 0;  // 0 stored, 8 deflate
   uint32_t crc32 = 0;
 };

@@ -135,7 +135,8 @@ int bench_train(const BenchOptions& o) {
     std::cout << fmt::format(
         "{{\"bench\": \"train\", \"name\": \"{}\", \"config\": \"{}\", \"batch\": {}, \"threads\": {}, "
         "\"device\": \"{}\", \"precision\": \"{}\", \"channels_last\": {}, \"parameters\": {}, \"steps\": {}, "
-        "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"peak_device_mib\": {}, \"fwd_gflops_per_image\": {}, "
+        "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"peak_device_mib\": {}, "
+        "\"fwd_gflops_per_image\": {}, "
         "\"train_gflops_per_image\": {}, \"achieved_gflops\": {}, \"ceiling\": \"{}\", \"ceiling_gflops\": {}, "
         "\"fraction_of_ceiling\": {}}}\n",
         o.name.empty() ? fs::path(path).stem().string() : o.name, path, cfg.train.batch_size, s.threads, s.device,
@@ -207,9 +208,7 @@ void add_bench_command(CLI::App& app, Action& action) {
   cmd->add_option("--profile", o->profile,
                   "Also run once under the operator profiler and print the N operators with the most self time")
       ->check(CLI::NonNegativeNumber);
-  cmd->callback([o, &action] {
-    action = [o] { return o->what == "train" ? bench_train(*o) : bench_sample(*o); };
-  });
+  cmd->callback([o, &action] { action = [o] { return o->what == "train" ? bench_train(*o) : bench_sample(*o); }; });
 }
 
 }  // namespace diffuse::cli

@@ -26,7 +26,7 @@ namespace {
 
 struct EvalOptions {
   std::string checkpoint, out, format = "text", weights = "ema", device = "auto", split, samples, reference,
-                          reference_stats, feature_extractor, decoder_cdf;
+                               reference_stats, feature_extractor, decoder_cdf;
   std::vector<std::string> metrics, overrides, sweep;
   int64_t num_images = -1, batch_size = 0, mc_timesteps = 0, num_samples = 0;
   bool importance = false;
@@ -69,8 +69,9 @@ int run_eval(const EvalOptions& o) {
     if (!st.defined()) throw UsageError("--importance: the checkpoint has no timestep-sampler history");
     sampler.load_state(st, "checkpoint '" + path + "'");
     if (!sampler.warmed_up())
-      throw UsageError("--importance: the checkpoint's loss history is not warmed up (train with "
-                       "diffusion.timestep_sampler: importance for longer)");
+      throw UsageError(
+          "--importance: the checkpoint's loss history is not warmed up (train with "
+          "diffusion.timestep_sampler: importance for longer)");
     req.timestep_probabilities = sampler.probabilities();
   }
 
@@ -97,7 +98,8 @@ int run_eval(const EvalOptions& o) {
 
 void add_eval_command(CLI::App& app, Action& action) {
   auto o = std::make_shared<EvalOptions>();
-  auto* cmd = app.add_subcommand("eval", "Evaluate a checkpoint: bits/dim (ELBO terms), FID/KID, toy distances, sweeps");
+  auto* cmd =
+      app.add_subcommand("eval", "Evaluate a checkpoint: bits/dim (ELBO terms), FID/KID, toy distances, sweeps");
   o->cmd = cmd;
   cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint file or run directory")->required();
   cmd->add_option("--metrics", o->metrics, "Metrics: bpd, bpd-mc, fid, kid, toy (comma separated or repeated)")
@@ -107,29 +109,35 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--num-images", o->num_images, "Held-out images for bpd (0 = all)")->check(at_least(0));
   cmd->add_option("--batch-size", o->batch_size, "Images per batch")->check(at_least(1));
   cmd->add_option("--mc-timesteps", o->mc_timesteps, "bpd-mc: random t per image")->check(at_least(1));
-  cmd->add_option("--decoder-cdf", o->decoder_cdf,
-                  "bpd: normal CDF of the decoder term: exact, or tanh (improved-diffusion's, to match published numbers)")
+  cmd->add_option(
+         "--decoder-cdf", o->decoder_cdf,
+         "bpd: normal CDF of the decoder term: exact, or tanh (improved-diffusion's, to match published numbers)")
       ->check(CLI::IsMember(decoder_cdf_names()));
   cmd->add_flag("--importance", o->importance, "bpd-mc: draw t from the checkpoint's loss-aware sampler");
   cmd->add_option("--num-samples", o->num_samples, "Generated samples for fid/kid/toy")->check(at_least(1));
   cmd->add_option("--samples", o->samples, "fid/kid: an image folder to measure instead of generating");
   cmd->add_option("--reference", o->reference, "fid/kid: reference image folder (default: the data split)");
-  cmd->add_option("--reference-stats", o->reference_stats, "fid: reference statistics cache (read if present, else written)");
+  cmd->add_option("--reference-stats", o->reference_stats,
+                  "fid: reference statistics cache (read if present, else written)");
   cmd->add_option("--inception,--feature-extractor", o->feature_extractor,
                   "fid/kid: pytorch-fid's Inception weights (pt_inception-2015-12-05-*.pth) or a TorchScript feature "
                   "network (docs/fid.md)");
   cmd->add_option("--sweep", o->sweep, "Sweep a sampler over step counts, e.g. ddim:10,20,50 (repeatable)");
   cmd->add_option("--out,-o", o->out, "Output directory (default: <run>/eval)");
-  cmd->add_option("--format", o->format, "stdout format")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
-  cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}))->capture_default_str();
+  cmd->add_option("--format", o->format, "stdout format")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  cmd->add_option("--weights", o->weights, "Which weights")
+      ->check(CLI::IsMember({"ema", "raw"}))
+      ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed for noise, timesteps and samples");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(at_least(0));
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")
+      ->check(at_least(0));
   cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
   add_nproc_option(*cmd, &o->nproc);
-  cmd->callback([o, &action] {
-    action = [o] { return should_launch(o->nproc) ? launch_local_ranks(o->nproc) : run_eval(*o); };
-  });
+  cmd->callback(
+      [o, &action] { action = [o] { return should_launch(o->nproc) ? launch_local_ranks(o->nproc) : run_eval(*o); }; });
 }
 
 }  // namespace diffuse::cli

@@ -42,8 +42,8 @@ int import_openai(const ExchangeOptions& o) {
       "  wrote: {} (weights only: it samples and evaluates; sampling defaults to {} with {} steps)\n",
       o.input, r.format, r.tensors, format_count(r.parameters), r.config.data.image_size, r.config.data.image_size,
       r.config.model.model_channels, r.config.model.num_classes, r.config.diffusion.timesteps,
-      to_string(r.config.diffusion.schedule), r.config.diffusion.rescale_timesteps ? ", timesteps rescaled" : "",
-      o.out, r.config.sample.sampler, r.config.sample.steps);
+      to_string(r.config.diffusion.schedule), r.config.diffusion.rescale_timesteps ? ", timesteps rescaled" : "", o.out,
+      r.config.sample.sampler, r.config.sample.steps);
   return 0;
 }
 }  // namespace
@@ -66,9 +66,10 @@ void add_export_command(CLI::App& app, Action& action) {
 
 void add_import_command(CLI::App& app, Action& action) {
   auto o = std::make_shared<ExchangeOptions>();
-  auto* cmd = app.add_subcommand(
-      "import", "Turn a `diffuse export` safetensors file, an older-format checkpoint you trust, or an OpenAI "
-                "improved-/guided-diffusion checkpoint (with --from and --flags) into a checkpoint");
+  auto* cmd =
+      app.add_subcommand("import",
+                         "Turn a `diffuse export` safetensors file, an older-format checkpoint you trust, or an OpenAI "
+                         "improved-/guided-diffusion checkpoint (with --from and --flags) into a checkpoint");
   cmd->add_option("file", o->input,
                   "safetensors file, a format-1 checkpoint (LibTorch archive) to convert, or an OpenAI .pt state_dict")
       ->required();
@@ -84,8 +85,7 @@ void add_import_command(CLI::App& app, Action& action) {
   cmd->callback([o, &action] {
     if (!o->flags.empty() && o->from.empty())
       throw CLI::ValidationError("--flags", "needs --from improved-diffusion or --from guided-diffusion");
-    if (o->classifier && o->from.empty())
-      throw CLI::ValidationError("--classifier", "needs --from guided-diffusion");
+    if (o->classifier && o->from.empty()) throw CLI::ValidationError("--classifier", "needs --from guided-diffusion");
     action = [o] {
       if (!o->from.empty()) return import_openai(*o);
       const bool resumable = import_safetensors(o->input, o->out);

@@ -19,7 +19,9 @@ void add_info_command(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("info", "Show what a checkpoint holds, after checking that all of it reads");
   cmd->add_option("checkpoint", o->checkpoint, "Checkpoint file or run directory (its checkpoints/latest.pt)")
       ->required();
-  cmd->add_option("--format", o->format, "Output format")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  cmd->add_option("--format", o->format, "Output format")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   cmd->callback([o, &action] {
     action = [o] {
       const auto info = inspect_checkpoint(o->checkpoint);

@@ -87,9 +87,10 @@ void warn_about_other_samples(const std::string& out, int64_t first, int64_t num
     if (others++ == 0 || name < example) example = name;
   }
   if (others > 0)
-    std::cerr << fmt::format("diffuse: note: {} holds {} other numbered sample(s) (e.g. {}) not written by this run; "
-                             "`diffuse eval --samples {}` would count them too\n",
-                             out, others, example, out);
+    std::cerr << fmt::format(
+        "diffuse: note: {} holds {} other numbered sample(s) (e.g. {}) not written by this run; "
+        "`diffuse eval --samples {}` would count them too\n",
+        out, others, example, out);
 }
 
 int run_sample(const SampleOptions& o) {
@@ -100,9 +101,10 @@ int run_sample(const SampleOptions& o) {
   apply_flags(o, cfg.sample);
   const auto& s = cfg.sample;
   if (s.guidance_scale != 1.0 && cfg.model.class_cond && cfg.model.p_uncond <= 0.0)
-    throw UsageError(fmt::format("--guidance-scale {}: '{}' was trained without the null label (model.p_uncond 0, as "
-                                 "OpenAI's imported models are), so classifier-free guidance has nothing to use",
-                                 s.guidance_scale, path));
+    throw UsageError(
+        fmt::format("--guidance-scale {}: '{}' was trained without the null label (model.p_uncond 0, as "
+                    "OpenAI's imported models are), so classifier-free guidance has nothing to use",
+                    s.guidance_scale, path));
   const int threads = configure_threads(o.threads);
   const auto env = read_dist_env();
   const auto device = rank_device(o.device, env);
@@ -196,15 +198,16 @@ int run_sample(const SampleOptions& o) {
   }
   if (!lead) return 0;
 
-  std::map<std::string, std::string> meta{{"diffuse-checkpoint", fs::canonical(path).string()},  // latest.pt resolved
-                                          {"sampler", s.sampler},
-                                          {"steps", std::to_string(s.steps)},
-                                          {"seed", std::to_string(s.seed)},
-                                          {"weights", ema ? "ema" : "raw"},
-                                          {"eta", s.eta >= 0 ? fmt::format("{}", s.eta) : std::string("sampler default")},
-                                          {"clip_x0", s.clip_x0 ? "true" : "false"},
-                                          {"guidance_scale", fmt::format("{}", s.guidance_scale)},
-                                          {"precision", resolve_precision(s.precision, device)}};
+  std::map<std::string, std::string> meta{
+      {"diffuse-checkpoint", fs::canonical(path).string()},  // latest.pt resolved
+      {"sampler", s.sampler},
+      {"steps", std::to_string(s.steps)},
+      {"seed", std::to_string(s.seed)},
+      {"weights", ema ? "ema" : "raw"},
+      {"eta", s.eta >= 0 ? fmt::format("{}", s.eta) : std::string("sampler default")},
+      {"clip_x0", s.clip_x0 ? "true" : "false"},
+      {"guidance_scale", fmt::format("{}", s.guidance_scale)},
+      {"precision", resolve_precision(s.precision, device)}};
   if (!s.spacing.empty()) meta["spacing"] = s.spacing;
   if (!o.low_res.empty()) meta["low_res"] = fs::absolute(o.low_res).lexically_normal().string();
   if (classifier) {
@@ -252,9 +255,9 @@ int run_sample(const SampleOptions& o) {
     written.push_back("tensor " + tpath + " (torch::save of [N, ...] float32)");
   }
   const std::string ranks = group->distributed() ? fmt::format(" x {} ranks", group->world_size()) : "";
-  std::cout << fmt::format("sampled {} with {} ({} steps, {} network evaluations) in {:.1f}s ({:.2f} samples/s, {} threads{}, {})\n",
-                           s.num, s.sampler, s.steps, r.nfe, r.seconds, s.num / std::max(r.seconds, 1e-9), threads,
-                           ranks, device.str());
+  std::cout << fmt::format(
+      "sampled {} with {} ({} steps, {} network evaluations) in {:.1f}s ({:.2f} samples/s, {} threads{}, {})\n", s.num,
+      s.sampler, s.steps, r.nfe, r.seconds, s.num / std::max(r.seconds, 1e-9), threads, ranks, device.str());
   for (const auto& w : written) std::cout << "  " << w << "\n";
   if (images && !o.no_images) warn_about_other_samples(o.out, o.first_index, s.num);
   return 0;
@@ -269,8 +272,7 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint file or run directory")->required();
   cmd->add_option("--out,-o", o->out, "Output directory")->capture_default_str();
   cmd->add_option("--num,-n", o->num, "Number of samples")->check(at_least(1));
-  cmd->add_option("--batch-size", o->batch_size, "Samples per batch (does not change the samples)")
-      ->check(at_least(1));
+  cmd->add_option("--batch-size", o->batch_size, "Samples per batch (does not change the samples)")->check(at_least(1));
   cmd->add_option("--sampler", o->sampler, "Sampler")->check(CLI::IsMember(sampler_names()));
   cmd->add_option("--steps", o->steps, "Sampling steps")->check(at_least(1));
   cmd->add_option("--spacing", o->spacing,
@@ -278,7 +280,8 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_option("--seed", o->seed, "Seed: sample i depends only on (seed, i)");
   cmd->add_option("--first-index", o->first_index, "Global index of the first sample (to split work)")
       ->check(at_least(0));
-  cmd->add_option("--eta", o->eta, "DDIM / Euler-ancestral noise per step, 0 = deterministic (default: DDIM 0, Euler-ancestral 1)")
+  cmd->add_option("--eta", o->eta,
+                  "DDIM / Euler-ancestral noise per step, 0 = deterministic (default: DDIM 0, Euler-ancestral 1)")
       ->check(at_least(0));
   cmd->add_option("--weights", o->weights, "Which weights")->check(CLI::IsMember({"ema", "raw"}));
   cmd->add_option("--label", o->labels, "Class label(s) for a class-conditional model (cycled)");
@@ -300,7 +303,8 @@ void add_sample_command(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "auto"}));
   cmd->add_option("--rho", o->rho, "Karras rho");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")->check(at_least(0));
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")
+      ->check(at_least(0));
   cmd->add_option("--set", o->overrides, "Override a key of the checkpoint's config (repeatable)");
   cmd->add_option("--trajectory", o->trajectory, "Save a strip of x_t and predicted x0 at this many steps")
       ->check(at_least(0));

@@ -57,9 +57,10 @@ int run_schedule(const ScheduleOptions& o) {
     try {
       sched = sched.respace(o.respace);
     } catch (const UsageError& e) {
-      throw UsageError(fmt::format("--respace '{}': {} (accepted: a count like 250, per-section counts like 10,15,20, "
-                                   "ddimN, leading:N, trailing:N, linspace:N, list:a,b,c)",
-                                   o.respace, e.what()));
+      throw UsageError(
+          fmt::format("--respace '{}': {} (accepted: a count like 250, per-section counts like 10,15,20, "
+                      "ddimN, leading:N, trailing:N, linspace:N, list:a,b,c)",
+                      o.respace, e.what()));
     }
   }
 
@@ -95,9 +96,10 @@ int run_schedule(const ScheduleOptions& o) {
                        "beta", "alpha_bar", "alpha_bar_prev", "post_var", "post_logvar", "coef1", "coef2", "snr");
     for (int64_t t = 0; t < T; ++t) {
       const auto r = sched.row(t);
-      out += fmt::format("{:>6} {:>10} {:>12.6g} {:>12.6g} {:>14.6g} {:>12.6g} {:>12.6g} {:>12.6g} {:>12.6g} {:>12.6g}\n",
-                         r.t, r.original_t, r.beta, r.alpha_bar, r.alpha_bar_prev, r.posterior_variance,
-                         r.posterior_log_variance_clipped, r.posterior_mean_coef1, r.posterior_mean_coef2, r.snr);
+      out +=
+          fmt::format("{:>6} {:>10} {:>12.6g} {:>12.6g} {:>14.6g} {:>12.6g} {:>12.6g} {:>12.6g} {:>12.6g} {:>12.6g}\n",
+                      r.t, r.original_t, r.beta, r.alpha_bar, r.alpha_bar_prev, r.posterior_variance,
+                      r.posterior_log_variance_clipped, r.posterior_mean_coef1, r.posterior_mean_coef2, r.snr);
     }
   }
   std::cout << out;

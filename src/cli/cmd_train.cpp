@@ -40,8 +40,9 @@ int run_train(const TrainOptions& o) {
   req.dist = read_dist_env();
   const bool main_rank = req.dist.rank == 0;
   std::string resume_path;
-  const std::string default_run_dir =
-      !o.run_dir.empty() ? o.run_dir : o.config.empty() ? "" : (fs::path("runs") / fs::path(o.config).stem()).string();
+  const std::string default_run_dir = !o.run_dir.empty() ? o.run_dir
+                                      : o.config.empty() ? ""
+                                                         : (fs::path("runs") / fs::path(o.config).stem()).string();
   if (!o.resume_flag && req.dist.restart_count > 0 && !default_run_dir.empty() &&
       !run_checkpoints(default_run_dir).empty()) {
     // torchrun --max_restarts: the restarted job continues the run it was doing.
@@ -93,9 +94,10 @@ int run_train(const TrainOptions& o) {
   auto s = train(req);
   if (!main_rank) return s.stop_signal ? 128 + s.stop_signal : 0;  // rank 0 reports for all
   if (s.end_step == s.start_step && !s.stop_signal) {
-    std::cout << fmt::format("nothing to train: the run is at step {} of train.steps {} (raise it with --set "
-                             "train.steps=N to train further)\n",
-                             s.end_step, req.config.train.steps);
+    std::cout << fmt::format(
+        "nothing to train: the run is at step {} of train.steps {} (raise it with --set "
+        "train.steps=N to train further)\n",
+        s.end_step, req.config.train.steps);
     std::cout << "  run directory: " << s.run_dir << "\n";
     std::cout << "  checkpoint:    " << resolve_checkpoint(s.run_dir) << "\n";
     return 0;
@@ -126,8 +128,7 @@ void add_train_command(CLI::App& app, Action& action) {
   cmd->add_option("--run-dir", o->run_dir, "Run directory (default: runs/<config name>)");
   cmd->add_option("--set", o->overrides, "Override a config key, e.g. --set train.lr=2e-4 (repeatable)")
       ->allow_extra_args(false);
-  cmd->add_option("--resume", o->resume,
-                  "Resume: a run directory or checkpoint (no value: the --run-dir)")
+  cmd->add_option("--resume", o->resume, "Resume: a run directory or checkpoint (no value: the --run-dir)")
       ->expected(0, 1);
   auto* overwrite = cmd->add_flag("--overwrite", o->overwrite,
                                   "Start afresh in a run directory that holds a run, deleting its checkpoints, "

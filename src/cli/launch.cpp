@@ -85,7 +85,8 @@ pid_t spawn_rank(const std::vector<std::string>& args, int rank, int n, int port
 
 std::string describe_status(int status) {
   if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  if (WIFSIGNALED(status))
+    return fmt::format("was killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
   return "ended";
 }
 
@@ -115,8 +116,9 @@ int launch_local_ranks(int n) {
   std::signal(SIGTERM, on_launcher_signal);
   std::vector<pid_t> pids;
   for (int r = 0; r < n; ++r) pids.push_back(spawn_rank(args, r, n, port, threads));
-  std::cerr << fmt::format("diffuse: launched {} ranks on 127.0.0.1:{} ({} thread(s) each unless OMP_NUM_THREADS is set)\n",
-                           n, port, threads);
+  std::cerr << fmt::format(
+      "diffuse: launched {} ranks on 127.0.0.1:{} ({} thread(s) each unless OMP_NUM_THREADS is set)\n", n, port,
+      threads);
 
   int result = 0, running = n, forwarded = 0;
   bool failed = false;

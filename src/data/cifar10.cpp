@@ -25,7 +25,8 @@ std::vector<std::string> find_cifar10_files(const std::string& path, const std::
   std::error_code ec;
   if (fs::is_regular_file(path, ec)) return {path};
   if (!fs::is_directory(path, ec))
-    throw UsageError(fmt::format("data.path '{}' does not exist (expected the CIFAR-10 binary batches directory)", path));
+    throw UsageError(
+        fmt::format("data.path '{}' does not exist (expected the CIFAR-10 binary batches directory)", path));
   fs::path dir(path);
   if (!fs::exists(dir / names[0], ec) && fs::is_directory(dir / "cifar-10-batches-bin", ec))
     dir /= "cifar-10-batches-bin";
@@ -33,8 +34,8 @@ std::vector<std::string> find_cifar10_files(const std::string& path, const std::
   for (const auto& n : names) {
     const fs::path p = dir / n;
     if (!fs::is_regular_file(p, ec))
-      throw UsageError(fmt::format("CIFAR-10 {} file '{}' is missing (a {} split needs {})", split, p.string(), split,
-                                   join(names)));
+      throw UsageError(
+          fmt::format("CIFAR-10 {} file '{}' is missing (a {} split needs {})", split, p.string(), split, join(names)));
     files.push_back(p.string());
   }
   return files;
@@ -48,12 +49,12 @@ Cifar10Dataset::Cifar10Dataset(const std::vector<std::string>& files, const Imag
     std::string b = read_file_maybe_gzip(f);
     const auto n = static_cast<int64_t>(b.size());
     if (n == 0 || n % kCifarRecordBytes != 0)
-      throw UsageError(fmt::format("'{}' is not a CIFAR-10 binary batch: {} bytes is not a multiple of the "
-                                   "{}-byte record (1 label + 3x32x32 pixels){}",
-                                   f, n, kCifarRecordBytes,
-                                   n > 0 ? fmt::format("; {} whole records and {} bytes over", n / kCifarRecordBytes,
-                                                       n % kCifarRecordBytes)
-                                         : std::string()));
+      throw UsageError(fmt::format(
+          "'{}' is not a CIFAR-10 binary batch: {} bytes is not a multiple of the "
+          "{}-byte record (1 label + 3x32x32 pixels){}",
+          f, n, kCifarRecordBytes,
+          n > 0 ? fmt::format("; {} whole records and {} bytes over", n / kCifarRecordBytes, n % kCifarRecordBytes)
+                : std::string()));
     const int64_t records = n / kCifarRecordBytes;
     const auto* p = reinterpret_cast<const uint8_t*>(b.data());
     for (int64_t r = 0; r < records; ++r)
@@ -73,7 +74,8 @@ Cifar10Dataset::Cifar10Dataset(const std::vector<std::string>& files, const Imag
 Example Cifar10Dataset::get(int64_t index) const {
   check_index(index);
   const auto file = std::upper_bound(starts_.begin(), starts_.end(), index) - starts_.begin() - 1;
-  const auto* rec = reinterpret_cast<const uint8_t*>(buffers_[file].data()) + (index - starts_[file]) * kCifarRecordBytes;
+  const auto* rec =
+      reinterpret_cast<const uint8_t*>(buffers_[file].data()) + (index - starts_[file]) * kCifarRecordBytes;
   Example e;
   e.x = transform_.apply(rec + 1);
   e.label = labels_ ? rec[0] : -1;

@@ -20,9 +20,7 @@ std::vector<int64_t> Dataset::shape() const {
   return {s.begin(), s.end()};
 }
 
-std::string Dataset::describe() const {
-  return fmt::format("{} examples of shape {}", size(), shape_string(shape()));
-}
+std::string Dataset::describe() const { return fmt::format("{} examples of shape {}", size(), shape_string(shape())); }
 
 void Dataset::check_index(int64_t index) const {
   if (index < 0 || index >= size())
@@ -39,9 +37,7 @@ Example LimitedDataset::get(int64_t index) const {
   return base_->get(index);
 }
 
-std::string LimitedDataset::describe() const {
-  return fmt::format("{} (first {} used)", base_->describe(), size_);
-}
+std::string LimitedDataset::describe() const { return fmt::format("{} (first {} used)", base_->describe(), size_); }
 
 std::shared_ptr<Dataset> make_dataset(const DataConfig& cfg, uint64_t seed) {
   if (cfg.split != "train" && cfg.split != "test") throw_not_one_of("data.split", cfg.split, {"train", "test"});
@@ -60,7 +56,8 @@ std::shared_ptr<Dataset> make_dataset(const DataConfig& cfg, uint64_t seed) {
   switch (cfg.dataset) {
     case DatasetKind::FashionMnist:
     case DatasetKind::Mnist:
-      ds = std::make_shared<IdxDataset>(find_idx_files(cfg.path, cfg.split, cfg.class_labels), image, to_string(cfg.dataset));
+      ds = std::make_shared<IdxDataset>(find_idx_files(cfg.path, cfg.split, cfg.class_labels), image,
+                                        to_string(cfg.dataset));
       break;
     case DatasetKind::Cifar10:
       ds = std::make_shared<Cifar10Dataset>(find_cifar10_files(cfg.path, cfg.split), image, cfg.split);
@@ -75,13 +72,13 @@ std::shared_ptr<Dataset> make_dataset(const DataConfig& cfg, uint64_t seed) {
     case DatasetKind::Toy2d:
       if (cfg.toy_size < 1) throw UsageError(fmt::format("data.toy_size must be >= 1, got {}", cfg.toy_size));
       // The test split is a different fixed draw from the training points.
-      ds = std::make_shared<Toy2dDataset>(cfg.toy, cfg.toy_size, cfg.split == "test" ? ~seed : seed,
-                                          cfg.class_labels);
+      ds = std::make_shared<Toy2dDataset>(cfg.toy, cfg.toy_size, cfg.split == "test" ? ~seed : seed, cfg.class_labels);
       break;
     case DatasetKind::Synthetic:
       // Random images for benchmarks: 32x32 RGB unless data.image_size / data.channels say otherwise.
-      ds = std::make_shared<SyntheticDataset>(10000, cfg.channels ? cfg.channels : 3, cfg.image_size ? cfg.image_size : 32,
-                                              cfg.class_labels ? 10 : 0, cfg.split == "test" ? ~seed : seed);
+      ds = std::make_shared<SyntheticDataset>(10000, cfg.channels ? cfg.channels : 3,
+                                              cfg.image_size ? cfg.image_size : 32, cfg.class_labels ? 10 : 0,
+                                              cfg.split == "test" ? ~seed : seed);
       break;
   }
   if (cfg.limit > 0 && cfg.limit < ds->size()) ds = std::make_shared<LimitedDataset>(ds, cfg.limit);

@@ -42,8 +42,10 @@ std::string inflate_all(const char* in, size_t in_size, int window_bits, size_t 
     throw UsageError(fmt::format("'{}': {}", name, msg));
   };
   auto too_long = [&] {
-    fail(fmt::format("the {} data decompresses to more than {} bytes, the most expected here (a corrupt file, or a "
-                     "decompression bomb)", what, max_out));
+    fail(
+        fmt::format("the {} data decompresses to more than {} bytes, the most expected here (a corrupt file, or a "
+                    "decompression bomb)",
+                    what, max_out));
   };
   for (;;) {
     if (zs.avail_in == 0 && in_pos < in_size) {
@@ -67,9 +69,9 @@ std::string inflate_all(const char* in, size_t in_size, int window_bits, size_t 
     const bool input_done = zs.avail_in == 0 && in_pos == in_size;
     if (ret == Z_STREAM_END) {
       if (input_done) break;
-      const bool another_member = window_bits > 15 && zs.avail_in >= 2 && zs.next_in[0] == 0x1f && zs.next_in[1] == 0x8b;
-      if (!another_member)
-        fail(fmt::format("unexpected data after the end of the {} stream", what));
+      const bool another_member =
+          window_bits > 15 && zs.avail_in >= 2 && zs.next_in[0] == 0x1f && zs.next_in[1] == 0x8b;
+      if (!another_member) fail(fmt::format("unexpected data after the end of the {} stream", what));
       inflateReset(&zs);
     } else if (ret == Z_OK) {
       continue;
@@ -189,8 +191,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 void require_writable_directory(const std::string& dir, const std::string& option) {
   const std::string probe = (std::filesystem::path(dir) / fmt::format(".write-probe.tmp.{}.0", ::getpid())).string();
   const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0)
-    throw UsageError(fmt::format("'{}' ({}) is not writable: {}", dir, option, std::strerror(errno)));
+  if (fd < 0) throw UsageError(fmt::format("'{}' ({}) is not writable: {}", dir, option, std::strerror(errno)));
   ::close(fd);
   ::unlink(probe.c_str());
 }

@@ -35,11 +35,13 @@ IdxHeader parse_header(const std::string& bytes, const std::string& name) {
     throw UsageError(fmt::format("'{}' is not an IDX file: {} bytes, shorter than the 4-byte magic number", name, n));
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
   if (p[0] != 0 || p[1] != 0 || p[3] < 1 || p[3] > 4)
-    throw UsageError(fmt::format("'{}' is not an IDX file: bad magic number 0x{:08x} (expected 0x00000803 for "
-                                 "images or 0x00000801 for labels)",
-                                 name, read_be32(bytes, 0)));
+    throw UsageError(
+        fmt::format("'{}' is not an IDX file: bad magic number 0x{:08x} (expected 0x00000803 for "
+                    "images or 0x00000801 for labels)",
+                    name, read_be32(bytes, 0)));
   if (p[2] != 0x08)
-    throw UsageError(fmt::format("'{}': IDX element type 0x{:02x} is not supported (only 0x08, unsigned byte)", name, p[2]));
+    throw UsageError(
+        fmt::format("'{}': IDX element type 0x{:02x} is not supported (only 0x08, unsigned byte)", name, p[2]));
   const int ndim = p[3];
   IdxHeader h;
   h.size = 4 + 4 * static_cast<size_t>(ndim);
@@ -68,11 +70,11 @@ IdxArray parse_idx(std::string bytes, const std::string& name) {
   a.dims = h.dims;
   const uint64_t expected = h.size + h.count;
   if (n < expected)
-    throw UsageError(fmt::format("'{}' is truncated: its header promises {} = {} bytes of data, the file has {}",
-                                 name, dims_string(a.dims), h.count, n - h.size));
+    throw UsageError(fmt::format("'{}' is truncated: its header promises {} = {} bytes of data, the file has {}", name,
+                                 dims_string(a.dims), h.count, n - h.size));
   if (n > expected)
-    throw UsageError(fmt::format("'{}' has {} bytes more than its header's {} = {} bytes of data", name,
-                                 n - expected, dims_string(a.dims), h.count));
+    throw UsageError(fmt::format("'{}' has {} bytes more than its header's {} = {} bytes of data", name, n - expected,
+                                 dims_string(a.dims), h.count));
   a.bytes = std::move(bytes);
   a.data_offset = h.size;
   return a;
@@ -98,7 +100,8 @@ IdxFiles find_idx_files(const std::string& dir, const std::string& split, bool n
   else throw_not_one_of("data.split", split, {"train", "test"});
   std::error_code ec;
   if (!fs::is_directory(dir, ec))
-    throw UsageError(fmt::format("data.path '{}' is not a directory (expected the IDX files of MNIST/Fashion-MNIST)", dir));
+    throw UsageError(
+        fmt::format("data.path '{}' is not a directory (expected the IDX files of MNIST/Fashion-MNIST)", dir));
   auto find = [&](const std::string& what, const std::string& idx, bool required) {
     std::vector<std::string> tried;
     for (const std::string sep : {"-", "."}) {
@@ -129,11 +132,11 @@ IdxDataset::IdxDataset(const IdxFiles& files, const ImageOptions& options, std::
   if (options.labels) {
     const IdxArray lab = read_idx(files.labels);
     if (lab.dims.size() != 1)
-      throw UsageError(fmt::format("'{}': expected a label file with 1 dimension, got {}", files.labels,
-                                   dims_string(lab.dims)));
+      throw UsageError(
+          fmt::format("'{}': expected a label file with 1 dimension, got {}", files.labels, dims_string(lab.dims)));
     if (lab.dims[0] != count_)
-      throw UsageError(fmt::format("'{}' has {} labels but '{}' has {} images", files.labels, lab.dims[0],
-                                   files.images, count_));
+      throw UsageError(
+          fmt::format("'{}' has {} labels but '{}' has {} images", files.labels, lab.dims[0], files.images, count_));
     labels_.assign(lab.data(), lab.data() + count_);
     for (int64_t i = 0; i < count_; ++i)
       if (labels_[i] >= num_classes_)

@@ -76,7 +76,8 @@ ImageFolderDataset::ImageFolderDataset(const std::string& root, const ImageFolde
   if (ec) throw UsageError(fmt::format("cannot list '{}': {}", root, ec.message()));
   if (rel.empty())
     throw UsageError(fmt::format("no images ({}) found under '{}'", join(image_folder_extensions(), " "), root));
-  std::sort(rel.begin(), rel.end(), [](const fs::path& a, const fs::path& b) { return a.generic_string() < b.generic_string(); });
+  std::sort(rel.begin(), rel.end(),
+            [](const fs::path& a, const fs::path& b) { return a.generic_string() < b.generic_string(); });
 
   std::vector<int64_t> labels;
   if (options.image.labels) {
@@ -88,9 +89,10 @@ ImageFolderDataset::ImageFolderDataset(const std::string& root, const ImageFolde
     }
     if (!classes.empty()) {
       if (top_level)
-        throw UsageError(fmt::format("image folder '{}': '{}' is not in a class subfolder while other images are "
-                                     "(set data.class_labels: false to use all images without labels)",
-                                     root, top_level->string()));
+        throw UsageError(
+            fmt::format("image folder '{}': '{}' is not in a class subfolder while other images are "
+                        "(set data.class_labels: false to use all images without labels)",
+                        root, top_level->string()));
       class_names_.assign(classes.begin(), classes.end());
       for (const auto& r : rel)
         labels.push_back(std::lower_bound(class_names_.begin(), class_names_.end(), r.begin()->string()) -
@@ -166,11 +168,13 @@ Example ImageFolderDataset::get(int64_t index) const {
   const FileStat now = stat_file(files_[index]);
   const Stamp& then = stamps_[index];
   if (now.size != then.size || now.mtime_ns != then.mtime_ns)
-    throw UsageError(fmt::format("'{}' changed after the image folder was listed ({}); the data is no longer what "
-                                 "this job started with", files_[index],
-                                 now.size < 0 ? std::string("it is gone")
-                                 : now.size != then.size ? fmt::format("{} bytes, was {}", now.size, then.size)
-                                                         : std::string("modified since")));
+    throw UsageError(
+        fmt::format("'{}' changed after the image folder was listed ({}); the data is no longer what "
+                    "this job started with",
+                    files_[index],
+                    now.size < 0            ? std::string("it is gone")
+                    : now.size != then.size ? fmt::format("{} bytes, was {}", now.size, then.size)
+                                            : std::string("modified since")));
   const auto img = decode_without_alpha(files_[index]);
   const ImageTransform transform(img.size(0), img.size(1), img.size(2), image_size_, channels_);
   Example e;
@@ -180,9 +184,9 @@ Example ImageFolderDataset::get(int64_t index) const {
 }
 
 std::string ImageFolderDataset::describe() const {
-  std::string s = fmt::format("folder '{}': {} x {}, {}", root_, files_.size(), shape_string(shape()),
-                              class_names_.empty() ? std::string("unlabelled")
-                                                   : fmt::format("{} classes", class_names_.size()));
+  std::string s =
+      fmt::format("folder '{}': {} x {}, {}", root_, files_.size(), shape_string(shape()),
+                  class_names_.empty() ? std::string("unlabelled") : fmt::format("{} classes", class_names_.size()));
   if (!bad_files_.empty()) s += fmt::format(", {} undecodable files skipped", bad_files_.size());
   return s;
 }

@@ -93,7 +93,8 @@ ImageTransform::ImageTransform(int64_t in_channels, int64_t in_height, int64_t i
     }
     t.weights.assign(n_out * t.max_taps, 0.0f);
     for (int64_t i = 0; i < n_out; ++i)
-      for (int64_t k = 0; k < t.count[i]; ++k) t.weights[i * t.max_taps + k] = static_cast<float>(acc[i][t.first[i] + k] * scale);
+      for (int64_t k = 0; k < t.count[i]; ++k)
+        t.weights[i * t.max_taps + k] = static_cast<float>(acc[i][t.first[i] + k] * scale);
     return t;
   };
   const int64_t row0 = (in_height - side) / 2, col0 = (in_width - side) / 2;

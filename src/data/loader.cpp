@@ -72,9 +72,10 @@ int64_t DataLoader::batches_per_epoch() const {
 
 LoaderPosition DataLoader::normalize(LoaderPosition p) const {
   if (p.epoch < 0 || p.offset < 0 || p.offset > per_rank_)
-    throw UsageError(fmt::format("loader position (epoch {}, offset {}) is invalid: offsets run 0..{} "
-                                 "(examples per epoch for this rank)",
-                                 p.epoch, p.offset, per_rank_));
+    throw UsageError(
+        fmt::format("loader position (epoch {}, offset {}) is invalid: offsets run 0..{} "
+                    "(examples per epoch for this rank)",
+                    p.epoch, p.offset, per_rank_));
   if (p.offset == per_rank_ || (options_.drop_last && p.offset + options_.batch_size > per_rank_))
     return {p.epoch + 1, 0};
   return p;
@@ -85,8 +86,7 @@ std::vector<int64_t> DataLoader::epoch_indices(int64_t epoch) const {
   std::iota(perm.begin(), perm.end(), 0);
   if (options_.shuffle) {
     std::mt19937_64 rng(mix(options_.seed ^ kOrderTag, static_cast<uint64_t>(epoch)));
-    for (int64_t i = size_ - 1; i > 0; --i)
-      std::swap(perm[i], perm[uniform_below(rng, static_cast<uint64_t>(i) + 1)]);
+    for (int64_t i = size_ - 1; i > 0; --i) std::swap(perm[i], perm[uniform_below(rng, static_cast<uint64_t>(i) + 1)]);
   }
   // Rank r owns positions r, r + W, ...; positions past the end wrap (no drop_last).
   std::vector<int64_t> mine(per_rank_);
@@ -135,8 +135,8 @@ Batch DataLoader::load(const Job& job) const {
     Example e = i == 0 ? std::move(first) : dataset_->get(job.indices[i]);
     if (e.x.sizes() != shape)
       throw UsageError(fmt::format("example {} has shape {}, example {} has {} (examples must share one shape): {}",
-                                   job.indices[i], shape_string(e.x.sizes().vec()), job.indices[0],
-                                   shape_string(shape), dataset_->describe()));
+                                   job.indices[i], shape_string(e.x.sizes().vec()), job.indices[0], shape_string(shape),
+                                   dataset_->describe()));
     if (e.x.scalar_type() == torch::kFloat32 && e.x.device().is_cpu()) {
       // Plain copies: no per-example tensor dispatch.
       const auto src_t = e.x.contiguous();

@@ -86,7 +86,7 @@ ToySamples generate(ToyKind kind, int64_t n, uint64_t state) {
       case ToyKind::Checkerboard: {
         // One of the 8 squares (col, row) in {-2..1}^2 with col + row even, then uniform in it.
         const int64_t s = static_cast<int64_t>(g.next() >> 61);
-        const int64_t col = s / 2 - 2;           // -2..1, two squares per column
+        const int64_t col = s / 2 - 2;                          // -2..1, two squares per column
         const int64_t row = 2 * (s % 2) - 2 + ((col + 2) % 2);  // rows of col's parity
         px = col + g.uniform();
         py = row + g.uniform();
@@ -117,10 +117,8 @@ ToyNormalization toy_normalization(ToyKind kind) {
       const double var_y = 0.5 - 4.0 / (kPi * kPi) + between * between + s2;
       return {0.5, 0.25, std::sqrt((var_x + var_y) / 2.0)};
     }
-    case ToyKind::EightGaussians:
-      return {0.0, 0.0, 1.0};
-    case ToyKind::Checkerboard:
-      return {0.0, 0.0, 2.0 / std::sqrt(3.0)};  // U(-2,2) has variance 4/3
+    case ToyKind::EightGaussians: return {0.0, 0.0, 1.0};
+    case ToyKind::Checkerboard: return {0.0, 0.0, 2.0 / std::sqrt(3.0)};  // U(-2,2) has variance 4/3
   }
   throw std::logic_error("toy_normalization: unknown kind");
 }

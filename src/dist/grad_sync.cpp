@@ -92,7 +92,8 @@ GradientSync::GradientSync(ProcessGroup& group, std::vector<torch::Tensor> param
   for (size_t k = 0; k < m.buckets.size(); ++k) {
     const auto& first = m.slots[std::find_if(m.slots.begin(), m.slots.end(),
                                              [&](const Impl::Slot& s) { return s.bucket == int64_t(k); }) -
-                                m.slots.begin()].param;
+                                m.slots.begin()]
+                            .param;
     m.buckets[k].flat = torch::zeros({numel[k]}, first.options().requires_grad(false));
   }
   m.ready.assign(m.slots.size(), false);

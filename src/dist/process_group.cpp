@@ -56,9 +56,7 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   throw UsageError(fmt::format("environment variable {}='{}' is not an integer in [{}, {}]", name, *v, lo, hi));
 }
 
-bool is_loopback(const std::string& addr) {
-  return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
-}
+bool is_loopback(const std::string& addr) { return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1"; }
 
 std::vector<uint8_t> to_bytes(const std::string& s) { return {s.begin(), s.end()}; }
 
@@ -87,9 +85,10 @@ DistEnv read_dist_env() {
   e.local_world_size = env_int("LOCAL_WORLD_SIZE", e.world_size, 1, e.world_size);
   e.local_rank = env_int("LOCAL_RANK", e.rank % e.local_world_size, 0, e.local_world_size - 1);
   if (e.world_size > 1 && !env("MASTER_ADDR"))
-    throw UsageError(fmt::format("WORLD_SIZE={} but MASTER_ADDR is not set: launch with torchrun, "
-                                 "`diffuse train --nproc-per-node N`, or set MASTER_ADDR and MASTER_PORT",
-                                 e.world_size));
+    throw UsageError(
+        fmt::format("WORLD_SIZE={} but MASTER_ADDR is not set: launch with torchrun, "
+                    "`diffuse train --nproc-per-node N`, or set MASTER_ADDR and MASTER_PORT",
+                    e.world_size));
   e.master_addr = env("MASTER_ADDR").value_or("127.0.0.1");
   e.master_port = static_cast<int>(env_int("MASTER_PORT", 29500, 1, 65535));
   e.agent_store = env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
@@ -208,8 +207,7 @@ struct ProcessGroup::Impl {
       for (int64_t r = 0; r < env.world_size; ++r)
         if (r != env.rank && (after[r].empty() || after[r] == before[r])) silent.push_back(std::to_string(r));
       if (silent.empty()) return "every rank is still alive, so one is stuck or called another collective";
-      return fmt::format("rank{} {} stopped responding (died or hung)", silent.size() > 1 ? "s" : "",
-                         join(silent));
+      return fmt::format("rank{} {} stopped responding (died or hung)", silent.size() > 1 ? "s" : "", join(silent));
     } catch (const std::exception&) {
       return fmt::format("the store at {}:{} is gone, so {} died", env.master_addr, env.master_port,
                          env.agent_store ? "the launcher (torchrun's agent)" : "rank 0, which hosts it,");
@@ -227,8 +225,8 @@ struct ProcessGroup::Impl {
   std::string failure(const char* op, const char* what, const std::exception& e) const {
     std::string msg = e.what();
     if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
-    return fmt::format("rank {}: {} ({}) failed: {}; {} (train.dist_timeout {} s)", env.rank, op, what, msg,
-                       diagnose(), options.timeout.count());
+    return fmt::format("rank {}: {} ({}) failed: {}; {} (train.dist_timeout {} s)", env.rank, op, what, msg, diagnose(),
+                       options.timeout.count());
   }
 
   void wait(const WorkPtr& w, const char* op, const char* what) const {
@@ -282,8 +280,7 @@ ProcessGroup::ProcessGroup(const DistEnv& env, const DistOptions& options)
         o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
       else if (is_loopback(env.master_addr))
         o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-      else
-        o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      else o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       o->threads = 2;
       m.backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group_store, static_cast<int>(env.rank),
                                                               static_cast<int>(env.world_size), o);
@@ -294,7 +291,8 @@ ProcessGroup::ProcessGroup(const DistEnv& env, const DistOptions& options)
       m.backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(group_store, static_cast<int>(env.rank),
                                                               static_cast<int>(env.world_size), o);
 #else
-      throw UsageError("train.dist_backend: nccl, but this build of diffuse has no NCCL (LibTorch without CUDA or NCCL)");
+      throw UsageError(
+          "train.dist_backend: nccl, but this build of diffuse has no NCCL (LibTorch without CUDA or NCCL)");
 #endif
     }
   } catch (const UsageError&) {

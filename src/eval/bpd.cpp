@@ -98,7 +98,8 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
     auto x_t = diffusion.q_sample(x0, tb, noise);
     auto model_t = orig[static_cast<size_t>(t)] == t ? tb : torch::full({B}, orig[static_cast<size_t>(t)], long_opts);
     auto out = call_model(diffusion, model, x_t, model_t);
-    auto term = vlb_term_bpd(diffusion, out.to(torch::kFloat64), x0d, x_t.to(torch::kFloat64), tb, ro, opts.decoder_cdf);
+    auto term =
+        vlb_term_bpd(diffusion, out.to(torch::kFloat64), x0d, x_t.to(torch::kFloat64), tb, ro, opts.decoder_cdf);
     r.terms.select(1, t).copy_(term.bpd);
     r.x0_mse.select(1, t).copy_(mean_flat((term.x0_pred - x0d).square()));
     r.eps_mse.select(1, t).copy_(mean_flat((term.eps_pred - noise.to(torch::kFloat64)).square()));
@@ -113,7 +114,8 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
 
 torch::Tensor bpd_rows(const BpdResult& b) {
   auto parts = torch::stack({b.total, b.prior, b.decoder, b.diffusion}, 1).to(torch::kFloat64);
-  return torch::cat({parts, b.terms.to(torch::kFloat64), b.x0_mse.to(torch::kFloat64), b.eps_mse.to(torch::kFloat64)}, 1)
+  return torch::cat({parts, b.terms.to(torch::kFloat64), b.x0_mse.to(torch::kFloat64), b.eps_mse.to(torch::kFloat64)},
+                    1)
       .cpu()
       .contiguous();
 }

@@ -105,7 +105,8 @@ GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusio
     classifier = load_guidance_classifier(g.sample.classifier, req.shape, diffusion, req.device);
   g.classifier = classifier.get();
   const auto share = rank_slice(g.sample.num, pg.rank(), pg.world_size());
-  ProgressBar bar(fmt::format("sample {} x{}", sampler, steps), share.size(), 0, pg.rank() == 0 && stderr_is_terminal());
+  ProgressBar bar(fmt::format("sample {} x{}", sampler, steps), share.size(), 0,
+                  pg.rank() == 0 && stderr_is_terminal());
   g.on_batch = [&](int64_t done, int64_t) { bar.update(done); };
   auto r = generate_share(net, diffusion, req.shape, g, pg);
   bar.finish();
@@ -132,12 +133,16 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   }
   auto wants = [&](const char* m) { return std::find(ev.metrics.begin(), ev.metrics.end(), m) != ev.metrics.end(); };
   const bool images = req.shape.shape.size() == 3;
-  if ((wants("fid") || wants("kid")) && !images) throw UsageError("fid/kid need image data; use the 'toy' metric for toy2d");
-  if (wants("toy") && cfg.data.dataset != DatasetKind::Toy2d) throw UsageError("the 'toy' metric needs data.dataset: toy2d");
-  const bool generates = ((wants("fid") || wants("kid") || wants("toy")) && req.samples_dir.empty()) || !req.sweep.empty();
+  if ((wants("fid") || wants("kid")) && !images)
+    throw UsageError("fid/kid need image data; use the 'toy' metric for toy2d");
+  if (wants("toy") && cfg.data.dataset != DatasetKind::Toy2d)
+    throw UsageError("the 'toy' metric needs data.dataset: toy2d");
+  const bool generates =
+      ((wants("fid") || wants("kid") || wants("toy")) && req.samples_dir.empty()) || !req.sweep.empty();
   if (generates && net.low_res_size() > 0)
-    throw UsageError("fid / kid / sweeps: a super-resolution model samples from low-resolution images; make them with "
-                     "`diffuse sample --low-res FILE` and measure the folder with `diffuse eval --samples DIR`");
+    throw UsageError(
+        "fid / kid / sweeps: a super-resolution model samples from low-resolution images; make them with "
+        "`diffuse sample --low-res FILE` and measure the folder with `diffuse eval --samples DIR`");
   ProcessGroup solo;
   ProcessGroup& pg = req.group ? *req.group : solo;
   const int64_t R = pg.rank(), W = pg.world_size();
@@ -166,11 +171,13 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     const std::string given_low_res =
         net.low_res_size() > 0 ? fmt::format(", given x averaged down to {0}x{0}", net.low_res_size()) : "";
     rep.setting("bound", (given_labels ? "p(x | y) with the images' labels (model.p_uncond 0: no unconditional model)"
-                                       : "p(x)") + given_low_res);
+                                       : "p(x)") +
+                             given_low_res);
     if (given_labels && N > 0 && y_all.min().item<int64_t>() < 0)
-      throw UsageError("bpd: this class-conditional model was trained without the null label (model.p_uncond 0, as "
-                       "OpenAI's are), so its bound is of p(x | y) and needs labelled images (data.class_labels: true "
-                       "and a labelled dataset, e.g. class subfolders)");
+      throw UsageError(
+          "bpd: this class-conditional model was trained without the null label (model.p_uncond 0, as "
+          "OpenAI's are), so its bound is of p(x | y) and needs labelled images (data.class_labels: true "
+          "and a labelled dataset, e.g. class subfolders)");
     rep.value("num_images", static_cast<double>(N));
     rep.value("timesteps", static_cast<double>(T));
     // Batch b (images bB .. bB + B - 1, noise from (seed, b)) is rank b mod W's. Each round the
@@ -180,8 +187,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     auto batch_x0 = [&](int64_t b) { return x_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device); };
     // Batch b's network: the null label, or batch b's own labels.
     auto fn = [&](int64_t b) {
-      return bound_fn(net, given_labels ? y_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device)
-                                        : torch::Tensor(),
+      return bound_fn(net,
+                      given_labels ? y_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device) : torch::Tensor(),
                       batch_x0(b));
     };
     auto images_before = [&](int64_t b) { return std::min(N, b * B); };
@@ -236,8 +243,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
         PlotOptions pm = po;
         pm.title = "denoising error per t";
         pm.y_label = "MSE";
-        save_png(out("mse_terms.png"),
-                 plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
+        save_png(out("mse_terms.png"), plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
       }
     }
     if (wants("bpd-mc")) {
@@ -274,11 +280,11 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     for (auto d : req.shape.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
     if (!ev.reference.empty())
       return fmt::format("images in {} at {}", fs::weakly_canonical(ev.reference).string(), shape);
-    return fmt::format("{} {} split of {} at {}", to_string(cfg.data.dataset), ev.split,
-                       cfg.data.path.empty() ? std::string("(default path)") : fs::weakly_canonical(cfg.data.path).string(),
-                       shape);
+    return fmt::format(
+        "{} {} split of {} at {}", to_string(cfg.data.dataset), ev.split,
+        cfg.data.path.empty() ? std::string("(default path)") : fs::weakly_canonical(cfg.data.path).string(), shape);
   };
-  FeatureStats cached;     // --reference-stats, when the file exists (checked against the network)
+  FeatureStats cached;      // --reference-stats, when the file exists (checked against the network)
   bool have_stats = false;  // ref_stats holds the reference statistics
   // Opens the feature network and checks a --reference-stats cache against it and against the
   // reference asked for. Called before any sample is generated, so a mismatch costs nothing.
@@ -295,9 +301,10 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     cached = load_feature_stats(path);
     const std::string fix = "; delete it, or give --reference-stats another file, to compute fresh statistics";
     if (!cached.extractor.empty() && cached.extractor != extractor_id)
-      throw UsageError(fmt::format("reference statistics '{}' were computed with another feature network ({}) than "
-                                   "eval.feature_extractor '{}' ({}){}",
-                                   path, cached.extractor, ev.feature_extractor, extractor_id, fix));
+      throw UsageError(
+          fmt::format("reference statistics '{}' were computed with another feature network ({}) than "
+                      "eval.feature_extractor '{}' ({}){}",
+                      path, cached.extractor, ev.feature_extractor, extractor_id, fix));
     const auto source = reference_source();
     if (!cached.reference.empty() && cached.reference != source)
       throw UsageError(fmt::format("reference statistics '{}' describe {}, not {} as asked now{}", path,
@@ -312,7 +319,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   auto gathered_features = [&](const torch::Tensor& x, const char* what) {
     auto one = x.sizes().vec();
     one[0] = 1;
-    auto f = x.size(0) > 0 ? extractor->features(x) : extractor->features(torch::zeros(one, x.options())).slice(0, 0, 0);
+    auto f =
+        x.size(0) > 0 ? extractor->features(x) : extractor->features(torch::zeros(one, x.options())).slice(0, 0, 0);
     return all_gather_rows(pg, f.to(torch::kCPU, torch::kFloat64).contiguous(), what);
   };
   auto ensure_reference = [&](bool need_features) {

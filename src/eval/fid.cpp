@@ -25,7 +25,7 @@ namespace diffuse {
 // --- FeatureExtractor -------------------------------------------------------------------------
 
 struct FeatureExtractor::Impl {
-  torch::jit::Module module;               // a TorchScript feature network, or
+  torch::jit::Module module;                  // a TorchScript feature network, or
   std::unique_ptr<FidInceptionV3> inception;  // pytorch-fid's weights in our InceptionV3
 };
 
@@ -35,9 +35,10 @@ FeatureExtractor::FeatureExtractor(const std::string& path, FeatureExtractorOpti
   if (opts_.batch_size < 1) throw UsageError(fmt::format("feature extractor: batch size {} < 1", opts_.batch_size));
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
-    throw UsageError(fmt::format("feature extractor '{}' does not exist or is not a file (expected pytorch-fid's "
-                                 "Inception weights or a TorchScript module; see docs/fid.md)",
-                                 path));
+    throw UsageError(
+        fmt::format("feature extractor '{}' does not exist or is not a file (expected pytorch-fid's "
+                    "Inception weights or a TorchScript module; see docs/fid.md)",
+                    path));
   const std::string bytes = read_file_bytes(path);
   if (looks_like_torch_save(bytes)) {
     impl_->inception = std::make_unique<FidInceptionV3>();
@@ -48,8 +49,10 @@ FeatureExtractor::FeatureExtractor(const std::string& path, FeatureExtractorOpti
   try {
     impl_->module = torch::jit::load(path, opts_.device);
   } catch (const c10::Error& e) {
-    throw UsageError(fmt::format("feature extractor '{}' is neither a torch.save file of pytorch-fid's Inception "
-                                 "weights nor a TorchScript module that loads: {}", path, e.what_without_backtrace()));
+    throw UsageError(
+        fmt::format("feature extractor '{}' is neither a torch.save file of pytorch-fid's Inception "
+                    "weights nor a TorchScript module that loads: {}",
+                    path, e.what_without_backtrace()));
   }
   impl_->module.eval();
 }
@@ -60,18 +63,17 @@ FeatureExtractor& FeatureExtractor::operator=(FeatureExtractor&&) noexcept = def
 
 torch::Tensor FeatureExtractor::prepare(const torch::Tensor& images) const {
   if (!images.defined() || images.dim() != 4 || (images.size(1) != 1 && images.size(1) != 3))
-    throw std::invalid_argument(fmt::format("feature extractor: images must be [N, 1 or 3, H, W], got [{}]",
-                                            images.defined() ? fmt::format("{}", fmt::join(images.sizes(), ", ")) : ""));
+    throw std::invalid_argument(
+        fmt::format("feature extractor: images must be [N, 1 or 3, H, W], got [{}]",
+                    images.defined() ? fmt::format("{}", fmt::join(images.sizes(), ", ")) : ""));
   auto x = images.to(opts_.device, torch::kFloat32);
   if (opts_.quantize_8bit) x = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 127.5 - 1.0;
   if (x.size(1) == 1) x = x.expand({x.size(0), 3, x.size(2), x.size(3)});
   const auto S = opts_.image_size;
   if (S > 0 && (x.size(2) != S || x.size(3) != S)) {
     namespace F = torch::nn::functional;
-    x = F::interpolate(x, F::InterpolateFuncOptions()
-                              .size(std::vector<int64_t>{S, S})
-                              .mode(torch::kBilinear)
-                              .align_corners(false));
+    x = F::interpolate(
+        x, F::InterpolateFuncOptions().size(std::vector<int64_t>{S, S}).mode(torch::kBilinear).align_corners(false));
   }
   return x.contiguous();
 }
@@ -89,16 +91,17 @@ torch::Tensor FeatureExtractor::features(const torch::Tensor& images) const {
     auto result = impl_->module.forward({batch});
     torch::Tensor f;
     if (result.isTensor()) f = result.toTensor();
-    else if (result.isTuple() && !result.toTupleRef().elements().empty() && result.toTupleRef().elements()[0].isTensor())
+    else if (result.isTuple() && !result.toTupleRef().elements().empty() &&
+             result.toTupleRef().elements()[0].isTensor())
       f = result.toTupleRef().elements()[0].toTensor();
     else if (result.isList() && result.toListRef().size() > 0 && result.toListRef()[0].isTensor())
       f = result.toListRef()[0].toTensor();
     else
-      throw UsageError(fmt::format("feature extractor '{}' returned a {}, expected a tensor [N, D]", path_,
-                                   result.tagKind()));
+      throw UsageError(
+          fmt::format("feature extractor '{}' returned a {}, expected a tensor [N, D]", path_, result.tagKind()));
     if (f.dim() < 2 || f.size(0) != batch.size(0) || (f.dim() > 2 && f.numel() != f.size(0) * f.size(1)))
-      throw UsageError(fmt::format("feature extractor '{}' returned shape [{}] for {} images, expected [N, D]",
-                                   path_, fmt::join(f.sizes(), ", "), batch.size(0)));
+      throw UsageError(fmt::format("feature extractor '{}' returned shape [{}] for {} images, expected [N, D]", path_,
+                                   fmt::join(f.sizes(), ", "), batch.size(0)));
     out.push_back(f.reshape({f.size(0), f.size(1)}).to(torch::kFloat32));
   }
   if (out.empty()) return torch::empty({0, 0}, torch::TensorOptions().device(opts_.device));
@@ -122,7 +125,8 @@ torch::Tensor symmetrize(const torch::Tensor& m) { return 0.5 * (m + m.transpose
 FeatureStats feature_stats(const torch::Tensor& features) {
   check_features(features, "feature_stats");
   if (features.size(0) < 2)
-    throw std::invalid_argument(fmt::format("feature_stats: need at least 2 feature vectors, got {}", features.size(0)));
+    throw std::invalid_argument(
+        fmt::format("feature_stats: need at least 2 feature vectors, got {}", features.size(0)));
   // Large sets go through the accumulator in chunks, so the float64 copy stays bounded.
   constexpr int64_t kChunk = 8192;
   if (features.size(0) > kChunk) {
@@ -174,11 +178,12 @@ void save_feature_stats(const FeatureStats& stats, const std::string& path) {
   if (!stats.mu.defined() || !stats.sigma.defined())
     throw std::invalid_argument("save_feature_stats: statistics are empty");
   try {
-    save_safetensors(path,
-                     {{"mu", stats.mu.detach().to(torch::kCPU, torch::kFloat64)},
-                      {"sigma", stats.sigma.detach().to(torch::kCPU, torch::kFloat64)},
-                      {"n", torch::tensor({stats.n}, torch::kLong)}},
-                     {{"format", "diffuse-feature-stats"}, {"extractor", stats.extractor}, {"reference", stats.reference}});
+    save_safetensors(
+        path,
+        {{"mu", stats.mu.detach().to(torch::kCPU, torch::kFloat64)},
+         {"sigma", stats.sigma.detach().to(torch::kCPU, torch::kFloat64)},
+         {"n", torch::tensor({stats.n}, torch::kLong)}},
+        {{"format", "diffuse-feature-stats"}, {"extractor", stats.extractor}, {"reference", stats.reference}});
   } catch (const std::runtime_error& e) {
     throw UsageError(fmt::format("feature statistics file '{}' could not be written: {}", path, e.what()));
   }
@@ -204,9 +209,10 @@ FeatureStats load_feature_stats(const std::string& path) {
   if (!std::filesystem::is_regular_file(path, ec))
     throw UsageError(fmt::format("feature statistics file '{}' does not exist or is not a file", path));
   auto unreadable = [&](const std::string& why) {
-    return UsageError(fmt::format("feature statistics file '{}' could not be read (expected a file written by "
-                                  "save_feature_stats, or an .npz with mu and sigma): {}",
-                                  path, why));
+    return UsageError(
+        fmt::format("feature statistics file '{}' could not be read (expected a file written by "
+                    "save_feature_stats, or an .npz with mu and sigma): {}",
+                    path, why));
   };
   FeatureStats s;
   torch::Tensor n;
@@ -214,15 +220,17 @@ FeatureStats load_feature_stats(const std::string& path) {
     // NumPy statistics, e.g. from pytorch-fid's --save-stats: mu and sigma, no count.
     auto arrays = read_npz(path);
     for (const char* key : {"mu", "sigma"})
-      if (!arrays.count(key)) throw UsageError(fmt::format("feature statistics file '{}' has no '{}' array", path, key));
+      if (!arrays.count(key))
+        throw UsageError(fmt::format("feature statistics file '{}' has no '{}' array", path, key));
     s.mu = arrays["mu"];
     s.sigma = arrays["sigma"];
     n = arrays.count("n") ? arrays["n"].reshape({-1}) : torch::zeros({1}, torch::kLong);
   } else {
     const std::string bytes = read_file_bytes(path);
     if (is_zip(bytes))
-      throw unreadable("it is a zip archive, as older diffuse versions wrote (a LibTorch archive, no longer read: "
-                       "its parser is unsafe on crafted files); delete it to compute fresh statistics");
+      throw unreadable(
+          "it is a zip archive, as older diffuse versions wrote (a LibTorch archive, no longer read: "
+          "its parser is unsafe on crafted files); delete it to compute fresh statistics");
     const auto st = decode_safetensors(bytes, path);
     for (auto [key, t] : {std::pair<const char*, torch::Tensor*>{"mu", &s.mu}, {"sigma", &s.sigma}, {"n", &n}}) {
       const auto* found = st.find(key);
@@ -250,9 +258,10 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   if (!a.mu.defined() || !b.mu.defined() || !a.sigma.defined() || !b.sigma.defined())
     throw std::invalid_argument("frechet_distance: statistics are empty");
   if (a.mu.numel() != b.mu.numel())
-    throw UsageError(fmt::format("FID: the feature dimensions differ ({} vs {}); were both statistics computed "
-                                 "with the same feature extractor?",
-                                 a.mu.numel(), b.mu.numel()));
+    throw UsageError(
+        fmt::format("FID: the feature dimensions differ ({} vs {}); were both statistics computed "
+                    "with the same feature extractor?",
+                    a.mu.numel(), b.mu.numel()));
   torch::NoGradGuard no_grad;
   const auto dev = a.sigma.device();
   auto mu1 = a.mu.to(dev, torch::kFloat64).reshape({-1});
@@ -272,9 +281,10 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
     lm = torch::linalg_eigvalsh(symmetrize(sqrt_s1.matmul(s2).matmul(sqrt_s1)), "L");
   } catch (const c10::Error& e) {
     // Found by fuzzing: a crafted covariance can make LAPACK's eigensolver give up.
-    throw UsageError(fmt::format("FID: the covariance matrices cannot be decomposed ({}); the statistics are not a "
-                                 "covariance of real features (a corrupt reference file?)",
-                                 e.what_without_backtrace()));
+    throw UsageError(
+        fmt::format("FID: the covariance matrices cannot be decomposed ({}); the statistics are not a "
+                    "covariance of real features (a corrupt reference file?)",
+                    e.what_without_backtrace()));
   }
   auto fid = diff.dot(diff) + s1.trace() + s2.trace() - 2.0 * lm.clamp_min(0.0).sqrt().sum();
   return fid.item<double>();
@@ -291,7 +301,8 @@ KidResult kid(const torch::Tensor& feats1, const torch::Tensor& feats2, int64_t 
   if (subsets < 1) throw UsageError(fmt::format("KID: subsets must be >= 1, got {}", subsets));
   if (subset_size < 2) throw UsageError(fmt::format("KID: subset size must be >= 2, got {}", subset_size));
   const int64_t n1 = feats1.size(0), n2 = feats2.size(0);
-  if (n1 < 2 || n2 < 2) throw UsageError(fmt::format("KID: need at least 2 feature vectors per set, got {} and {}", n1, n2));
+  if (n1 < 2 || n2 < 2)
+    throw UsageError(fmt::format("KID: need at least 2 feature vectors per set, got {} and {}", n1, n2));
   torch::NoGradGuard no_grad;
   const int64_t m = std::min({subset_size, n1, n2});
   const auto dev = feats1.device();

@@ -23,10 +23,9 @@ struct ConvBnImpl : Module {
   ConvBnImpl(int64_t in, int64_t out, std::vector<int64_t> kernel, int64_t stride = 1,
              std::vector<int64_t> padding = {0, 0}) {
     if (kernel.size() == 1) kernel.push_back(kernel[0]);
-    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)
-                                                         .stride(stride)
-                                                         .padding(padding)
-                                                         .bias(false)));
+    conv = register_module(
+        "conv",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(false)));
     bn = register_module("bn", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(out).eps(1e-3)));
   }
   torch::Tensor forward(const torch::Tensor& x) { return torch::relu(bn->forward(conv->forward(x))); }
@@ -64,10 +63,10 @@ struct InceptionA : Block {  // Mixed_5b, 5c, 5d
   }
   torch::Tensor forward(const torch::Tensor& x) override {
     auto& s = *this;
-    return torch::cat({s("branch1x1", x), s("branch5x5_2", s("branch5x5_1", x)),
-                       s("branch3x3dbl_3", s("branch3x3dbl_2", s("branch3x3dbl_1", x))),
-                       s("branch_pool", tf_avg_pool(x))},
-                      1);
+    return torch::cat(
+        {s("branch1x1", x), s("branch5x5_2", s("branch5x5_1", x)),
+         s("branch3x3dbl_3", s("branch3x3dbl_2", s("branch3x3dbl_1", x))), s("branch_pool", tf_avg_pool(x))},
+        1);
   }
 };
 
@@ -154,10 +153,14 @@ struct Network : Module {
   std::vector<std::shared_ptr<Block>> mixed;
   Network() {
     const std::vector<std::tuple<const char*, int64_t, int64_t, int64_t, int64_t, int64_t>> convs = {
-        {"Conv2d_1a_3x3", 3, 32, 3, 2, 0}, {"Conv2d_2a_3x3", 32, 32, 3, 1, 0}, {"Conv2d_2b_3x3", 32, 64, 3, 1, 1},
-        {"Conv2d_3b_1x1", 64, 80, 1, 1, 0}, {"Conv2d_4a_3x3", 80, 192, 3, 1, 0}};
+        {"Conv2d_1a_3x3", 3, 32, 3, 2, 0},
+        {"Conv2d_2a_3x3", 32, 32, 3, 1, 0},
+        {"Conv2d_2b_3x3", 32, 64, 3, 1, 1},
+        {"Conv2d_3b_1x1", 64, 80, 1, 1, 0},
+        {"Conv2d_4a_3x3", 80, 192, 3, 1, 0}};
     for (const auto& [name, in, out, k, stride, pad] : convs)
-      stem.emplace_back(name, register_module(name, ConvBn(in, out, std::vector<int64_t>{k}, stride, std::vector<int64_t>{pad, pad})));
+      stem.emplace_back(name, register_module(name, ConvBn(in, out, std::vector<int64_t>{k}, stride,
+                                                           std::vector<int64_t>{pad, pad})));
     auto block = [&](const char* name, std::shared_ptr<Block> b) { mixed.push_back(register_module(name, b)); };
     block("Mixed_5b", std::make_shared<InceptionA>(192, 32));
     block("Mixed_5c", std::make_shared<InceptionA>(256, 64));
@@ -218,8 +221,10 @@ void FidInceptionV3::load(const TorchSaveFile& weights, const std::string& origi
     wanted.insert(name);
     const torch::Tensor* w = weights.find(name);
     if (!w)
-      throw UsageError(fmt::format("Inception weights '{}' have no tensor '{}' (expected pytorch-fid's "
-                                   "pt_inception-2015-12-05 state_dict)", origin, name));
+      throw UsageError(
+          fmt::format("Inception weights '{}' have no tensor '{}' (expected pytorch-fid's "
+                      "pt_inception-2015-12-05 state_dict)",
+                      origin, name));
     if (w->sizes() != t.sizes())
       throw UsageError(fmt::format("Inception weights '{}': '{}' has shape [{}], expected [{}]", origin, name,
                                    fmt::join(w->sizes(), ", "), fmt::join(t.sizes(), ", ")));
@@ -229,8 +234,10 @@ void FidInceptionV3::load(const TorchSaveFile& weights, const std::string& origi
   }
   for (const auto& [name, w] : weights.tensors)
     if (!wanted.count(name) && !unused_entry(name))
-      throw UsageError(fmt::format("Inception weights '{}' hold '{}', which pytorch-fid's InceptionV3 has not (another "
-                                   "network's weights?)", origin, name));
+      throw UsageError(
+          fmt::format("Inception weights '{}' hold '{}', which pytorch-fid's InceptionV3 has not (another "
+                      "network's weights?)",
+                      origin, name));
 }
 
 void FidInceptionV3::to(torch::Device device) { impl_->net->to(device); }

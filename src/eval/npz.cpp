@@ -86,8 +86,8 @@ torch::Tensor parse_npy(const std::string& b, const std::string& origin) {
   else if (little && code == "i4") type = torch::kInt, item = 4;
   else if (little && code == "u1") type = torch::kByte, item = 1;  // images, as image_sample.py saves them
   else
-    throw UsageError(fmt::format("{}: unsupported .npy dtype '{}' (expected little-endian f8, f4, i8, i4 or u1)", origin,
-                                 descr));
+    throw UsageError(
+        fmt::format("{}: unsupported .npy dtype '{}' (expected little-endian f8, f4, i8, i4 or u1)", origin, descr));
   const size_t data = start + hlen;
   // The element count, bounded by the data present before each multiplication (it cannot wrap).
   for (auto d : shape)
@@ -177,8 +177,8 @@ std::map<std::string, torch::Tensor> read_npz(const std::string& path) {
     std::string payload;
     if (method == 0) payload = b.substr(data, csize);
     else if (method == 8 && usize / 1032 > csize)  // deflate expands at most 1032:1
-      throw UsageError(fmt::format("{}: {} compressed bytes cannot inflate to the {} bytes the entry claims", origin,
-                                   csize, usize));
+      throw UsageError(
+          fmt::format("{}: {} compressed bytes cannot inflate to the {} bytes the entry claims", origin, csize, usize));
     else if (method == 8) payload = inflate_raw(b.data() + data, csize, usize, origin);
     else throw UsageError(fmt::format("{}: unsupported compression method {}", origin, method));
     if (payload.size() != usize) throw UsageError(fmt::format("{}: size mismatch", origin));

@@ -203,7 +203,7 @@ class Canvas {
 
 struct Axis {
   bool log = false;
-  double lo = 0, hi = 1;  // in transformed units (log10 for a log axis)
+  double lo = 0, hi = 1;      // in transformed units (log10 for a log axis)
   double p_lo = 0, p_hi = 1;  // pixel positions of lo and hi
 
   double transform(double v) const {
@@ -234,8 +234,9 @@ void set_range(Axis& a, const std::vector<Series>& series, bool is_x, double use
   const double ulo = a.transform(user_min), uhi = a.transform(user_max);
   if (std::isfinite(ulo)) lo = ulo;
   if (std::isfinite(uhi)) hi = uhi;
-  if (!(hi > lo)) throw std::invalid_argument(fmt::format("plot_lines: empty {} range [{}, {}]", is_x ? "x" : "y",
-                                                          user_min, user_max));
+  if (!(hi > lo))
+    throw std::invalid_argument(
+        fmt::format("plot_lines: empty {} range [{}, {}]", is_x ? "x" : "y", user_min, user_max));
   a.lo = lo, a.hi = hi;
 }
 
@@ -273,7 +274,8 @@ std::vector<Tick> make_ticks(const Axis& a, double pixels, double spacing) {
     if (a.hi - a.lo >= 3.0) {  // several decades: powers of ten only
       const int stride = std::max(1, (d1 - d0 + 1 + target - 1) / target);
       for (int d = d0; d <= d1; ++d)
-        if ((d - d0) % stride == 0) ticks.push_back({static_cast<double>(d), number_label(std::pow(10.0, d), std::pow(10.0, d))});
+        if ((d - d0) % stride == 0)
+          ticks.push_back({static_cast<double>(d), number_label(std::pow(10.0, d), std::pow(10.0, d))});
       return ticks;
     }
     // A few decades or less: 1, 2, 5 multiples.
@@ -285,7 +287,8 @@ std::vector<Tick> make_ticks(const Axis& a, double pixels, double spacing) {
     return ticks;
   }
   const double step = nice_step((a.hi - a.lo) / target);
-  const auto k0 = static_cast<int64_t>(std::ceil(a.lo / step - 1e-9)), k1 = static_cast<int64_t>(std::floor(a.hi / step + 1e-9));
+  const auto k0 = static_cast<int64_t>(std::ceil(a.lo / step - 1e-9)),
+             k1 = static_cast<int64_t>(std::floor(a.hi / step + 1e-9));
   for (int64_t k = k0; k <= k1; ++k) {
     const double v = static_cast<double>(k) * step;
     ticks.push_back({v, number_label(v, step)});
@@ -319,7 +322,7 @@ int round_px(double v) { return static_cast<int>(std::lround(v)); }
 }  // namespace
 
 Rgb default_color(size_t i) {
-  static const Rgb palette[] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},  {148, 103, 189},
+  static const Rgb palette[] = {{31, 119, 180}, {255, 127, 14},  {44, 160, 44},  {214, 39, 40}, {148, 103, 189},
                                 {140, 86, 75},  {227, 119, 194}, {188, 189, 34}, {23, 190, 207}};
   return palette[i % (sizeof(palette) / sizeof(palette[0]))];
 }
@@ -330,8 +333,8 @@ torch::Tensor plot_lines(const std::vector<Series>& series, const PlotOptions& o
         fmt::format("plot_lines: size {}x{} is outside 120x80 .. 16384x16384", opts.width, opts.height));
   for (const auto& s : series) {
     if (!s.x.empty() && s.x.size() != s.y.size())
-      throw std::invalid_argument(fmt::format("plot_lines: series '{}' has {} x values and {} y values", s.label,
-                                              s.x.size(), s.y.size()));
+      throw std::invalid_argument(
+          fmt::format("plot_lines: series '{}' has {} x values and {} y values", s.label, s.x.size(), s.y.size()));
     if (s.line_width < 1 || s.line_width > 32)
       throw std::invalid_argument(fmt::format("plot_lines: series '{}' has line width {}", s.label, s.line_width));
   }
@@ -401,7 +404,8 @@ torch::Tensor plot_lines(const std::vector<Series>& series, const PlotOptions& o
       } else if (x >= px0 && x <= px1 && y >= py0 && y <= py1) {
         c.dot(round_px(x), round_px(y), s.line_width, col);  // an isolated point still shows
       }
-      if (s.markers && x >= px0 && x <= px1 && y >= py0 && y <= py1) c.dot(round_px(x), round_px(y), s.line_width + 3, col);
+      if (s.markers && x >= px0 && x <= px1 && y >= py0 && y <= py1)
+        c.dot(round_px(x), round_px(y), s.line_width + 3, col);
       have_prev = true, prev_x = x, prev_y = y;
     }
   }
@@ -435,8 +439,7 @@ torch::Tensor plot_lines(const std::vector<Series>& series, const PlotOptions& o
 }
 
 torch::Tensor plot_points(const torch::Tensor& points, int64_t size, double range) {
-  if (points.dim() != 2 || points.size(1) != 2)
-    throw std::invalid_argument("plot_points: expected [N, 2] points");
+  if (points.dim() != 2 || points.size(1) != 2) throw std::invalid_argument("plot_points: expected [N, 2] points");
   if (size < 8 || !(range > 0)) throw std::invalid_argument("plot_points: bad size or range");
   auto p = points.to(torch::kCPU, torch::kFloat64).contiguous();
   const double* d = p.data_ptr<double>();

@@ -94,7 +94,8 @@ double sliced_wasserstein2(const torch::Tensor& a, const torch::Tensor& b, const
   check_points(b, "sliced_wasserstein2", "b", 1);
   if (a.size(1) != b.size(1))
     throw std::invalid_argument(fmt::format("sliced_wasserstein2: dimensions differ ({} vs {})", a.size(1), b.size(1)));
-  if (opts.projections < 1) throw UsageError(fmt::format("sliced Wasserstein: projections must be >= 1, got {}", opts.projections));
+  if (opts.projections < 1)
+    throw UsageError(fmt::format("sliced Wasserstein: projections must be >= 1, got {}", opts.projections));
   torch::NoGradGuard no_grad;
   const auto dev = a.device();
   const int64_t n = a.size(0), m = b.size(0), P = opts.projections;
@@ -142,7 +143,8 @@ MmdResult mmd_rbf(const torch::Tensor& x, const torch::Tensor& y, const MmdOptio
     }
     r.bandwidth = torch::pdist(pooled).median().item<double>();
     if (!(r.bandwidth > 0))
-      throw std::invalid_argument("mmd_rbf: the median pairwise distance is 0 (most points coincide); give a bandwidth");
+      throw std::invalid_argument(
+          "mmd_rbf: the median pairwise distance is 0 (most points coincide); give a bandwidth");
   }
   const double gamma = 1.0 / (2.0 * r.bandwidth * r.bandwidth);
   const double n = static_cast<double>(a.size(0)), m = static_cast<double>(b.size(0));

@@ -86,8 +86,8 @@ EncoderUNet::EncoderUNet(const UNetOptions& opt, ClassifierPool pool)
       throw UsageError("model.num_head_channels: attention pooling needs heads of num_head_channels that divide the " +
                        std::to_string(ch) + " channels of the last level (got " +
                        std::to_string(opt_.num_head_channels) + ")");
-    attention_pool_ = std::make_shared<AttentionPool>(opt_.image_size / encoder.downsample, ch,
-                                                      opt_.num_head_channels, opt_.out_channels);
+    attention_pool_ = std::make_shared<AttentionPool>(opt_.image_size / encoder.downsample, ch, opt_.num_head_channels,
+                                                      opt_.out_channels);
     out->push_back(attention_pool_);
   } else {
     out->push_back(nn::AdaptiveAvgPool2d(nn::AdaptiveAvgPool2dOptions({1, 1})));

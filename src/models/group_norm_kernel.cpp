@@ -205,7 +205,7 @@ void forward_nhwc(const T* __restrict x, T* __restrict y, int64_t hw, int64_t c,
       const double d = static_cast<double>(to_float(x[p * c + ch])) - mean_c[ch];
       sum[ch] += d * d;
     }
-  float* a = fwork;      // [c]
+  float* a = fwork;        // [c]
   float* off = fwork + c;  // [c]
   for (int64_t gi = 0; gi < groups; ++gi) {
     double v = 0;

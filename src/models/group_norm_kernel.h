@@ -23,9 +23,9 @@ struct Kernels {
   // Backward, first pass over the block: with z = xhat * w[c] + bias[c], u = z * g[c] + sh[c],
   // du = dy * act'(u) and dz = du * g[c], writes dz (float, the block's layout) and per channel
   // sum du, sum du * z, sum dz, sum dz * xhat.
-  void (*backward_sums)(const T* x, const T* dy, int64_t channels, int64_t hw, float mean, float rstd,
-                        const float* w, const float* bias, const float* g, const float* sh, bool silu, float* dz,
-                        float* sum_du, float* sum_du_z, float* sum_dz, float* sum_dz_xhat);
+  void (*backward_sums)(const T* x, const T* dy, int64_t channels, int64_t hw, float mean, float rstd, const float* w,
+                        const float* bias, const float* g, const float* sh, bool silu, float* dz, float* sum_du,
+                        float* sum_du_z, float* sum_dz, float* sum_dz_xhat);
   // dx = rstd * (dz * w[c] - m1 - xhat * m2).
   void (*backward_dx)(const T* x, const float* dz, T* dx, int64_t channels, int64_t hw, float mean, float rstd,
                       const float* w, float m1, float m2);

@@ -41,8 +41,8 @@ torch::Tensor group_norm32(const torch::nn::GroupNorm& norm, const torch::Tensor
   const auto& b = norm->bias;
   if (x.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat)
     return at::group_norm(norm_layout(x), kGroupNormGroups, w, b, kGroupNormEps);
-  return at::group_norm(norm_layout(x).to(torch::kFloat), kGroupNormGroups, w.to(torch::kFloat),
-                        b.to(torch::kFloat), kGroupNormEps)
+  return at::group_norm(norm_layout(x).to(torch::kFloat), kGroupNormGroups, w.to(torch::kFloat), b.to(torch::kFloat),
+                        kGroupNormEps)
       .to(x.scalar_type());
 }
 
@@ -51,11 +51,10 @@ namespace {
 const gn_kernel::KernelSet* best_kernels() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
     return gn_kernel::kernels_avx512();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return gn_kernel::kernels_avx2();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gn_kernel::kernels_avx2();
 #endif
   return gn_kernel::kernels_baseline();
 }
@@ -229,8 +228,8 @@ void gn_act_backward(const gn_kernel::KernelSet& set, const torch::Tensor& x, co
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t n = blk / s.groups, c0 = (blk % s.groups) * s.cpg;
       const int64_t base = (n * s.c + c0) * s.hw, nc0 = n * s.c + c0;
-      k.backward_sums(xp + base, dyp + base, s.cpg, s.hw, mp[blk], rp[blk], wp + c0, bp + c0, gp + nc0, shp + nc0,
-                      silu, dz.data(), sp + nc0, sp + plane + nc0, sp + 2 * plane + nc0, sp + 3 * plane + nc0);
+      k.backward_sums(xp + base, dyp + base, s.cpg, s.hw, mp[blk], rp[blk], wp + c0, bp + c0, gp + nc0, shp + nc0, silu,
+                      dz.data(), sp + nc0, sp + plane + nc0, sp + 2 * plane + nc0, sp + 3 * plane + nc0);
       double m1 = 0, m2 = 0;
       for (int64_t j = 0; j < s.cpg; ++j) {
         m1 += static_cast<double>(wp[c0 + j]) * sp[2 * plane + nc0 + j];
@@ -349,9 +348,8 @@ torch::Tensor silu_owned(torch::Tensor x) {
 
 torch::Tensor upsample_nearest_2x(const torch::Tensor& x) {
   namespace F = torch::nn::functional;
-  return F::interpolate(x, F::InterpolateFuncOptions()
-                               .size(std::vector<int64_t>{2 * x.size(2), 2 * x.size(3)})
-                               .mode(torch::kNearest));
+  return F::interpolate(
+      x, F::InterpolateFuncOptions().size(std::vector<int64_t>{2 * x.size(2), 2 * x.size(3)}).mode(torch::kNearest));
 }
 
 void zero_parameters(torch::nn::Module& module) {

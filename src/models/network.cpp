@@ -47,13 +47,16 @@ torch::Tensor Network::batch_labels(const torch::Tensor& y, int64_t batch, const
 }
 
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim, double max_period) {
-  if (!t.defined() || t.dim() != 1) throw std::invalid_argument("timestep_embedding: expected t of shape [B], got " + shape_string(t));
+  if (!t.defined() || t.dim() != 1)
+    throw std::invalid_argument("timestep_embedding: expected t of shape [B], got " + shape_string(t));
   if (dim < 1) throw std::invalid_argument("timestep_embedding: dim must be >= 1");
   const int64_t half = dim / 2;
   const auto opts = torch::TensorOptions(torch::kFloat).device(t.device());
   // Same float32 order of operations as improved-diffusion: exp(-log(P) * i / half).
-  const torch::Tensor freqs =
-      torch::arange(half, opts).mul_(-std::log(max_period)).div_(static_cast<double>(std::max<int64_t>(half, 1))).exp_();
+  const torch::Tensor freqs = torch::arange(half, opts)
+                                  .mul_(-std::log(max_period))
+                                  .div_(static_cast<double>(std::max<int64_t>(half, 1)))
+                                  .exp_();
   const torch::Tensor args = t.to(torch::kFloat).unsqueeze(1) * freqs.unsqueeze(0);
   torch::Tensor emb = torch::cat({args.cos(), args.sin()}, 1);
   if (dim % 2) emb = torch::cat({emb, torch::zeros({t.size(0), 1}, opts)}, 1);
@@ -158,9 +161,9 @@ std::string model_summary(const torch::nn::Module& module) {
   }
   std::ostringstream os;
   auto line = [&](const SummaryRow& r) {
-    os << r.name << std::string(w_name - r.name.size() + 2, ' ') << r.type << std::string(w_type - r.type.size() + 2, ' ')
-       << r.shapes << std::string(w_shapes - r.shapes.size() + 2, ' ') << std::string(w_count - r.count.size(), ' ')
-       << r.count << '\n';
+    os << r.name << std::string(w_name - r.name.size() + 2, ' ') << r.type
+       << std::string(w_type - r.type.size() + 2, ' ') << r.shapes << std::string(w_shapes - r.shapes.size() + 2, ' ')
+       << std::string(w_count - r.count.size(), ' ') << r.count << '\n';
   };
   line(header);
   os << std::string(w_name + w_type + w_shapes + w_count + 6, '-') << '\n';

@@ -23,8 +23,9 @@ torch::Tensor network_input(const Network& net, const torch::Tensor& x_t, const 
   const int64_t size = net.low_res_size();
   if (size == 0) {
     if (low_res.defined())
-      throw std::invalid_argument(net.name() + ": a low-resolution image was given, but the network is not a "
-                                               "super-resolution model");
+      throw std::invalid_argument(net.name() +
+                                  ": a low-resolution image was given, but the network is not a "
+                                  "super-resolution model");
     return x_t;
   }
   if (!low_res.defined())

@@ -19,7 +19,6 @@
 
 namespace diffuse {
 
-
 namespace {
 
 using torch::Tensor;
@@ -75,8 +74,7 @@ void validate(const UNetOptions& opt) {
   auto fail = [](const std::string& msg) { throw UsageError(msg); };
   if (opt.in_channels < 1)
     fail("data.channels: the UNet needs at least 1 input channel (got " + std::to_string(opt.in_channels) + ")");
-  if (opt.out_channels < 1)
-    fail("UNet out_channels must be >= 1 (got " + std::to_string(opt.out_channels) + ")");
+  if (opt.out_channels < 1) fail("UNet out_channels must be >= 1 (got " + std::to_string(opt.out_channels) + ")");
   if (opt.image_size < 1) fail("data.image_size: must be >= 1 (got " + std::to_string(opt.image_size) + ")");
   if (opt.model_channels < 1)
     fail("model.model_channels: must be >= 1 (got " + std::to_string(opt.model_channels) + ")");
@@ -88,7 +86,8 @@ void validate(const UNetOptions& opt) {
     if (!(mult > 0) || product < 1 || product > 1e9 || product != std::floor(product))
       fail(fmt::format("model.channel_mult: level {} has {} channels; expected a whole number >= 1", level, times));
     if (unet_level_channels(opt.model_channels, mult) % kGroupNormGroups != 0) {
-      const std::string key = (opt.model_channels % kGroupNormGroups != 0) ? "model.model_channels" : "model.channel_mult";
+      const std::string key =
+          (opt.model_channels % kGroupNormGroups != 0) ? "model.model_channels" : "model.channel_mult";
       fail(fmt::format("{}: level {} has {} channels, not a multiple of 32 (GroupNorm uses 32 groups)", key, level,
                        times));
     }
@@ -132,8 +131,8 @@ void validate(const UNetOptions& opt) {
     } else {
       if (opt.num_heads < 1) fail("model.num_heads: must be >= 1 (got " + std::to_string(opt.num_heads) + ")");
       if (ch % opt.num_heads != 0)
-        fail("model.num_heads: " + std::to_string(opt.num_heads) + " heads do not divide the " +
-             std::to_string(ch) + where);
+        fail("model.num_heads: " + std::to_string(opt.num_heads) + " heads do not divide the " + std::to_string(ch) +
+             where);
       // The output blocks' attention (not the middle block's) at the levels listed.
       const int64_t up = opt.num_heads_upsample;
       if (up != -1 && up < 1) fail("model.num_heads_upsample: must be -1 or >= 1 (got " + std::to_string(up) + ")");
@@ -153,8 +152,9 @@ torch::Tensor qkv_attention(const torch::Tensor& qkv, int64_t num_heads, QkvOrde
 #if TORCH_VERSION_MAJOR >= 2
   // One copy to [B, heads, T, 3ch] gives q, k, v with unit-stride channels (what the fused
   // kernels want); the default scale is 1/sqrt(ch).
-  const auto parts = legacy ? qkv.reshape({b, num_heads, 3 * ch, t}).transpose(-1, -2).contiguous()
-                            : qkv.reshape({b, 3, num_heads, ch, t}).permute({0, 2, 4, 1, 3}).reshape({b, num_heads, t, 3 * ch});
+  const auto parts =
+      legacy ? qkv.reshape({b, num_heads, 3 * ch, t}).transpose(-1, -2).contiguous()
+             : qkv.reshape({b, 3, num_heads, ch, t}).permute({0, 2, 4, 1, 3}).reshape({b, num_heads, t, 3 * ch});
   const auto q = parts.narrow(-1, 0, ch), k = parts.narrow(-1, ch, ch), v = parts.narrow(-1, 2 * ch, ch);
   return at::scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape({b, num_heads * ch, t});
 #else
@@ -187,10 +187,8 @@ bool attention_at(const UNetOptions& opt, int64_t downsample) {
 
 std::shared_ptr<Layer> make_attention(const UNetOptions& opt, int64_t ch, bool output_block) {
   int64_t heads = opt.num_heads;
-  if (opt.num_head_channels > 0)
-    heads = ch / opt.num_head_channels;
-  else if (output_block && opt.num_heads_upsample != -1)
-    heads = opt.num_heads_upsample;
+  if (opt.num_head_channels > 0) heads = ch / opt.num_head_channels;
+  else if (output_block && opt.num_heads_upsample != -1) heads = opt.num_heads_upsample;
   return std::make_shared<AttentionBlock>(ch, heads, opt.use_new_attention_order ? QkvOrder::New : QkvOrder::Legacy);
 }
 
@@ -225,10 +223,8 @@ Encoder build_encoder(nn::Module& owner, const UNetOptions& opt) {
     }
     if (level != levels - 1) {
       auto block = std::make_shared<EmbedSequential>();
-      if (opt.resblock_updown)
-        block->add(make_res_block(opt, ch, ch, Resample::Down));
-      else
-        block->add(std::make_shared<Downsample>(ch, opt.conv_resample));
+      if (opt.resblock_updown) block->add(make_res_block(opt, ch, ch, Resample::Down));
+      else block->add(std::make_shared<Downsample>(ch, opt.conv_resample));
       push_input(block, ch);
       ds *= 2;
     }
@@ -244,8 +240,7 @@ Encoder build_encoder(nn::Module& owner, const UNetOptions& opt) {
 
 }  // namespace unet_detail
 
-UNet::UNet(const UNetOptions& opt)
-    : Network("UNet", opt.in_channels, opt.out_channels, opt.num_classes), opt_(opt) {
+UNet::UNet(const UNetOptions& opt) : Network("UNet", opt.in_channels, opt.out_channels, opt.num_classes), opt_(opt) {
   using namespace unet_detail;
   namespace nn = torch::nn;
   validate(opt_);
@@ -255,8 +250,7 @@ UNet::UNet(const UNetOptions& opt)
   time_fc1_ = nn::Linear(mc, emb_dim);
   time_fc2_ = nn::Linear(emb_dim, emb_dim);
   register_module("time_embed", nn::Sequential(time_fc1_, nn::SiLU(), time_fc2_));
-  if (opt_.num_classes > 0)
-    label_emb_ = register_module("label_emb", nn::Embedding(opt_.num_classes + 1, emb_dim));
+  if (opt_.num_classes > 0) label_emb_ = register_module("label_emb", nn::Embedding(opt_.num_classes + 1, emb_dim));
 
   Encoder encoder = build_encoder(*this, opt_);
   input_blocks_ = encoder.input_blocks;
@@ -275,10 +269,8 @@ UNet::UNet(const UNetOptions& opt)
       ch = level_ch;
       if (attention_at(opt_, ds)) block->add(make_attention(opt_, ch, true));
       if (level > 0 && i == opt_.num_res_blocks) {
-        if (opt_.resblock_updown)
-          block->add(make_res_block(opt_, ch, ch, Resample::Up));
-        else
-          block->add(std::make_shared<Upsample>(ch, opt_.conv_resample));
+        if (opt_.resblock_updown) block->add(make_res_block(opt_, ch, ch, Resample::Up));
+        else block->add(std::make_shared<Upsample>(ch, opt_.conv_resample));
         ds /= 2;
       }
       output_list->push_back(block);
@@ -295,8 +287,7 @@ UNet::UNet(const UNetOptions& opt)
 torch::Tensor UNet::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y) {
   const int64_t levels = static_cast<int64_t>(opt_.channel_mult.size());
   const int64_t factor = int64_t{1} << (levels - 1);
-  if (!x.defined() || x.dim() != 4 || x.size(1) != in_channels() || x.size(2) % factor != 0 ||
-      x.size(3) % factor != 0)
+  if (!x.defined() || x.dim() != 4 || x.size(1) != in_channels() || x.size(2) % factor != 0 || x.size(3) % factor != 0)
     throw std::invalid_argument("UNet: expected x of shape [B, " + std::to_string(in_channels()) +
                                 ", H, W] with H and W divisible by " + std::to_string(factor) + ", got " +
                                 shape_string(x));

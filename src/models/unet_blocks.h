@@ -57,8 +57,8 @@ inline Tensor resample(const Tensor& x, Resample mode) {
 
 class ResBlock : public Layer {
  public:
-  ResBlock(int64_t channels, int64_t emb_channels, double dropout, int64_t out_channels,
-           bool scale_shift, Resample resample_mode)
+  ResBlock(int64_t channels, int64_t emb_channels, double dropout, int64_t out_channels, bool scale_shift,
+           Resample resample_mode)
       : Layer("ResBlock"),
         out_channels_(out_channels),
         dropout_(dropout),
@@ -72,8 +72,7 @@ class ResBlock : public Layer {
     norm2_ = make_group_norm(out_channels);
     conv2_ = nn::Conv2d(nn::Conv2dOptions(out_channels, out_channels, 3).padding(1));
     zero_parameters(*conv2_);
-    register_module("out_layers",
-                    nn::Sequential(norm2_, nn::SiLU(), nn::Dropout(dropout), conv2_));
+    register_module("out_layers", nn::Sequential(norm2_, nn::SiLU(), nn::Dropout(dropout), conv2_));
     if (out_channels != channels)
       skip_ = register_module("skip_connection", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 1)));
   }

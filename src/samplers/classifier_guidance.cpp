@@ -17,8 +17,8 @@ GuidanceGradient classifier_gradient(LogitsFn logits, torch::Tensor labels, doub
     torch::AutoGradMode grad_mode(true);
     const auto x = x_t.detach().clone().requires_grad_(true);
     const auto out = logits(x, t.clone());
-    TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0), "the classifier returned ", out.sizes(),
-                " for a batch of ", x.size(0));
+    TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0), "the classifier returned ", out.sizes(), " for a batch of ",
+                x.size(0));
     const auto y = labels.to(out.device()).view({-1, 1});
     // In float32 at least (logits under autocast may be half precision).
     const auto wide = out.scalar_type() == torch::kDouble ? out : out.to(torch::kFloat32);

@@ -65,8 +65,8 @@ torch::Tensor sample_ddim(const Denoiser& denoiser, NoiseSource& noise, const Sa
       const double ab_prev = j > 0 ? abar[static_cast<size_t>(kept[static_cast<size_t>(j - 1)])] : 1.0;
       const auto d = denoiser.at_step(x, t, ropts);
       if (opts.on_step)
-        opts.on_step(StepInfo{N - 1 - j, N, denoiser.model_t(static_cast<double>(t)), denoiser.sigmas()[static_cast<size_t>(t)],
-                              x, d.pred.x0});
+        opts.on_step(StepInfo{N - 1 - j, N, denoiser.model_t(static_cast<double>(t)),
+                              denoiser.sigmas()[static_cast<size_t>(t)], x, d.pred.x0});
       if (j == 0) return d.pred.x0;  // abar_prev = 1: x_prev = x0 exactly
       const double sigma = ddim_sigma(ab, ab_prev, eta);
       x = ddim_update(d.pred, ab_prev, sigma, sigma > 0.0 ? noise.next() : torch::Tensor());

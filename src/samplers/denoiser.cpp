@@ -60,9 +60,8 @@ torch::Tensor Denoiser::guidance_gradient(const torch::Tensor& x_t, const torch:
 torch::Tensor Denoiser::network(const torch::Tensor& x_t, const torch::Tensor& model_t) const {
   ++nfe_;
   auto out = model_(x_t, model_t);
-  TORCH_CHECK(out.defined() && out.dim() == x_t.dim() && out.size(0) == x_t.size(0),
-              "the model returned ", out.defined() ? out.sizes() : c10::IntArrayRef{}, " for an input of ",
-              x_t.sizes());
+  TORCH_CHECK(out.defined() && out.dim() == x_t.dim() && out.size(0) == x_t.size(0), "the model returned ",
+              out.defined() ? out.sizes() : c10::IntArrayRef{}, " for an input of ", x_t.sizes());
   return out;
 }
 
@@ -101,9 +100,8 @@ double Denoiser::t_to_sigma(double t) const {
 DenoiserOutput Denoiser::finish(const torch::Tensor& output, const torch::Tensor& x_t, const torch::Tensor& model_t,
                                 const NoiseLevel& n, const ReverseOptions& opts) const {
   auto [pred, var_values] = diffusion_.split_output(output);
-  TORCH_CHECK(pred.sizes() == x_t.sizes(), "model prediction ", pred.sizes(), " does not match x_t ",
-              x_t.sizes(), " (prediction ", to_string(prediction()), ", variance ",
-              to_string(diffusion_.variance_type()), ")");
+  TORCH_CHECK(pred.sizes() == x_t.sizes(), "model prediction ", pred.sizes(), " does not match x_t ", x_t.sizes(),
+              " (prediction ", to_string(prediction()), ", variance ", to_string(diffusion_.variance_type()), ")");
   const bool process = opts.dynamic_threshold > 0.0 || opts.clip_x0;
   DenoiserOutput out;
   out.var_values = var_values;
@@ -114,9 +112,7 @@ DenoiserOutput Denoiser::finish(const torch::Tensor& output, const torch::Tensor
       p.x0 = x0_from_eps(x_t, pred, n);
       if (!process) p.eps = pred;
       break;
-    case Prediction::X0:
-      p.x0 = pred;
-      break;
+    case Prediction::X0: p.x0 = pred; break;
     case Prediction::V:
       p.x0 = x0_from_v(x_t, pred, n);
       if (!process) p.eps = eps_from_v(x_t, pred, n);
@@ -128,10 +124,8 @@ DenoiserOutput Denoiser::finish(const torch::Tensor& output, const torch::Tensor
       break;
     }
   }
-  if (opts.dynamic_threshold > 0.0)
-    p.x0 = dynamic_threshold(p.x0, opts.dynamic_threshold, opts.dynamic_threshold_max);
-  else if (opts.clip_x0)
-    p.x0 = p.x0.clamp(-1.0, 1.0);
+  if (opts.dynamic_threshold > 0.0) p.x0 = dynamic_threshold(p.x0, opts.dynamic_threshold, opts.dynamic_threshold_max);
+  else if (opts.clip_x0) p.x0 = p.x0.clamp(-1.0, 1.0);
   if (!p.eps.defined()) p.eps = eps_from_x0(x_t, p.x0, n);
   if (guidance_) {
     // The score -eps / s gains g: eps' = eps - s g (guided-diffusion's condition_score).

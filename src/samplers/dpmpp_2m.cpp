@@ -17,7 +17,7 @@ torch::Tensor sample_dpmpp_2m(const Denoiser& denoiser, NoiseSource& noise, cons
                            [&](int64_t, const torch::Tensor& x, const DenoiserOutput& d, double s, double s_next) {
                              const auto& x0 = d.pred.x0;
                              const double h = std::log(s) - std::log(s_next);  // lambda_next - lambda
-                             const double phi = -std::expm1(-h);                // 1 - exp(-h)
+                             const double phi = -std::expm1(-h);               // 1 - exp(-h)
                              torch::Tensor D = x0;
                              if (prev_x0.defined()) {
                                // r = h_prev / h; D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}.

@@ -9,8 +9,8 @@ namespace diffuse {
 
 AncestralStep ancestral_step(double sigma, double sigma_next, double eta) {
   if (eta == 0.0) return {sigma_next, 0.0};
-  const double up =
-      std::min(sigma_next, eta * std::sqrt(sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma)));
+  const double up = std::min(sigma_next, eta * std::sqrt(sigma_next * sigma_next *
+                                                         (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma)));
   return {std::sqrt(std::max(0.0, sigma_next * sigma_next - up * up)), up};
 }
 

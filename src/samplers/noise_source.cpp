@@ -30,7 +30,11 @@ struct SplitMix64 {
 
 NoiseSource::NoiseSource(uint64_t seed, std::vector<int64_t> indices, std::vector<int64_t> sample_shape,
                          torch::Device device, torch::ScalarType dtype)
-    : seed_(seed), indices_(std::move(indices)), sample_shape_(std::move(sample_shape)), device_(device), dtype_(dtype) {
+    : seed_(seed),
+      indices_(std::move(indices)),
+      sample_shape_(std::move(sample_shape)),
+      device_(device),
+      dtype_(dtype) {
   if (indices_.empty()) throw std::invalid_argument("NoiseSource: no sample indices");
   for (auto d : sample_shape_) {
     if (d < 1) throw std::invalid_argument("NoiseSource: sample shape dimensions must be >= 1");

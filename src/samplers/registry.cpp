@@ -43,8 +43,8 @@ void check_explicit_options(const std::string& name, bool eta_given, bool sigmas
     return out;
   };
   if (eta_given && !e.takes_eta)
-    throw UsageError("sampler '" + name + "' takes no eta (only " + takers([](const SamplerEntry& s) { return s.takes_eta; }) +
-                     " do)");
+    throw UsageError("sampler '" + name + "' takes no eta (only " +
+                     takers([](const SamplerEntry& s) { return s.takes_eta; }) + " do)");
   if (sigmas_given && !e.takes_sigmas)
     throw UsageError("sampler '" + name + "' steps on training timesteps and takes no sigma schedule or rho (" +
                      takers([](const SamplerEntry& s) { return s.takes_sigmas; }) +

@@ -90,7 +90,8 @@ torch::Tensor run_sigma_sampler(const std::string& sampler, const Denoiser& deno
       const double s = sig[static_cast<size_t>(i)], s_next = sig[static_cast<size_t>(i + 1)];
       const auto d = denoiser.at_sigma(x, s, ropts);
       if (opts.on_step)
-        opts.on_step(StepInfo{i, N, denoiser.model_t(denoiser.sigma_to_t(s)), s, x / std::sqrt(1.0 + s * s), d.pred.x0});
+        opts.on_step(
+            StepInfo{i, N, denoiser.model_t(denoiser.sigma_to_t(s)), s, x / std::sqrt(1.0 + s * s), d.pred.x0});
       if (s_next == 0.0) return d.pred.x0;  // the step to sigma = 0 lands on D
       x = step(i, x, d, s, s_next);
     }

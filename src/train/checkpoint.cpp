@@ -98,7 +98,8 @@ class MetaFields {
     int64_t x = 0;
     const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
     if (ec != std::errc() || end != v.data() + v.size() || x < min)
-      throw UsageError(fmt::format("checkpoint '{}': metadata '{}' is '{}', expected an integer >= {}", file_, key, v, min));
+      throw UsageError(
+          fmt::format("checkpoint '{}': metadata '{}' is '{}', expected an integer >= {}", file_, key, v, min));
     return x;
   }
   double real(const char* key) const {
@@ -106,7 +107,8 @@ class MetaFields {
     char* end = nullptr;
     const double x = v.empty() ? 0.0 : std::strtod(v.c_str(), &end);
     if (v.empty() || end != v.c_str() + v.size() || !std::isfinite(x) || x < 0)
-      throw UsageError(fmt::format("checkpoint '{}': metadata '{}' is '{}', expected a finite number >= 0", file_, key, v));
+      throw UsageError(
+          fmt::format("checkpoint '{}': metadata '{}' is '{}', expected a finite number >= 0", file_, key, v));
     return x;
   }
   std::vector<int64_t> shape(const char* key) const {
@@ -133,12 +135,14 @@ void read_meta(const SafeTensors& st, const std::string& path, CheckpointMeta& m
   const MetaFields f(st.metadata, path);
   const auto* format = f.find("format");
   if (!format)
-    throw UsageError(fmt::format("'{}' is a safetensors file without a diffuse format in its metadata (not a diffuse "
-                                 "checkpoint or `diffuse export` file; other layouts are not read yet)", path));
+    throw UsageError(
+        fmt::format("'{}' is a safetensors file without a diffuse format in its metadata (not a diffuse "
+                    "checkpoint or `diffuse export` file; other layouts are not read yet)",
+                    path));
   weights_only = *format == kWeightsFormatName;
   if (!weights_only && *format != kFormatName)
-    throw UsageError(fmt::format("'{}' has format '{}', expected '{}' or '{}'", path, *format, kFormatName,
-                                 kWeightsFormatName));
+    throw UsageError(
+        fmt::format("'{}' has format '{}', expected '{}' or '{}'", path, *format, kFormatName, kWeightsFormatName));
   if (!weights_only && f.integer("format_version", 0) != kCheckpointFormat)
     throw UsageError(fmt::format("checkpoint '{}' has format version {}, this diffuse reads {} (and {})", path,
                                  f.text("format_version"), kCheckpointFormat, kLegacyCheckpointFormat));
@@ -172,8 +176,9 @@ size_t count_prefixed(const SafeTensors& st, const std::string& prefix) {
 
 std::vector<int64_t> parse_data_shape(const std::vector<int64_t>& sizes, const std::string& file) {
   if (sizes.empty() || sizes.size() > 4)
-    throw UsageError(fmt::format("checkpoint '{}': data_shape [{}] has {} sizes, expected 1 to 4 int64 sizes (corrupt?)",
-                                 file, fmt::join(sizes, ", "), sizes.size()));
+    throw UsageError(
+        fmt::format("checkpoint '{}': data_shape [{}] has {} sizes, expected 1 to 4 int64 sizes (corrupt?)", file,
+                    fmt::join(sizes, ", "), sizes.size()));
   constexpr int64_t kMaxSize = int64_t{1} << 20;
   for (const int64_t v : sizes)
     if (v < 1 || v > kMaxSize)
@@ -182,8 +187,8 @@ std::vector<int64_t> parse_data_shape(const std::vector<int64_t>& sizes, const s
   return sizes;
 }
 
-void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn::Module& model,
-                     torch::nn::Module* ema, torch::optim::AdamW* optimizer) {
+void save_checkpoint(const std::string& path, const CheckpointMeta& m, torch::nn::Module& model, torch::nn::Module* ema,
+                     torch::optim::AdamW* optimizer) {
   Named tensors = weight_tensors(model, ema);
   if (optimizer) append_optimizer(tensors, *optimizer);
   if (m.cpu_rng_state.defined()) tensors.emplace_back("state.cpu_rng", m.cpu_rng_state);
@@ -210,10 +215,12 @@ CheckpointReader::CheckpointReader(const std::string& path, const torch::Device&
   const std::string bytes = read_file_bytes(path);
   if (is_zip(bytes)) {  // a LibTorch archive is a zip file
     if (!trust_legacy)
-      throw UsageError(fmt::format("'{}' is a zip archive: a format-1 checkpoint (a LibTorch archive) or not a "
-                                   "checkpoint. diffuse reads those only on request, since LibTorch's parser can "
-                                   "crash on a crafted file; if you trust it, convert it once with `diffuse import "
-                                   "{} --out NEW.pt`", path, path));
+      throw UsageError(
+          fmt::format("'{}' is a zip archive: a format-1 checkpoint (a LibTorch archive) or not a "
+                      "checkpoint. diffuse reads those only on request, since LibTorch's parser can "
+                      "crash on a crafted file; if you trust it, convert it once with `diffuse import "
+                      "{} --out NEW.pt`",
+                      path, path));
     legacy_ = open_legacy_checkpoint(path, device, meta_, has_ema_, has_optimizer_);
     return;
   }
@@ -240,20 +247,25 @@ void CheckpointReader::load_weights(torch::nn::Module& module, bool ema) const {
   auto fill = [&](const std::string& name, torch::Tensor& dst) {
     const auto* src = file_->find(prefix + name);
     if (!src)
-      throw UsageError(fmt::format("checkpoint '{}' has no tensor '{}{}' that this model needs (another model "
-                                   "configuration?)", path_, prefix, name));
+      throw UsageError(
+          fmt::format("checkpoint '{}' has no tensor '{}{}' that this model needs (another model "
+                      "configuration?)",
+                      path_, prefix, name));
     if (src->sizes() != dst.sizes())
-      throw UsageError(fmt::format("checkpoint '{}': '{}{}' has shape [{}] but this model's is [{}] (another model "
-                                   "configuration?)", path_, prefix, name, fmt::join(src->sizes(), ", "),
-                                   fmt::join(dst.sizes(), ", ")));
+      throw UsageError(
+          fmt::format("checkpoint '{}': '{}{}' has shape [{}] but this model's is [{}] (another model "
+                      "configuration?)",
+                      path_, prefix, name, fmt::join(src->sizes(), ", "), fmt::join(dst.sizes(), ", ")));
     dst.copy_(*src);
     ++filled;
   };
   for (auto& p : module.named_parameters()) fill(p.key(), p.value());
   for (auto& b : module.named_buffers()) fill(b.key(), b.value());
   if (stored != filled)
-    throw UsageError(fmt::format("checkpoint '{}' holds {} '{}' tensors, this model has {} (another model "
-                                 "configuration?)", path_, stored, prefix, filled));
+    throw UsageError(
+        fmt::format("checkpoint '{}' holds {} '{}' tensors, this model has {} (another model "
+                    "configuration?)",
+                    path_, stored, prefix, filled));
 }
 
 void CheckpointReader::load_optimizer(torch::optim::AdamW& optimizer) const {
@@ -270,7 +282,8 @@ void CheckpointReader::load_optimizer(torch::optim::AdamW& optimizer) const {
     if (!t) return torch::Tensor();
     if (t->sizes() != p.sizes() || !t->is_floating_point())
       throw UsageError(fmt::format("checkpoint '{}': '{}' is {} [{}], its parameter is [{}]", path_, key,
-                                   c10::toString(t->scalar_type()), fmt::join(t->sizes(), ", "), fmt::join(p.sizes(), ", ")));
+                                   c10::toString(t->scalar_type()), fmt::join(t->sizes(), ", "),
+                                   fmt::join(p.sizes(), ", ")));
     return t->to(p.device(), p.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
   };
   for (size_t i = 0; i < params.size(); ++i) {
@@ -281,8 +294,10 @@ void CheckpointReader::load_optimizer(torch::optim::AdamW& optimizer) const {
     const auto* step = file_->find(key + "step");
     if (!exp_avg_sq.defined() || !step || step->scalar_type() != torch::kLong || step->numel() != 1 ||
         step->item<int64_t>() < 0)
-      throw UsageError(fmt::format("checkpoint '{}': the optimizer state of parameter {} is incomplete or has a bad "
-                                   "step", path_, i));
+      throw UsageError(
+          fmt::format("checkpoint '{}': the optimizer state of parameter {} is incomplete or has a bad "
+                      "step",
+                      path_, i));
     auto st = std::make_unique<torch::optim::AdamWParamState>();
     st->step(step->item<int64_t>());
     st->exp_avg(exp_avg);

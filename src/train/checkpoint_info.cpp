@@ -28,10 +28,10 @@ std::string optimizer_fingerprint(const CheckpointReader& reader, const Config& 
 }
 
 std::string progress_fingerprint(const CheckpointMeta& m) {
-  return fingerprint_string(tensors_fingerprint(
-      {m.cpu_rng_state, m.device_rng_state, m.timestep_sampler_state,
-       torch::tensor({m.step, m.data_epoch, m.data_offset, m.world_size, m.loss_scale_good_steps}),
-       torch::tensor({m.loss_scale}, torch::kFloat64)}));
+  return fingerprint_string(
+      tensors_fingerprint({m.cpu_rng_state, m.device_rng_state, m.timestep_sampler_state,
+                           torch::tensor({m.step, m.data_epoch, m.data_offset, m.world_size, m.loss_scale_good_steps}),
+                           torch::tensor({m.loss_scale}, torch::kFloat64)}));
 }
 }  // namespace
 

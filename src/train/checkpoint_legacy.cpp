@@ -18,8 +18,10 @@ std::vector<int64_t> read_data_shape(torch::serialize::InputArchive& ar, const s
   if (!ar.try_read("data_shape", t))
     throw UsageError("checkpoint '" + path + "' lacks 'data_shape' (corrupt or from another version)");
   if (t.scalar_type() != torch::kLong || t.dim() != 1 || t.numel() < 1 || t.numel() > 4)
-    throw UsageError(fmt::format("checkpoint '{}': data_shape is a {} tensor of shape [{}], expected 1 to 4 int64 sizes "
-                                 "(corrupt?)", path, c10::toString(t.scalar_type()), fmt::join(t.sizes(), ", ")));
+    throw UsageError(
+        fmt::format("checkpoint '{}': data_shape is a {} tensor of shape [{}], expected 1 to 4 int64 sizes "
+                    "(corrupt?)",
+                    path, c10::toString(t.scalar_type()), fmt::join(t.sizes(), ", ")));
   t = t.cpu().contiguous();
   return parse_data_shape(std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()), path);
 }
@@ -32,12 +34,15 @@ void load_into(torch::nn::Module& module, torch::serialize::InputArchive& ar, co
   auto copy = [&](const std::string& name, torch::Tensor& dst, bool buffer) {
     torch::Tensor src;
     if (!ar.try_read(name, src, buffer))
-      throw UsageError(fmt::format("checkpoint '{}' has no tensor '{}{}' that this model needs (another model "
-                                   "configuration?)", file, prefix, name));
+      throw UsageError(
+          fmt::format("checkpoint '{}' has no tensor '{}{}' that this model needs (another model "
+                      "configuration?)",
+                      file, prefix, name));
     if (src.sizes() != dst.sizes())
-      throw UsageError(fmt::format("checkpoint '{}': '{}{}' has shape {} but this model's is {} (another model "
-                                   "configuration?)", file, prefix, name, fmt::join(src.sizes(), "x"),
-                                   fmt::join(dst.sizes(), "x")));
+      throw UsageError(
+          fmt::format("checkpoint '{}': '{}{}' has shape {} but this model's is {} (another model "
+                      "configuration?)",
+                      file, prefix, name, fmt::join(src.sizes(), "x"), fmt::join(dst.sizes(), "x")));
     dst.copy_(src);
   };
   for (auto& p : module.named_parameters(/*recurse=*/false)) copy(p.key(), p.value(), false);
@@ -126,9 +131,11 @@ void legacy_load_optimizer(torch::serialize::InputArchive& archive, torch::optim
   for (const auto& group : optimizer.param_groups())
     for (const auto& p : group.params())
       if (const auto* st = adamw_state(optimizer, p); st && st->exp_avg().sizes() != p.sizes())
-        throw UsageError(fmt::format("'{}': its optimizer state does not match its parameters (a format-1 file "
-                                     "written by LibTorch 1.x, read by LibTorch 2.x?); import it with a diffuse "
-                                     "built on LibTorch 1.13", path));
+        throw UsageError(
+            fmt::format("'{}': its optimizer state does not match its parameters (a format-1 file "
+                        "written by LibTorch 1.x, read by LibTorch 2.x?); import it with a diffuse "
+                        "built on LibTorch 1.13",
+                        path));
 }
 
 }  // namespace diffuse

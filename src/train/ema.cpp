@@ -4,8 +4,7 @@
 
 namespace diffuse {
 
-Ema::Ema(std::shared_ptr<torch::nn::Module> model, std::shared_ptr<torch::nn::Module> shadow, double decay,
-         bool warmup)
+Ema::Ema(std::shared_ptr<torch::nn::Module> model, std::shared_ptr<torch::nn::Module> shadow, double decay, bool warmup)
     : model_(std::move(model)), shadow_(std::move(shadow)), decay_(decay), warmup_(warmup) {
   torch::NoGradGuard ng;
   model_params_ = model_->parameters();

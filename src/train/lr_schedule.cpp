@@ -6,7 +6,8 @@
 namespace diffuse {
 
 double LrSchedule::at(int64_t step) const {
-  if (warmup_steps > 0 && step <= warmup_steps) return lr * static_cast<double>(step) / static_cast<double>(warmup_steps);
+  if (warmup_steps > 0 && step <= warmup_steps)
+    return lr * static_cast<double>(step) / static_cast<double>(warmup_steps);
   if (kind == "cosine") {
     const double span = static_cast<double>(std::max<int64_t>(1, total_steps - warmup_steps));
     const double p = std::clamp(static_cast<double>(step - warmup_steps) / span, 0.0, 1.0);

@@ -135,11 +135,11 @@ void refuse_other_run(const std::string& run_dir, bool overwrite) {
   const bool has_latest = fs::is_symlink(latest, ec) || fs::exists(latest, ec);
   if ((ckpts.empty() && !has_latest) || overwrite) return;
   const auto last = ckpts.empty() ? std::string("latest.pt") : fs::path(ckpts.back()).filename().string();
-  throw UsageError(fmt::format(
-      "run directory '{}' already holds a run ({} checkpoint(s), newest {}): resume it with "
-      "`diffuse train --resume {}`, choose another --run-dir, or pass --overwrite to delete that run "
-      "and start again",
-      run_dir, ckpts.size(), last, run_dir));
+  throw UsageError(
+      fmt::format("run directory '{}' already holds a run ({} checkpoint(s), newest {}): resume it with "
+                  "`diffuse train --resume {}`, choose another --run-dir, or pass --overwrite to delete that run "
+                  "and start again",
+                  run_dir, ckpts.size(), last, run_dir));
 }
 
 // --overwrite: what an earlier run wrote into run_dir goes, other files stay.
@@ -173,15 +173,18 @@ void set_aside_later_steps(const std::string& run_dir, int64_t step, spdlog::log
     if (step_in_name(g) > step) later.push_back(g);
   if (later.empty()) return;
   fs::path aside = fs::path(run_dir) / fmt::format("abandoned_after_step_{}", step);
-  for (int k = 2; fs::exists(aside); ++k) aside = fs::path(run_dir) / fmt::format("abandoned_after_step_{}.{}", step, k);
+  for (int k = 2; fs::exists(aside); ++k)
+    aside = fs::path(run_dir) / fmt::format("abandoned_after_step_{}.{}", step, k);
   fs::create_directories(aside);
   for (const auto& p : later) fs::rename(p, aside / p.filename());
   if (num_ckpts > 0) {
     const auto left = run_checkpoints(run_dir);
     link_latest_checkpoint(run_dir, left.empty() ? "" : left.back());
   }
-  log.warn("resuming from step {}: moved {} checkpoint(s) and {} sample grid(s) of later steps, which this run "
-           "replaces, to {}", step, num_ckpts, later.size() - num_ckpts, aside.string());
+  log.warn(
+      "resuming from step {}: moved {} checkpoint(s) and {} sample grid(s) of later steps, which this run "
+      "replaces, to {}",
+      step, num_ckpts, later.size() - num_ckpts, aside.string());
 }
 
 std::string json_double(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
@@ -212,7 +215,6 @@ void record_step(Window& win, double loss, double grad_norm, const torch::Tensor
   win.quarters[0].scatter_add_(0, q, l);
   win.quarters[1].scatter_add_(0, q, torch::ones_like(l));
 }
-
 
 // Set-up work that can fail on one rank alone (a missing file, a refused run directory): every
 // rank learns of the failure, so none is left waiting in a collective the failed rank never
@@ -255,7 +257,7 @@ struct StepDraw {
 struct StepResult {
   double loss = 0, grad_norm = 0;
   bool finite = true;
-  torch::Tensor parts;          // [2] float64 on the device: mse, vb (means over all ranks)
+  torch::Tensor parts;                    // [2] float64 on the device: mse, vb (means over all ranks)
   torch::Tensor global_t, global_losses;  // [W*K*B] in global order
 };
 
@@ -289,9 +291,7 @@ class TrainLoop {
   void sample_grid();
   std::vector<torch::Tensor> replicated_state();
   void verify_replicas(const char* when);
-  double elapsed() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-  }
+  double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
 
   const TrainRequest& req_;
   Config cfg_;
@@ -346,8 +346,7 @@ void TrainLoop::join_ranks() {
   if (env_.launched())
     pg_ = std::make_unique<ProcessGroup>(
         env_, DistOptions{cfg_.train.dist_backend, std::chrono::seconds(cfg_.train.dist_timeout), device_});
-  else
-    pg_ = std::make_unique<ProcessGroup>();
+  else pg_ = std::make_unique<ProcessGroup>();
 }
 
 // Checks the run directory and reads what set-up needs, writing nothing into it yet (see
@@ -405,9 +404,9 @@ void TrainLoop::commit_run_dir() {
   if (main_rank_) {
     if (req_.resume_from.empty() && req_.overwrite) clear_old_run(req_.run_dir);
     write_file_atomic(summary_.config,
-                      fmt::format("# world_size {}, global batch {} = {} ranks x batch_size {} x grad_accum {}\n{}",
-                                  W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum, W_,
-                                  cfg_.train.batch_size, cfg_.train.grad_accum, config_yaml_));
+                      fmt::format("# world_size {}, global batch {} = {} ranks x batch_size {} x grad_accum {}\n{}", W_,
+                                  W_ * cfg_.train.batch_size * cfg_.train.grad_accum, W_, cfg_.train.batch_size,
+                                  cfg_.train.grad_accum, config_yaml_));
   }
   open_log_file(*log_, log_path, log_prefix());
   committed_ = true;
@@ -437,16 +436,16 @@ void TrainLoop::build_data() {
         throw UsageError("model.type classifier learns class labels, but the data (" + dataset_->describe() +
                          ") has none");
       if (cfg_.model.num_classes < dataset_->num_classes())
-        throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes",
-                                     cfg_.model.num_classes, dataset_->num_classes()));
+        throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes", cfg_.model.num_classes,
+                                     dataset_->num_classes()));
     }
     if (cfg_.model.class_cond) {
       // A label outside the embedding would fail mid-run (a device assert on CUDA): refuse it now.
       if (dataset_->num_classes() == 0)
         throw UsageError("model.class_cond: true, but the data (" + dataset_->describe() + ") has no class labels");
       if (cfg_.model.num_classes > 0 && cfg_.model.num_classes < dataset_->num_classes())
-        throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes",
-                                     cfg_.model.num_classes, dataset_->num_classes()));
+        throw UsageError(fmt::format("model.num_classes is {}, but the dataset has {} classes", cfg_.model.num_classes,
+                                     dataset_->num_classes()));
     }
     if (ckpt_ && ckpt_->meta().data.shape != shape_.shape)
       throw UsageError("checkpoint '" + ckpt_->path() + "' was trained on data of another shape than data.* gives now");
@@ -460,12 +459,14 @@ void TrainLoop::build_data() {
 
 void TrainLoop::check_same_data(const std::string& then) {
   if (then.empty() || data_fingerprint_.empty() || then == data_fingerprint_) return;
-  const auto what = fmt::format("data.path '{}': the data is not the data checkpoint '{}' was trained on "
-                                "(fingerprint {} now, {} in the checkpoint)",
-                                cfg_.data.path, ckpt_->path(), data_fingerprint_, then);
+  const auto what = fmt::format(
+      "data.path '{}': the data is not the data checkpoint '{}' was trained on "
+      "(fingerprint {} now, {} in the checkpoint)",
+      cfg_.data.path, ckpt_->path(), data_fingerprint_, then);
   if (!req_.allow_data_change)
-    throw UsageError(what + "; resuming would continue its data order over other examples (pass "
-                            "--allow-data-change to resume anyway)");
+    throw UsageError(what +
+                     "; resuming would continue its data order over other examples (pass "
+                     "--allow-data-change to resume anyway)");
   log_->warn("{}; resuming on it (--allow-data-change)", what);
 }
 
@@ -486,19 +487,18 @@ void TrainLoop::build_model() {
   ema_ = std::make_unique<Ema>(model_, ema_model_, cfg_.train.ema_decay, cfg_.train.ema_warmup);
   if (ckpt_ && ckpt_->has_ema()) ckpt_->load_weights(*ema_model_, true);
   ema_model_->eval();
-  optimizer_ = std::make_unique<torch::optim::AdamW>(
-      model_->parameters(), torch::optim::AdamWOptions(cfg_.train.lr)
-                                .betas({cfg_.train.adam_beta1, cfg_.train.adam_beta2})
-                                .eps(cfg_.train.adam_eps)
-                                .weight_decay(cfg_.train.weight_decay));
+  optimizer_ = std::make_unique<torch::optim::AdamW>(model_->parameters(),
+                                                     torch::optim::AdamWOptions(cfg_.train.lr)
+                                                         .betas({cfg_.train.adam_beta1, cfg_.train.adam_beta2})
+                                                         .eps(cfg_.train.adam_eps)
+                                                         .weight_decay(cfg_.train.weight_decay));
   tsampler_ = make_timestep_sampler(cfg_.diffusion.timestep_sampler, diffusion_->num_timesteps());
   loss_scale_ = std::make_unique<DynamicLossScale>(precision_ == "fp16");
-  lrs_ = std::make_unique<LrSchedule>(LrSchedule{cfg_.train.lr, cfg_.train.warmup_steps, cfg_.train.lr_schedule,
-                                                 cfg_.train.min_lr, cfg_.train.steps});
+  lrs_ = std::make_unique<LrSchedule>(
+      LrSchedule{cfg_.train.lr, cfg_.train.warmup_steps, cfg_.train.lr_schedule, cfg_.train.min_lr, cfg_.train.steps});
   loss_cfg_ = LossConfig{cfg_.diffusion.loss, cfg_.diffusion.hybrid_lambda, cfg_.diffusion.loss_weighting,
                          cfg_.diffusion.min_snr_gamma};
-  if (W_ > 1)
-    grad_sync_ = std::make_unique<GradientSync>(*pg_, model_->parameters(), cfg_.train.dist_bucket_mb << 20);
+  if (W_ > 1) grad_sync_ = std::make_unique<GradientSync>(*pg_, model_->parameters(), cfg_.train.dist_bucket_mb << 20);
 }
 
 // The data position of a checkpoint written by another number of ranks: the epoch's first
@@ -508,9 +508,10 @@ LoaderPosition map_position(const CheckpointMeta& m, int64_t W, spdlog::logger& 
   if (m.world_size == W) return {m.data_epoch, m.data_offset};
   const int64_t consumed = m.data_offset * m.world_size;
   const LoaderPosition p{m.data_epoch, consumed / W};
-  log.warn("the checkpoint was written by {} rank(s), this run has {}: {} examples of epoch {} were seen; "
-           "continuing at offset {} per rank ({} of them seen again)",
-           m.world_size, W, consumed, m.data_epoch, p.offset, consumed - p.offset * W);
+  log.warn(
+      "the checkpoint was written by {} rank(s), this run has {}: {} examples of epoch {} were seen; "
+      "continuing at offset {} per rank ({} of them seen again)",
+      m.world_size, W, consumed, m.data_epoch, p.offset, consumed - p.offset * W);
   return p;
 }
 
@@ -562,9 +563,10 @@ void TrainLoop::verify_replicas(const char* when) {
   for (int64_t r = 1; r < W_; ++r)
     if (all[r][0].item<int64_t>() != all[0][0].item<int64_t>()) differ.push_back(std::to_string(r));
   if (!differ.empty())
-    throw std::runtime_error(fmt::format("step {}: the training state of rank(s) {} differs from rank 0's {} "
-                                         "(weights, EMA, optimizer, RNG or data position)",
-                                         step_, join(differ), when));
+    throw std::runtime_error(
+        fmt::format("step {}: the training state of rank(s) {} differs from rank 0's {} "
+                    "(weights, EMA, optimizer, RNG or data position)",
+                    step_, join(differ), when));
 }
 
 bool TrainLoop::stop_agreed() {
@@ -612,12 +614,10 @@ void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const 
     if (model_->class_conditional()) {
       y = batch.y.to(device_, /*non_blocking=*/true);  // pinned by the loader on CUDA
       // Classifier-free guidance training: replace labels by the null label with prob p_uncond.
-      if (d.drop.defined())
-        y = drop_labels(y, d.drop.narrow(0, first, B), model_->null_label());
+      if (d.drop.defined()) y = drop_labels(y, d.drop.narrow(0, first, B), model_->null_label());
     }
     // A super-resolution model learns p(x_0 | x_0 averaged down), as guided-diffusion's load_superres_data.
-    const auto low_res =
-        model_->low_res_size() > 0 ? downsample_area(x0, model_->low_res_size()) : torch::Tensor();
+    const auto low_res = model_->low_res_size() > 0 ? downsample_area(x0, model_->low_res_size()) : torch::Tensor();
     if (low_res.defined() && !grid_low_res_.defined()) grid_low_res_ = low_res.detach().to(torch::kCPU, torch::kFloat);
     torch::Tensor net_out;
     {
@@ -733,16 +733,18 @@ void TrainLoop::log_window(double lr, bool last) {
   const double rate = win.images / std::max(wsec, 1e-9);
   std::string dist;
   if (W_ > 1)
-    dist = fmt::format(", \"allreduce_wait_sec\": {}", json_double(comm_wait_seconds_ / std::max<int64_t>(win.steps, 1)));
+    dist =
+        fmt::format(", \"allreduce_wait_sec\": {}", json_double(comm_wait_seconds_ / std::max<int64_t>(win.steps, 1)));
   if (main_rank_) {
-    const std::string parts_json = classifier_ ? fmt::format("\"accuracy\": {}", json_double(mse))
-                                               : fmt::format("\"mse\": {}, \"vb\": {}", json_double(mse), json_double(vb));
+    const std::string parts_json = classifier_
+                                       ? fmt::format("\"accuracy\": {}", json_double(mse))
+                                       : fmt::format("\"mse\": {}, \"vb\": {}", json_double(mse), json_double(vb));
     metrics_ << fmt::format(
         "{{\"step\": {}, \"loss\": {}, {}{}, \"grad_norm\": {}, \"lr\": {}, "
         "\"images_per_sec\": {}, \"elapsed\": {}, \"world_size\": {}, \"global_batch\": {}{}}}\n",
-        step_, json_double(last_loss_), parts_json, quarters,
-        json_double(win.grad_norm / win.steps), json_double(lr), json_double(rate),
-        json_double(prior_elapsed_ + el), W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum, dist);
+        step_, json_double(last_loss_), parts_json, quarters, json_double(win.grad_norm / win.steps), json_double(lr),
+        json_double(rate), json_double(prior_elapsed_ + el), W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum,
+        dist);
     metrics_.flush();
   }
   log_->info("step {}/{} loss {:.5f}{} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step_, cfg_.train.steps,
@@ -772,8 +774,8 @@ void TrainLoop::checkpoint() {
   meta.loss_scale = loss_scale_->scale();
   meta.loss_scale_good_steps = loss_scale_->good_steps();
   meta.elapsed_seconds = prior_elapsed_ + elapsed();
-  summary_.checkpoint = save_run_checkpoint(req_.run_dir, cfg_.train.keep_checkpoints, meta, *model_,
-                                            ema_model_.get(), optimizer_.get());
+  summary_.checkpoint =
+      save_run_checkpoint(req_.run_dir, cfg_.train.keep_checkpoints, meta, *model_, ema_model_.get(), optimizer_.get());
   log_->info("step {}: checkpoint {}", step_, summary_.checkpoint);
 }
 
@@ -794,8 +796,12 @@ void TrainLoop::sample_grid() {
   fs::create_directories(fs::path(path).parent_path());
   // Images: a grid; 2-D points: a density picture.
   save_png(path, shape_.shape.size() == 3 ? make_grid(images.cpu()) : plot_points(images),
-           {{"diffuse", "training sample grid"}, {"step", std::to_string(step_)}, {"sampler", "ddim"},
-            {"steps", std::to_string(g.sample.steps)}, {"seed", std::to_string(g.sample.seed)}, {"weights", "ema"}});
+           {{"diffuse", "training sample grid"},
+            {"step", std::to_string(step_)},
+            {"sampler", "ddim"},
+            {"steps", std::to_string(g.sample.steps)},
+            {"seed", std::to_string(g.sample.seed)},
+            {"weights", "ema"}});
   summary_.grid = path;
   log_->info("step {}: sample grid {}", step_, path);
   model_->train();
@@ -814,7 +820,7 @@ TrainSummary TrainLoop::run() {
 }
 
 void TrainLoop::log_fatal(const char* what) {
-  if (!log_) return;  // failed before the log was opened
+  if (!log_) return;                       // failed before the log was opened
   auto& console = *log_->sinks().front();  // make_logger puts the console first
   const auto level = console.level();
   console.set_level(spdlog::level::off);
@@ -839,8 +845,9 @@ TrainSummary TrainLoop::run_unlogged() {
   log_->info("diffuse train: {} parameters, data {} ({} examples), device {} ({}), {} threads, batch {} x {} accum{}",
              count_parameters(*model_), dataset_->describe(), dataset_->size(), device_.str(), precision_, threads_,
              cfg_.train.batch_size, cfg_.train.grad_accum,
-             W_ > 1 ? fmt::format(" x {} ranks ({}, {} gradient buckets)", W_, pg_->backend(), grad_sync_->num_buckets())
-                    : "");
+             W_ > 1
+                 ? fmt::format(" x {} ranks ({}, {} gradient buckets)", W_, pg_->backend(), grad_sync_->num_buckets())
+                 : "");
   log_->info("run directory {}", req_.run_dir);
 
   summary_.start_step = step_;
@@ -887,8 +894,7 @@ TrainSummary TrainLoop::run_unlogged() {
   if (req_.save_final && (step_ > summary_.start_step || summary_.stop_signal)) {
     checkpoint();
     if (summary_.stop_signal) {
-      log_->warn("stopped by signal {} at step {}; resume with --resume {}", summary_.stop_signal, step_,
-                 req_.run_dir);
+      log_->warn("stopped by signal {} at step {}; resume with --resume {}", summary_.stop_signal, step_, req_.run_dir);
     } else if (cfg_.train.sample_every > 0) {
       sample_grid();
     }

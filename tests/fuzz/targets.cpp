@@ -52,9 +52,7 @@ std::string put_file(const std::string& name, const std::string& bytes) {
 
 std::string gzip(const std::string& in) { return deflate_bytes(in, MAX_WBITS + 16); }
 
-std::string be32(uint32_t v) {
-  return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
-}
+std::string be32(uint32_t v) { return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)}; }
 
 std::string idx_file(const std::vector<uint32_t>& dims) {
   std::string s{'\0', '\0', '\x08', char(dims.size())};
@@ -170,8 +168,10 @@ bool run_safetensors(const std::string& bytes) {
 std::vector<std::string> seeds_safetensors() {
   const auto f = torch::arange(12, torch::kFloat32).reshape({3, 4});
   return {encode_safetensors({{"w", f}, {"b", torch::ones({4}, torch::kFloat16)}}, {{"format", "pt"}}),
-          encode_safetensors({{"i", torch::arange(5, torch::kInt64)}, {"m", torch::tensor({true, false})},
-                              {"e", torch::zeros({0, 2})}, {"s", torch::tensor(3.5, torch::kFloat64)}}),
+          encode_safetensors({{"i", torch::arange(5, torch::kInt64)},
+                              {"m", torch::tensor({true, false})},
+                              {"e", torch::zeros({0, 2})},
+                              {"s", torch::tensor(3.5, torch::kFloat64)}}),
           encode_safetensors({})};
 }
 
@@ -188,7 +188,8 @@ std::vector<std::string> seeds_torch_save() {
   const auto bytes = torch::pickle_save(c10::IValue(d));
   std::vector<std::string> out{std::string(bytes.begin(), bytes.end())};
 #ifdef DIFFUSE_SOURCE_DIR
-  for (const char* f : {"nested.torch1.zip.pt", "nested.torch1.legacy.pt", "nested.torch2.zip.pt", "nested.torch2.legacy.pt"})
+  for (const char* f :
+       {"nested.torch1.zip.pt", "nested.torch1.legacy.pt", "nested.torch2.zip.pt", "nested.torch2.legacy.pt"})
     out.push_back(read_file_bytes(std::string(DIFFUSE_SOURCE_DIR) + "/tests/reference/torch_save/" + f));
 #endif
   return out;

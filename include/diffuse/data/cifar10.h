@@ -23,8 +23,7 @@ class Cifar10Dataset : public Dataset {
  public:
   // Every file must be a non-empty multiple of 3073 bytes with labels in 0..9; UsageError
   // naming the file otherwise.
-  Cifar10Dataset(const std::vector<std::string>& files, const ImageOptions& options,
-                 std::string split = "");
+  Cifar10Dataset(const std::vector<std::string>& files, const ImageOptions& options, std::string split = "");
 
   int64_t size() const override { return count_; }
   Example get(int64_t index) const override;

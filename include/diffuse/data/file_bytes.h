@@ -22,8 +22,7 @@ constexpr size_t kMaxDecompressedBytes = size_t{4} << 30;  // 4 GiB
 
 // Decompresses a gzip stream (concatenated members allowed). `name` (the file) appears in the
 // error for truncated or corrupt data, trailing garbage, or output beyond `max_size` bytes.
-std::string gunzip(const std::string& compressed, const std::string& name,
-                   size_t max_size = kMaxDecompressedBytes);
+std::string gunzip(const std::string& compressed, const std::string& name, size_t max_size = kMaxDecompressedBytes);
 // The first `n` bytes a gzip stream decompresses to (all of them when there are fewer), without
 // inflating the rest: enough to read a header that says how large the whole should be.
 std::string gunzip_head(const std::string& compressed, const std::string& name, size_t n);

@@ -38,8 +38,7 @@ class IdxDataset : public Dataset {
  public:
   // `name` ("mnist", "fashion-mnist") is for describe(). Labels must lie in [0, num_classes);
   // files.labels is not read when options.labels is false.
-  IdxDataset(const IdxFiles& files, const ImageOptions& options, std::string name,
-             int64_t num_classes = 10);
+  IdxDataset(const IdxFiles& files, const ImageOptions& options, std::string name, int64_t num_classes = 10);
 
   int64_t size() const override { return count_; }
   Example get(int64_t index) const override;

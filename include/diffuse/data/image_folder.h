@@ -53,7 +53,7 @@ class ImageFolderDataset : public Dataset {
   std::string describe() const override;
   std::string fingerprint() const override { return fingerprint_; }
 
-  const std::string& file(int64_t index) const;             // absolute-or-as-given path
+  const std::string& file(int64_t index) const;  // absolute-or-as-given path
   const std::vector<std::string>& class_names() const { return class_names_; }
   int64_t bad_files() const { return static_cast<int64_t>(bad_files_.size()); }
   const std::vector<std::string>& bad_file_paths() const { return bad_files_; }

@@ -25,8 +25,7 @@ class ImageTransform {
   ImageTransform() = default;
   // out_size 0 keeps the native geometry (no crop, no resize, even when not square);
   // out_channels 0 keeps in_channels. in_channels must be 1 or 3 (drop alpha before).
-  ImageTransform(int64_t in_channels, int64_t in_height, int64_t in_width, int64_t out_size,
-                 int64_t out_channels);
+  ImageTransform(int64_t in_channels, int64_t in_height, int64_t in_width, int64_t out_size, int64_t out_channels);
 
   // `pixels`: planar uint8 [C,H,W], contiguous. Returns a new float32 [C',S,S] tensor.
   torch::Tensor apply(const uint8_t* pixels) const;

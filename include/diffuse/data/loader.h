@@ -45,8 +45,8 @@ struct LoaderOptions {
 };
 
 // From the data section: workers, prefetch, random_flip.
-LoaderOptions loader_options(const DataConfig& cfg, int64_t batch_size, uint64_t seed,
-                             int64_t rank = 0, int64_t world_size = 1);
+LoaderOptions loader_options(const DataConfig& cfg, int64_t batch_size, uint64_t seed, int64_t rank = 0,
+                             int64_t world_size = 1);
 
 struct Batch {
   torch::Tensor x;  // [B, ...] float32
@@ -65,8 +65,7 @@ class DataLoader {
  public:
   // UsageError for bad options (batch_size < 1, rank outside [0, world_size), a dataset smaller
   // than one batch per rank with drop_last, random_flip on non-image examples).
-  DataLoader(std::shared_ptr<const Dataset> dataset, const LoaderOptions& options,
-             LoaderPosition start = {});
+  DataLoader(std::shared_ptr<const Dataset> dataset, const LoaderOptions& options, LoaderPosition start = {});
   ~DataLoader();
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;

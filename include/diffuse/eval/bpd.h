@@ -21,11 +21,10 @@
 
 namespace diffuse {
 
-
 struct BpdOptions {
   bool clip_x0 = true;  // clamp the predicted x_0 to [-1, 1] (improved-diffusion's clip_denoised)
   DecoderCdf decoder_cdf = DecoderCdf::Exact;  // the normal CDF of the decoder term L_0
-  std::function<void(int64_t t)> progress;  // called after the term at step t is done (optional)
+  std::function<void(int64_t t)> progress;     // called after the term at step t is done (optional)
   // The noise for step t (x0's shape), instead of the generator's: to reproduce another
   // program's draws (tests against improved-diffusion). Optional.
   std::function<torch::Tensor(int64_t t)> noise;
@@ -56,9 +55,9 @@ struct BpdSummary {
   int64_t num_images = 0;
   int64_t timesteps = 0;
   double total_bpd = 0, prior_bpd = 0, decoder_bpd = 0, diffusion_bpd = 0;
-  double total_bpd_std_error = 0;  // standard error of the mean total over images
+  double total_bpd_std_error = 0;               // standard error of the mean total over images
   std::vector<double> vb_bpd, x0_mse, eps_mse;  // per-t means, index t
-  std::string decoder_cdf = "exact";  // the normal CDF used for L_0 (eval.decoder_cdf)
+  std::string decoder_cdf = "exact";            // the normal CDF used for L_0 (eval.decoder_cdf)
 };
 
 // A batch's results as one row per image, float64 on the CPU (one host copy): total, prior,

@@ -26,9 +26,9 @@ struct SweepEntry {
 SweepEntry parse_sweep(const std::string& text);
 
 struct EvalRequest {
-  Config config;                // eval.*, sample.* and data.* are used
+  Config config;  // eval.*, sample.* and data.* are used
   DataShape shape;
-  std::string out_dir;          // files go here (created)
+  std::string out_dir;  // files go here (created)
   torch::Device device = torch::kCPU;
   std::string samples_dir;      // FID/KID: an image folder to measure instead of generating
   std::string reference_stats;  // FID: cache file of reference statistics (read if present, else written)
@@ -44,10 +44,10 @@ struct EvalRequest {
 };
 
 struct EvalReport {
-  std::vector<std::pair<std::string, double>> values;  // metric name -> value, in order
+  std::vector<std::pair<std::string, double>> values;         // metric name -> value, in order
   std::vector<std::pair<std::string, std::string>> settings;  // how they were measured (e.g. decoder_cdf)
-  std::vector<std::pair<std::string, std::string>> files;  // what -> path
-  std::string json;  // one object with every value
+  std::vector<std::pair<std::string, std::string>> files;     // what -> path
+  std::string json;                                           // one object with every value
 };
 
 // Known names for eval.metrics.

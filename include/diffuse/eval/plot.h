@@ -23,8 +23,8 @@ struct Rgb {
 Rgb default_color(size_t i);
 
 struct Series {
-  std::string label;       // shown in the legend (empty: not listed)
-  std::vector<double> x;   // empty: 0, 1, ..., y.size() - 1
+  std::string label;      // shown in the legend (empty: not listed)
+  std::vector<double> x;  // empty: 0, 1, ..., y.size() - 1
   std::vector<double> y;
   std::optional<Rgb> color;  // default: default_color(index of the series)
   int line_width = 2;        // pixels

@@ -23,9 +23,9 @@ namespace diffuse {
 struct ModelConfig;
 
 struct MlpOptions {
-  int64_t data_dim = 2;     // input dimension D
-  int64_t out_dim = 2;      // 2 x D when sigma is learned
-  int64_t hidden = 256;     // width of every block (and of the timestep embedding)
+  int64_t data_dim = 2;  // input dimension D
+  int64_t out_dim = 2;   // 2 x D when sigma is learned
+  int64_t hidden = 256;  // width of every block (and of the timestep embedding)
   int64_t num_blocks = 3;
   bool layer_norm = true;
   int64_t num_classes = 0;  // > 0: class-conditional, label num_classes = null
@@ -45,8 +45,7 @@ class Mlp : public Network {
   explicit Mlp(const MlpOptions& opt);
 
   // x: [B, data_dim] -> [B, out_dim].
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
-                        const torch::Tensor& y = {}) override;
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y = {}) override;
 
   const MlpOptions& options() const { return opt_; }
 

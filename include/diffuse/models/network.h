@@ -23,14 +23,13 @@ class Network : public torch::nn::Module {
   //    any dtype, may be fractional (samplers pass continuous values).
   // y: int64 [B] class labels in 0..num_classes, where num_classes is the null label of
   //    classifier-free guidance; undefined means all-null. Ignored by unconditional networks.
-  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
-                                const torch::Tensor& y = {}) = 0;
+  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y = {}) = 0;
 
-  int64_t in_channels() const { return in_channels_; }    // data dimension for the MLP
+  int64_t in_channels() const { return in_channels_; }  // data dimension for the MLP
   int64_t out_channels() const { return out_channels_; }
-  int64_t num_classes() const { return num_classes_; }    // 0: unconditional
+  int64_t num_classes() const { return num_classes_; }  // 0: unconditional
   bool class_conditional() const { return num_classes_ > 0; }
-  int64_t null_label() const { return num_classes_; }     // the "no class" label (CFG)
+  int64_t null_label() const { return num_classes_; }  // the "no class" label (CFG)
   // > 0: a super-resolution network, whose x is network_input(x_t, low_res) (models/super_res.h).
   int64_t low_res_size() const { return low_res_size_; }
   // The network embeds t * scale (diffusion.rescale_timesteps: 1000 / T); 1 by default.

@@ -1,6 +1,6 @@
 // ADM-style UNet: the architecture of OpenAI improved-diffusion's UNetModel (unet.py, nn.py),
-// with guided-diffusion's num_head_channels, resblock_updown and use_new_attention_order options. The same settings give
-// the same parameters, with the same state-dict names and shapes (time_embed.0.weight,
+// with guided-diffusion's num_head_channels, resblock_updown and use_new_attention_order options. The same settings
+// give the same parameters, with the same state-dict names and shapes (time_embed.0.weight,
 // input_blocks.1.0.in_layers.2.weight, ..., out.2.bias), so weights can be carried over.
 //
 // Layout: timestep embedding (sinusoidal, Linear, SiLU, Linear to 4 x model_channels) plus an
@@ -27,28 +27,28 @@ namespace diffuse {
 struct ModelConfig;
 
 struct UNetOptions {
-  int64_t image_size = 32;      // square inputs; fixes which levels get attention
-  int64_t in_channels = 3;      // of the network's input: 2 x the image's for super-resolution
-  int64_t out_channels = 3;     // 2 x the image's channels when sigma is learned
+  int64_t image_size = 32;   // square inputs; fixes which levels get attention
+  int64_t in_channels = 3;   // of the network's input: 2 x the image's for super-resolution
+  int64_t out_channels = 3;  // 2 x the image's channels when sigma is learned
   int64_t model_channels = 64;
   std::vector<double> channel_mult = {1, 2, 2};  // level channels: unet_level_channels
   int64_t num_res_blocks = 2;
   // Feature-map sizes that get self-attention (e.g. {7} for the 7x7 level of a 28x28 input).
   std::vector<int64_t> attention_resolutions = {};
   int64_t num_heads = 4;
-  int64_t num_head_channels = -1;  // > 0: heads = channels / num_head_channels
-  int64_t num_heads_upsample = -1; // heads of the output blocks (num_head_channels -1); -1 = num_heads
+  int64_t num_head_channels = -1;   // > 0: heads = channels / num_head_channels
+  int64_t num_heads_upsample = -1;  // heads of the output blocks (num_head_channels -1); -1 = num_heads
   bool use_new_attention_order = false;
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
   bool resblock_updown = false;
   bool conv_resample = true;
-  int64_t num_classes = 0;         // > 0: class-conditional, label num_classes = null
-  int64_t low_res_size = 0;        // > 0: super-resolution (models/super_res.h makes the input)
+  int64_t num_classes = 0;   // > 0: class-conditional, label num_classes = null
+  int64_t low_res_size = 0;  // > 0: super-resolution (models/super_res.h makes the input)
 
   // The model.* keys of cfg plus the sizes the data (and the caller) decide.
-  static UNetOptions from_config(const ModelConfig& cfg, int64_t image_size, int64_t in_channels,
-                                 int64_t out_channels, int64_t num_classes);
+  static UNetOptions from_config(const ModelConfig& cfg, int64_t image_size, int64_t in_channels, int64_t out_channels,
+                                 int64_t num_classes);
 };
 
 // Throws UsageError naming the config key (model.*, data.image_size) when opt cannot build a
@@ -82,8 +82,7 @@ class UNet : public Network {
 
   // x: [B, in_channels, H, W] with H and W divisible by 2^(levels-1) (any memory format; the
   // output follows the network's working format). Returns [B, out_channels, H, W].
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
-                        const torch::Tensor& y = {}) override;
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y = {}) override;
 
   const UNetOptions& options() const { return opt_; }
 

@@ -19,7 +19,6 @@
 
 namespace diffuse {
 
-
 struct DenoiserOutput {
   // x0 (after clipping / thresholding when asked) and eps consistent with it and x_t.
   // v and score are left undefined (use convert() for them): samplers never need them.

@@ -19,12 +19,12 @@ namespace diffuse {
 // Tensors produced inside a sampler are inference tensors (c10::InferenceMode): read or copy
 // them; clone() them before any in-place change outside the callback.
 struct StepInfo {
-  int64_t step = 0;        // 0-based, in sampling order
-  int64_t total = 0;       // number of steps of this run
-  double t = 0.0;          // the network's timestep at this step (training units, maybe fractional)
-  double sigma = 0.0;      // sqrt((1 - abar) / abar) at this step
-  torch::Tensor x_t;       // the state at t in the VP variable (x_t = a x0 + s eps)
-  torch::Tensor x0_pred;   // the denoiser's x0 at this step (after clipping / thresholding)
+  int64_t step = 0;       // 0-based, in sampling order
+  int64_t total = 0;      // number of steps of this run
+  double t = 0.0;         // the network's timestep at this step (training units, maybe fractional)
+  double sigma = 0.0;     // sqrt((1 - abar) / abar) at this step
+  torch::Tensor x_t;      // the state at t in the VP variable (x_t = a x0 + s eps)
+  torch::Tensor x0_pred;  // the denoiser's x0 at this step (after clipping / thresholding)
 };
 
 struct SamplerOptions {

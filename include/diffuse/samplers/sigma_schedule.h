@@ -18,7 +18,7 @@ class Denoiser;
 struct DenoiserOutput;
 
 enum class SigmaSchedule {
-  Karras,  // Karras et al. (2022) eq. 5: (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho
+  Karras,       // Karras et al. (2022) eq. 5: (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho
   Exponential,  // uniform in log sigma = uniform in lambda (DPM-Solver's "logSNR" spacing)
   Model         // the training schedule's sigmas at the spaced steps
 };
@@ -41,8 +41,8 @@ std::vector<double> sampling_sigmas(const Denoiser& denoiser, const SamplerOptio
 
 // One step of a sigma-space sampler, from x at `sigma` (where the denoiser gave `d`) to
 // sigma_next > 0; `i` counts steps (multistep methods keep their own history).
-using SigmaStep = std::function<torch::Tensor(int64_t i, const torch::Tensor& x, const DenoiserOutput& d,
-                                              double sigma, double sigma_next)>;
+using SigmaStep = std::function<torch::Tensor(int64_t i, const torch::Tensor& x, const DenoiserOutput& d, double sigma,
+                                              double sigma_next)>;
 
 // The loop every sigma-space sampler shares, in the EDM variable x = x_t / a: start from the VP
 // prior, x = x_T sqrt(1 + sigma_max^2); at each sigma evaluate the denoiser and report the step;

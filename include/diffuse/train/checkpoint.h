@@ -37,22 +37,22 @@ struct SafeTensors;
 // Everything in a checkpoint but the weights and optimizer state.
 struct CheckpointMeta {
   int64_t step = 0;
-  std::string config_yaml;   // the fully resolved config
+  std::string config_yaml;  // the fully resolved config
   DataShape data;
-  int64_t data_epoch = 0;    // position of the next batch in the data order
+  int64_t data_epoch = 0;  // position of the next batch in the data order
   int64_t data_offset = 0;
   torch::Tensor cpu_rng_state;     // CPU default generator
   torch::Tensor device_rng_state;  // the training device's generator (CUDA), undefined on CPU
   torch::Tensor timestep_sampler_state;
-  double loss_scale = 0.0;   // fp16 dynamic loss scale (0 = unused)
+  double loss_scale = 0.0;            // fp16 dynamic loss scale (0 = unused)
   int64_t loss_scale_good_steps = 0;  // good steps since its last change (GradScaler's growth tracker)
   double elapsed_seconds = 0.0;
-  int64_t world_size = 1;    // ranks of the run that wrote it (data_offset is per rank); 1 for older files
+  int64_t world_size = 1;        // ranks of the run that wrote it (data_offset is per rank); 1 for older files
   std::string data_fingerprint;  // Dataset::fingerprint() of the training data; "" when unknown
 };
 
 constexpr int64_t kCheckpointFormat = 2;
-constexpr int64_t kLegacyCheckpointFormat = 1;  // a LibTorch archive
+constexpr int64_t kLegacyCheckpointFormat = 1;              // a LibTorch archive
 constexpr int64_t kLegacyCheckpointMagic = 0x646966667573;  // "diffus", format 1's "diffuse_checkpoint" key
 
 // A stored data shape checked: 1 to 4 sizes, each in 1..2^20; UsageError naming `file` otherwise.

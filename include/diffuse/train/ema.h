@@ -12,8 +12,7 @@ class Ema {
  public:
   // `shadow` must have the same architecture as the trained model; it is overwritten with the
   // model's current weights.
-  Ema(std::shared_ptr<torch::nn::Module> model, std::shared_ptr<torch::nn::Module> shadow, double decay,
-      bool warmup);
+  Ema(std::shared_ptr<torch::nn::Module> model, std::shared_ptr<torch::nn::Module> shadow, double decay, bool warmup);
   // The decay used at optimizer step `step` (1-based): min(decay, (1 + step) / (10 + step)) with
   // warm-up, so early averages are not dominated by the random initialisation.
   double decay_at(int64_t step) const;

@@ -25,7 +25,7 @@ class DynamicLossScale {
   // Takes the state saved by an fp16 run; ignored when disabled or when the saved scale is 0.
   void restore(double saved, int64_t good_steps = 0);
 
-  torch::Tensor apply(const torch::Tensor& loss) const;  // loss * scale
+  torch::Tensor apply(const torch::Tensor& loss) const;          // loss * scale
   void unscale(const std::vector<torch::Tensor>& params) const;  // each gradient / scale
 
   // After a step: `overflow` when its gradients were not finite. Returns false when the scale

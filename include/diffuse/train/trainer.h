@@ -39,15 +39,15 @@ struct TrainSummary {
   int64_t start_step = 0;
   int64_t end_step = 0;
   double seconds = 0.0;
-  double final_loss = 0.0;       // mean loss over the last logging window
+  double final_loss = 0.0;  // mean loss over the last logging window
   double images_per_second = 0.0;
   double steady_images_per_second = 0.0;  // after timing_warmup_steps
   int64_t parameters = 0;
   int threads = 0;
   std::string device;
-  std::string precision;  // in effect (train.precision 'auto' resolved)
-  int64_t skipped_steps = 0;     // non-finite steps skipped (train.on_nonfinite: skip)
-  int stop_signal = 0;           // SIGINT/SIGTERM number if the run was stopped early
+  std::string precision;      // in effect (train.precision 'auto' resolved)
+  int64_t skipped_steps = 0;  // non-finite steps skipped (train.on_nonfinite: skip)
+  int stop_signal = 0;        // SIGINT/SIGTERM number if the run was stopped early
   std::string run_dir, checkpoint, grid, metrics, log, config;
 };
 

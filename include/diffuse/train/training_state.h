@@ -17,7 +17,7 @@ class Module;
 namespace torch::optim {
 class AdamW;
 struct AdamWParamState;
-}
+}  // namespace torch::optim
 
 namespace diffuse {
 
