@@ -27,7 +27,11 @@
 #include <unordered_set>
 
 #include "diffuse/error.h"
+#include "diffuse/eval/evaluator.h"
 #include "diffuse/models/unet.h"
+#include "diffuse/precision.h"
+#include "diffuse/samplers/registry.h"
+#include "diffuse/samplers/sigma_schedule.h"
 
 namespace diffuse {
 namespace {
@@ -399,13 +403,9 @@ class SectionAdder {
   S Config::*sec_;
 };
 
-const std::vector<std::string> kPrecisions = {"fp32", "bf16", "fp16", "auto"};
 const std::vector<std::string> kLrSchedules = {"constant", "cosine"};
 const std::vector<std::string> kOnNonfinite = {"error", "skip"};
 const std::vector<std::string> kDistBackends = {"auto", "gloo", "nccl"};
-const std::vector<std::string> kSamplers = {"ddpm", "ddim", "dpmpp-2m", "euler", "euler-ancestral", "heun"};
-const std::vector<std::string> kSigmas = {"karras", "exponential", "model"};
-const std::vector<std::string> kMetrics = {"bpd", "bpd-mc", "fid", "kid", "toy"};
 const std::vector<std::string> kSplits = {"train", "test"};
 
 // -1 (the schedule's default) or a beta in (0, 1].
@@ -549,7 +549,7 @@ Table build_table() {
       ("device", &R::device, device_name(), "auto (CUDA when available), cpu, cuda or cuda:N")
       ("threads", &R::threads, at_least<int64_t>(0), "CPU threads; 0 = OMP_NUM_THREADS if set, else all usable cores")
       ("channels_last", &R::channels_last, any<bool>(), "channels-last memory format")
-      ("precision", &R::precision, one_of(kPrecisions),
+      ("precision", &R::precision, one_of(precision_names()),
        "mixed precision: fp32, bf16 (CUDA, or CPUs with avx512_bf16/amx), fp16 (CUDA, loss-scaled), auto (bf16 "
        "where the hardware has it, fp16 on Volta/Turing GPUs, else fp32)")
       ("log_every", &R::log_every, at_least<int64_t>(1), "steps between log lines")
@@ -568,7 +568,7 @@ Table build_table() {
 
   using P = SampleConfig;
   SectionAdder<P>(t, "sample", &Config::sample, "Generation.")
-      ("sampler", &P::sampler, one_of(kSamplers), "the reverse-process solver")
+      ("sampler", &P::sampler, one_of(sampler_names()), "the reverse-process solver")
       ("steps", &P::steps, at_least<int64_t>(1), "sampler steps (<= diffusion.timesteps)")
       ("spacing", &P::spacing, any<std::string>(),
        "respacing (see schedule.h), e.g. `250`, `10,15,20`, `ddim50`, `trailing:50`, `list:0,10,20`; "
@@ -590,14 +590,14 @@ Table build_table() {
       ("classifier", &P::classifier, any<std::string>(),
        "classifier guidance: a noisy-image classifier checkpoint (diffuse import --classifier); empty = none")
       ("classifier_scale", &P::classifier_scale, at_least<double>(0), "classifier guidance: the gradient's scale s")
-      ("sigmas", &P::sigmas, one_of(kSigmas), "euler/heun: the sigma sequence")
+      ("sigmas", &P::sigmas, one_of(sigma_schedule_names()), "euler/heun: the sigma sequence")
       ("rho", &P::rho, positive(), "karras sigmas: the exponent rho")
-      ("precision", &P::precision, one_of(kPrecisions),
+      ("precision", &P::precision, one_of(precision_names()),
        "network precision while sampling: fp32, bf16, fp16 (CUDA), auto (bf16 where native)");
 
   using E = EvalConfig;
   SectionAdder<E>(t, "eval", &Config::eval, "Evaluation.")
-      ("metrics", &E::metrics, list(one_of(kMetrics), true), "metrics to compute")
+      ("metrics", &E::metrics, list(one_of(eval_metric_names()), true), "metrics to compute")
       ("split", &E::split, one_of(kSplits), "held-out split")
       ("num_images", &E::num_images, at_least<int64_t>(0), "held-out images for bpd; 0 = all")
       ("batch_size", &E::batch_size, at_least<int64_t>(1), "evaluation batch size")

@@ -12,6 +12,8 @@
 
 namespace diffuse {
 
+std::vector<std::string> precision_names() { return {"fp32", "bf16", "fp16", "auto"}; }
+
 AutocastGuard::AutocastGuard(const std::string& precision, const torch::Device& device) {
   if (precision == "fp32") return;
   if (precision != "bf16" && precision != "fp16")

@@ -18,9 +18,11 @@
 #include "diffuse/generate.h"
 #include "diffuse/image_io.h"
 #include "diffuse/models/network.h"
+#include "diffuse/precision.h"
 #include "diffuse/progress.h"
 #include "diffuse/runtime.h"
 #include "diffuse/samplers/registry.h"
+#include "diffuse/samplers/sigma_schedule.h"
 #include "diffuse/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -298,9 +300,9 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_option("--dynamic-threshold", o->dynamic_threshold, "Imagen dynamic thresholding percentile (0 = off)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--sigmas", o->sigmas, "Noise levels for euler/heun/dpmpp-2m")
-      ->check(CLI::IsMember({"karras", "exponential", "model"}));
+      ->check(CLI::IsMember(sigma_schedule_names()));
   cmd->add_option("--precision", o->precision, "Network precision: fp32, bf16, fp16 (CUDA), auto (bf16 where native)")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "auto"}));
+      ->check(CLI::IsMember(precision_names()));
   cmd->add_option("--rho", o->rho, "Karras rho");
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")

@@ -1,4 +1,6 @@
-// Samplers by name. Adding a sampler = its header/source pair + one line in registry.cpp.
+// Samplers by name. Adding a sampler = its header/source pair (the source listed in
+// CMakeLists.txt) + one line in registry.cpp: the config's sample.sampler, the CLI's --sampler and
+// docs/config.md take their names from here.
 #pragma once
 
 #include <torch/types.h>
