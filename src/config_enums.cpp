@@ -1,83 +1,61 @@
 // parse / to_string for the enums declared in config.h.
 #include "diffuse/config.h"
 #include "diffuse/error.h"
+#include "enum_names.h"
 
 namespace diffuse {
 
-std::vector<std::string> model_type_names() { return {"unet", "mlp", "classifier"}; }
-ModelType parse_model_type(const std::string& n) {
-  if (n == "unet") return ModelType::UNet;
-  if (n == "mlp") return ModelType::Mlp;
-  if (n == "classifier") return ModelType::Classifier;
-  throw_not_one_of("model type", n, model_type_names());
+namespace {
+const EnumNames<ModelType>& model_types() {
+  static const EnumNames<ModelType> table(
+      "model type", {{ModelType::UNet, "unet"}, {ModelType::Mlp, "mlp"}, {ModelType::Classifier, "classifier"}});
+  return table;
 }
-std::string to_string(ModelType v) {
-  switch (v) {
-    case ModelType::UNet: return "unet";
-    case ModelType::Mlp: return "mlp";
-    case ModelType::Classifier: return "classifier";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> model_type_names() { return model_types().names(); }
+ModelType parse_model_type(const std::string& name) { return model_types().parse(name); }
+std::string to_string(ModelType v) { return model_types().to_string(v); }
 
-std::vector<std::string> classifier_pool_names() { return {"attention", "adaptive", "spatial", "spatial_v2"}; }
-ClassifierPool parse_classifier_pool(const std::string& n) {
-  if (n == "attention") return ClassifierPool::Attention;
-  if (n == "adaptive") return ClassifierPool::Adaptive;
-  if (n == "spatial") return ClassifierPool::Spatial;
-  if (n == "spatial_v2") return ClassifierPool::SpatialV2;
-  throw_not_one_of("classifier pool", n, classifier_pool_names());
+namespace {
+const EnumNames<ClassifierPool>& classifier_pools() {
+  static const EnumNames<ClassifierPool> table("classifier pool", {{ClassifierPool::Attention, "attention"},
+                                                                   {ClassifierPool::Adaptive, "adaptive"},
+                                                                   {ClassifierPool::Spatial, "spatial"},
+                                                                   {ClassifierPool::SpatialV2, "spatial_v2"}});
+  return table;
 }
-std::string to_string(ClassifierPool v) {
-  switch (v) {
-    case ClassifierPool::Attention: return "attention";
-    case ClassifierPool::Adaptive: return "adaptive";
-    case ClassifierPool::Spatial: return "spatial";
-    case ClassifierPool::SpatialV2: return "spatial_v2";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> classifier_pool_names() { return classifier_pools().names(); }
+ClassifierPool parse_classifier_pool(const std::string& name) { return classifier_pools().parse(name); }
+std::string to_string(ClassifierPool v) { return classifier_pools().to_string(v); }
 
-std::vector<std::string> dataset_kind_names() {
-  return {"fashion-mnist", "mnist", "cifar10", "folder", "toy2d", "synthetic"};
+namespace {
+const EnumNames<DatasetKind>& dataset_kinds() {
+  static const EnumNames<DatasetKind> table("dataset", {{DatasetKind::FashionMnist, "fashion-mnist", {"fashion_mnist"}},
+                                                        {DatasetKind::Mnist, "mnist"},
+                                                        {DatasetKind::Cifar10, "cifar10", {"cifar-10"}},
+                                                        {DatasetKind::ImageFolder, "folder", {"image-folder"}},
+                                                        {DatasetKind::Toy2d, "toy2d", {"toy"}},
+                                                        {DatasetKind::Synthetic, "synthetic"}});
+  return table;
 }
-DatasetKind parse_dataset_kind(const std::string& n) {
-  if (n == "fashion-mnist" || n == "fashion_mnist") return DatasetKind::FashionMnist;
-  if (n == "mnist") return DatasetKind::Mnist;
-  if (n == "cifar10" || n == "cifar-10") return DatasetKind::Cifar10;
-  if (n == "folder" || n == "image-folder") return DatasetKind::ImageFolder;
-  if (n == "toy2d" || n == "toy") return DatasetKind::Toy2d;
-  if (n == "synthetic") return DatasetKind::Synthetic;
-  throw_not_one_of("dataset", n, dataset_kind_names());
-}
-std::string to_string(DatasetKind v) {
-  switch (v) {
-    case DatasetKind::FashionMnist: return "fashion-mnist";
-    case DatasetKind::Mnist: return "mnist";
-    case DatasetKind::Cifar10: return "cifar10";
-    case DatasetKind::ImageFolder: return "folder";
-    case DatasetKind::Toy2d: return "toy2d";
-    case DatasetKind::Synthetic: return "synthetic";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> dataset_kind_names() { return dataset_kinds().names(); }
+DatasetKind parse_dataset_kind(const std::string& name) { return dataset_kinds().parse(name); }
+std::string to_string(DatasetKind v) { return dataset_kinds().to_string(v); }
 
-std::vector<std::string> toy_kind_names() { return {"swiss_roll", "two_moons", "8gaussians", "checkerboard"}; }
-ToyKind parse_toy_kind(const std::string& n) {
-  if (n == "swiss_roll" || n == "swissroll") return ToyKind::SwissRoll;
-  if (n == "two_moons" || n == "moons") return ToyKind::TwoMoons;
-  if (n == "8gaussians" || n == "eight_gaussians") return ToyKind::EightGaussians;
-  if (n == "checkerboard") return ToyKind::Checkerboard;
-  throw_not_one_of("toy distribution", n, toy_kind_names());
+namespace {
+const EnumNames<ToyKind>& toy_kinds() {
+  static const EnumNames<ToyKind> table("toy distribution",
+                                        {{ToyKind::SwissRoll, "swiss_roll", {"swissroll"}},
+                                         {ToyKind::TwoMoons, "two_moons", {"moons"}},
+                                         {ToyKind::EightGaussians, "8gaussians", {"eight_gaussians"}},
+                                         {ToyKind::Checkerboard, "checkerboard"}});
+  return table;
 }
-std::string to_string(ToyKind v) {
-  switch (v) {
-    case ToyKind::SwissRoll: return "swiss_roll";
-    case ToyKind::TwoMoons: return "two_moons";
-    case ToyKind::EightGaussians: return "8gaussians";
-    case ToyKind::Checkerboard: return "checkerboard";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> toy_kind_names() { return toy_kinds().names(); }
+ToyKind parse_toy_kind(const std::string& name) { return toy_kinds().parse(name); }
+std::string to_string(ToyKind v) { return toy_kinds().to_string(v); }
 
 }  // namespace diffuse

@@ -3,28 +3,22 @@
 #include <cmath>
 
 #include "diffuse/error.h"
+#include "enum_names.h"
 
 namespace diffuse {
 
-std::vector<std::string> variance_type_names() { return {"fixed_small", "fixed_large", "learned", "learned_range"}; }
-
-VarianceType parse_variance_type(const std::string& name) {
-  if (name == "fixed_small") return VarianceType::FixedSmall;
-  if (name == "fixed_large") return VarianceType::FixedLarge;
-  if (name == "learned") return VarianceType::Learned;
-  if (name == "learned_range") return VarianceType::LearnedRange;
-  throw_not_one_of("variance type", name, variance_type_names());
+namespace {
+const EnumNames<VarianceType>& variance_types() {
+  static const EnumNames<VarianceType> table("variance type", {{VarianceType::FixedSmall, "fixed_small"},
+                                                               {VarianceType::FixedLarge, "fixed_large"},
+                                                               {VarianceType::Learned, "learned"},
+                                                               {VarianceType::LearnedRange, "learned_range"}});
+  return table;
 }
-
-std::string to_string(VarianceType v) {
-  switch (v) {
-    case VarianceType::FixedSmall: return "fixed_small";
-    case VarianceType::FixedLarge: return "fixed_large";
-    case VarianceType::Learned: return "learned";
-    case VarianceType::LearnedRange: return "learned_range";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> variance_type_names() { return variance_types().names(); }
+VarianceType parse_variance_type(const std::string& name) { return variance_types().parse(name); }
+std::string to_string(VarianceType v) { return variance_types().to_string(v); }
 
 torch::Tensor dynamic_threshold(const torch::Tensor& x0, double p, double max_s) {
   const auto B = x0.size(0);

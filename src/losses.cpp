@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "diffuse/error.h"
+#include "enum_names.h"
 
 namespace diffuse {
 
@@ -21,13 +22,15 @@ torch::Tensor normal_kl(const torch::Tensor& mean1, const torch::Tensor& logvar1
   return 0.5 * (-1.0 + logvar2 - logvar1 + (logvar1 - logvar2).exp() + (mean1 - mean2).pow(2) * (-logvar2).exp());
 }
 
-std::vector<std::string> decoder_cdf_names() { return {"exact", "tanh"}; }
-DecoderCdf parse_decoder_cdf(const std::string& name) {
-  if (name == "exact") return DecoderCdf::Exact;
-  if (name == "tanh") return DecoderCdf::Tanh;
-  throw_not_one_of("decoder_cdf", name, decoder_cdf_names());
+namespace {
+const EnumNames<DecoderCdf>& decoder_cdfs() {
+  static const EnumNames<DecoderCdf> table("decoder_cdf", {{DecoderCdf::Exact, "exact"}, {DecoderCdf::Tanh, "tanh"}});
+  return table;
 }
-std::string to_string(DecoderCdf v) { return v == DecoderCdf::Exact ? "exact" : "tanh"; }
+}  // namespace
+std::vector<std::string> decoder_cdf_names() { return decoder_cdfs().names(); }
+DecoderCdf parse_decoder_cdf(const std::string& name) { return decoder_cdfs().parse(name); }
+std::string to_string(DecoderCdf v) { return decoder_cdfs().to_string(v); }
 
 torch::Tensor discretized_gaussian_log_likelihood(const torch::Tensor& x, const torch::Tensor& mean,
                                                   const torch::Tensor& log_scale, DecoderCdf cdf) {
@@ -82,37 +85,28 @@ VlbTerm vlb_term_bpd(const GaussianDiffusion& diffusion, const torch::Tensor& mo
   return {torch::where(is_zero, nll, kl), p.x0_pred, p.eps_pred};
 }
 
-std::vector<std::string> loss_type_names() { return {"simple", "hybrid", "kl"}; }
-LossType parse_loss_type(const std::string& name) {
-  if (name == "simple" || name == "mse") return LossType::Simple;
-  if (name == "hybrid") return LossType::Hybrid;
-  if (name == "kl") return LossType::Kl;
-  throw_not_one_of("loss", name, loss_type_names());
+namespace {
+const EnumNames<LossType>& loss_types() {
+  static const EnumNames<LossType> table(
+      "loss", {{LossType::Simple, "simple", {"mse"}}, {LossType::Hybrid, "hybrid"}, {LossType::Kl, "kl"}});
+  return table;
 }
-std::string to_string(LossType v) {
-  switch (v) {
-    case LossType::Simple: return "simple";
-    case LossType::Hybrid: return "hybrid";
-    case LossType::Kl: return "kl";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> loss_type_names() { return loss_types().names(); }
+LossType parse_loss_type(const std::string& name) { return loss_types().parse(name); }
+std::string to_string(LossType v) { return loss_types().to_string(v); }
 
-std::vector<std::string> loss_weighting_names() { return {"none", "min_snr", "snr"}; }
-LossWeighting parse_loss_weighting(const std::string& name) {
-  if (name == "none") return LossWeighting::None;
-  if (name == "min_snr" || name == "min-snr") return LossWeighting::MinSnr;
-  if (name == "snr") return LossWeighting::Snr;
-  throw_not_one_of("loss weighting", name, loss_weighting_names());
+namespace {
+const EnumNames<LossWeighting>& loss_weightings() {
+  static const EnumNames<LossWeighting> table(
+      "loss weighting",
+      {{LossWeighting::None, "none"}, {LossWeighting::MinSnr, "min_snr", {"min-snr"}}, {LossWeighting::Snr, "snr"}});
+  return table;
 }
-std::string to_string(LossWeighting v) {
-  switch (v) {
-    case LossWeighting::None: return "none";
-    case LossWeighting::MinSnr: return "min_snr";
-    case LossWeighting::Snr: return "snr";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> loss_weighting_names() { return loss_weightings().names(); }
+LossWeighting parse_loss_weighting(const std::string& name) { return loss_weightings().parse(name); }
+std::string to_string(LossWeighting v) { return loss_weightings().to_string(v); }
 
 torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& cfg, const torch::Tensor& t,
                           const torch::Tensor& like) {

@@ -2,28 +2,22 @@
 
 #include "diffuse/error.h"
 #include "diffuse/schedule.h"
+#include "enum_names.h"
 
 namespace diffuse {
 
-std::vector<std::string> prediction_names() { return {"epsilon", "x0", "v", "score"}; }
-
-Prediction parse_prediction(const std::string& name) {
-  if (name == "epsilon" || name == "eps") return Prediction::Epsilon;
-  if (name == "x0" || name == "sample" || name == "x_start") return Prediction::X0;
-  if (name == "v" || name == "v_prediction") return Prediction::V;
-  if (name == "score") return Prediction::Score;
-  throw_not_one_of("prediction", name, prediction_names());
+namespace {
+const EnumNames<Prediction>& predictions() {
+  static const EnumNames<Prediction> table("prediction", {{Prediction::Epsilon, "epsilon", {"eps"}},
+                                                          {Prediction::X0, "x0", {"sample", "x_start"}},
+                                                          {Prediction::V, "v", {"v_prediction"}},
+                                                          {Prediction::Score, "score"}});
+  return table;
 }
-
-std::string to_string(Prediction p) {
-  switch (p) {
-    case Prediction::Epsilon: return "epsilon";
-    case Prediction::X0: return "x0";
-    case Prediction::V: return "v";
-    case Prediction::Score: return "score";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> prediction_names() { return predictions().names(); }
+Prediction parse_prediction(const std::string& name) { return predictions().parse(name); }
+std::string to_string(Prediction v) { return predictions().to_string(v); }
 
 NoiseLevel noise_level(const NoiseSchedule& schedule, const torch::Tensor& t, const torch::Tensor& like) {
   return {schedule.gather(schedule.sqrt_alpha_bar(), t, like),

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "diffuse/error.h"
+#include "enum_names.h"
 
 namespace diffuse {
 
@@ -74,27 +75,20 @@ std::vector<double> read_betas_file(const std::string& path) {
 
 }  // namespace
 
-std::vector<std::string> schedule_kind_names() { return {"linear", "cosine", "sigmoid", "scaled_linear", "custom"}; }
-
-ScheduleKind parse_schedule_kind(const std::string& name) {
-  if (name == "linear") return ScheduleKind::Linear;
-  if (name == "cosine") return ScheduleKind::Cosine;
-  if (name == "sigmoid") return ScheduleKind::Sigmoid;
-  if (name == "scaled_linear" || name == "scaled-linear") return ScheduleKind::ScaledLinear;
-  if (name == "custom") return ScheduleKind::Custom;
-  throw_not_one_of("schedule", name, schedule_kind_names());
+namespace {
+const EnumNames<ScheduleKind>& schedule_kinds() {
+  static const EnumNames<ScheduleKind> table("schedule",
+                                             {{ScheduleKind::Linear, "linear"},
+                                              {ScheduleKind::Cosine, "cosine"},
+                                              {ScheduleKind::Sigmoid, "sigmoid"},
+                                              {ScheduleKind::ScaledLinear, "scaled_linear", {"scaled-linear"}},
+                                              {ScheduleKind::Custom, "custom"}});
+  return table;
 }
-
-std::string to_string(ScheduleKind kind) {
-  switch (kind) {
-    case ScheduleKind::Linear: return "linear";
-    case ScheduleKind::Cosine: return "cosine";
-    case ScheduleKind::Sigmoid: return "sigmoid";
-    case ScheduleKind::ScaledLinear: return "scaled_linear";
-    case ScheduleKind::Custom: return "custom";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> schedule_kind_names() { return schedule_kinds().names(); }
+ScheduleKind parse_schedule_kind(const std::string& name) { return schedule_kinds().parse(name); }
+std::string to_string(ScheduleKind v) { return schedule_kinds().to_string(v); }
 
 std::vector<double> make_betas(const ScheduleSpec& spec) {
   const int64_t T = spec.timesteps;

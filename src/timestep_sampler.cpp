@@ -6,16 +6,21 @@
 #include <fmt/ranges.h>
 
 #include "diffuse/error.h"
+#include "enum_names.h"
 
 namespace diffuse {
 
-std::vector<std::string> timestep_sampler_names() { return {"uniform", "importance"}; }
-TimestepSamplerKind parse_timestep_sampler(const std::string& name) {
-  if (name == "uniform") return TimestepSamplerKind::Uniform;
-  if (name == "importance" || name == "loss-second-moment") return TimestepSamplerKind::Importance;
-  throw_not_one_of("timestep sampler", name, timestep_sampler_names());
+namespace {
+const EnumNames<TimestepSamplerKind>& timestep_sampler_kinds() {
+  static const EnumNames<TimestepSamplerKind> table(
+      "timestep sampler", {{TimestepSamplerKind::Uniform, "uniform"},
+                           {TimestepSamplerKind::Importance, "importance", {"loss-second-moment"}}});
+  return table;
 }
-std::string to_string(TimestepSamplerKind k) { return k == TimestepSamplerKind::Uniform ? "uniform" : "importance"; }
+}  // namespace
+std::vector<std::string> timestep_sampler_names() { return timestep_sampler_kinds().names(); }
+TimestepSamplerKind parse_timestep_sampler(const std::string& name) { return timestep_sampler_kinds().parse(name); }
+std::string to_string(TimestepSamplerKind v) { return timestep_sampler_kinds().to_string(v); }
 
 TimestepDraw TimestepSampler::sample(int64_t batch, const torch::Device& device, torch::Generator gen) const {
   auto p = probabilities();

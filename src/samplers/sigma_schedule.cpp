@@ -4,26 +4,21 @@
 
 #include "diffuse/error.h"
 #include "diffuse/samplers/denoiser.h"
+#include "enum_names.h"
 
 namespace diffuse {
 
-std::vector<std::string> sigma_schedule_names() { return {"karras", "exponential", "model"}; }
-
-SigmaSchedule parse_sigma_schedule(const std::string& name) {
-  if (name == "karras") return SigmaSchedule::Karras;
-  if (name == "exponential") return SigmaSchedule::Exponential;
-  if (name == "model") return SigmaSchedule::Model;
-  throw_not_one_of("sigmas", name, sigma_schedule_names());
+namespace {
+const EnumNames<SigmaSchedule>& sigma_schedules() {
+  static const EnumNames<SigmaSchedule> table("sigmas", {{SigmaSchedule::Karras, "karras"},
+                                                         {SigmaSchedule::Exponential, "exponential"},
+                                                         {SigmaSchedule::Model, "model"}});
+  return table;
 }
-
-std::string to_string(SigmaSchedule s) {
-  switch (s) {
-    case SigmaSchedule::Karras: return "karras";
-    case SigmaSchedule::Exponential: return "exponential";
-    case SigmaSchedule::Model: return "model";
-  }
-  return "?";
-}
+}  // namespace
+std::vector<std::string> sigma_schedule_names() { return sigma_schedules().names(); }
+SigmaSchedule parse_sigma_schedule(const std::string& name) { return sigma_schedules().parse(name); }
+std::string to_string(SigmaSchedule v) { return sigma_schedules().to_string(v); }
 
 std::vector<double> karras_sigmas(int64_t n, double sigma_min, double sigma_max, double rho) {
   std::vector<double> out(static_cast<size_t>(n) + 1, 0.0);
