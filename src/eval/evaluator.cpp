@@ -122,20 +122,52 @@ torch::Generator batch_generator(uint64_t seed, int64_t batch, uint64_t stream) 
   return at::detail::createCPUGenerator(NoiseSource::stream_key(seed, batch, stream));
 }
 
-}  // namespace
+// What every metric unit shares: the request, the ranks, the report and the output folder.
+struct EvalContext {
+  EvalContext(Network& net_, const GaussianDiffusion& diffusion_, const EvalRequest& req_, ProcessGroup& pg_)
+      : net(net_),
+        diffusion(diffusion_),
+        req(req_),
+        cfg(req_.config),
+        ev(req_.config.eval),
+        pg(pg_),
+        R(pg_.rank()),
+        W(pg_.world_size()),
+        lead(pg_.rank() == 0) {}
 
-EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const EvalRequest& req) {
-  const auto& cfg = req.config;
-  const auto& ev = cfg.eval;
-  for (const auto& m : ev.metrics) {
-    const auto names = eval_metric_names();
-    if (std::find(names.begin(), names.end(), m) == names.end()) throw_not_one_of("eval metric", m, names);
+  bool wants(const char* metric) const {
+    return std::find(ev.metrics.begin(), ev.metrics.end(), metric) != ev.metrics.end();
   }
+  bool images() const { return req.shape.shape.size() == 3; }
+  // The path of an output file; rank 0 creates the folder at the first file, so a refused eval
+  // leaves no folder.
+  std::string out(const std::string& name) const {
+    if (lead) fs::create_directories(req.out_dir);
+    return (fs::path(req.out_dir) / name).string();
+  }
+
+  Network& net;
+  const GaussianDiffusion& diffusion;
+  const EvalRequest& req;
+  const Config& cfg;
+  const EvalConfig& ev;
+  ProcessGroup& pg;
+  const int64_t R, W;
+  const bool lead;  // writes the files and shows progress
+  Reporter rep;
+};
+
+// Refuses metric sets that cannot run on this model and data, before any work.
+void check_request(const Network& net, const EvalRequest& req) {
+  const auto& ev = req.config.eval;
+  const auto names = eval_metric_names();
+  for (const auto& m : ev.metrics)
+    if (std::find(names.begin(), names.end(), m) == names.end()) throw_not_one_of("eval metric", m, names);
   auto wants = [&](const char* m) { return std::find(ev.metrics.begin(), ev.metrics.end(), m) != ev.metrics.end(); };
   const bool images = req.shape.shape.size() == 3;
   if ((wants("fid") || wants("kid")) && !images)
     throw UsageError("fid/kid need image data; use the 'toy' metric for toy2d");
-  if (wants("toy") && cfg.data.dataset != DatasetKind::Toy2d)
+  if (wants("toy") && req.config.data.dataset != DatasetKind::Toy2d)
     throw UsageError("the 'toy' metric needs data.dataset: toy2d");
   const bool generates =
       ((wants("fid") || wants("kid") || wants("toy")) && req.samples_dir.empty()) || !req.sweep.empty();
@@ -143,342 +175,394 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     throw UsageError(
         "fid / kid / sweeps: a super-resolution model samples from low-resolution images; make them with "
         "`diffuse sample --low-res FILE` and measure the folder with `diffuse eval --samples DIR`");
-  ProcessGroup solo;
-  ProcessGroup& pg = req.group ? *req.group : solo;
-  const int64_t R = pg.rank(), W = pg.world_size();
-  const bool lead = R == 0;  // writes the files and shows progress
-  if (lead) check_output_dir(req.out_dir, "the output directory (--out)");
-  Reporter rep;
-  net.eval();
-  torch::NoGradGuard no_grad;
-  auto out = [&](const std::string& name) {
-    if (lead) fs::create_directories(req.out_dir);  // at the first file: a refused eval leaves no folder
-    return (fs::path(req.out_dir) / name).string();
-  };
+}
 
-  // --- the variational bound on held-out data -------------------------------------------------
-  if (wants("bpd") || wants("bpd-mc")) {
-    if (!images) throw UsageError("bpd is defined for 8-bit image data; use the 'toy' metric for toy2d");
-    DataConfig dc = cfg.data;
-    dc.split = ev.split;
+// The held-out images of the bound, in batches of eval.batch_size. Batch b (images bB .. bB + B
+// - 1, noise from (seed, b)) is rank b mod W's. Each round the ranks do one batch each and rank
+// order is batch order, so the gathered results reach the accumulator in the order of a one-rank
+// run, with the same bits.
+class BoundBatches {
+ public:
+  explicit BoundBatches(EvalContext& c) : c_(c) {
+    if (!c.images()) throw UsageError("bpd is defined for 8-bit image data; use the 'toy' metric for toy2d");
+    DataConfig dc = c.cfg.data;
+    dc.split = c.ev.split;
     dc.limit = 0;
-    auto ds = make_dataset(dc, cfg.train.seed);
-    const bool given_labels = bound_given_labels(net, cfg.model);
-    torch::Tensor y_all;
-    auto x_all = load_examples(*ds, ev.num_images, &y_all);
-    const int64_t N = x_all.size(0), T = diffusion.num_timesteps(), B = ev.batch_size;
-    rep.setting("decoder_cdf", to_string(ev.decoder_cdf));
+    auto ds = make_dataset(dc, c.cfg.train.seed);
+    given_labels_ = bound_given_labels(c.net, c.cfg.model);
+    x_all_ = load_examples(*ds, c.ev.num_images, &y_all_);
+    N_ = x_all_.size(0);
+    B_ = c.ev.batch_size;
+    c.rep.setting("decoder_cdf", to_string(c.ev.decoder_cdf));
     const std::string given_low_res =
-        net.low_res_size() > 0 ? fmt::format(", given x averaged down to {0}x{0}", net.low_res_size()) : "";
-    rep.setting("bound", (given_labels ? "p(x | y) with the images' labels (model.p_uncond 0: no unconditional model)"
-                                       : "p(x)") +
-                             given_low_res);
-    if (given_labels && N > 0 && y_all.min().item<int64_t>() < 0)
+        c.net.low_res_size() > 0 ? fmt::format(", given x averaged down to {0}x{0}", c.net.low_res_size()) : "";
+    c.rep.setting(
+        "bound",
+        (given_labels_ ? "p(x | y) with the images' labels (model.p_uncond 0: no unconditional model)" : "p(x)") +
+            given_low_res);
+    if (given_labels_ && N_ > 0 && y_all_.min().item<int64_t>() < 0)
       throw UsageError(
           "bpd: this class-conditional model was trained without the null label (model.p_uncond 0, as "
           "OpenAI's are), so its bound is of p(x | y) and needs labelled images (data.class_labels: true "
           "and a labelled dataset, e.g. class subfolders)");
-    rep.value("num_images", static_cast<double>(N));
-    rep.value("timesteps", static_cast<double>(T));
-    // Batch b (images bB .. bB + B - 1, noise from (seed, b)) is rank b mod W's. Each round the
-    // ranks do one batch each and rank order is batch order, so the gathered results reach the
-    // accumulator in the order of a one-rank run, with the same bits.
-    const int64_t batches = (N + B - 1) / B;
-    auto batch_x0 = [&](int64_t b) { return x_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device); };
-    // Batch b's network: the null label, or batch b's own labels.
-    auto fn = [&](int64_t b) {
-      return bound_fn(net,
-                      given_labels ? y_all.slice(0, b * B, std::min(N, (b + 1) * B)).to(req.device) : torch::Tensor(),
-                      batch_x0(b));
-    };
-    auto images_before = [&](int64_t b) { return std::min(N, b * B); };
-    // f(b, images in the round, images up to its end) per round; b = -1 when this rank has none.
-    auto each_round = [&](auto&& f) {
-      for (int64_t first = 0; first < batches; first += W) {
-        const int64_t b = first + R, end = images_before(std::min(batches, first + W));
-        f(b < batches ? b : -1, end - images_before(first), end);
-      }
-    };
-    if (wants("bpd")) {
-      BpdAccumulator acc;
-      ProgressBar bar("bpd", N * T, 0, lead && stderr_is_terminal());
-      const bool plain_log = lead && !bar.enabled();
-      int64_t done = 0;
-      each_round([&](int64_t b, int64_t round_images, int64_t images_after) {
-        auto rows = torch::empty({0, 4 + 3 * T}, torch::kFloat64);
-        if (b >= 0) {
-          BpdOptions opts;
-          opts.decoder_cdf = ev.decoder_cdf;
-          int64_t k = 0;
-          opts.progress = [&](int64_t) { bar.update(done + (++k) * round_images); };
-          rows = bpd_rows(calc_bpd_loop(diffusion, fn(b), batch_x0(b), batch_generator(req.seed, b, kBpdStream), opts));
-        }
-        acc.add_rows(all_gather_rows(pg, rows, "bpd terms"));
-        done += round_images * T;
-        if (plain_log) std::cerr << fmt::format("bpd: {}/{} images\n", images_after, N);
-      });
-      bar.finish();
-      auto s = acc.summary();
-      s.decoder_cdf = to_string(ev.decoder_cdf);
-      rep.value("total_bpd", s.total_bpd);
-      rep.value("total_bpd_std_error", s.total_bpd_std_error);
-      rep.value("prior_bpd", s.prior_bpd);
-      rep.value("decoder_bpd", s.decoder_bpd);
-      rep.value("diffusion_bpd", s.diffusion_bpd);
-      rep.file("per-t terms (CSV)", out("bpd_terms.csv"));
-      rep.file("bound (JSON)", out("bpd.json"));
-      rep.file("per-t terms (plot)", out("bpd_terms.png"));
-      rep.file("per-t MSE (plot)", out("mse_terms.png"));
-      if (lead) {
-        write_bpd_terms_csv(out("bpd_terms.csv"), s);
-        write_bpd_json(out("bpd.json"), s);
-        std::vector<double> ts(static_cast<size_t>(T));
-        for (int64_t t = 0; t < T; ++t) ts[static_cast<size_t>(t)] = static_cast<double>(t);
-        PlotOptions po;
-        po.title = fmt::format("VLB terms, total {:.4f} bits/dim", s.total_bpd);
-        po.x_label = "t";
-        po.y_label = "bits/dim";
-        po.log_y = true;
-        save_png(out("bpd_terms.png"), plot_lines({line("L_t (bits/dim)", ts, s.vb_bpd)}, po));
-        PlotOptions pm = po;
-        pm.title = "denoising error per t";
-        pm.y_label = "MSE";
-        save_png(out("mse_terms.png"), plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
-      }
-    }
-    if (wants("bpd-mc")) {
-      std::vector<torch::Tensor> per_image;
-      BpdMcOptions mo;
-      mo.samples_per_image = ev.mc_timesteps;
-      mo.decoder_cdf = ev.decoder_cdf;
-      mo.probabilities = req.timestep_probabilities;
-      ProgressBar bar("bpd-mc", N, 0, lead && stderr_is_terminal());
-      each_round([&](int64_t b, int64_t, int64_t images_after) {
-        auto mine = torch::empty({0}, torch::kFloat64);
-        if (b >= 0)
-          mine = estimate_bpd_mc(diffusion, fn(b), batch_x0(b), batch_generator(req.seed, b, kBpdMcStream), mo)
-                     .per_image.to(torch::kCPU, torch::kFloat64);
-        per_image.push_back(all_gather_rows(pg, mine, "bpd-mc estimates"));
-        bar.update(images_after);
-      });
-      bar.finish();
-      auto est = make_bpd_estimate(torch::cat(per_image), ev.mc_timesteps);
-      rep.value("bpd_mc", est.mean);
-      rep.value("bpd_mc_std_error", est.std_error);
-      rep.value("bpd_mc_timesteps_per_image", static_cast<double>(ev.mc_timesteps));
+    c.rep.value("num_images", static_cast<double>(N_));
+    c.rep.value("timesteps", static_cast<double>(c.diffusion.num_timesteps()));
+  }
+
+  int64_t size() const { return N_; }
+  torch::Tensor x0(int64_t b) const { return x_all_.slice(0, b * B_, std::min(N_, (b + 1) * B_)).to(c_.req.device); }
+  // Batch b's network: the null label, or batch b's own labels.
+  ModelFn fn(int64_t b) const {
+    return bound_fn(
+        c_.net, given_labels_ ? y_all_.slice(0, b * B_, std::min(N_, (b + 1) * B_)).to(c_.req.device) : torch::Tensor(),
+        x0(b));
+  }
+  // f(b, images in the round, images up to its end) per round; b = -1 when this rank has none.
+  template <class F>
+  void each_round(F&& f) const {
+    const int64_t batches = (N_ + B_ - 1) / B_;
+    auto images_before = [&](int64_t b) { return std::min(N_, b * B_); };
+    for (int64_t first = 0; first < batches; first += c_.W) {
+      const int64_t b = first + c_.R, end = images_before(std::min(batches, first + c_.W));
+      f(b < batches ? b : -1, end - images_before(first), end);
     }
   }
 
-  // --- sample quality ------------------------------------------------------------------------
-  std::unique_ptr<FeatureExtractor> extractor;
-  std::string extractor_id;
-  FeatureStats ref_stats;
-  torch::Tensor ref_feats;
-  // What the reference statistics describe; a cache made from anything else is refused.
-  auto reference_source = [&] {
-    std::string shape;
-    for (auto d : req.shape.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
-    if (!ev.reference.empty())
-      return fmt::format("images in {} at {}", fs::weakly_canonical(ev.reference).string(), shape);
-    return fmt::format(
-        "{} {} split of {} at {}", to_string(cfg.data.dataset), ev.split,
-        cfg.data.path.empty() ? std::string("(default path)") : fs::weakly_canonical(cfg.data.path).string(), shape);
-  };
-  FeatureStats cached;      // --reference-stats, when the file exists (checked against the network)
-  bool have_stats = false;  // ref_stats holds the reference statistics
+ private:
+  EvalContext& c_;
+  bool given_labels_ = false;
+  torch::Tensor x_all_, y_all_;
+  int64_t N_ = 0, B_ = 1;
+};
+
+// The whole T-step bound (improved-diffusion's calc_bpd_loop), its terms per t as CSV, JSON and plots.
+void exact_bound(EvalContext& c, const BoundBatches& batches) {
+  const int64_t N = batches.size(), T = c.diffusion.num_timesteps();
+  BpdAccumulator acc;
+  ProgressBar bar("bpd", N * T, 0, c.lead && stderr_is_terminal());
+  const bool plain_log = c.lead && !bar.enabled();
+  int64_t done = 0;
+  batches.each_round([&](int64_t b, int64_t round_images, int64_t images_after) {
+    auto rows = torch::empty({0, 4 + 3 * T}, torch::kFloat64);
+    if (b >= 0) {
+      BpdOptions opts;
+      opts.decoder_cdf = c.ev.decoder_cdf;
+      int64_t k = 0;
+      opts.progress = [&](int64_t) { bar.update(done + (++k) * round_images); };
+      rows = bpd_rows(
+          calc_bpd_loop(c.diffusion, batches.fn(b), batches.x0(b), batch_generator(c.req.seed, b, kBpdStream), opts));
+    }
+    acc.add_rows(all_gather_rows(c.pg, rows, "bpd terms"));
+    done += round_images * T;
+    if (plain_log) std::cerr << fmt::format("bpd: {}/{} images\n", images_after, N);
+  });
+  bar.finish();
+  auto s = acc.summary();
+  s.decoder_cdf = to_string(c.ev.decoder_cdf);
+  c.rep.value("total_bpd", s.total_bpd);
+  c.rep.value("total_bpd_std_error", s.total_bpd_std_error);
+  c.rep.value("prior_bpd", s.prior_bpd);
+  c.rep.value("decoder_bpd", s.decoder_bpd);
+  c.rep.value("diffusion_bpd", s.diffusion_bpd);
+  c.rep.file("per-t terms (CSV)", c.out("bpd_terms.csv"));
+  c.rep.file("bound (JSON)", c.out("bpd.json"));
+  c.rep.file("per-t terms (plot)", c.out("bpd_terms.png"));
+  c.rep.file("per-t MSE (plot)", c.out("mse_terms.png"));
+  if (!c.lead) return;
+  write_bpd_terms_csv(c.out("bpd_terms.csv"), s);
+  write_bpd_json(c.out("bpd.json"), s);
+  std::vector<double> ts(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) ts[static_cast<size_t>(t)] = static_cast<double>(t);
+  PlotOptions po;
+  po.title = fmt::format("VLB terms, total {:.4f} bits/dim", s.total_bpd);
+  po.x_label = "t";
+  po.y_label = "bits/dim";
+  po.log_y = true;
+  save_png(c.out("bpd_terms.png"), plot_lines({line("L_t (bits/dim)", ts, s.vb_bpd)}, po));
+  PlotOptions pm = po;
+  pm.title = "denoising error per t";
+  pm.y_label = "MSE";
+  save_png(c.out("mse_terms.png"), plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
+}
+
+// The unbiased estimate from eval.mc_timesteps random t per image, with its standard error.
+void monte_carlo_bound(EvalContext& c, const BoundBatches& batches) {
+  std::vector<torch::Tensor> per_image;
+  BpdMcOptions mo;
+  mo.samples_per_image = c.ev.mc_timesteps;
+  mo.decoder_cdf = c.ev.decoder_cdf;
+  mo.probabilities = c.req.timestep_probabilities;
+  ProgressBar bar("bpd-mc", batches.size(), 0, c.lead && stderr_is_terminal());
+  batches.each_round([&](int64_t b, int64_t, int64_t images_after) {
+    auto mine = torch::empty({0}, torch::kFloat64);
+    if (b >= 0)
+      mine =
+          estimate_bpd_mc(c.diffusion, batches.fn(b), batches.x0(b), batch_generator(c.req.seed, b, kBpdMcStream), mo)
+              .per_image.to(torch::kCPU, torch::kFloat64);
+    per_image.push_back(all_gather_rows(c.pg, mine, "bpd-mc estimates"));
+    bar.update(images_after);
+  });
+  bar.finish();
+  auto est = make_bpd_estimate(torch::cat(per_image), c.ev.mc_timesteps);
+  c.rep.value("bpd_mc", est.mean);
+  c.rep.value("bpd_mc_std_error", est.std_error);
+  c.rep.value("bpd_mc_timesteps_per_image", static_cast<double>(c.ev.mc_timesteps));
+}
+
+// Sample quality against the reference: the feature network, the reference statistics (cached
+// in --reference-stats when asked) and the toy distances, for any set of samples.
+class SampleQuality {
+ public:
+  explicit SampleQuality(EvalContext& c) : c_(c) {}
+
   // Opens the feature network and checks a --reference-stats cache against it and against the
   // reference asked for. Called before any sample is generated, so a mismatch costs nothing.
-  auto open_extractor = [&] {
-    if (extractor) return;
+  void open() {
+    if (extractor_) return;
+    const auto& ev = c_.ev;
     if (ev.feature_extractor.empty())
       throw UsageError("fid/kid need eval.feature_extractor (a TorchScript feature network; see docs/fid.md)");
     FeatureExtractorOptions fo;
-    fo.device = req.device;
-    extractor = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);
-    extractor_id = feature_network_fingerprint(ev.feature_extractor);
-    const auto& path = req.reference_stats;
+    fo.device = c_.req.device;
+    extractor_ = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);
+    extractor_id_ = feature_network_fingerprint(ev.feature_extractor);
+    const auto& path = c_.req.reference_stats;
     if (path.empty() || !fs::exists(path)) return;
-    cached = load_feature_stats(path);
+    cached_ = load_feature_stats(path);
     const std::string fix = "; delete it, or give --reference-stats another file, to compute fresh statistics";
-    if (!cached.extractor.empty() && cached.extractor != extractor_id)
+    if (!cached_.extractor.empty() && cached_.extractor != extractor_id_)
       throw UsageError(
           fmt::format("reference statistics '{}' were computed with another feature network ({}) than "
                       "eval.feature_extractor '{}' ({}){}",
-                      path, cached.extractor, ev.feature_extractor, extractor_id, fix));
+                      path, cached_.extractor, ev.feature_extractor, extractor_id_, fix));
     const auto source = reference_source();
-    if (!cached.reference.empty() && cached.reference != source)
+    if (!cached_.reference.empty() && cached_.reference != source)
       throw UsageError(fmt::format("reference statistics '{}' describe {}, not {} as asked now{}", path,
-                                   cached.reference, source, fix));
-    if (cached.extractor.empty() && lead)
+                                   cached_.reference, source, fix));
+    if (cached_.extractor.empty() && c_.lead)
       std::cerr << "note: reference statistics '" << path
                 << "' do not record their feature network or images (an .npz or an older file); used as given\n";
-  };
-  // Features [n, D], float64 on the CPU, of this rank's images, gathered from every rank in rank
-  // order. A rank without images runs one blank image to learn D, so the rows it sends (none)
-  // have the shape of the others'.
-  auto gathered_features = [&](const torch::Tensor& x, const char* what) {
-    auto one = x.sizes().vec();
-    one[0] = 1;
-    auto f =
-        x.size(0) > 0 ? extractor->features(x) : extractor->features(torch::zeros(one, x.options())).slice(0, 0, 0);
-    return all_gather_rows(pg, f.to(torch::kCPU, torch::kFloat64).contiguous(), what);
-  };
-  auto ensure_reference = [&](bool need_features) {
-    open_extractor();
-    if (have_stats && (!need_features || ref_feats.defined())) return;
-    if (!need_features && cached.mu.defined()) {
-      ref_stats = cached;
-      have_stats = true;
-      return;
-    }
-    torch::Tensor x;  // every rank reads the reference and measures its rank_slice of it
-    if (!ev.reference.empty()) {
-      x = load_sample_folder(ev.reference, folder_channels(req.shape), folder_size(req.shape), lead);
-    } else {
-      DataConfig dc = cfg.data;
-      dc.split = ev.split;
-      dc.limit = 0;
-      x = load_examples(*make_dataset(dc, cfg.train.seed), 0);
-    }
-    const auto share = rank_slice(x.size(0), R, W);
-    ref_feats = gathered_features(x.slice(0, share.begin, share.end), "reference features");
-    have_stats = true;
-    if (!lead) return;  // statistics and metrics are rank 0's
-    ref_stats = feature_stats(ref_feats);
-    ref_stats.extractor = extractor_id;
-    ref_stats.reference = reference_source();
-    // An existing cache was checked above to describe this network and these images, so fresh
-    // statistics over it lose nothing; one that records nothing (an .npz from pytorch-fid, say)
-    // is the user's and is left alone.
-    if (!req.reference_stats.empty() && (!cached.mu.defined() || !cached.extractor.empty())) {
-      save_feature_stats(ref_stats, req.reference_stats);
-      rep.file("reference statistics", req.reference_stats);
-    }
-  };
+  }
+
   // The metrics of the samples whose share `mine` is this rank's: gathered (toy) or measured
   // here and gathered (features), then computed on rank 0 (the others get no values).
-  auto quality = [&](const torch::Tensor& mine, const std::string& prefix) {
+  std::vector<std::pair<std::string, double>> measure(const torch::Tensor& mine, const std::string& prefix) {
     std::vector<std::pair<std::string, double>> q;
     torch::Tensor samples, feats;
-    if (wants("toy")) samples = all_gather_rows(pg, mine, "samples");
-    if (wants("fid") || wants("kid")) {
-      ensure_reference(wants("kid"));
+    if (c_.wants("toy")) samples = all_gather_rows(c_.pg, mine, "samples");
+    if (c_.wants("fid") || c_.wants("kid")) {
+      ensure_reference(c_.wants("kid"));
       feats = gathered_features(mine, "sample features");
     }
-    if (!lead) return q;
-    if (wants("toy")) {
-      auto truth = sample_toy(cfg.data.toy, samples.size(0), req.seed + 1);
+    if (!c_.lead) return q;
+    if (c_.wants("toy")) {
+      auto truth = sample_toy(c_.cfg.data.toy, samples.size(0), c_.req.seed + 1);
       SlicedWassersteinOptions so;
-      so.seed = req.seed;
+      so.seed = c_.req.seed;
       q.emplace_back(prefix + "sliced_w2", sliced_wasserstein2(samples, truth, so));
       MmdOptions mo;
-      mo.seed = req.seed;
+      mo.seed = c_.req.seed;
       q.emplace_back(prefix + "mmd2_rbf", mmd_rbf(samples, truth, mo).mmd2);
     }
     if (feats.defined()) {
-      if (wants("fid")) q.emplace_back(prefix + "fid", frechet_distance(feature_stats(feats), ref_stats));
-      if (wants("kid")) {
-        auto k = kid(feats, ref_feats, 100, 1000, req.seed);
+      if (c_.wants("fid")) q.emplace_back(prefix + "fid", frechet_distance(feature_stats(feats), ref_stats_));
+      if (c_.wants("kid")) {
+        auto k = kid(feats, ref_feats_, 100, 1000, c_.req.seed);
         q.emplace_back(prefix + "kid", k.mean);
         q.emplace_back(prefix + "kid_std", k.std);
       }
     }
     return q;
-  };
+  }
 
-  const bool sample_metrics = wants("fid") || wants("kid") || wants("toy");
-  if (wants("fid") || wants("kid")) open_extractor();  // refuse a bad network or cache before sampling
-  if (sample_metrics) {
-    torch::Tensor mine;  // this rank's share of the samples
-    int64_t total = cfg.eval.num_samples;
-    if (!req.samples_dir.empty()) {
-      auto all = load_sample_folder(req.samples_dir, folder_channels(req.shape), folder_size(req.shape), lead);
-      total = all.size(0);
-      const auto share = rank_slice(total, R, W);
-      mine = all.slice(0, share.begin, share.end);
+  // Images in the reference statistics (0 before any were computed or read).
+  int64_t reference_count() const { return ref_stats_.n; }
+
+ private:
+  // What the reference statistics describe; a cache made from anything else is refused.
+  std::string reference_source() const {
+    const auto& ev = c_.ev;
+    std::string shape;
+    for (auto d : c_.req.shape.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    if (!ev.reference.empty())
+      return fmt::format("images in {} at {}", fs::weakly_canonical(ev.reference).string(), shape);
+    const auto& data = c_.cfg.data;
+    return fmt::format("{} {} split of {} at {}", to_string(data.dataset), ev.split,
+                       data.path.empty() ? std::string("(default path)") : fs::weakly_canonical(data.path).string(),
+                       shape);
+  }
+
+  // Features [n, D], float64 on the CPU, of this rank's images, gathered from every rank in rank
+  // order. A rank without images runs one blank image to learn D, so the rows it sends (none)
+  // have the shape of the others'.
+  torch::Tensor gathered_features(const torch::Tensor& x, const char* what) {
+    auto one = x.sizes().vec();
+    one[0] = 1;
+    auto f =
+        x.size(0) > 0 ? extractor_->features(x) : extractor_->features(torch::zeros(one, x.options())).slice(0, 0, 0);
+    return all_gather_rows(c_.pg, f.to(torch::kCPU, torch::kFloat64).contiguous(), what);
+  }
+
+  void ensure_reference(bool need_features) {
+    open();
+    if (have_stats_ && (!need_features || ref_feats_.defined())) return;
+    if (!need_features && cached_.mu.defined()) {
+      ref_stats_ = cached_;
+      have_stats_ = true;
+      return;
+    }
+    const auto& ev = c_.ev;
+    torch::Tensor x;  // every rank reads the reference and measures its rank_slice of it
+    if (!ev.reference.empty()) {
+      x = load_sample_folder(ev.reference, folder_channels(c_.req.shape), folder_size(c_.req.shape), c_.lead);
     } else {
-      auto r = generate_for_eval(net, diffusion, req, pg, cfg.sample.sampler, cfg.sample.steps);
-      mine = r.samples;
-      rep.value("sample_seconds", r.seconds);
+      DataConfig dc = c_.cfg.data;
+      dc.split = ev.split;
+      dc.limit = 0;
+      x = load_examples(*make_dataset(dc, c_.cfg.train.seed), 0);
     }
-    rep.value("num_samples", static_cast<double>(total));
-    for (auto& [k, v] : quality(mine, "")) rep.value(k, v);
-    if (ref_stats.n > 0) rep.value("num_reference", static_cast<double>(ref_stats.n));
+    const auto share = rank_slice(x.size(0), c_.R, c_.W);
+    ref_feats_ = gathered_features(x.slice(0, share.begin, share.end), "reference features");
+    have_stats_ = true;
+    if (!c_.lead) return;  // statistics and metrics are rank 0's
+    ref_stats_ = feature_stats(ref_feats_);
+    ref_stats_.extractor = extractor_id_;
+    ref_stats_.reference = reference_source();
+    // An existing cache was checked above to describe this network and these images, so fresh
+    // statistics over it lose nothing; one that records nothing (an .npz from pytorch-fid, say)
+    // is the user's and is left alone.
+    const auto& path = c_.req.reference_stats;
+    if (!path.empty() && (!cached_.mu.defined() || !cached_.extractor.empty())) {
+      save_feature_stats(ref_stats_, path);
+      c_.rep.file("reference statistics", path);
+    }
   }
 
-  // --- sweep: samplers x step counts -----------------------------------------------------------
-  if (!req.sweep.empty()) {
-    if (!sample_metrics) throw UsageError("--sweep needs a sample-quality metric (fid, kid or toy) in --metrics");
-    std::string csv = "sampler,steps,nfe_per_sample,seconds,samples_per_second";
-    std::vector<std::string> metric_names;
-    std::map<std::string, Series> curves, timed;  // quality against NFE, and against seconds per sample
-    std::string main_metric;
-    for (const auto& e : req.sweep) {
-      for (auto steps : e.steps) {
-        auto r = generate_for_eval(net, diffusion, req, pg, e.sampler, steps);
-        auto q = quality(r.samples, "");
-        if (!lead) continue;
-        if (metric_names.empty()) {
-          for (auto& [k, v] : q) {
-            metric_names.push_back(k);
-            csv += "," + k;
-          }
-          csv += "\n";
-          main_metric = metric_names.front();
+  EvalContext& c_;
+  std::unique_ptr<FeatureExtractor> extractor_;
+  std::string extractor_id_;
+  FeatureStats cached_;      // --reference-stats, when the file exists (checked against the network)
+  bool have_stats_ = false;  // ref_stats_ holds the reference statistics
+  FeatureStats ref_stats_;
+  torch::Tensor ref_feats_;
+};
+
+// FID / KID / toy distances of --samples DIR, or of eval.num_samples samples generated here.
+void sample_metrics(EvalContext& c, SampleQuality& quality) {
+  torch::Tensor mine;  // this rank's share of the samples
+  int64_t total = c.ev.num_samples;
+  if (!c.req.samples_dir.empty()) {
+    auto all = load_sample_folder(c.req.samples_dir, folder_channels(c.req.shape), folder_size(c.req.shape), c.lead);
+    total = all.size(0);
+    const auto share = rank_slice(total, c.R, c.W);
+    mine = all.slice(0, share.begin, share.end);
+  } else {
+    auto r = generate_for_eval(c.net, c.diffusion, c.req, c.pg, c.cfg.sample.sampler, c.cfg.sample.steps);
+    mine = r.samples;
+    c.rep.value("sample_seconds", r.seconds);
+  }
+  c.rep.value("num_samples", static_cast<double>(total));
+  for (auto& [k, v] : quality.measure(mine, "")) c.rep.value(k, v);
+  if (quality.reference_count() > 0) c.rep.value("num_reference", static_cast<double>(quality.reference_count()));
+}
+
+// Samplers x step counts: quality against NFE and against time, as sweep.csv and two plots.
+void sweep(EvalContext& c, SampleQuality& quality) {
+  std::string csv = "sampler,steps,nfe_per_sample,seconds,samples_per_second";
+  std::vector<std::string> metric_names;
+  std::map<std::string, Series> curves, timed;  // quality against NFE, and against seconds per sample
+  std::string main_metric;
+  for (const auto& e : c.req.sweep) {
+    for (auto steps : e.steps) {
+      auto r = generate_for_eval(c.net, c.diffusion, c.req, c.pg, e.sampler, steps);
+      auto q = quality.measure(r.samples, "");
+      if (!c.lead) continue;
+      if (metric_names.empty()) {
+        for (auto& [k, v] : q) {
+          metric_names.push_back(k);
+          csv += "," + k;
         }
-        const auto n = static_cast<double>(cfg.eval.num_samples);  // r.samples: this rank's share
-        const double nfe_per_sample = static_cast<double>(r.nfe) / static_cast<double>(std::max<int64_t>(1, r.batches));
-        csv += fmt::format("{},{},{},{},{}", e.sampler, steps, nfe_per_sample, r.seconds, n / r.seconds);
-        for (auto& [k, v] : q) csv += "," + jnum(v);
         csv += "\n";
-        auto add_point = [&](std::map<std::string, Series>& plot, double x) {
-          auto& c = plot[e.sampler];
-          c.label = e.sampler;
-          c.x.push_back(x);
-          c.y.push_back(q.front().second);
-          c.markers = true;
-        };
-        add_point(curves, nfe_per_sample);
-        add_point(timed, r.seconds / std::max(1.0, n));
-        std::cerr << fmt::format("sweep: {} {} steps: {} = {:.5g} ({:.1f}s)\n", e.sampler, steps, main_metric,
-                                 q.front().second, r.seconds);
+        main_metric = metric_names.front();
       }
-    }
-    if (lead) {  // the others have no values
-      write_file_atomic(out("sweep.csv"), csv);
-      rep.file("sweep table", out("sweep.csv"));
-      std::vector<Series> series;
-      for (auto& [k, s] : curves) series.push_back(s);
-      PlotOptions po;
-      po.title = "sample quality vs network evaluations";
-      po.x_label = "NFE per sample";
-      po.y_label = main_metric;
-      po.log_x = true;
-      save_png(out("sweep.png"), plot_lines(series, po));
-      rep.file("sweep plot (NFE)", out("sweep.png"));
-      series.clear();
-      for (auto& [k, s] : timed) series.push_back(s);
-      po.title = "sample quality vs time";
-      po.x_label = "seconds per sample";
-      save_png(out("sweep_time.png"), plot_lines(series, po));
-      rep.file("sweep plot (time)", out("sweep_time.png"));
+      const auto n = static_cast<double>(c.ev.num_samples);  // r.samples: this rank's share
+      const double nfe_per_sample = static_cast<double>(r.nfe) / static_cast<double>(std::max<int64_t>(1, r.batches));
+      csv += fmt::format("{},{},{},{},{}", e.sampler, steps, nfe_per_sample, r.seconds, n / r.seconds);
+      for (auto& [k, v] : q) csv += "," + jnum(v);
+      csv += "\n";
+      auto add_point = [&](std::map<std::string, Series>& plot, double x) {
+        auto& s = plot[e.sampler];
+        s.label = e.sampler;
+        s.x.push_back(x);
+        s.y.push_back(q.front().second);
+        s.markers = true;
+      };
+      add_point(curves, nfe_per_sample);
+      add_point(timed, r.seconds / std::max(1.0, n));
+      std::cerr << fmt::format("sweep: {} {} steps: {} = {:.5g} ({:.1f}s)\n", e.sampler, steps, main_metric,
+                               q.front().second, r.seconds);
     }
   }
+  if (!c.lead) return;  // the others have no values
+  write_file_atomic(c.out("sweep.csv"), csv);
+  c.rep.file("sweep table", c.out("sweep.csv"));
+  std::vector<Series> series;
+  for (auto& [k, s] : curves) series.push_back(s);
+  PlotOptions po;
+  po.title = "sample quality vs network evaluations";
+  po.x_label = "NFE per sample";
+  po.y_label = main_metric;
+  po.log_x = true;
+  save_png(c.out("sweep.png"), plot_lines(series, po));
+  c.rep.file("sweep plot (NFE)", c.out("sweep.png"));
+  series.clear();
+  for (auto& [k, s] : timed) series.push_back(s);
+  po.title = "sample quality vs time";
+  po.x_label = "seconds per sample";
+  save_png(c.out("sweep_time.png"), plot_lines(series, po));
+  c.rep.file("sweep plot (time)", c.out("sweep_time.png"));
+}
 
-  // --- one JSON object with every number --------------------------------------------------------
-  if (!lead) return rep.report;
+// One JSON object with every number and setting, as eval.json (rank 0).
+void write_json(EvalContext& c) {
+  auto& report = c.rep.report;
   std::string json = "{";
-  for (size_t i = 0; i < rep.report.values.size(); ++i) {
-    const auto& [k, v] = rep.report.values[i];
+  for (size_t i = 0; i < report.values.size(); ++i) {
+    const auto& [k, v] = report.values[i];
     json += fmt::format("{}\"{}\": {}", i ? ", " : "", k, jnum(v));
   }
-  for (const auto& [k, v] : rep.report.settings)
+  for (const auto& [k, v] : report.settings)
     json += fmt::format("{}\"{}\": \"{}\"", json.size() > 1 ? ", " : "", k, v);  // names only: nothing to escape
   json += "}";
-  rep.report.json = json;
-  write_file_atomic(out("eval.json"), json + "\n");
-  rep.file("all numbers (JSON)", out("eval.json"));
-  return rep.report;
+  report.json = json;
+  write_file_atomic(c.out("eval.json"), json + "\n");
+  c.rep.file("all numbers (JSON)", c.out("eval.json"));
+}
+
+}  // namespace
+
+EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const EvalRequest& req) {
+  check_request(net, req);
+  ProcessGroup solo;
+  EvalContext c(net, diffusion, req, req.group ? *req.group : solo);
+  if (c.lead) check_output_dir(req.out_dir, "the output directory (--out)");
+  net.eval();
+  torch::NoGradGuard no_grad;
+  if (c.wants("bpd") || c.wants("bpd-mc")) {
+    const BoundBatches batches(c);
+    if (c.wants("bpd")) exact_bound(c, batches);
+    if (c.wants("bpd-mc")) monte_carlo_bound(c, batches);
+  }
+  SampleQuality quality(c);
+  const bool measures_samples = c.wants("fid") || c.wants("kid") || c.wants("toy");
+  if (c.wants("fid") || c.wants("kid")) quality.open();  // refuse a bad network or cache before sampling
+  if (measures_samples) sample_metrics(c, quality);
+  if (!req.sweep.empty()) {
+    if (!measures_samples) throw UsageError("--sweep needs a sample-quality metric (fid, kid or toy) in --metrics");
+    sweep(c, quality);
+  }
+  if (c.lead) write_json(c);
+  return c.rep.report;
 }
 
 }  // namespace diffuse
