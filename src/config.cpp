@@ -511,7 +511,12 @@ Table build_table() {
        "per-timestep weight of the MSE")
       ("min_snr_gamma", &D::min_snr_gamma, positive(), "min_snr: the clamp gamma (Hang et al. 2023)")
       ("timestep_sampler", &D::timestep_sampler, choice(timestep_sampler_names, parse_timestep_sampler),
-       "how training draws t (importance: by the loss's second moment)");
+       "how training draws t (importance: by the loss's second moment; lognormal: EDM's ln sigma ~ N(p_mean, p_std^2))")
+      ("sigma_min", &D::sigma_min, positive(), "edm schedule: the smallest noise level")
+      ("sigma_max", &D::sigma_max, positive(), "edm schedule: the largest noise level")
+      ("sigma_data", &D::sigma_data, positive(), "edm prediction: the data's standard deviation in EDM's scalings")
+      ("p_mean", &D::p_mean, between(-20.0, 20.0), "lognormal sampler: the mean of ln sigma")
+      ("p_std", &D::p_std, positive(), "lognormal sampler: the standard deviation of ln sigma");
 
   using A = DataConfig;
   SectionAdder<A>(t, "data", &Config::data, "The training / evaluation data.")
@@ -592,6 +597,10 @@ Table build_table() {
       ("classifier_scale", &P::classifier_scale, at_least<double>(0), "classifier guidance: the gradient's scale s")
       ("sigmas", &P::sigmas, one_of(sigma_schedule_names()), "euler/heun: the sigma sequence")
       ("rho", &P::rho, positive(), "karras sigmas: the exponent rho")
+      ("s_churn", &P::s_churn, at_least<double>(0), "euler/heun: EDM's stochastic churn S_churn (0 = deterministic)")
+      ("s_tmin", &P::s_tmin, at_least<double>(0), "euler/heun: churn only where sigma >= s_tmin")
+      ("s_tmax", &P::s_tmax, at_least<double>(0), "euler/heun: churn only where sigma <= s_tmax")
+      ("s_noise", &P::s_noise, positive(), "euler/heun: the churn noise's scale S_noise")
       ("precision", &P::precision, one_of(precision_names()),
        "network precision while sampling: fp32, bf16, fp16 (CUDA), auto (bf16 where native)");
 
@@ -803,7 +812,37 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
       add(fmt::format("diffusion.betas / diffusion.betas_file are used only by schedule custom, not {}",
                       to_string(d.schedule)));
   }
-  if (d.schedule == ScheduleKind::Cosine || custom) {
+  const bool edm_grid = d.schedule == ScheduleKind::Edm;
+  if (edm_grid) {
+    if (d.timesteps < 2) add(fmt::format("diffusion.schedule edm needs diffusion.timesteps >= 2, got {}", d.timesteps));
+    if (!std::isfinite(d.sigma_max)) add("diffusion.sigma_max must be finite for schedule edm");
+    else if (d.sigma_min >= d.sigma_max)
+      add(fmt::format("diffusion.sigma_min ({}) must be below diffusion.sigma_max ({})", d.sigma_min, d.sigma_max));
+    if (d.rescale_timesteps)
+      add("diffusion.rescale_timesteps does not apply to schedule edm (the network sees EDM's c_noise)");
+    if (d.zero_terminal_snr) add("diffusion.zero_terminal_snr does not apply to schedule edm (sigma_max is finite)");
+  } else if (d.sigma_min != DiffusionConfig{}.sigma_min || d.sigma_max != DiffusionConfig{}.sigma_max) {
+    add(fmt::format("diffusion.sigma_min / diffusion.sigma_max are used only by schedule edm, not {}",
+                    to_string(d.schedule)));
+  }
+  if (d.prediction != Prediction::Edm && d.sigma_data != DiffusionConfig{}.sigma_data)
+    add(fmt::format("diffusion.sigma_data is used only by prediction edm, not {}", to_string(d.prediction)));
+  if (d.timestep_sampler == TimestepSamplerKind::Lognormal) {
+    if (!edm_grid)
+      add(
+          fmt::format("diffusion.timestep_sampler lognormal draws continuous noise levels: it needs schedule edm, "
+                      "got {}",
+                      to_string(d.schedule)));
+    if (d.loss != LossType::Simple)
+      add(
+          fmt::format("diffusion.timestep_sampler lognormal needs diffusion.loss simple (the {} loss's bound is "
+                      "a sum over the grid's steps; use timestep_sampler uniform)",
+                      to_string(d.loss)));
+  } else if (d.p_mean != DiffusionConfig{}.p_mean || d.p_std != DiffusionConfig{}.p_std) {
+    add(fmt::format("diffusion.p_mean / diffusion.p_std are used only by timestep_sampler lognormal, not {}",
+                    to_string(d.timestep_sampler)));
+  }
+  if (d.schedule == ScheduleKind::Cosine || custom || edm_grid) {
     if (d.beta_start >= 0 || d.beta_end >= 0)
       add(fmt::format("diffusion.beta_start / diffusion.beta_end are not used by schedule {}; leave them at -1",
                       to_string(d.schedule)));

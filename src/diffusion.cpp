@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "diffuse/error.h"
+#include "diffuse/preconditioning.h"
 #include "enum_names.h"
 
 namespace diffuse {
@@ -28,8 +29,12 @@ torch::Tensor dynamic_threshold(const torch::Tensor& x0, double p, double max_s)
   return torch::max(torch::min(x0, s), -s) / s;
 }
 
-GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Prediction prediction, VarianceType variance)
-    : schedule_(std::move(schedule)), prediction_(prediction), variance_(variance) {
+GaussianDiffusion::GaussianDiffusion(NoiseSchedule schedule, Prediction prediction, VarianceType variance,
+                                     double sigma_data)
+    : schedule_(std::move(schedule)), prediction_(prediction), variance_(variance), sigma_data_(sigma_data) {
+  if (!(sigma_data > 0.0) || !std::isfinite(sigma_data))
+    throw std::invalid_argument("GaussianDiffusion: sigma_data must be positive and finite, got " +
+                                std::to_string(sigma_data));
   const auto T = static_cast<size_t>(schedule_.num_timesteps());
   const auto& pv = schedule_.posterior_variance();
   const auto& betas = schedule_.betas();
@@ -77,6 +82,11 @@ std::pair<torch::Tensor, torch::Tensor> GaussianDiffusion::split_output(const to
   return {parts[0], parts[1]};
 }
 
+torch::Tensor GaussianDiffusion::network_input(const torch::Tensor& x_t, const NoiseLevel& n) const {
+  if (prediction_ != Prediction::Edm) return x_t;
+  return x_t * preconditioning(prediction_, n, sigma_data_).in;
+}
+
 ReverseStats GaussianDiffusion::p_mean_variance(const torch::Tensor& model_output, const torch::Tensor& x_t,
                                                 const torch::Tensor& t, const ReverseOptions& opts) const {
   auto [pred, var_values] = split_output(model_output);
@@ -107,7 +117,7 @@ ReverseStats GaussianDiffusion::p_mean_variance(const torch::Tensor& model_outpu
     }
   }
   const auto n = level(t, x_t);
-  auto views = convert(prediction_, pred, x_t, n);
+  auto views = convert(prediction_, pred, x_t, n, sigma_data_);
   auto x0 = views.x0;
   bool changed = false;
   if (opts.dynamic_threshold > 0.0) {

@@ -16,6 +16,8 @@ ScheduleSpec schedule_spec(const DiffusionConfig& cfg) {
   s.betas = cfg.betas;
   s.betas_file = cfg.betas_file;
   s.zero_terminal_snr = cfg.zero_terminal_snr;
+  s.sigma_min = cfg.sigma_min;
+  s.sigma_max = cfg.sigma_max;
   return s;
 }
 
@@ -36,7 +38,15 @@ VarianceType effective_variance(const Config& cfg) {
 }
 
 GaussianDiffusion make_diffusion(const Config& cfg) {
-  return GaussianDiffusion(make_schedule(cfg.diffusion), cfg.diffusion.prediction, effective_variance(cfg));
+  return GaussianDiffusion(make_schedule(cfg.diffusion), cfg.diffusion.prediction, effective_variance(cfg),
+                           cfg.diffusion.sigma_data);
+}
+
+std::unique_ptr<TimestepSampler> make_timestep_sampler(const DiffusionConfig& cfg) {
+  if (cfg.timestep_sampler != TimestepSamplerKind::Lognormal)
+    return make_timestep_sampler(cfg.timestep_sampler, cfg.timesteps);
+  return std::make_unique<LognormalSigmaSampler>(cfg.timesteps, log_sigma_grid(schedule_spec(cfg)), cfg.p_mean,
+                                                 cfg.p_std);
 }
 
 DataShape data_shape(const Dataset& dataset, const DataConfig& cfg) {
@@ -63,6 +73,12 @@ std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
     net = make_network(cfg.model, data.shape[1], data.shape[0], out, num_classes);
   }
   if (cfg.diffusion.rescale_timesteps) net->set_timestep_scale(1000.0 / static_cast<double>(cfg.diffusion.timesteps));
+  if (cfg.diffusion.schedule == ScheduleKind::Edm) {
+    // Step i of the grid is conditioned on c_noise(sigma_i), affine in i.
+    const auto g = log_sigma_grid(schedule_spec(cfg.diffusion));
+    net->set_timestep_scale(kEdmNoiseScale * g.log_step);
+    net->set_timestep_shift(kEdmNoiseScale * g.log_min);
+  }
   return net;
 }
 

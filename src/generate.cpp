@@ -115,6 +115,10 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   opts.dynamic_threshold = images ? s.dynamic_threshold : 0.0;
   opts.sigmas = s.sigmas;
   opts.rho = s.rho;
+  opts.s_churn = s.s_churn;
+  opts.s_tmin = s.s_tmin;
+  opts.s_tmax = s.s_tmax;
+  opts.s_noise = s.s_noise;
 
   const bool was_training = net.is_training();
   net.eval();

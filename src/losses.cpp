@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "diffuse/error.h"
+#include "diffuse/preconditioning.h"
 #include "enum_names.h"
 
 namespace diffuse {
@@ -108,34 +109,39 @@ std::vector<std::string> loss_weighting_names() { return loss_weightings().names
 LossWeighting parse_loss_weighting(const std::string& name) { return loss_weightings().parse(name); }
 std::string to_string(LossWeighting v) { return loss_weightings().to_string(v); }
 
+torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& cfg, const NoiseLevel& n,
+                          const torch::Tensor& like) {
+  if (cfg.weighting == LossWeighting::None) return torch::ones({like.size(0)}, like.options());
+  const NoiseLevel n64{n.a.reshape({-1}).to(torch::kFloat64), n.s.reshape({-1}).to(torch::kFloat64)};
+  const auto snr = (n64.a / n64.s).square();
+  const auto out2 = preconditioning(diffusion.prediction(), n64, diffusion.sigma_data()).c_out().square();
+  const auto w0 = cfg.weighting == LossWeighting::MinSnr ? torch::clamp_max(snr, cfg.min_snr_gamma) : snr;
+  const auto w = w0 * out2;
+  return torch::where(torch::isfinite(w), w, torch::ones_like(w)).to(like.scalar_type());
+}
+
 torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& cfg, const torch::Tensor& t,
                           const torch::Tensor& like) {
   const auto& s = diffusion.schedule();
-  auto snr = s.gather(s.snr(), t, like).reshape({-1}).to(torch::kFloat64);
-  const auto pred = diffusion.prediction();
-  torch::Tensor w;
-  switch (cfg.weighting) {
-    case LossWeighting::None: return torch::ones({like.size(0)}, like.options());
-    case LossWeighting::MinSnr: {
-      auto m = torch::clamp_max(snr, cfg.min_snr_gamma);
-      // eps-MSE = snr * x0-MSE, v-MSE = (snr + 1) * x0-MSE and score-MSE = (snr + 1) * eps-MSE
-      // (score = -eps / sqrt(1 - abar) and 1 / (1 - abar) = 1 + snr): express min(snr, gamma) per target.
-      auto per_eps = torch::where(snr > 0, m / snr.clamp_min(1e-300), torch::ones_like(snr));
-      if (pred == Prediction::Epsilon) w = per_eps;
-      else if (pred == Prediction::Score) w = per_eps / (snr + 1.0);
-      else if (pred == Prediction::X0) w = m;
-      else w = m / (snr + 1.0);
-      break;
-    }
-    case LossWeighting::Snr:
-      // The loss in epsilon units whatever the target.
-      if (pred == Prediction::X0) w = snr;
-      else if (pred == Prediction::V) w = snr / (snr + 1.0);
-      else if (pred == Prediction::Score) w = 1.0 / (snr + 1.0);
-      else w = torch::ones_like(snr);
-      break;
-  }
-  return w.to(like.scalar_type());
+  const auto t64 = t.reshape({-1});
+  const auto like64 = torch::empty({t64.size(0)}, like.options().dtype(torch::kFloat64));
+  return loss_weight(
+      diffusion, cfg,
+      NoiseLevel{s.gather(s.sqrt_alpha_bar(), t64, like64), s.gather(s.sqrt_one_minus_alpha_bar(), t64, like64)}, like);
+}
+
+TrainingLoss mse_loss(const GaussianDiffusion& diffusion, const LossConfig& cfg, const torch::Tensor& model_output,
+                      const torch::Tensor& x0, const torch::Tensor& noise, const NoiseLevel& n) {
+  if (cfg.type != LossType::Simple)
+    throw std::invalid_argument("mse_loss: only the simple loss is defined at continuous noise levels, not " +
+                                to_string(cfg.type));
+  auto [pred, var_values] = diffusion.split_output(model_output);
+  auto target = training_target(diffusion.prediction(), x0, noise, n, diffusion.sigma_data());
+  auto mse = mean_flat((pred.to(torch::kFloat32) - target.to(torch::kFloat32)).pow(2));
+  TrainingLoss out;
+  out.mse = mse * loss_weight(diffusion, cfg, n, mse);
+  out.loss = out.mse;
+  return out;
 }
 
 TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfig& cfg,
@@ -155,7 +161,7 @@ TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfi
   }
   if (cfg.type != LossType::Kl) {
     const auto n = diffusion.level(t, x0);
-    auto target = training_target(diffusion.prediction(), x0, noise, n);
+    auto target = training_target(diffusion.prediction(), x0, noise, n, diffusion.sigma_data());
     auto mse = mean_flat((pred.to(torch::kFloat32) - target.to(torch::kFloat32)).pow(2));
     out.mse = mse * loss_weight(diffusion, cfg, t, mse);
   }

@@ -1,6 +1,7 @@
 #include "diffuse/parameterization.h"
 
 #include "diffuse/error.h"
+#include "diffuse/preconditioning.h"
 #include "diffuse/schedule.h"
 #include "enum_names.h"
 
@@ -11,7 +12,8 @@ const EnumNames<Prediction>& predictions() {
   static const EnumNames<Prediction> table("prediction", {{Prediction::Epsilon, "epsilon", {"eps"}},
                                                           {Prediction::X0, "x0", {"sample", "x_start"}},
                                                           {Prediction::V, "v", {"v_prediction"}},
-                                                          {Prediction::Score, "score"}});
+                                                          {Prediction::Score, "score"},
+                                                          {Prediction::Edm, "edm"}});
   return table;
 }
 }  // namespace
@@ -42,42 +44,22 @@ torch::Tensor eps_from_v(const torch::Tensor& x_t, const torch::Tensor& v, const
 torch::Tensor score_from_eps(const torch::Tensor& eps, const NoiseLevel& n) { return -eps / n.s; }
 torch::Tensor eps_from_score(const torch::Tensor& score, const NoiseLevel& n) { return -n.s * score; }
 
-Predictions convert(Prediction p, const torch::Tensor& output, const torch::Tensor& x_t, const NoiseLevel& n) {
+Predictions convert(Prediction p, const torch::Tensor& output, const torch::Tensor& x_t, const NoiseLevel& n,
+                    double sigma_data) {
+  const auto pc = preconditioning(p, n, sigma_data);
   Predictions out;
-  switch (p) {
-    case Prediction::Epsilon:
-      out.eps = output;
-      out.x0 = x0_from_eps(x_t, output, n);
-      break;
-    case Prediction::X0:
-      out.x0 = output;
-      out.eps = eps_from_x0(x_t, output, n);
-      break;
-    case Prediction::V:
-      out.v = output;
-      out.x0 = x0_from_v(x_t, output, n);
-      out.eps = eps_from_v(x_t, output, n);
-      break;
-    case Prediction::Score:
-      out.score = output;
-      out.eps = eps_from_score(output, n);
-      // Tweedie: a E[x0|x_t] = x_t + s^2 score.
-      out.x0 = (x_t + n.s * n.s * output) / n.a;
-      break;
-  }
-  if (!out.v.defined()) out.v = v_from_x0_eps(out.x0, out.eps, n);
-  if (!out.score.defined()) out.score = score_from_eps(out.eps, n);
+  out.x0 = pc.x0(x_t, output);
+  out.eps = pc.eps(x_t, output);
+  if (p == Prediction::V) out.v = output;
+  else out.v = v_from_x0_eps(out.x0, out.eps, n);
+  if (p == Prediction::Score) out.score = output;
+  else out.score = score_from_eps(out.eps, n);
   return out;
 }
 
-torch::Tensor training_target(Prediction p, const torch::Tensor& x0, const torch::Tensor& eps, const NoiseLevel& n) {
-  switch (p) {
-    case Prediction::Epsilon: return eps;
-    case Prediction::X0: return x0;
-    case Prediction::V: return v_from_x0_eps(x0, eps, n);
-    case Prediction::Score: return score_from_eps(eps, n);
-  }
-  throw std::logic_error("unknown prediction");
+torch::Tensor training_target(Prediction p, const torch::Tensor& x0, const torch::Tensor& eps, const NoiseLevel& n,
+                              double sigma_data) {
+  return preconditioning(p, n, sigma_data).target(x0, eps);
 }
 
 }  // namespace diffuse

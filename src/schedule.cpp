@@ -82,7 +82,8 @@ const EnumNames<ScheduleKind>& schedule_kinds() {
                                               {ScheduleKind::Cosine, "cosine"},
                                               {ScheduleKind::Sigmoid, "sigmoid"},
                                               {ScheduleKind::ScaledLinear, "scaled_linear", {"scaled-linear"}},
-                                              {ScheduleKind::Custom, "custom"}});
+                                              {ScheduleKind::Custom, "custom"},
+                                              {ScheduleKind::Edm, "edm"}});
   return table;
 }
 }  // namespace
@@ -138,6 +139,17 @@ std::vector<double> make_betas(const ScheduleSpec& spec) {
         }
         break;
       }
+      case ScheduleKind::Edm: {
+        // beta_i = 1 - abar_i / abar_{i-1} = (sigma_i^2 - sigma_{i-1}^2) / (1 + sigma_i^2), sigma_{-1} = 0.
+        const auto g = log_sigma_grid(spec);
+        double prev2 = 0.0;
+        for (int64_t i = 0; i < T; ++i) {
+          const double s2 = std::exp(2.0 * (g.log_min + static_cast<double>(i) * g.log_step));
+          betas.push_back((s2 - prev2) / (1.0 + s2));
+          prev2 = s2;
+        }
+        break;
+      }
       case ScheduleKind::Custom: break;
     }
   }
@@ -147,6 +159,16 @@ std::vector<double> make_betas(const ScheduleSpec& spec) {
   }
   if (spec.zero_terminal_snr) betas = rescale_zero_terminal_snr(betas);
   return betas;
+}
+
+LogSigmaGrid log_sigma_grid(const ScheduleSpec& spec) {
+  if (spec.kind != ScheduleKind::Edm) throw std::logic_error("log_sigma_grid: schedule is not edm");
+  if (spec.timesteps < 2) throw UsageError("schedule edm needs timesteps >= 2, got " + std::to_string(spec.timesteps));
+  if (!(spec.sigma_min > 0.0 && spec.sigma_min < spec.sigma_max && std::isfinite(spec.sigma_max)))
+    throw UsageError("schedule edm needs 0 < sigma_min < sigma_max < inf, got sigma_min " +
+                     std::to_string(spec.sigma_min) + ", sigma_max " + std::to_string(spec.sigma_max));
+  const double lo = std::log(spec.sigma_min), hi = std::log(spec.sigma_max);
+  return {lo, (hi - lo) / static_cast<double>(spec.timesteps - 1)};
 }
 
 std::vector<double> rescale_zero_terminal_snr(const std::vector<double>& betas) {

@@ -14,7 +14,8 @@ namespace {
 const EnumNames<TimestepSamplerKind>& timestep_sampler_kinds() {
   static const EnumNames<TimestepSamplerKind> table(
       "timestep sampler", {{TimestepSamplerKind::Uniform, "uniform"},
-                           {TimestepSamplerKind::Importance, "importance", {"loss-second-moment"}}});
+                           {TimestepSamplerKind::Importance, "importance", {"loss-second-moment"}},
+                           {TimestepSamplerKind::Lognormal, "lognormal"}});
   return table;
 }
 }  // namespace
@@ -29,9 +30,9 @@ TimestepDraw TimestepSampler::sample(int64_t batch, const torch::Device& device,
   w = w.to(torch::kFloat32);
   if (device.is_cuda()) {
     // A copy from pageable memory synchronises the stream; from page-locked memory it does not.
-    return {t.pin_memory().to(device, /*non_blocking=*/true), w.pin_memory().to(device, /*non_blocking=*/true)};
+    return {t.pin_memory().to(device, /*non_blocking=*/true), w.pin_memory().to(device, /*non_blocking=*/true), {}, {}};
   }
-  return {t.to(device), w.to(device)};
+  return {t.to(device), w.to(device), {}, {}};
 }
 
 torch::Tensor UniformTimestepSampler::probabilities() const {
@@ -130,9 +131,48 @@ void ImportanceTimestepSampler::load_state(const torch::Tensor& state, const std
   }
 }
 
+LognormalSigmaSampler::LognormalSigmaSampler(int64_t T, LogSigmaGrid grid, double p_mean, double p_std)
+    : TimestepSampler(T), grid_(grid), p_mean_(p_mean), p_std_(p_std) {
+  if (!(p_std > 0.0) || !std::isfinite(p_std) || !std::isfinite(p_mean))
+    throw UsageError(
+        fmt::format("lognormal sampler: needs a finite p_mean and p_std > 0, got {} and {}", p_mean, p_std));
+}
+
+torch::Tensor LognormalSigmaSampler::probabilities() const {
+  // P(t = i) = Phi(z_{i+1/2}) - Phi(z_{i-1/2}) with the end bins open, z = (ln sigma - p_mean) / p_std.
+  const int64_t T = num_timesteps();
+  auto p = torch::empty({T}, torch::kFloat64);
+  auto* pp = p.data_ptr<double>();
+  auto cdf = [&](double step) {
+    const double z = (grid_.log_min + step * grid_.log_step - p_mean_) / p_std_;
+    return 0.5 * std::erfc(-z / std::sqrt(2.0));
+  };
+  for (int64_t i = 0; i < T; ++i) {
+    const double lo = i == 0 ? 0.0 : cdf(static_cast<double>(i) - 0.5);
+    const double hi = i == T - 1 ? 1.0 : cdf(static_cast<double>(i) + 0.5);
+    pp[i] = hi - lo;
+  }
+  return p;
+}
+
+TimestepDraw LognormalSigmaSampler::sample(int64_t batch, const torch::Device& device, torch::Generator gen) const {
+  const auto log_sigma = torch::randn({batch}, gen, torch::kFloat64) * p_std_ + p_mean_;
+  const auto step = (log_sigma - grid_.log_min) / grid_.log_step;
+  auto t = step.round().clamp(0, static_cast<double>(num_timesteps() - 1)).to(torch::kLong);
+  auto w = torch::ones({batch}, torch::kFloat32);
+  auto sigma = log_sigma.exp();
+  auto step32 = step.to(torch::kFloat32);
+  if (device.is_cuda()) {
+    auto move = [&](const torch::Tensor& x) { return x.pin_memory().to(device, /*non_blocking=*/true); };
+    return {move(t), move(w), move(sigma), move(step32)};
+  }
+  return {t.to(device), w.to(device), sigma.to(device), step32.to(device)};
+}
+
 std::unique_ptr<TimestepSampler> make_timestep_sampler(TimestepSamplerKind kind, int64_t T) {
   if (kind == TimestepSamplerKind::Uniform) return std::make_unique<UniformTimestepSampler>(T);
-  return std::make_unique<ImportanceTimestepSampler>(T);
+  if (kind == TimestepSamplerKind::Importance) return std::make_unique<ImportanceTimestepSampler>(T);
+  throw UsageError("the lognormal timestep sampler needs the edm schedule's grid and p_mean / p_std");
 }
 
 }  // namespace diffuse

@@ -23,6 +23,7 @@ inline NoiseSchedule linear_schedule(int64_t T = 1000) {
 
 struct Gaussian {
   torch::Tensor mu, s;  // [d], float64
+  double sigma_data = 0.5;  // Prediction::Edm's
   NoiseSchedule schedule = linear_schedule();
 
   int64_t dim() const { return mu.size(0); }
@@ -63,6 +64,10 @@ struct Gaussian {
     return [this, p, var_channel](const torch::Tensor& x, const torch::Tensor& t) {
       auto [a, sig] = levels(t);
       auto xd = x.to(torch::kFloat64);
+      // EDM's network sees c_in x with x = x_t / a, c_in = 1 / sqrt(sigma^2 + sigma_data^2), sigma = sig / a.
+      const auto sigma = sig / a;
+      const auto root = torch::sqrt(sigma * sigma + sigma_data * sigma_data);
+      if (p == Prediction::Edm) xd = xd * root * a;
       auto eps = sig * (xd - a * mu) / (a * a * s * s + sig * sig);
       auto x0 = (xd - sig * eps) / a;
       torch::Tensor out;
@@ -71,6 +76,13 @@ struct Gaussian {
         case Prediction::X0: out = x0; break;
         case Prediction::V: out = a * eps - sig * x0; break;
         case Prediction::Score: out = -eps / sig; break;
+        case Prediction::Edm: {
+          // F = (D - c_skip x) / c_out with D = x0 (Karras et al. 2022, eq. 7 and Table 1).
+          const auto c_skip = sigma_data * sigma_data / (root * root);
+          const auto c_out = sigma * sigma_data / root;
+          out = (x0 - c_skip * (xd / a)) / c_out;
+          break;
+        }
       }
       if (var_channel) {
         auto tc = t.to(torch::kCPU, torch::kFloat64);
@@ -84,7 +96,7 @@ struct Gaussian {
 
   Denoiser denoiser(Prediction p = Prediction::Epsilon, VarianceType v = VarianceType::FixedSmall,
                     std::function<double(double)> var_channel = {}) const {
-    return Denoiser(model(p, std::move(var_channel)), GaussianDiffusion(schedule, p, v));
+    return Denoiser(model(p, std::move(var_channel)), GaussianDiffusion(schedule, p, v, sigma_data));
   }
 
   // The exact ODE solution from x_T read at training level t.

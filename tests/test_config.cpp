@@ -55,7 +55,8 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(diffusion.cosine_s); CMP(diffusion.betas); CMP(diffusion.betas_file); CMP(diffusion.zero_terminal_snr);
   CMP(diffusion.rescale_timesteps); CMP(diffusion.prediction); CMP(diffusion.variance); CMP(diffusion.loss);
   CMP(diffusion.hybrid_lambda); CMP(diffusion.loss_weighting); CMP(diffusion.min_snr_gamma);
-  CMP(diffusion.timestep_sampler);
+  CMP(diffusion.timestep_sampler); CMP(diffusion.sigma_min); CMP(diffusion.sigma_max); CMP(diffusion.sigma_data);
+  CMP(diffusion.p_mean); CMP(diffusion.p_std);
   CMP(data.dataset); CMP(data.path); CMP(data.split); CMP(data.image_size); CMP(data.channels); CMP(data.random_flip);
   CMP(data.class_labels); CMP(data.skip_bad_files); CMP(data.limit); CMP(data.workers); CMP(data.prefetch);
   CMP(data.toy); CMP(data.toy_size);
@@ -69,7 +70,8 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(sample.sampler); CMP(sample.steps); CMP(sample.spacing); CMP(sample.eta); CMP(sample.num);
   CMP(sample.batch_size); CMP(sample.seed); CMP(sample.use_ema); CMP(sample.clip_x0); CMP(sample.dynamic_threshold);
   CMP(sample.guidance_scale); CMP(sample.labels); CMP(sample.sigmas); CMP(sample.rho); CMP(sample.precision);
-  CMP(sample.classifier); CMP(sample.classifier_scale);
+  CMP(sample.classifier); CMP(sample.classifier_scale); CMP(sample.s_churn); CMP(sample.s_tmin); CMP(sample.s_tmax);
+  CMP(sample.s_noise);
   CMP(eval.metrics); CMP(eval.split); CMP(eval.num_images); CMP(eval.batch_size); CMP(eval.mc_timesteps);
   CMP(eval.decoder_cdf); CMP(eval.feature_extractor); CMP(eval.reference); CMP(eval.num_samples);
   // clang-format on
@@ -120,6 +122,11 @@ Config all_changed() {
   d.loss_weighting = LossWeighting::MinSnr;
   d.min_snr_gamma = 4.5;
   d.timestep_sampler = TimestepSamplerKind::Importance;
+  d.sigma_min = 0.003;
+  d.sigma_max = 70.5;
+  d.sigma_data = 0.25;
+  d.p_mean = -1.1;
+  d.p_std = 1.3;
   auto& a = c.data;
   a.dataset = DatasetKind::Cifar10;
   a.path = "/tmp/données/a b: #not a comment";
@@ -182,6 +189,10 @@ Config all_changed() {
   s.classifier_scale = 2.5;
   s.sigmas = "model";
   s.rho = 5.5;
+  s.s_churn = 40.0;
+  s.s_tmin = 0.05;
+  s.s_tmax = 50.0;
+  s.s_noise = 1.003;
   s.precision = "auto";
   auto& e = c.eval;
   e.metrics = {"fid", "kid", "bpd-mc"};

@@ -111,7 +111,7 @@ TEST(Diffusion, VarianceTypesFollowTheirDefinitions) {
 // With the true x0 the model's reverse mean is exactly the posterior mean, for every
 // parameterisation (the three views are the same model).
 TEST(Diffusion, ReverseMeanEqualsPosteriorWithExactPrediction) {
-  for (auto p : {Prediction::Epsilon, Prediction::X0, Prediction::V, Prediction::Score}) {
+  for (auto p : {Prediction::Epsilon, Prediction::X0, Prediction::V, Prediction::Score, Prediction::Edm}) {
     auto d = make_diffusion(ScheduleKind::Cosine, 200, VarianceType::FixedSmall, p);
     auto x0 = torch::rand({4, 3}, torch::kFloat64) * 2 - 1;
     auto eps = torch::randn({4, 3}, torch::kFloat64);

@@ -284,13 +284,17 @@ TEST(Losses, SnrWeightsExpressLossesInEpsilonUnits) {
   auto err_x0 = 0.05 * torch::randn_like(x0);  // the same mistake on x0, seen by each parameterisation
   auto n = base.level(t, x0);
   auto eps_mse = mean_flat((eps_from_x0(x_t, x0 + err_x0, n) - eps).pow(2));
-  for (auto p : {Prediction::X0, Prediction::V, Prediction::Score}) {
+  for (auto p : {Prediction::X0, Prediction::V, Prediction::Score, Prediction::Edm}) {
     auto d = make_diffusion(ScheduleKind::Linear, 1000, VarianceType::FixedSmall, p);
     auto wrong_x0 = x0 + err_x0;
     auto wrong_eps = eps_from_x0(x_t, wrong_x0, n);
-    auto out = p == Prediction::X0  ? wrong_x0
-               : p == Prediction::V ? v_from_x0_eps(wrong_x0, wrong_eps, n)
-                                    : score_from_eps(wrong_eps, n);
+    // EDM's F = (D - c_skip x) / c_out in x = x_t / a, sigma = s / a, sigma_data 0.5 (Table 1).
+    auto sigma = n.s / n.a, root = torch::sqrt(sigma * sigma + 0.25);
+    auto edm_f = (wrong_x0 - 0.25 / (root * root) * (x_t / n.a)) / (sigma * 0.5 / root);
+    auto out = p == Prediction::X0    ? wrong_x0
+               : p == Prediction::V   ? v_from_x0_eps(wrong_x0, wrong_eps, n)
+               : p == Prediction::Edm ? edm_f
+                                      : score_from_eps(wrong_eps, n);
     LossConfig cfg;
     cfg.weighting = LossWeighting::Snr;
     auto l = training_losses(d, cfg, out, x0, x_t, t, eps);

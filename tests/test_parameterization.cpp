@@ -19,7 +19,7 @@ TEST(Parameterization, ConversionsRoundTrip) {
   auto t = torch::randint(0, 1000, {16}, torch::kLong);
   auto x_t = d.q_sample(x0, t, eps);
   auto n = d.level(t, x0);
-  for (auto p : {Prediction::Epsilon, Prediction::X0, Prediction::V, Prediction::Score}) {
+  for (auto p : {Prediction::Epsilon, Prediction::X0, Prediction::V, Prediction::Score, Prediction::Edm}) {
     auto views = convert(p, training_target(p, x0, eps, n), x_t, n);
     // x0 from eps divides by sqrt(alpha_bar), which is ~1e-2 near t = T; 1e-9 covers that.
     EXPECT_TRUE(torch::allclose(views.x0, x0, 1e-9, 1e-9)) << to_string(p);

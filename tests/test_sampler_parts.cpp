@@ -137,7 +137,7 @@ TEST(SamplerDenoiser, SigmaTimeMaps) {
 // same x0; its eps is dx/dsigma of the EDM ODE, (x - D) / sigma.
 TEST(SamplerDenoiser, SigmaViewMatchesStepView) {
   const auto sched = make_schedule();
-  for (auto p : {Prediction::Epsilon, Prediction::X0, Prediction::V, Prediction::Score}) {
+  for (auto p : {Prediction::Epsilon, Prediction::X0, Prediction::V, Prediction::Score, Prediction::Edm}) {
     Denoiser den(toy_output, GaussianDiffusion(sched, p));
     const auto x = torch::randn({4, 3}, torch::kFloat64);
     ReverseOptions no_clip;

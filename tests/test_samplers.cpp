@@ -117,7 +117,7 @@ TEST(SamplersGaussian, PredictionTypesAgreeWithEpsilon) {
     auto eps_den = g.denoiser(Prediction::Epsilon);
     auto noise = noise_for(g, 256);
     const auto ref = run_sampler(name, eps_den, noise, opts);
-    for (auto p : {Prediction::X0, Prediction::V, Prediction::Score}) {
+    for (auto p : {Prediction::X0, Prediction::V, Prediction::Score, Prediction::Edm}) {
       auto den = g.denoiser(p);
       auto noise_p = noise_for(g, 256);
       const auto x = run_sampler(name, den, noise_p, opts);

@@ -96,6 +96,13 @@ struct DiffusionConfig {
   LossWeighting loss_weighting = LossWeighting::None;
   double min_snr_gamma = 5.0;
   TimestepSamplerKind timestep_sampler = TimestepSamplerKind::Uniform;
+  // EDM (Karras et al. 2022): the edm schedule's sigma range, the edm preconditioning's data
+  // scale, and the lognormal sampler's ln sigma ~ N(p_mean, p_std^2).
+  double sigma_min = 0.002;
+  double sigma_max = 80.0;
+  double sigma_data = 0.5;
+  double p_mean = -1.2;
+  double p_std = 1.2;
 };
 
 struct DataConfig {
@@ -167,6 +174,11 @@ struct SampleConfig {
   double classifier_scale = 1.0;
   std::string sigmas = "karras";  // euler/heun/dpmpp-2m: karras | exponential | model
   double rho = 7.0;
+  // EDM's stochastic churn for euler / heun (Karras et al. 2022, Algorithm 2); 0 = deterministic.
+  double s_churn = 0.0;
+  double s_tmin = 0.0;
+  double s_tmax = 1.0e4;
+  double s_noise = 1.0;
   std::string precision = "fp32";  // network autocast while sampling: fp32 | bf16 | fp16 | auto
 };
 

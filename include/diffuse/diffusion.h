@@ -47,17 +47,22 @@ torch::Tensor dynamic_threshold(const torch::Tensor& x0, double p, double max_s 
 
 class GaussianDiffusion {
  public:
+  // sigma_data: EDM's data scale for Prediction::Edm (unused by the other kinds).
   GaussianDiffusion(NoiseSchedule schedule, Prediction prediction = Prediction::Epsilon,
-                    VarianceType variance = VarianceType::FixedSmall);
+                    VarianceType variance = VarianceType::FixedSmall, double sigma_data = 0.5);
 
   const NoiseSchedule& schedule() const { return schedule_; }
   int64_t num_timesteps() const { return schedule_.num_timesteps(); }
   Prediction prediction() const { return prediction_; }
+  double sigma_data() const { return sigma_data_; }
   VarianceType variance_type() const { return variance_; }
   // Channels the network must output for data with `channels` channels.
   int64_t model_output_channels(int64_t channels) const { return is_learned(variance_) ? 2 * channels : channels; }
 
   NoiseLevel level(const torch::Tensor& t, const torch::Tensor& like) const { return noise_level(schedule_, t, like); }
+  // What the network is fed at level n: c_in x for EDM's preconditioning (preconditioning.h),
+  // x_t itself (no copy) for the other kinds, whose c_in is 1 in the VP coordinate.
+  torch::Tensor network_input(const torch::Tensor& x_t, const NoiseLevel& n) const;
 
   // q(x_t | x_0) = N(sqrt(abar) x_0, (1 - abar) I)  (Luo eq. 70).
   GaussianStats q_mean_variance(const torch::Tensor& x0, const torch::Tensor& t) const;
@@ -79,6 +84,7 @@ class GaussianDiffusion {
   NoiseSchedule schedule_;
   Prediction prediction_;
   VarianceType variance_;
+  double sigma_data_;
   std::vector<double> fixed_large_variance_, fixed_large_log_variance_, log_betas_;
 };
 

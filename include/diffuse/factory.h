@@ -8,6 +8,7 @@
 
 #include "diffuse/config.h"
 #include "diffuse/diffusion.h"
+#include "diffuse/timestep_sampler.h"
 
 namespace diffuse {
 
@@ -24,6 +25,8 @@ void resolve_betas_file(DiffusionConfig& cfg);
 // The variance type in effect: model.learn_sigma with a fixed type means learned_range.
 VarianceType effective_variance(const Config& cfg);
 GaussianDiffusion make_diffusion(const Config& cfg);
+// diffusion.timestep_sampler over cfg's schedule (lognormal: on the edm grid, p_mean / p_std).
+std::unique_ptr<TimestepSampler> make_timestep_sampler(const DiffusionConfig& cfg);
 
 // What a network needs to know about its data; stored in checkpoints so a model can be rebuilt
 // without the dataset.

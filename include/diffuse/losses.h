@@ -71,10 +71,16 @@ struct LossConfig {
   double min_snr_gamma = 5.0;  // Hang et al. (2023)
 };
 
-// Per-sample weight of the MSE on the prediction target.
-//  - MinSnr: min(snr, gamma) expressed for the target: /snr for eps, x1 for x0, /(snr+1) for v.
-//  - Snr: makes the loss equal the eps-MSE: snr for x0, snr/(snr+1) for v, 1 for eps.
+// Per-sample weight of the MSE on the network's target F*. The MSE on F* is the x0-MSE over
+// c_out^2 (preconditioning.h), so a weight w0 meant for the x0-MSE becomes w0 c_out^2:
+//  - None: 1, which for EDM's preconditioning is EDM's lambda(sigma) = 1 / c_out^2 on the x0-MSE.
+//  - MinSnr: w0 = min(snr, gamma) (Hang et al. 2023): /snr for eps, x1 for x0, /(snr+1) for v.
+//  - Snr: w0 = snr, the loss in eps units: snr for x0, snr/(snr+1) for v, 1 for eps.
+// At snr = 0 (zero terminal SNR) c_out^2 diverges for eps and score; the weight is its limit, 1.
 torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& cfg, const torch::Tensor& t,
+                          const torch::Tensor& like);
+// The same at per-sample noise levels n (any shape with B elements); returns [B] in like's dtype.
+torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& cfg, const NoiseLevel& n,
                           const torch::Tensor& like);
 
 struct TrainingLoss {
@@ -90,6 +96,11 @@ struct TrainingLoss {
 TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfig& cfg,
                              const torch::Tensor& model_output, const torch::Tensor& x0, const torch::Tensor& x_t,
                              const torch::Tensor& t, const torch::Tensor& noise);
+
+// The weighted MSE on the target alone, at per-sample noise levels n (continuous noise levels,
+// as EDM's log-normal sigma; x_t = a x0 + s noise): Simple losses only. Returns loss = mse.
+TrainingLoss mse_loss(const GaussianDiffusion& diffusion, const LossConfig& cfg, const torch::Tensor& model_output,
+                      const torch::Tensor& x0, const torch::Tensor& noise, const NoiseLevel& n);
 
 // A noisy-image classifier's loss (guided-diffusion's classifier_train.py): the cross-entropy of
 // its logits [B, K] at x_t against the labels [B] (int64 in 0..K-1) in `loss`; mse and vb

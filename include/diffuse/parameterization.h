@@ -13,8 +13,10 @@ namespace diffuse {
 
 class NoiseSchedule;
 
-enum class Prediction { Epsilon, X0, V, Score };
-Prediction parse_prediction(const std::string& name);  // epsilon|eps, x0|sample, v, score
+// Edm: the network is EDM's F (Karras et al. 2022, eq. 7) with c_in, c_skip, c_out of sigma_data
+// (preconditioning.h); the other four are the same wrapper with fixed coefficients.
+enum class Prediction { Epsilon, X0, V, Score, Edm };
+Prediction parse_prediction(const std::string& name);  // epsilon|eps, x0|sample, v, score, edm
 std::string to_string(Prediction p);
 std::vector<std::string> prediction_names();
 
@@ -41,10 +43,13 @@ torch::Tensor eps_from_v(const torch::Tensor& x_t, const torch::Tensor& v, const
 torch::Tensor score_from_eps(const torch::Tensor& eps, const NoiseLevel& n);
 torch::Tensor eps_from_score(const torch::Tensor& score, const NoiseLevel& n);
 
-// Interpret `output` (the model's prediction of kind p) at x_t and return every view of it.
-Predictions convert(Prediction p, const torch::Tensor& output, const torch::Tensor& x_t, const NoiseLevel& n);
+// Interpret `output` (the model's prediction of kind p) at x_t and return every view of it,
+// through the one preconditioning wrapper (preconditioning.h).
+Predictions convert(Prediction p, const torch::Tensor& output, const torch::Tensor& x_t, const NoiseLevel& n,
+                    double sigma_data = 0.5);
 
 // The regression target for prediction kind p, given the clean data and the noise used.
-torch::Tensor training_target(Prediction p, const torch::Tensor& x0, const torch::Tensor& eps, const NoiseLevel& n);
+torch::Tensor training_target(Prediction p, const torch::Tensor& x0, const torch::Tensor& eps, const NoiseLevel& n,
+                              double sigma_data = 0.5);
 
 }  // namespace diffuse

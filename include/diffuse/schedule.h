@@ -18,7 +18,7 @@
 
 namespace diffuse {
 
-enum class ScheduleKind { Linear, Cosine, Sigmoid, ScaledLinear, Custom };
+enum class ScheduleKind { Linear, Cosine, Sigmoid, ScaledLinear, Custom, Edm };
 
 ScheduleKind parse_schedule_kind(const std::string& name);  // throws, listing allowed names
 std::string to_string(ScheduleKind kind);
@@ -39,7 +39,23 @@ struct ScheduleSpec {
   std::vector<double> betas;       // Custom: explicit betas (or read from betas_file)
   std::string betas_file;          // Custom: whitespace/comma separated numbers
   bool zero_terminal_snr = false;  // Lin et al. (2023): rescale so alpha_bar_{T-1} = 0
+  // Edm: T noise levels evenly spaced in log sigma over [sigma_min, sigma_max] (EDM's range),
+  // alpha_bar = 1 / (1 + sigma^2): a VP grid on which continuous-sigma models also sample
+  // ancestrally, and between whose steps log sigma is linear, so fractional steps are exact.
+  double sigma_min = 0.002;
+  double sigma_max = 80.0;
 };
+
+// The Edm schedule's grid: step i has log sigma = log_min + i log_step (T >= 2, 0 < min < max).
+struct LogSigmaGrid {
+  double log_min = 0.0, log_step = 1.0;
+  double step_of(double log_sigma) const { return (log_sigma - log_min) / log_step; }
+};
+LogSigmaGrid log_sigma_grid(const ScheduleSpec& spec);
+
+// EDM's noise conditioning c_noise = ln(sigma) / 4 (Karras et al. 2022, Table 1), in the units of
+// a 1000-step model's t (x 1000) so that the sinusoidal embedding sees the range it was built for.
+constexpr double kEdmNoiseScale = 250.0;
 
 // The raw beta sequence for a spec (validated: 0 < beta <= 1, finite, T >= 1).
 std::vector<double> make_betas(const ScheduleSpec& spec);

@@ -9,16 +9,22 @@
 #include <string>
 #include <vector>
 
+#include "diffuse/schedule.h"
+
 namespace diffuse {
 
-enum class TimestepSamplerKind { Uniform, Importance };
-TimestepSamplerKind parse_timestep_sampler(const std::string& name);  // uniform, importance
+// Lognormal: EDM's continuous noise levels, ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022,
+// section 5), on the edm schedule's grid.
+enum class TimestepSamplerKind { Uniform, Importance, Lognormal };
+TimestepSamplerKind parse_timestep_sampler(const std::string& name);  // uniform, importance, lognormal
 std::string to_string(TimestepSamplerKind k);
 std::vector<std::string> timestep_sampler_names();
 
 struct TimestepDraw {
-  torch::Tensor t;        // [B] int64
+  torch::Tensor t;        // [B] int64 (for continuous draws: the nearest step, for the per-step logs)
   torch::Tensor weights;  // [B] float32, 1 / (T p(t))
+  torch::Tensor sigma;    // [B] float64, continuous draws only: the noise level x = x0 + sigma eps
+  torch::Tensor step;     // [B] float32, continuous draws only: sigma's fractional step, the network's time
 };
 
 class TimestepSampler {
@@ -28,7 +34,7 @@ class TimestepSampler {
   int64_t num_timesteps() const { return num_timesteps_; }
   // p(t) over all T steps, float64 [T].
   virtual torch::Tensor probabilities() const = 0;
-  TimestepDraw sample(int64_t batch, const torch::Device& device, torch::Generator gen) const;
+  virtual TimestepDraw sample(int64_t batch, const torch::Device& device, torch::Generator gen) const;
   // Feed back per-example losses (for the loss-aware sampler); t and losses are [B].
   virtual void update(const torch::Tensor& t, const torch::Tensor& losses) {}
   // Serialisable state (empty for stateless samplers), for checkpoints.
@@ -69,6 +75,20 @@ class ImportanceTimestepSampler final : public TimestepSampler {
   std::vector<int64_t> counts_;
 };
 
+// ln sigma ~ N(p_mean, p_std^2), unbounded (weights 1: the loss is the expectation under this
+// law); t is the grid step nearest to sigma, clamped to [0, T-1]. probabilities() is the law of t.
+class LognormalSigmaSampler final : public TimestepSampler {
+ public:
+  LognormalSigmaSampler(int64_t num_timesteps, LogSigmaGrid grid, double p_mean, double p_std);
+  torch::Tensor probabilities() const override;
+  TimestepDraw sample(int64_t batch, const torch::Device& device, torch::Generator gen) const override;
+
+ private:
+  LogSigmaGrid grid_;
+  double p_mean_, p_std_;
+};
+
+// Uniform or Importance; Lognormal needs the grid and its law (LognormalSigmaSampler).
 std::unique_ptr<TimestepSampler> make_timestep_sampler(TimestepSamplerKind kind, int64_t num_timesteps);
 
 }  // namespace diffuse

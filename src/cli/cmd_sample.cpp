@@ -40,6 +40,7 @@ struct SampleOptions {
   std::string sampler = "ddim", spacing, weights = "ema", device = "auto", sigmas = "karras", precision = "fp32";
   std::string classifier, low_res;
   double eta = -1.0, guidance_scale = 1.0, dynamic_threshold = 0.0, rho = 7.0, classifier_scale = 1.0;
+  double s_churn = 0.0, s_tmin = 0.0, s_tmax = 1.0e4, s_noise = 1.0;
   std::vector<int64_t> labels;
   bool no_clip = false, save_tensor = false, no_images = false;
   int threads = 0;
@@ -65,11 +66,16 @@ void apply_flags(const SampleOptions& o, SampleConfig& s) {
   if (given("--dynamic-threshold")) s.dynamic_threshold = o.dynamic_threshold;
   if (given("--sigmas")) s.sigmas = o.sigmas;
   if (given("--rho")) s.rho = o.rho;
+  if (given("--s-churn")) s.s_churn = o.s_churn;
+  if (given("--s-tmin")) s.s_tmin = o.s_tmin;
+  if (given("--s-tmax")) s.s_tmax = o.s_tmax;
+  if (given("--s-noise")) s.s_noise = o.s_noise;
   if (given("--precision")) s.precision = o.precision;
   if (given("--label")) s.labels = o.labels;
   if (given("--no-clip")) s.clip_x0 = false;
   if (given("--weights")) s.use_ema = o.weights == "ema";
-  check_explicit_options(s.sampler, given("--eta"), given("--sigmas") || given("--rho"));
+  check_explicit_options(s.sampler, given("--eta"), given("--sigmas") || given("--rho"),
+                         given("--s-churn") || given("--s-tmin") || given("--s-tmax") || given("--s-noise"));
 }
 
 // Numbered samples left in the output folder by an earlier run (say 64 then, 16 now) would be
@@ -304,6 +310,11 @@ void add_sample_command(CLI::App& app, Action& action) {
   cmd->add_option("--precision", o->precision, "Network precision: fp32, bf16, fp16 (CUDA), auto (bf16 where native)")
       ->check(CLI::IsMember(precision_names()));
   cmd->add_option("--rho", o->rho, "Karras rho");
+  cmd->add_option("--s-churn", o->s_churn, "euler/heun: EDM's stochastic churn S_churn (0 = deterministic)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--s-tmin", o->s_tmin, "euler/heun: churn only where sigma >= this")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--s-tmax", o->s_tmax, "euler/heun: churn only where sigma <= this")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--s-noise", o->s_noise, "euler/heun: the churn noise's scale S_noise")->check(CLI::PositiveNumber);
   cmd->add_option("--device", o->device, "auto, cpu, cuda, cuda:N")->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0 = OMP_NUM_THREADS if set, else all usable cores)")
       ->check(at_least(0));

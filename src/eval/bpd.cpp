@@ -97,7 +97,7 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
     auto noise = opts.noise ? opts.noise(t).to(x0.options()) : randn_from(gen, x0);
     auto x_t = diffusion.q_sample(x0, tb, noise);
     auto model_t = orig[static_cast<size_t>(t)] == t ? tb : torch::full({B}, orig[static_cast<size_t>(t)], long_opts);
-    auto out = call_model(diffusion, model, x_t, model_t);
+    auto out = call_model(diffusion, model, diffusion.network_input(x_t, diffusion.level(tb, x_t)), model_t);
     auto term =
         vlb_term_bpd(diffusion, out.to(torch::kFloat64), x0d, x_t.to(torch::kFloat64), tb, ro, opts.decoder_cdf);
     r.terms.select(1, t).copy_(term.bpd);
@@ -252,7 +252,8 @@ BpdEstimate estimate_bpd_mc(const GaussianDiffusion& diffusion, const ModelFn& m
     t = t.to(dev);
     auto noise = randn_from(gen, x0);
     auto x_t = diffusion.q_sample(x0, t, noise);
-    auto out = call_model(diffusion, model, x_t, orig.index_select(0, t));
+    auto out =
+        call_model(diffusion, model, diffusion.network_input(x_t, diffusion.level(t, x_t)), orig.index_select(0, t));
     auto term =
         vlb_term_bpd(diffusion, out.to(torch::kFloat64), x0d, x_t.to(torch::kFloat64), t, ro, opts.decoder_cdf).bpd;
     acc += weights.defined() ? weights.index_select(0, t) * term : term;

@@ -34,7 +34,8 @@ torch::Tensor Network::batch_timesteps(const torch::Tensor& t, int64_t batch, co
   }
   // improved-diffusion's _scale_timesteps: t.float() * (1000 / T), the product in float32.
   tt = tt.to(device, torch::kFloat);
-  return timestep_scale_ == 1.0 ? tt : tt * timestep_scale_;
+  if (timestep_scale_ != 1.0) tt = tt * timestep_scale_;
+  return timestep_shift_ == 0.0 ? tt : tt + timestep_shift_;
 }
 
 torch::Tensor Network::batch_labels(const torch::Tensor& y, int64_t batch, const torch::Device& device) const {

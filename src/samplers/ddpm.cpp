@@ -9,8 +9,8 @@ DdpmStep ddpm_step(const Denoiser& denoiser, const GaussianDiffusion& process, c
                    const torch::Tensor& noise, const ReverseOptions& opts) {
   const double model_t = static_cast<double>(process.schedule().original_t()[static_cast<size_t>(i)]);
   const auto mt = denoiser.time_tensor(x, model_t);
-  const auto out = denoiser.network(x, mt);
   const auto t = torch::full({x.size(0)}, i, x.options().dtype(torch::kLong));
+  const auto out = denoiser.network(process.network_input(x, process.level(t, x)), mt);
   const auto st = process.p_mean_variance(out, x, t, opts);
   // At the first kept step alpha_bar_prev = 1, so the posterior mean is x0 itself; use it exactly
   // (the mean's coefficients are 1 and 0 only up to rounding).
@@ -32,7 +32,7 @@ torch::Tensor sample_ddpm(const Denoiser& denoiser, NoiseSource& noise, const Sa
   if (!full) {
     const auto kept = resolve_spacing(opts, T, std::to_string(opts.steps), name);
     spaced.emplace(denoiser.schedule().respace(kept), denoiser.diffusion().prediction(),
-                   denoiser.diffusion().variance_type());
+                   denoiser.diffusion().variance_type(), denoiser.diffusion().sigma_data());
   }
   const GaussianDiffusion& gd = full ? denoiser.diffusion() : *spaced;
   const NoiseSchedule& sched = gd.schedule();

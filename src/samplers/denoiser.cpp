@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "diffuse/error.h"
+#include "diffuse/preconditioning.h"
 
 namespace diffuse {
 
@@ -107,23 +108,9 @@ DenoiserOutput Denoiser::finish(const torch::Tensor& output, const torch::Tensor
   out.var_values = var_values;
   auto& p = out.pred;
   // x0 first; eps is derived only once x0 is final (clipping changes it).
-  switch (prediction()) {
-    case Prediction::Epsilon:
-      p.x0 = x0_from_eps(x_t, pred, n);
-      if (!process) p.eps = pred;
-      break;
-    case Prediction::X0: p.x0 = pred; break;
-    case Prediction::V:
-      p.x0 = x0_from_v(x_t, pred, n);
-      if (!process) p.eps = eps_from_v(x_t, pred, n);
-      break;
-    case Prediction::Score: {
-      auto eps = eps_from_score(pred, n);
-      p.x0 = x0_from_eps(x_t, eps, n);  // Tweedie (Luo eq. 133)
-      if (!process) p.eps = eps;
-      break;
-    }
-  }
+  const auto pc = preconditioning(prediction(), n, diffusion_.sigma_data());
+  p.x0 = pc.x0(x_t, pred);
+  if (!process) p.eps = pc.eps(x_t, pred);
   if (opts.dynamic_threshold > 0.0) p.x0 = dynamic_threshold(p.x0, opts.dynamic_threshold, opts.dynamic_threshold_max);
   else if (opts.clip_x0) p.x0 = p.x0.clamp(-1.0, 1.0);
   if (!p.eps.defined()) p.eps = eps_from_x0(x_t, p.x0, n);
@@ -140,14 +127,16 @@ DenoiserOutput Denoiser::at_step(const torch::Tensor& x_t, int64_t t, const Reve
     throw std::out_of_range("Denoiser::at_step: t = " + std::to_string(t) + " outside [0, " +
                             std::to_string(num_timesteps() - 1) + "]");
   const auto mt = time_tensor(x_t, model_t_table_[static_cast<size_t>(t)]);
-  const auto out = network(x_t, mt);
-  return finish(out, x_t, mt, scalar_level(schedule().alpha_bar()[static_cast<size_t>(t)]), opts);
+  const auto n = scalar_level(schedule().alpha_bar()[static_cast<size_t>(t)]);
+  const auto out = network(diffusion_.network_input(x_t, n), mt);
+  return finish(out, x_t, mt, n, opts);
 }
 
 DenoiserOutput Denoiser::at_steps(const torch::Tensor& x_t, const torch::Tensor& t, const ReverseOptions& opts) const {
   auto mt = schedule().gather(model_t_table_, t, x_t).reshape({-1}).to(time_dtype(x_t));
-  const auto out = network(x_t, mt);
-  return finish(out, x_t, mt, diffusion_.level(t, x_t), opts);
+  const auto n = diffusion_.level(t, x_t);
+  const auto out = network(diffusion_.network_input(x_t, n), mt);
+  return finish(out, x_t, mt, n, opts);
 }
 
 DenoiserOutput Denoiser::at_sigma(const torch::Tensor& x, double sigma, const ReverseOptions& opts) const {
@@ -158,7 +147,7 @@ DenoiserOutput Denoiser::at_sigma(const torch::Tensor& x, double sigma, const Re
   const NoiseLevel n{host_scalar(a), host_scalar(sigma * a)};
   const auto x_t = x * a;
   const auto mt = time_tensor(x_t, model_t(sigma_to_t(sigma)));
-  const auto out = network(x_t, mt);
+  const auto out = network(diffusion_.network_input(x_t, n), mt);
   // D(x; sigma) = x0 and (x - D)/sigma = (x_t - a x0)/s = eps: the VP conversions serve as is.
   return finish(out, x_t, mt, n, opts);
 }

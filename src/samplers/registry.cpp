@@ -11,13 +11,14 @@ namespace diffuse {
 
 const std::vector<SamplerEntry>& sampler_registry() {
   static const std::vector<SamplerEntry> entries = {
-      // name, function, stochastic, takes_eta, takes_sigmas, summary
-      {"ddpm", &sample_ddpm, true, false, false, "ancestral DDPM with the model's variance (any respacing)"},
-      {"ddim", &sample_ddim, true, true, false, "DDIM; eta = 0 deterministic, eta = 1 DDPM-like"},
-      {"dpmpp-2m", &sample_dpmpp_2m, false, false, true, "DPM-Solver++(2M), second-order multistep ODE solver"},
-      {"euler", &sample_euler, false, false, true, "Euler on the EDM ODE (karras or model sigmas)"},
-      {"euler-ancestral", &sample_euler_ancestral, true, true, true, "Euler with fresh noise each step (eta)"},
-      {"heun", &sample_heun, false, false, true, "Heun's second-order EDM ODE solver (2 NFE per step)"},
+      // name, function, stochastic, takes_eta, takes_sigmas, takes_churn, summary
+      {"ddpm", &sample_ddpm, true, false, false, false, "ancestral DDPM with the model's variance (any respacing)"},
+      {"ddim", &sample_ddim, true, true, false, false, "DDIM; eta = 0 deterministic, eta = 1 DDPM-like"},
+      {"dpmpp-2m", &sample_dpmpp_2m, false, false, true, false, "DPM-Solver++(2M), second-order multistep ODE solver"},
+      {"euler", &sample_euler, true, false, true, true, "Euler on the EDM ODE (karras or model sigmas; churn)"},
+      {"euler-ancestral", &sample_euler_ancestral, true, true, true, false, "Euler with fresh noise each step (eta)"},
+      {"heun", &sample_heun, true, false, true, true,
+       "Heun's second-order EDM ODE solver (2 NFE per step); EDM's stochastic sampler with s_churn"},
   };
   return entries;
 }
@@ -34,7 +35,7 @@ const SamplerEntry& find_sampler(const std::string& name) {
   throw_not_one_of("sampler", name, sampler_names());
 }
 
-void check_explicit_options(const std::string& name, bool eta_given, bool sigmas_given) {
+void check_explicit_options(const std::string& name, bool eta_given, bool sigmas_given, bool churn_given) {
   const auto& e = find_sampler(name);
   auto takers = [](auto pred) {
     std::string out;
@@ -49,6 +50,9 @@ void check_explicit_options(const std::string& name, bool eta_given, bool sigmas
     throw UsageError("sampler '" + name + "' steps on training timesteps and takes no sigma schedule or rho (" +
                      takers([](const SamplerEntry& s) { return s.takes_sigmas; }) +
                      " do); use spacing to choose its steps");
+  if (churn_given && !e.takes_churn)
+    throw UsageError("sampler '" + name + "' takes no churn settings (only " +
+                     takers([](const SamplerEntry& s) { return s.takes_churn; }) + " do)");
 }
 
 torch::Tensor run_sampler(const std::string& name, const Denoiser& denoiser, NoiseSource& noise,

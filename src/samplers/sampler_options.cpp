@@ -22,6 +22,13 @@ void validate_options(const SamplerOptions& opts, int64_t max_steps, const std::
                      " timesteps of the training schedule");
   if (opts.eta && (!std::isfinite(*opts.eta) || *opts.eta < 0.0))
     throw UsageError(who + "'eta' must be a finite number >= 0, got " + std::to_string(*opts.eta));
+  if (!(opts.s_churn >= 0.0) || !std::isfinite(opts.s_churn))
+    throw UsageError(who + "'s_churn' must be a finite number >= 0, got " + std::to_string(opts.s_churn));
+  if (!(opts.s_noise > 0.0) || !std::isfinite(opts.s_noise))
+    throw UsageError(who + "'s_noise' must be a finite number > 0, got " + std::to_string(opts.s_noise));
+  if (!(opts.s_tmin >= 0.0 && opts.s_tmin <= opts.s_tmax))
+    throw UsageError(who + "'s_tmin' and 's_tmax' must satisfy 0 <= s_tmin <= s_tmax, got " +
+                     std::to_string(opts.s_tmin) + " and " + std::to_string(opts.s_tmax));
   if (!(opts.dynamic_threshold >= 0.0 && opts.dynamic_threshold <= 1.0))
     throw UsageError(who + "'dynamic_threshold' must be a percentile in (0, 1] or 0 (off), got " +
                      std::to_string(opts.dynamic_threshold));

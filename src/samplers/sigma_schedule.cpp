@@ -1,9 +1,11 @@
 #include "diffuse/samplers/sigma_schedule.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "diffuse/error.h"
 #include "diffuse/samplers/denoiser.h"
+#include "diffuse/samplers/registry.h"
 #include "enum_names.h"
 
 namespace diffuse {
@@ -74,15 +76,34 @@ std::vector<double> sampling_sigmas(const Denoiser& denoiser, const SamplerOptio
   return out;
 }
 
+namespace {
+
+// EDM Algorithm 2, lines 4-6: sigma_hat = sigma (1 + gamma), x += sqrt(sigma_hat^2 - sigma^2) s_noise eps.
+// sigma_hat stays within the schedule, where the network was trained.
+double churn(torch::Tensor& x, double sigma, int64_t steps, const SamplerOptions& opts, double sigma_max,
+             NoiseSource& noise) {
+  if (sigma < opts.s_tmin || sigma > opts.s_tmax) return sigma;
+  const double gamma = std::min(opts.s_churn / static_cast<double>(steps), std::sqrt(2.0) - 1.0);
+  const double hat = std::min(sigma * (1.0 + gamma), std::max(sigma, sigma_max));
+  if (!(hat > sigma)) return sigma;
+  x = x + noise.next() * (opts.s_noise * std::sqrt(hat * hat - sigma * sigma));
+  return hat;
+}
+
+}  // namespace
+
 torch::Tensor run_sigma_sampler(const std::string& sampler, const Denoiser& denoiser, NoiseSource& noise,
                                 const SamplerOptions& opts, const torch::Tensor& x_T, const SigmaStep& step) {
   const auto sig = sampling_sigmas(denoiser, opts, sampler);
   const auto ropts = x0_options(opts);
   const auto N = static_cast<int64_t>(sig.size()) - 1;
+  const bool churns = opts.s_churn > 0.0 && find_sampler(sampler).takes_churn;
   return detail::run_in_inference_mode([&] {
     auto x = (x_T.defined() ? x_T : noise.initial()) * std::sqrt(1.0 + sig[0] * sig[0]);
     for (int64_t i = 0; i < N; ++i) {
-      const double s = sig[static_cast<size_t>(i)], s_next = sig[static_cast<size_t>(i + 1)];
+      double s = sig[static_cast<size_t>(i)];
+      const double s_next = sig[static_cast<size_t>(i + 1)];
+      if (churns) s = churn(x, s, N, opts, denoiser.sigma_max(), noise);
       const auto d = denoiser.at_sigma(x, s, ropts);
       if (opts.on_step)
         opts.on_step(

@@ -252,6 +252,7 @@ void on_every_rank(ProcessGroup& pg, const char* what, F&& f) {
 struct StepDraw {
   TimestepDraw global;
   torch::Tensor t, weights, noise, drop;  // this rank's, in its batch order
+  torch::Tensor sigma, step;              // continuous noise levels (lognormal) and their network time
 };
 
 struct StepResult {
@@ -284,6 +285,7 @@ class TrainLoop {
   StepResult run_step();
   StepDraw draw_step(const std::vector<Batch>& micro_batches);
   void forward_backward(const std::vector<Batch>& micro_batches, const StepDraw& draw, StepResult& out);
+  NoiseLevel noise_level(const StepDraw& d, int64_t first, int64_t B, const torch::Tensor& x0) const;
   void reduce_step(StepResult& out, const torch::Tensor& clipped);
   void optimize(const StepResult& r, double lr);
   void log_window(double lr, bool last);
@@ -492,7 +494,7 @@ void TrainLoop::build_model() {
                                                          .betas({cfg_.train.adam_beta1, cfg_.train.adam_beta2})
                                                          .eps(cfg_.train.adam_eps)
                                                          .weight_decay(cfg_.train.weight_decay));
-  tsampler_ = make_timestep_sampler(cfg_.diffusion.timestep_sampler, diffusion_->num_timesteps());
+  tsampler_ = make_timestep_sampler(cfg_.diffusion);
   loss_scale_ = std::make_unique<DynamicLossScale>(precision_ == "fp16");
   lrs_ = std::make_unique<LrSchedule>(
       LrSchedule{cfg_.train.lr, cfg_.train.warmup_steps, cfg_.train.lr_schedule, cfg_.train.min_lr, cfg_.train.steps});
@@ -590,10 +592,24 @@ StepDraw TrainLoop::draw_step(const std::vector<Batch>& micro_batches) {
   auto mine = [&](const torch::Tensor& t) { return t.slice(0, rank_, n, W_); };
   d.t = mine(d.global.t);
   d.weights = mine(d.global.weights);
+  if (d.global.sigma.defined()) {
+    d.sigma = mine(d.global.sigma);
+    d.step = mine(d.global.step);
+  }
   d.noise = mine(noise);
   if (model_->class_conditional() && cfg_.model.p_uncond > 0)
     d.drop = mine(draw_label_drops(n, cfg_.model.p_uncond, device_));
   return d;
+}
+
+NoiseLevel TrainLoop::noise_level(const StepDraw& d, int64_t first, int64_t B, const torch::Tensor& x0) const {
+  if (!d.sigma.defined()) return diffusion_->level(d.t.narrow(0, first, B), x0);
+  // x = x0 + sigma eps is x_t = a x0 + s eps with a = 1 / sqrt(1 + sigma^2), s = sigma a.
+  auto shape = std::vector<int64_t>(static_cast<size_t>(x0.dim()), 1);
+  shape[0] = B;
+  const auto sigma = d.sigma.narrow(0, first, B).reshape(shape);
+  const auto a = (sigma.square() + 1.0).rsqrt();
+  return {a.to(x0.scalar_type()), (sigma * a).to(x0.scalar_type())};
 }
 
 void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const StepDraw& d, StepResult& out) {
@@ -609,7 +625,9 @@ void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const 
     const int64_t B = x0.size(0);
     const auto t = d.t.narrow(0, first, B);
     auto noise = d.noise.narrow(0, first, B).contiguous(x0.suggest_memory_format());
-    auto x_t = diffusion_->q_sample(x0, t, noise);
+    const auto level = noise_level(d, first, B, x0);
+    auto x_t = level.a * x0 + level.s * noise;  // q_sample (Luo eq. 69)
+    const auto net_t = d.step.defined() ? d.step.narrow(0, first, B) : t.to(torch::kFloat32);
     torch::Tensor y;
     if (model_->class_conditional()) {
       y = batch.y.to(device_, /*non_blocking=*/true);  // pinned by the loader on CUDA
@@ -622,10 +640,12 @@ void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const 
     torch::Tensor net_out;
     {
       AutocastGuard ac(precision_, device_);
-      net_out = model_->forward(network_input(*model_, x_t, low_res), t.to(torch::kFloat32), y);
+      net_out = model_->forward(network_input(*model_, diffusion_->network_input(x_t, level), low_res), net_t, y);
     }
     auto losses = classifier_ ? classifier_losses(net_out.to(torch::kFloat32), batch.y.to(device_))
-                              : training_losses(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, x_t, t, noise);
+                  : d.sigma.defined()
+                      ? mse_loss(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, noise, level)
+                      : training_losses(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, x_t, t, noise);
     auto loss = (losses.loss * d.weights.narrow(0, first, B)).mean() / K;
     if (grad_sync_ && micro + 1 == micro_batches.size()) grad_sync_->arm();  // gradients sync once per step
     loss_scale_->apply(loss).backward();

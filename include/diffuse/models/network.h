@@ -32,15 +32,18 @@ class Network : public torch::nn::Module {
   int64_t null_label() const { return num_classes_; }  // the "no class" label (CFG)
   // > 0: a super-resolution network, whose x is network_input(x_t, low_res) (models/super_res.h).
   int64_t low_res_size() const { return low_res_size_; }
-  // The network embeds t * scale (diffusion.rescale_timesteps: 1000 / T); 1 by default.
+  // The network embeds t * scale + shift: diffusion.rescale_timesteps sets scale 1000 / T, and the
+  // edm schedule maps its steps to EDM's c_noise (factory.cpp). 1 and 0 by default.
   void set_timestep_scale(double scale) { timestep_scale_ = scale; }
+  void set_timestep_shift(double shift) { timestep_shift_ = shift; }
   double timestep_scale() const { return timestep_scale_; }
+  double timestep_shift() const { return timestep_shift_; }
 
  protected:
   Network(std::string name, int64_t in_channels, int64_t out_channels, int64_t num_classes);
 
-  // t * timestep_scale() as float32 [batch] on `device` (a scalar or one-element t is broadcast). Throws
-  // std::invalid_argument on a shape mismatch.
+  // t * timestep_scale() + timestep_shift() as float32 [batch] on `device` (a scalar or one-element t is broadcast).
+  // Throws std::invalid_argument on a shape mismatch.
   torch::Tensor batch_timesteps(const torch::Tensor& t, int64_t batch, const torch::Device& device) const;
   // y as int64 [batch] on `device`; all null labels when y is undefined. Requires a
   // class-conditional network. Values are not range-checked here (that would force a
@@ -53,6 +56,7 @@ class Network : public torch::nn::Module {
   int64_t out_channels_;
   int64_t num_classes_;
   double timestep_scale_ = 1.0;
+  double timestep_shift_ = 0.0;
   int64_t low_res_size_ = 0;
 };
 

@@ -22,6 +22,7 @@ struct SamplerEntry {
   bool stochastic;      // may draw noise.next() during sampling (ddim only with eta > 0)
   bool takes_eta;       // reads SamplerOptions::eta (the others ignore it)
   bool takes_sigmas;    // steps over SamplerOptions::sigmas / rho (else over training timesteps)
+  bool takes_churn;     // applies EDM's stochastic churn (SamplerOptions::s_churn etc.)
   const char* summary;  // one line for --help
 };
 
@@ -32,10 +33,10 @@ std::vector<std::string> sampler_names();
 const SamplerEntry& find_sampler(const std::string& name);
 
 // For options a user names explicitly (command-line flags): throws UsageError when sampler `name`
-// would ignore them: an eta for a sampler without one, or a sigma schedule / rho for ddpm and ddim
-// (they step on training timesteps). Values from a config's sample.* section are shared by every
-// sampler and are not refused.
-void check_explicit_options(const std::string& name, bool eta_given, bool sigmas_given);
+// would ignore them: an eta for a sampler without one, a sigma schedule / rho for ddpm and ddim
+// (they step on training timesteps), or churn settings for a sampler without churn. Values from a config's sample.*
+// section are shared by every sampler and are not refused.
+void check_explicit_options(const std::string& name, bool eta_given, bool sigmas_given, bool churn_given = false);
 
 // Runs sampler `name`; returns x_0 [B, ...]. `x_T` (VP variable), when defined, replaces
 // noise.initial(). Bad options throw UsageError naming the option.

@@ -48,6 +48,13 @@ struct SamplerOptions {
   // "model" (the training schedule's own sigmas at "linspace:<steps>" or the spacing).
   std::string sigmas = "karras";
   double rho = 7.0;
+  // EDM's stochastic churn (Karras et al. 2022, Algorithm 2), euler and heun only: where
+  // s_tmin <= sigma <= s_tmax, raise sigma by gamma = min(s_churn / steps, sqrt(2) - 1) (at most to
+  // the schedule's sigma_max) with fresh noise of scale s_noise, then step. s_churn = 0: off.
+  double s_churn = 0.0;
+  double s_tmin = 0.0;
+  double s_tmax = 1.0e4;
+  double s_noise = 1.0;
   std::function<void(const StepInfo&)> on_step;
 };
 
