@@ -26,7 +26,7 @@ Preconditioning edm(const NoiseLevel& n, double sd) {
   const auto& s = n.s;
   const auto q = s * s + (sd * sd) * (a * a);
   const auto r = q.rsqrt();
-  return {r, (sd * sd) * a / q, s * sd * r, s / q, -sd * a * r, s * r / sd, -sd * a * r};
+  return {r, (sd * sd) * a / q, s * sd * r, s / q, -sd * a * r, s * r / sd, -sd * a * r, {}, {}};
 }
 
 }  // namespace
@@ -41,7 +41,7 @@ Preconditioning preconditioning(Prediction p, const NoiseLevel& n, double sigma_
     // eps = (x_t - a x0) / s
     case Prediction::X0: return {one, zero, one, one, -a, one, zero, {}, 1.0 / s};
     // v = a eps - s x0;  x0 = a x_t - s v;  eps = s x_t + a v
-    case Prediction::V: return {one, a, -s, s, a, -s, a};
+    case Prediction::V: return {one, a, -s, s, a, -s, a, {}, {}};
     // Tweedie (Luo eq. 133): score = -eps / s, a x0 = x_t + s^2 score
     case Prediction::Score: return {one, one, s * s, zero, -s, zero, -1.0 / s, 1.0 / a, {}};
     case Prediction::Edm: return edm(n, sigma_data);

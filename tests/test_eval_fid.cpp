@@ -6,8 +6,12 @@
 #include <filesystem>
 #include <fstream>
 
+#include "diffuse/config.h"
 #include "diffuse/error.h"
 #include "diffuse/eval/fid.h"
+#include "diffuse/models/encoder_unet.h"
+#include "diffuse/train/checkpoint.h"
+#include "diffuse/train/trainer.h"
 #include "diffuse/safetensors.h"
 #include "test_util.h"
 
@@ -17,7 +21,7 @@ namespace {
 
 torch::Generator seeded(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
-FeatureStats stats_of(const torch::Tensor& mu, const torch::Tensor& sigma) { return {mu, sigma, 1000}; }
+FeatureStats stats_of(const torch::Tensor& mu, const torch::Tensor& sigma) { return {mu, sigma, 1000, {}, {}}; }
 
 torch::Tensor mat2(double a, double b, double c, double d) {
   return torch::tensor({a, b, c, d}, torch::kFloat64).view({2, 2});
@@ -330,4 +334,61 @@ TEST(EvalFid, FeatureNetworkFingerprint) {
   big[big.size() / 2] ^= 1;
   EXPECT_NE(one, feature_network_fingerprint(write("net2.pt", big)));
   EXPECT_THROW(feature_network_fingerprint(dir.str() + "/missing.pt"), UsageError);
+}
+
+// A classifier diffuse trained is a feature network: FeatureExtractor reads its checkpoint and
+// returns the EncoderUNet's pooled features at t = 0 of the 8-bit-rounded images, at the
+// classifier's own size and channels (no resizing to 299, no grey-to-RGB). The same network
+// loaded the ordinary way gives the same features; a denoiser's checkpoint is refused naming
+// its model.type.
+TEST(FeatureNetwork, AClassifierCheckpointGivesItsPooledFeatures) {
+  REQUIRE_FASHION_MNIST();
+  test::TempDir dir;
+  Config c = load_config(std::string(DIFFUSE_SOURCE_DIR) + "/configs/fashion-mnist-features.yaml");
+  c.model.model_channels = 32;
+  c.model.channel_mult = {1, 1};
+  c.data.limit = 64;
+  c.train.steps = 2;
+  c.train.batch_size = 8;
+  c.train.log_every = 1;
+  c.train.checkpoint_every = 2;
+  TrainRequest req;
+  req.config = c;
+  req.run_dir = (dir.path() / "cls").string();
+  const auto summary = train(req);
+  FeatureExtractor fx(summary.checkpoint);
+  EXPECT_EQ(fx.options().image_size, 28);
+  const auto images = torch::rand({5, 1, 28, 28}, seeded(3), torch::kFloat32) * 2 - 1;
+  const auto f = fx.features(images);
+  ASSERT_EQ(f.sizes(), (std::vector<int64_t>{5, 32}));  // the last level's 32 channels
+
+  CheckpointReader reader(summary.checkpoint);
+  const Config cfg = parse_config(reader.meta().config_yaml, summary.checkpoint);
+  auto net = std::dynamic_pointer_cast<EncoderUNet>(load_network(reader, cfg, true, torch::kCPU).net);
+  ASSERT_TRUE(net);
+  torch::Tensor want;
+  {
+    torch::NoGradGuard no_grad;
+    const auto rounded = ((images + 1) * 127.5).round() / 127.5 - 1;
+    want = net->features(rounded, torch::zeros({5}));
+  }
+  EXPECT_LT((f - want).abs().max().item<double>(), 1e-5);
+  EXPECT_NEAR(frechet_distance(feature_stats(f.to(torch::kFloat64)), feature_stats(want.to(torch::kFloat64))), 0.0,
+              1e-6);
+  EXPECT_THROW(fx.features(torch::zeros({2, 3, 28, 28})), UsageError);  // a 1-channel network
+
+  // A denoiser's checkpoint is not a feature network.
+  Config d = load_config(std::string(DIFFUSE_SOURCE_DIR) + "/configs/tiny.yaml");
+  d.train.steps = 1;
+  d.train.sample_every = 0;
+  d.train.checkpoint_every = 1;
+  req.config = d;
+  req.run_dir = (dir.path() / "den").string();
+  const auto den = train(req);
+  try {
+    FeatureExtractor bad(den.checkpoint);
+    ADD_FAILURE() << "a denoiser checkpoint was taken for a feature network";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.type unet"), std::string::npos) << e.what();
+  }
 }

@@ -321,7 +321,9 @@ class SampleQuality {
     if (extractor_) return;
     const auto& ev = c_.ev;
     if (ev.feature_extractor.empty())
-      throw UsageError("fid/kid need eval.feature_extractor (a TorchScript feature network; see docs/fid.md)");
+      throw UsageError(
+          "fid/kid need eval.feature_extractor (pytorch-fid's Inception weights, a classifier checkpoint from "
+          "scripts/make-feature-net.sh, or a TorchScript network; see docs/fid.md)");
     FeatureExtractorOptions fo;
     fo.device = c_.req.device;
     extractor_ = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);

@@ -11,6 +11,7 @@
 #include <vector>
 #include <random>
 
+#include "diffuse/config.h"
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
 #include "diffuse/safetensors.h"
@@ -19,6 +20,8 @@
 #include "diffuse/eval/npz.h"
 #include "diffuse/torch_save.h"
 #include "diffuse/eval/random.h"
+#include "diffuse/models/encoder_unet.h"
+#include "diffuse/train/checkpoint.h"
 
 namespace diffuse {
 
@@ -26,8 +29,31 @@ namespace diffuse {
 
 struct FeatureExtractor::Impl {
   torch::jit::Module module;                  // a TorchScript feature network, or
-  std::unique_ptr<FidInceptionV3> inception;  // pytorch-fid's weights in our InceptionV3
+  std::unique_ptr<FidInceptionV3> inception;  // pytorch-fid's weights in our InceptionV3, or
+  std::shared_ptr<EncoderUNet> classifier;    // a classifier diffuse trained (its pooled features at t = 0)
 };
+
+namespace {
+
+// A safetensors file (ours: diffuse's checkpoints) opens with its header length and then '{'.
+bool looks_like_safetensors(const std::string& bytes) { return bytes.size() > 9 && bytes[8] == '{'; }
+
+// A diffuse checkpoint of model.type classifier, as a feature network at its own image size and
+// channel count; its EMA weights when it has them.
+std::shared_ptr<EncoderUNet> open_classifier(const std::string& path, const torch::Device& device) {
+  CheckpointReader reader(path);
+  const Config cfg = parse_config(reader.meta().config_yaml, path);
+  if (cfg.model.type != ModelType::Classifier)
+    throw UsageError(
+        fmt::format("feature extractor '{}' is a diffuse checkpoint of model.type {}; a feature network "
+                    "must be a classifier (model.type classifier, e.g. scripts/make-feature-net.sh)",
+                    path, to_string(cfg.model.type)));
+  auto net = std::dynamic_pointer_cast<EncoderUNet>(load_network(reader, cfg, /*prefer_ema=*/true, device).net);
+  if (!net) throw std::logic_error("a model.type classifier checkpoint did not build an EncoderUNet");
+  return net;
+}
+
+}  // namespace
 
 FeatureExtractor::FeatureExtractor(const std::string& path, FeatureExtractorOptions opts)
     : impl_(std::make_unique<Impl>()), path_(path), opts_(opts) {
@@ -37,9 +63,15 @@ FeatureExtractor::FeatureExtractor(const std::string& path, FeatureExtractorOpti
   if (!std::filesystem::is_regular_file(path, ec))
     throw UsageError(
         fmt::format("feature extractor '{}' does not exist or is not a file (expected pytorch-fid's "
-                    "Inception weights or a TorchScript module; see docs/fid.md)",
+                    "Inception weights, a diffuse classifier checkpoint or a TorchScript module; see docs/fid.md)",
                     path));
   const std::string bytes = read_file_bytes(path);
+  if (looks_like_safetensors(bytes)) {
+    impl_->classifier = open_classifier(path, opts_.device);
+    // It sees images as it was trained: its own size and channels, no resizing to 299.
+    opts_.image_size = impl_->classifier->options().image_size;
+    return;
+  }
   if (looks_like_torch_save(bytes)) {
     impl_->inception = std::make_unique<FidInceptionV3>();
     impl_->inception->load(decode_torch_save(bytes, path), path);
@@ -68,7 +100,10 @@ torch::Tensor FeatureExtractor::prepare(const torch::Tensor& images) const {
                     images.defined() ? fmt::format("{}", fmt::join(images.sizes(), ", ")) : ""));
   auto x = images.to(opts_.device, torch::kFloat32);
   if (opts_.quantize_8bit) x = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 127.5 - 1.0;
-  if (x.size(1) == 1) x = x.expand({x.size(0), 3, x.size(2), x.size(3)});
+  const int64_t channels = impl_->classifier ? impl_->classifier->in_channels() : 3;
+  if (x.size(1) == 1 && channels == 3) x = x.expand({x.size(0), 3, x.size(2), x.size(3)});
+  if (x.size(1) != channels)
+    throw UsageError(fmt::format("feature extractor '{}' takes {}-channel images, got {}", path_, channels, x.size(1)));
   const auto S = opts_.image_size;
   if (S > 0 && (x.size(2) != S || x.size(3) != S)) {
     namespace F = torch::nn::functional;
@@ -86,6 +121,10 @@ torch::Tensor FeatureExtractor::features(const torch::Tensor& images) const {
     auto batch = prepare(images.narrow(0, i, std::min(opts_.batch_size, N - i)));
     if (impl_->inception) {
       out.push_back(impl_->inception->forward(batch));
+      continue;
+    }
+    if (impl_->classifier) {
+      out.push_back(impl_->classifier->features(batch, torch::zeros({batch.size(0)}, batch.options())));
       continue;
     }
     auto result = impl_->module.forward({batch});

@@ -109,7 +109,7 @@ torch::Tensor EncoderUNet::block_means(torch::Tensor h, const torch::Tensor& emb
   return at::cat(means, 1);
 }
 
-torch::Tensor EncoderUNet::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&) {
+torch::Tensor EncoderUNet::embedding(const torch::Tensor& x, const torch::Tensor& t) {
   if (!x.defined() || x.dim() != 4 || x.size(1) != in_channels() || x.size(2) != opt_.image_size ||
       x.size(3) != opt_.image_size)
     throw std::invalid_argument("EncoderUNet: expected x of shape [B, " + std::to_string(in_channels()) + ", " +
@@ -118,14 +118,31 @@ torch::Tensor EncoderUNet::forward(const torch::Tensor& x, const torch::Tensor& 
   const int64_t batch = x.size(0);
   Tensor emb = time_fc1_->forward(timestep_embedding(batch_timesteps(t, batch, x.device()), opt_.model_channels));
   emb = time_fc2_->forward(silu_owned(std::move(emb)));
-  const Tensor emb_act = silu_owned(std::move(emb));  // the SiLU that starts every ResBlock's emb_layers
-  Tensor h = x;
-  if (spatial_head_) return spatial_head_->forward(block_means(h, emb_act));
-  for (const auto& block : input_blocks_) h = block->forward(h, emb_act);
-  h = middle_block_->forward(h, emb_act);
-  h = group_norm_act(out_norm_, h, Activation::SiLU);
+  return silu_owned(std::move(emb));  // the SiLU that starts every ResBlock's emb_layers
+}
+
+torch::Tensor EncoderUNet::trunk(torch::Tensor h, const torch::Tensor& emb) {
+  for (const auto& block : input_blocks_) h = block->forward(h, emb);
+  h = middle_block_->forward(h, emb);
+  return group_norm_act(out_norm_, h, Activation::SiLU);
+}
+
+torch::Tensor EncoderUNet::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&) {
+  const Tensor emb = embedding(x, t);
+  if (spatial_head_) return spatial_head_->forward(block_means(x, emb));
+  const Tensor h = trunk(x, emb);
   if (attention_pool_) return attention_pool_->forward(h);
   return out_conv_->forward(h.mean({2, 3}, /*keepdim=*/true)).flatten(1);
+}
+
+torch::Tensor EncoderUNet::features(const torch::Tensor& x, const torch::Tensor& t) {
+  if (attention_pool_)
+    throw UsageError(
+        "a classifier with model.pool attention has no pooled feature vector; train the feature "
+        "network with model.pool adaptive or spatial");
+  const Tensor emb = embedding(x, t);
+  if (spatial_head_) return block_means(x, emb);
+  return trunk(x, emb).mean({2, 3}).to(torch::kFloat);
 }
 
 }  // namespace diffuse

@@ -26,9 +26,11 @@ struct FeatureExtractorOptions {
 };
 
 // The feature network of a file: pytorch-fid's Inception weights (a torch.save state_dict, such
-// as pt_inception-2015-12-05-6726825d.pth), or a TorchScript module mapping [N, 3, S, S] float32
-// images in [-1, 1] to features [N, D] (an output [N, D, 1, 1], or a tuple/list whose first
-// element is that, is accepted too).
+// as pt_inception-2015-12-05-6726825d.pth), a diffuse checkpoint of model.type classifier (its
+// pooled features at t = 0, at its own image size and channels: EncoderUNet::features; what
+// scripts/make-feature-net.sh trains for Fashion-MNIST), or a TorchScript module mapping
+// [N, 3, S, S] float32 images in [-1, 1] to features [N, D] (an output [N, D, 1, 1], or a
+// tuple/list whose first element is that, is accepted too).
 class FeatureExtractor {
  public:
   // Throws UsageError naming the file when it is missing or neither kind of file.
@@ -37,8 +39,8 @@ class FeatureExtractor {
   FeatureExtractor(FeatureExtractor&&) noexcept;
   FeatureExtractor& operator=(FeatureExtractor&&) noexcept;
 
-  // What the network is fed: [N, C, H, W] images in [-1, 1] with C = 1 (repeated to 3) or 3,
-  // quantised and resized as the options say, float32 on the extractor's device.
+  // What the network is fed: [N, C, H, W] images in [-1, 1] with C = 1 (repeated to 3 for a
+  // 3-channel network) or 3, quantised and resized as the options say, float32 on the device.
   torch::Tensor prepare(const torch::Tensor& images) const;
   // Features [N, D] float32 (on the extractor's device), in batches of opts.batch_size.
   torch::Tensor features(const torch::Tensor& images) const;

@@ -34,6 +34,12 @@ class EncoderUNet : public Network {
   // Returns the logits [B, out_channels].
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& y = {}) override;
 
+  // The pooled representation the head reads, [B, D] float32: the spatial mean of the normalised
+  // trunk (adaptive pool; D = the last level's channels) or every block's spatial mean (spatial,
+  // spatial_v2). What a Fashion-MNIST classifier gives FID/KID as features (eval/fid.h), as
+  // Inception's pool3 does. Attention pooling has no such vector: UsageError.
+  torch::Tensor features(const torch::Tensor& x, const torch::Tensor& t);
+
   const UNetOptions& options() const { return opt_; }
   ClassifierPool pool() const { return pool_; }
 
@@ -41,6 +47,10 @@ class EncoderUNet : public Network {
   class AttentionPool;
   // The spatial pools' features: every input block's and the middle block's spatial mean, [B, sum of channels].
   torch::Tensor block_means(torch::Tensor h, const torch::Tensor& emb) const;
+  // The checked input's time embedding (SiLU applied), and the normalised trunk (input blocks,
+  // middle block, GroupNorm + SiLU) that the adaptive and attention heads read.
+  torch::Tensor embedding(const torch::Tensor& x, const torch::Tensor& t);
+  torch::Tensor trunk(torch::Tensor h, const torch::Tensor& emb);
   UNetOptions opt_;
   ClassifierPool pool_;
   torch::nn::Linear time_fc1_{nullptr}, time_fc2_{nullptr};
