@@ -5,6 +5,7 @@
 # shipped feature network's space (scripts/make-feature-net.sh), with the recipe's own sampler
 # and with DPM-Solver++(2M) at 20 steps. Run on an otherwise idle machine.
 #   scripts/recipe-study.sh [OUT] [STEPS]        (defaults runs/study, 1500: the quickstart's budget)
+#   RECIPES="quickstart edm" scripts/recipe-study.sh    (a subset; default all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${DIFFUSE:-build/diffuse}
@@ -19,7 +20,8 @@ declare -A config=(
   [v-minsnr]="configs/fashion-mnist-quick.yaml --set diffusion.prediction=v --set diffusion.loss_weighting=min_snr"
   [edm]="configs/fashion-mnist-edm.yaml"
 )
-for recipe in quickstart v-minsnr edm; do
+recipes=${RECIPES:-quickstart v-minsnr edm}
+for recipe in $recipes; do
   # shellcheck disable=SC2086  # the config holds several words on purpose
   "$BIN" train --config ${config[$recipe]} --run-dir "$out/$recipe" --overwrite --set train.steps="$steps" \
     --set train.sample_every=0 >"$out/$recipe.train.txt" 2>&1
@@ -31,7 +33,7 @@ for recipe in quickstart v-minsnr edm; do
 done
 echo "| recipe | train img/s | sampler | FID | KID x 1000 | dpmpp-2m 20: FID | KID x 1000 |"
 echo "|---|---|---|---|---|---|---|"
-for recipe in quickstart v-minsnr edm; do
+for recipe in $recipes; do
   python3 - "$recipe" "$out" <<'PY'
 import csv, json, re, sys
 recipe, out = sys.argv[1], sys.argv[2]
