@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Quality per CPU-minute on Fashion-MNIST (issue 13; docs/recipes.md): trains each recipe for the
-# same number of steps of the same UNet and batch (so the same training time up to the loss's
-# arithmetic; img/s is reported), then scores 1000 samples of each with FID and KID in the
-# shipped feature network's space (scripts/make-feature-net.sh), with the recipe's own sampler
-# and with DPM-Solver++(2M) at 20 steps. Run on an otherwise idle machine.
+# Quality per CPU-minute on Fashion-MNIST (issue 13; docs/recipes.md). Each recipe trains for the
+# wall time of STEPS steps of the quickstart's UNet: its step count is STEPS x (its images/s /
+# the quickstart's), both measured side by side with `diffuse bench train` first. Then 1000
+# samples of each, with the recipe's own sampler and with DPM-Solver++(2M) at 20 steps, are scored
+# in the shipped feature network's space (scripts/make-feature-net.sh): FID, KID, and improved
+# precision / recall (1 - precision = the share of samples off the data's manifold, the broken
+# ones). Last, the samplers and their step counts on the quickstart recipe, at n = 500, including
+# 1000-step ancestral sampling. Run on an otherwise idle machine (about 2 hours on 2 cores).
 #   scripts/recipe-study.sh [OUT] [STEPS]        (defaults runs/study, 1500: the quickstart's budget)
-#   RECIPES="quickstart edm" scripts/recipe-study.sh    (a subset; default all three)
+#   RECIPES="eps edm" SWEEP=0 scripts/recipe-study.sh    (a subset; no sampler sweep)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${DIFFUSE:-build/diffuse}
@@ -14,36 +17,72 @@ out=${1:-runs/study}
 steps=${2:-1500}
 net=runs/features/fashion-mnist
 [[ -f $net/checkpoints/latest.pt ]] || scripts/make-feature-net.sh "$net" >&2
+fx="$net/checkpoints/latest.pt"
 mkdir -p "$out"
+quick=configs/fashion-mnist-quick.yaml
+eps=configs/fashion-mnist-eps.yaml
 declare -A config=(
-  [quickstart]="configs/fashion-mnist-quick.yaml"
-  [v-minsnr]="configs/fashion-mnist-quick.yaml --set diffusion.prediction=v --set diffusion.loss_weighting=min_snr"
-  [edm]="configs/fashion-mnist-edm.yaml"
+  [eps]="$eps"
+  [v-minsnr]="$eps --set diffusion.prediction=v --set diffusion.loss_weighting=min_snr"
+  [edm]="$quick"
+  [edm-depth2]="$quick --set model.num_res_blocks=2"
+  [edm-width64]="$quick --set model.model_channels=64"
+  [edm-lr2e-3]="$quick --set train.lr=2.0e-3"
+  [edm-lr5e-4]="$quick --set train.lr=5.0e-4"
+  [edm-ema9995]="$quick --set train.ema_decay=0.9995"
+  [edm-ema99]="$quick --set train.ema_decay=0.99"
 )
-recipes=${RECIPES:-quickstart v-minsnr edm}
-for recipe in $recipes; do
+recipes=${RECIPES:-eps v-minsnr edm edm-depth2 edm-width64 edm-lr2e-3 edm-lr5e-4 edm-ema9995 edm-ema99}
+
+images_per_sec() {  # CONFIG [--set ...]: training throughput, 20 timed steps
   # shellcheck disable=SC2086  # the config holds several words on purpose
-  "$BIN" train --config ${config[$recipe]} --run-dir "$out/$recipe" --overwrite --set train.steps="$steps" \
+  "$BIN" bench train -c $1 --steps 20 --warmup 3 2>/dev/null | tail -1 |
+    python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["images_per_sec"])'
+}
+score() {  # RUN SAMPLES_DIR: fid, kid, precision, recall of a sample folder as one JSON line
+  "$BIN" eval --checkpoint "$1" --samples "$2" --metrics fid,kid,precision,recall --feature-extractor "$fx" \
+    --reference-stats "$out/reference.stats" --format json --out "$2.eval" 2>/dev/null | tail -1 >"$2.json"
+}
+
+base_ips=$(images_per_sec "$quick")
+for recipe in $recipes; do
+  ips=$(images_per_sec "${config[$recipe]}")
+  n=$(python3 -c "print(max(1, round($steps * $ips / $base_ips)))")
+  echo "recipe-study: $recipe: $ips img/s against $base_ips, $n steps" >&2
+  # shellcheck disable=SC2086
+  "$BIN" train --config ${config[$recipe]} --run-dir "$out/$recipe" --overwrite --set train.steps="$n" \
     --set train.sample_every=0 >"$out/$recipe.train.txt" 2>&1
-  "$BIN" eval --checkpoint "$out/$recipe" --metrics fid,kid --num-samples 1000 --sweep dpmpp-2m:20 \
-    --feature-extractor "$net/checkpoints/latest.pt" --reference-stats "$out/reference.stats" --format json \
-    --out "$out/$recipe/eval" 2>"$out/$recipe.eval.txt" | tail -1 >"$out/$recipe.json"
-  "$BIN" sample --checkpoint "$out/$recipe" --num 64 --seed 0 --out "$out/$recipe/grid" >/dev/null 2>&1
-  echo "recipe-study: $recipe done ($out/$recipe.json, $out/$recipe/grid/grid.png)" >&2
+  "$BIN" sample --checkpoint "$out/$recipe" --num 1000 --seed 0 --out "$out/$recipe/own" >/dev/null 2>&1
+  "$BIN" sample --checkpoint "$out/$recipe" --num 1000 --seed 0 --sampler dpmpp-2m --steps 20 \
+    --out "$out/$recipe/dpmpp20" >/dev/null 2>&1
+  "$BIN" sample --checkpoint "$out/$recipe" --num 64 --seed 0 --no-images --out "$out/$recipe/grid" >/dev/null 2>&1
+  score "$out/$recipe" "$out/$recipe/own"
+  score "$out/$recipe" "$out/$recipe/dpmpp20"
+  echo "recipe-study: $recipe done ($out/$recipe/own.json, $out/$recipe/grid/grid.png)" >&2
 done
-echo "| recipe | train img/s | sampler | FID | KID x 1000 | dpmpp-2m 20: FID | KID x 1000 |"
-echo "|---|---|---|---|---|---|---|"
+
+echo "| recipe | steps (equal time) | own sampler | FID | KID x 1000 | precision | recall | dpmpp-2m 20: FID | KID x 1000 | precision |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for recipe in $recipes; do
   python3 - "$recipe" "$out" <<'PY'
-import csv, json, re, sys
+import json, re, sys
 recipe, out = sys.argv[1], sys.argv[2]
-r = json.load(open(f"{out}/{recipe}.json"))
-ips = re.findall(r"\(([0-9.]+) img/s\)", open(f"{out}/{recipe}.train.txt").read())
-sweep = list(csv.DictReader(open(f"{out}/{recipe}/eval/sweep.csv")))[0]
+own = json.load(open(f"{out}/{recipe}/own.json"))
+dpm = json.load(open(f"{out}/{recipe}/dpmpp20.json"))
 cfg = open(f"{out}/{recipe}/config.yaml").read()
-sampler = re.search(r"\nsample:\n(?:.*\n)*?  sampler: \"?([a-z0-9-]+)", cfg).group(1)
-steps = re.search(r"\nsample:\n(?:.*\n)*?  steps: ([0-9]+)", cfg).group(1)
-print(f"| {recipe} | {ips[-1] if ips else '?'} | {sampler} {steps} | {r['fid']:.2f} | {1000 * r['kid']:.2f} | "
-      f"{float(sweep['fid']):.2f} | {1000 * float(sweep['kid']):.2f} |")
+section = lambda name: re.search(rf"\n{name}:\n((?:  .*\n)*)", cfg).group(1)
+key = lambda text, k: re.search(rf"\n  {k}: \"?([A-Za-z0-9.+-]+)", "\n" + text).group(1)
+sampler = f"{key(section('sample'), 'sampler')} {key(section('sample'), 'steps')}"
+print(f"| {recipe} | {key(section('train'), 'steps')} | {sampler} | {own['fid']:.2f} | {1000 * own['kid']:.2f} | "
+      f"{own['precision']:.3f} | {own['recall']:.3f} | {dpm['fid']:.2f} | {1000 * dpm['kid']:.2f} | {dpm['precision']:.3f} |")
 PY
 done
+
+[[ ${SWEEP:-1} == 0 ]] && exit 0
+# Samplers and step counts on the quickstart recipe (network evaluations: heun 2n - 1, others n).
+"$BIN" eval --checkpoint "$out/edm" --metrics fid,kid,precision --num-samples 500 --sweep ddpm:1000 --sweep heun:18 \
+  --sweep dpmpp-2m:10,20 --sweep ddim:50 --feature-extractor "$fx" --reference-stats "$out/reference.stats" \
+  --format json --out "$out/edm/samplers" >/dev/null 2>"$out/edm-samplers.txt"
+echo
+echo "samplers on the edm recipe at n = 500: $out/edm/samplers/sweep.csv"
+cat "$out/edm/samplers/sweep.csv"

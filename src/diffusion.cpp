@@ -83,8 +83,7 @@ std::pair<torch::Tensor, torch::Tensor> GaussianDiffusion::split_output(const to
 }
 
 torch::Tensor GaussianDiffusion::network_input(const torch::Tensor& x_t, const NoiseLevel& n) const {
-  if (prediction_ != Prediction::Edm) return x_t;
-  return x_t * preconditioning(prediction_, n, sigma_data_).in;
+  return input_scale(prediction_, n, sigma_data_).times(x_t);
 }
 
 ReverseStats GaussianDiffusion::p_mean_variance(const torch::Tensor& model_output, const torch::Tensor& x_t,

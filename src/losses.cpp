@@ -114,7 +114,7 @@ torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& 
   if (cfg.weighting == LossWeighting::None) return torch::ones({like.size(0)}, like.options());
   const NoiseLevel n64{n.a.reshape({-1}).to(torch::kFloat64), n.s.reshape({-1}).to(torch::kFloat64)};
   const auto snr = (n64.a / n64.s).square();
-  const auto out2 = preconditioning(diffusion.prediction(), n64, diffusion.sigma_data()).c_out().square();
+  const auto out2 = preconditioning(diffusion.prediction(), n64, diffusion.sigma_data()).c_out().tensor(n64.a).square();
   const auto w0 = cfg.weighting == LossWeighting::MinSnr ? torch::clamp_max(snr, cfg.min_snr_gamma) : snr;
   const auto w = w0 * out2;
   return torch::where(torch::isfinite(w), w, torch::ones_like(w)).to(like.scalar_type());
@@ -130,14 +130,21 @@ torch::Tensor loss_weight(const GaussianDiffusion& diffusion, const LossConfig& 
       NoiseLevel{s.gather(s.sqrt_alpha_bar(), t64, like64), s.gather(s.sqrt_one_minus_alpha_bar(), t64, like64)}, like);
 }
 
+namespace {
+// Per-sample mean squared error of the prediction against its regression target, in float32.
+torch::Tensor target_mse(const GaussianDiffusion& diffusion, const torch::Tensor& pred, const torch::Tensor& x0,
+                         const torch::Tensor& noise, const NoiseLevel& n) {
+  const auto target = training_target(diffusion.prediction(), x0, noise, n, diffusion.sigma_data());
+  return mean_flat((pred.to(torch::kFloat32) - target.to(torch::kFloat32)).pow(2));
+}
+}  // namespace
+
 TrainingLoss mse_loss(const GaussianDiffusion& diffusion, const LossConfig& cfg, const torch::Tensor& model_output,
                       const torch::Tensor& x0, const torch::Tensor& noise, const NoiseLevel& n) {
   if (cfg.type != LossType::Simple)
     throw std::invalid_argument("mse_loss: only the simple loss is defined at continuous noise levels, not " +
                                 to_string(cfg.type));
-  auto [pred, var_values] = diffusion.split_output(model_output);
-  auto target = training_target(diffusion.prediction(), x0, noise, n, diffusion.sigma_data());
-  auto mse = mean_flat((pred.to(torch::kFloat32) - target.to(torch::kFloat32)).pow(2));
+  const auto mse = target_mse(diffusion, diffusion.split_output(model_output).first, x0, noise, n);
   TrainingLoss out;
   out.mse = mse * loss_weight(diffusion, cfg, n, mse);
   out.loss = out.mse;
@@ -160,9 +167,7 @@ TrainingLoss training_losses(const GaussianDiffusion& diffusion, const LossConfi
     out.vb = vb * (cfg.type == LossType::Hybrid ? cfg.hybrid_lambda * T : T);
   }
   if (cfg.type != LossType::Kl) {
-    const auto n = diffusion.level(t, x0);
-    auto target = training_target(diffusion.prediction(), x0, noise, n, diffusion.sigma_data());
-    auto mse = mean_flat((pred.to(torch::kFloat32) - target.to(torch::kFloat32)).pow(2));
+    const auto mse = target_mse(diffusion, pred, x0, noise, diffusion.level(t, x0));
     out.mse = mse * loss_weight(diffusion, cfg, t, mse);
   }
   if (cfg.type == LossType::Simple) out.loss = out.mse;

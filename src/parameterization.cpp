@@ -26,6 +26,11 @@ NoiseLevel noise_level(const NoiseSchedule& schedule, const torch::Tensor& t, co
           schedule.gather(schedule.sqrt_one_minus_alpha_bar(), t, like)};
 }
 
+NoiseLevel noise_level_at_sigma(const torch::Tensor& sigma) {
+  const auto a = (sigma.square() + 1.0).rsqrt();
+  return {a, sigma * a};
+}
+
 torch::Tensor x0_from_eps(const torch::Tensor& x_t, const torch::Tensor& eps, const NoiseLevel& n) {
   return (x_t - n.s * eps) / n.a;
 }

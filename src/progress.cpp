@@ -18,17 +18,23 @@ std::string format_duration(double s) {
   return fmt::format("{}s", total);
 }
 
-ProgressBar::ProgressBar(std::string label, int64_t total, int64_t start, bool enabled)
+ProgressBar::ProgressBar(std::string label, int64_t total, int64_t start, bool enabled, double log_seconds)
     : label_(std::move(label)),
       total_(total),
       start_(start),
       done_(start),
       enabled_(enabled),
+      log_seconds_(enabled ? 0.0 : log_seconds),
       t0_(std::chrono::steady_clock::now()),
       last_draw_(t0_ - std::chrono::seconds(1)) {}
 
+ProgressBar ProgressBar::on_lead(std::string label, int64_t total, bool lead) {
+  const bool tty = stderr_is_terminal();
+  return ProgressBar(std::move(label), total, 0, lead && tty, lead && !tty ? 30.0 : 0.0);
+}
+
 ProgressBar::~ProgressBar() {
-  if (enabled_ && !finished_) finish();
+  if ((enabled_ || log_seconds_ > 0) && !finished_) finish();
 }
 
 double ProgressBar::elapsed_seconds() const {
@@ -38,11 +44,26 @@ double ProgressBar::elapsed_seconds() const {
 void ProgressBar::update(int64_t done, const std::string& suffix) {
   done_ = done;
   last_suffix_ = suffix;
-  if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
+  if (log_seconds_ > 0 && now - last_draw_ >= std::chrono::duration<double>(log_seconds_)) {
+    last_draw_ = now;
+    log_line();
+  }
+  if (!enabled_) return;
   if (done < total_ && now - last_draw_ < std::chrono::milliseconds(125)) return;
   last_draw_ = now;
   draw();
+}
+
+void ProgressBar::log_line() {
+  const double el = elapsed_seconds();
+  const double rate = el > 0 ? static_cast<double>(done_ - start_) / el : 0.0;
+  const double pct = total_ > 0 ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100.0;
+  std::string eta = done_ >= total_ ? "done" : "ETA " + format_duration(rate > 0 ? (total_ - done_) / rate : -1.0);
+  const std::string suffix = last_suffix_.empty() ? "" : " " + last_suffix_;
+  std::fprintf(stderr, "%s: %lld/%lld (%.0f%%)%s, %s elapsed, %s\n", label_.c_str(), static_cast<long long>(done_),
+               static_cast<long long>(total_), pct, suffix.c_str(), format_duration(el).c_str(), eta.c_str());
+  std::fflush(stderr);
 }
 
 void ProgressBar::draw() {
@@ -63,6 +84,7 @@ void ProgressBar::draw() {
 void ProgressBar::finish() {
   if (finished_) return;
   finished_ = true;
+  if (log_seconds_ > 0) log_line();
   if (!enabled_) return;
   draw();
   std::fprintf(stderr, "\n");

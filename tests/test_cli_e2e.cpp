@@ -207,16 +207,21 @@ def forward(self, x):
 )");
     m.save(fe);
   }
-  r = run_diffuse("eval --checkpoint " + run + " --metrics fid --samples " + out1 + " --reference " + out1 +
-                  " --feature-extractor " + fe + " --format json --out " + (dir.path() / "fid-same").string());
+  r = run_diffuse("eval --checkpoint " + run + " --metrics fid,precision,recall --samples " + out1 + " --reference " +
+                  out1 + " --feature-extractor " + fe + " --format json --out " + (dir.path() / "fid-same").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_LT(YAML::Load(r.out)["fid"].as<double>(), 1e-6);  // a set against itself
+  // ... and each point is the centre of a ball of its own manifold.
+  EXPECT_DOUBLE_EQ(YAML::Load(r.out)["precision"].as<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(YAML::Load(r.out)["recall"].as<double>(), 1.0);
   // Only the six numbered samples count, not the grid written beside them.
   EXPECT_EQ(YAML::Load(r.out)["num_samples"].as<int64_t>(), 6);
   r = run_diffuse("eval --checkpoint " + run + " --metrics fid,kid --num-samples 8 --reference " + out2 +
                   " --set sample.steps=5 --feature-extractor " + fe + " --format json --out " +
                   (dir.path() / "fid").string() + " --reference-stats " + (dir.path() / "ref.pt").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  // stderr is not a terminal here: the sampling's progress comes as plain lines, the last at the end.
+  EXPECT_NE(r.err.find(": 8/8 (100%)"), std::string::npos) << r.err;
   j = YAML::Load(r.out);
   EXPECT_GT(j["fid"].as<double>(), 0.0);
   EXPECT_TRUE(std::isfinite(j["kid"].as<double>()));

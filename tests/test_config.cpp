@@ -337,7 +337,8 @@ TEST(ConfigErrors, ValueNotAllowed) {
                   "diffusion.variance: 'small' is not one of fixed_small");
   EXPECT_CONTAINS(parse_error("sample:\n  sampler: dpm\n"), "sample.sampler: 'dpm' is not one of ddpm, ddim");
   EXPECT_CONTAINS(parse_error("eval:\n  metrics: [bpd, fidd]\n"),
-                  "eval.metrics: entry [1] 'fidd' is not one of bpd, bpd-mc, fid, kid, toy; did you mean 'fid'?");
+                  "eval.metrics: entry [1] 'fidd' is not one of bpd, bpd-mc, fid, kid, precision, recall, toy; did you "
+                  "mean 'fid'?");
   EXPECT_CONTAINS(parse_error("train:\n  device: gpu\n"), "train.device: 'gpu' is not a device");
   EXPECT_CONTAINS(parse_error("data:\n  dataset: [mnist]\n"), "data.dataset: expected one of fashion-mnist, mnist");
 }

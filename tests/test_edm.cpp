@@ -57,9 +57,10 @@ TEST(Edm, ScalingsAreKarrasTable1) {
       const auto pc = preconditioning(Prediction::Edm, n, sd);
       const double r = std::sqrt(sigma * sigma + sd * sd);
       const double c_skip = sd * sd / (r * r), c_out = sigma * sd / r, c_in = 1.0 / r;
-      EXPECT_NEAR(item(pc.in) * a, c_in, 1e-12 * c_in);
-      EXPECT_NEAR(item(pc.skip) * a, c_skip, 1e-12);
-      EXPECT_NEAR(item(pc.c_out()), c_out, 1e-12 * c_out);
+      EXPECT_NEAR(item(pc.in.tensor(n.a)) * a, c_in, 1e-12 * c_in);
+      EXPECT_NEAR(item(input_scale(Prediction::Edm, n, sd).tensor(n.a)) * a, c_in, 1e-12 * c_in);
+      EXPECT_NEAR(item(pc.skip.tensor(n.a)) * a, c_skip, 1e-12);
+      EXPECT_NEAR(item(pc.c_out().tensor(n.a)), c_out, 1e-12 * c_out);
       // eps = (x - D) / sigma and the target F* = (x0 - c_skip x) / c_out, on random numbers.
       const double x0 = 0.3, eps = -1.7, f = 0.45;
       const double x = x0 + sigma * eps;

@@ -183,7 +183,7 @@ struct SampleConfig {
 };
 
 struct EvalConfig {
-  std::vector<std::string> metrics = {"bpd"};  // bpd, bpd-mc, fid, kid, toy
+  std::vector<std::string> metrics = {"bpd"};  // eval_metric_names()
   std::string split = "test";
   int64_t num_images = 1000;  // held-out images for bpd (0 = all)
   int64_t batch_size = 64;

@@ -26,6 +26,9 @@ struct NoiseLevel {
   torch::Tensor s;  // sqrt(1 - alpha_bar_t)
 };
 NoiseLevel noise_level(const NoiseSchedule& schedule, const torch::Tensor& t, const torch::Tensor& like);
+// The VP point behind EDM's x = x0 + sigma eps (Karras et al. 2022, eq. 1): x_t = a x with
+// a = 1 / sqrt(1 + sigma^2) and s = sigma a, shaped and typed as sigma.
+NoiseLevel noise_level_at_sigma(const torch::Tensor& sigma);
 
 // Every view of one model output.
 struct Predictions {

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -98,11 +99,12 @@ int run_eval(const EvalOptions& o) {
 
 void add_eval_command(CLI::App& app, Action& action) {
   auto o = std::make_shared<EvalOptions>();
-  auto* cmd =
-      app.add_subcommand("eval", "Evaluate a checkpoint: bits/dim (ELBO terms), FID/KID, toy distances, sweeps");
+  auto* cmd = app.add_subcommand(
+      "eval", "Evaluate a checkpoint: bits/dim (ELBO terms), FID/KID, precision/recall, toy distances, sweeps");
   o->cmd = cmd;
   cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint file or run directory")->required();
-  cmd->add_option("--metrics", o->metrics, "Metrics: bpd, bpd-mc, fid, kid, toy (comma separated or repeated)")
+  cmd->add_option("--metrics", o->metrics,
+                  fmt::format("Metrics: {} (comma separated or repeated)", fmt::join(eval_metric_names(), ", ")))
       ->delimiter(',')
       ->check(CLI::IsMember(eval_metric_names()));
   cmd->add_option("--split", o->split, "Held-out split for bpd")->check(CLI::IsMember({"train", "test"}));
@@ -114,14 +116,17 @@ void add_eval_command(CLI::App& app, Action& action) {
          "bpd: normal CDF of the decoder term: exact, or tanh (improved-diffusion's, to match published numbers)")
       ->check(CLI::IsMember(decoder_cdf_names()));
   cmd->add_flag("--importance", o->importance, "bpd-mc: draw t from the checkpoint's loss-aware sampler");
-  cmd->add_option("--num-samples", o->num_samples, "Generated samples for fid/kid/toy")->check(at_least(1));
-  cmd->add_option("--samples", o->samples, "fid/kid: an image folder to measure instead of generating");
-  cmd->add_option("--reference", o->reference, "fid/kid: reference image folder (default: the data split)");
+  cmd->add_option("--num-samples", o->num_samples, "Generated samples for fid/kid/precision/recall/toy")
+      ->check(at_least(1));
+  cmd->add_option("--samples", o->samples,
+                  "fid/kid/precision/recall: an image folder to measure instead of generating");
+  cmd->add_option("--reference", o->reference,
+                  "fid/kid/precision/recall: reference image folder (default: the data split)");
   cmd->add_option("--reference-stats", o->reference_stats,
                   "fid: reference statistics cache (read if present, else written)");
   cmd->add_option("--inception,--feature-extractor", o->feature_extractor,
-                  "fid/kid: pytorch-fid's Inception weights (pt_inception-2015-12-05-*.pth) or a TorchScript feature "
-                  "network (docs/fid.md)");
+                  "fid/kid/precision/recall: pytorch-fid's Inception weights (pt_inception-2015-12-05-*.pth), a "
+                  "classifier checkpoint (scripts/make-feature-net.sh) or a TorchScript feature network (docs/fid.md)");
   cmd->add_option("--sweep", o->sweep, "Sweep a sampler over step counts, e.g. ddim:10,20,50 (repeatable)");
   cmd->add_option("--out,-o", o->out, "Output directory (default: <run>/eval)");
   cmd->add_option("--format", o->format, "stdout format")

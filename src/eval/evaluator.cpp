@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <random>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -17,6 +18,8 @@
 #include "diffuse/eval/bpd.h"
 #include "diffuse/eval/fid.h"
 #include "diffuse/eval/plot.h"
+#include "diffuse/eval/precision_recall.h"
+#include "diffuse/eval/random.h"
 #include "diffuse/eval/toy_metrics.h"
 #include "diffuse/generate.h"
 #include "diffuse/image_io.h"
@@ -29,7 +32,7 @@ namespace fs = std::filesystem;
 
 namespace diffuse {
 
-std::vector<std::string> eval_metric_names() { return {"bpd", "bpd-mc", "fid", "kid", "toy"}; }
+std::vector<std::string> eval_metric_names() { return {"bpd", "bpd-mc", "fid", "kid", "precision", "recall", "toy"}; }
 
 SweepEntry parse_sweep(const std::string& text) {
   const auto colon = text.find(':');
@@ -52,6 +55,13 @@ SweepEntry parse_sweep(const std::string& text) {
 }
 
 namespace {
+
+// Whether any metric asked for is measured in a feature network's space.
+bool wants_features(const std::vector<std::string>& metrics) {
+  for (const char* m : {"fid", "kid", "precision", "recall"})
+    if (std::find(metrics.begin(), metrics.end(), m) != metrics.end()) return true;
+  return false;
+}
 
 Series line(std::string label, std::vector<double> x, std::vector<double> y) {
   Series s;
@@ -105,8 +115,7 @@ GenerateResult generate_for_eval(Network& net, const GaussianDiffusion& diffusio
     classifier = load_guidance_classifier(g.sample.classifier, req.shape, diffusion, req.device);
   g.classifier = classifier.get();
   const auto share = rank_slice(g.sample.num, pg.rank(), pg.world_size());
-  ProgressBar bar(fmt::format("sample {} x{}", sampler, steps), share.size(), 0,
-                  pg.rank() == 0 && stderr_is_terminal());
+  auto bar = ProgressBar::on_lead(fmt::format("sample {} x{}", sampler, steps), share.size(), pg.rank() == 0);
   g.on_batch = [&](int64_t done, int64_t) { bar.update(done); };
   auto r = generate_share(net, diffusion, req.shape, g, pg);
   bar.finish();
@@ -165,12 +174,12 @@ void check_request(const Network& net, const EvalRequest& req) {
     if (std::find(names.begin(), names.end(), m) == names.end()) throw_not_one_of("eval metric", m, names);
   auto wants = [&](const char* m) { return std::find(ev.metrics.begin(), ev.metrics.end(), m) != ev.metrics.end(); };
   const bool images = req.shape.shape.size() == 3;
-  if ((wants("fid") || wants("kid")) && !images)
-    throw UsageError("fid/kid need image data; use the 'toy' metric for toy2d");
+  if (wants_features(ev.metrics) && !images)
+    throw UsageError("fid/kid/precision/recall need image data; use the 'toy' metric for toy2d");
   if (wants("toy") && req.config.data.dataset != DatasetKind::Toy2d)
     throw UsageError("the 'toy' metric needs data.dataset: toy2d");
   const bool generates =
-      ((wants("fid") || wants("kid") || wants("toy")) && req.samples_dir.empty()) || !req.sweep.empty();
+      ((wants_features(ev.metrics) || wants("toy")) && req.samples_dir.empty()) || !req.sweep.empty();
   if (generates && net.low_res_size() > 0)
     throw UsageError(
         "fid / kid / sweeps: a super-resolution model samples from low-resolution images; make them with "
@@ -322,7 +331,8 @@ class SampleQuality {
     const auto& ev = c_.ev;
     if (ev.feature_extractor.empty())
       throw UsageError(
-          "fid/kid need eval.feature_extractor (pytorch-fid's Inception weights, a classifier checkpoint from "
+          "fid/kid/precision/recall need eval.feature_extractor (pytorch-fid's Inception weights, a classifier "
+          "checkpoint from "
           "scripts/make-feature-net.sh, or a TorchScript network; see docs/fid.md)");
     FeatureExtractorOptions fo;
     fo.device = c_.req.device;
@@ -352,8 +362,8 @@ class SampleQuality {
     std::vector<std::pair<std::string, double>> q;
     torch::Tensor samples, feats;
     if (c_.wants("toy")) samples = all_gather_rows(c_.pg, mine, "samples");
-    if (c_.wants("fid") || c_.wants("kid")) {
-      ensure_reference(c_.wants("kid"));
+    if (wants_features(c_.ev.metrics)) {
+      ensure_reference(c_.wants("kid") || c_.wants("precision") || c_.wants("recall"));
       feats = gathered_features(mine, "sample features");
     }
     if (!c_.lead) return q;
@@ -373,8 +383,21 @@ class SampleQuality {
         q.emplace_back(prefix + "kid", k.mean);
         q.emplace_back(prefix + "kid_std", k.std);
       }
+      if (c_.wants("precision") || c_.wants("recall")) {
+        const auto pr = precision_recall(equal_count_reference(feats.size(0)), feats);
+        if (c_.wants("precision")) q.emplace_back(prefix + "precision", pr.precision);
+        if (c_.wants("recall")) q.emplace_back(prefix + "recall", pr.recall);
+      }
     }
     return q;
+  }
+
+  // Improved precision/recall's manifolds depend on their point counts: as many reference
+  // features as samples, a seeded subset when there are more.
+  torch::Tensor equal_count_reference(int64_t n) const {
+    if (ref_feats_.size(0) <= n) return ref_feats_;
+    std::mt19937_64 rng(c_.req.seed);
+    return ref_feats_.index_select(0, random_subset(rng, ref_feats_.size(0), n, ref_feats_.device()));
   }
 
   // Images in the reference statistics (0 before any were computed or read).
@@ -556,8 +579,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     if (c.wants("bpd-mc")) monte_carlo_bound(c, batches);
   }
   SampleQuality quality(c);
-  const bool measures_samples = c.wants("fid") || c.wants("kid") || c.wants("toy");
-  if (c.wants("fid") || c.wants("kid")) quality.open();  // refuse a bad network or cache before sampling
+  const bool measures_samples = wants_features(c.ev.metrics) || c.wants("toy");
+  if (wants_features(c.ev.metrics)) quality.open();  // refuse a bad network or cache before sampling
   if (measures_samples) sample_metrics(c, quality);
   if (!req.sweep.empty()) {
     if (!measures_samples) throw UsageError("--sweep needs a sample-quality metric (fid, kid or toy) in --metrics");

@@ -142,10 +142,8 @@ DenoiserOutput Denoiser::at_steps(const torch::Tensor& x_t, const torch::Tensor&
 DenoiserOutput Denoiser::at_sigma(const torch::Tensor& x, double sigma, const ReverseOptions& opts) const {
   if (!(sigma > 0.0) || !std::isfinite(sigma))
     throw std::invalid_argument("Denoiser::at_sigma: sigma must be positive and finite, got " + std::to_string(sigma));
-  // a = 1/sqrt(1 + sigma^2), s = sigma a: the VP point behind x = x0 + sigma eps.
-  const double a = 1.0 / std::sqrt(1.0 + sigma * sigma);
-  const NoiseLevel n{host_scalar(a), host_scalar(sigma * a)};
-  const auto x_t = x * a;
+  const auto n = noise_level_at_sigma(host_scalar(sigma));
+  const auto x_t = x * n.a;
   const auto mt = time_tensor(x_t, model_t(sigma_to_t(sigma)));
   const auto out = network(diffusion_.network_input(x_t, n), mt);
   // D(x; sigma) = x0 and (x - D)/sigma = (x_t - a x0)/s = eps: the VP conversions serve as is.

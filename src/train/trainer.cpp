@@ -604,12 +604,10 @@ StepDraw TrainLoop::draw_step(const std::vector<Batch>& micro_batches) {
 
 NoiseLevel TrainLoop::noise_level(const StepDraw& d, int64_t first, int64_t B, const torch::Tensor& x0) const {
   if (!d.sigma.defined()) return diffusion_->level(d.t.narrow(0, first, B), x0);
-  // x = x0 + sigma eps is x_t = a x0 + s eps with a = 1 / sqrt(1 + sigma^2), s = sigma a.
   auto shape = std::vector<int64_t>(static_cast<size_t>(x0.dim()), 1);
   shape[0] = B;
-  const auto sigma = d.sigma.narrow(0, first, B).reshape(shape);
-  const auto a = (sigma.square() + 1.0).rsqrt();
-  return {a.to(x0.scalar_type()), (sigma * a).to(x0.scalar_type())};
+  const auto n = noise_level_at_sigma(d.sigma.narrow(0, first, B).reshape(shape));
+  return {n.a.to(x0.scalar_type()), n.s.to(x0.scalar_type())};
 }
 
 void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const StepDraw& d, StepResult& out) {
