@@ -18,6 +18,14 @@ std::string format_duration(double s) {
   return fmt::format("{}s", total);
 }
 
+namespace {
+// Seconds left at the rate of the new work so far (-1 when unknown).
+double eta_seconds(int64_t start, int64_t done, int64_t total, double elapsed) {
+  const double rate = elapsed > 0 ? static_cast<double>(done - start) / elapsed : 0.0;
+  return rate > 0 ? static_cast<double>(total - done) / rate : -1.0;
+}
+}  // namespace
+
 ProgressBar::ProgressBar(std::string label, int64_t total, int64_t start, bool enabled, double log_seconds)
     : label_(std::move(label)),
       total_(total),
@@ -57,9 +65,8 @@ void ProgressBar::update(int64_t done, const std::string& suffix) {
 
 void ProgressBar::log_line() {
   const double el = elapsed_seconds();
-  const double rate = el > 0 ? static_cast<double>(done_ - start_) / el : 0.0;
   const double pct = total_ > 0 ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100.0;
-  std::string eta = done_ >= total_ ? "done" : "ETA " + format_duration(rate > 0 ? (total_ - done_) / rate : -1.0);
+  std::string eta = done_ >= total_ ? "done" : "ETA " + format_duration(eta_seconds(start_, done_, total_, el));
   const std::string suffix = last_suffix_.empty() ? "" : " " + last_suffix_;
   std::fprintf(stderr, "%s: %lld/%lld (%.0f%%)%s, %s elapsed, %s\n", label_.c_str(), static_cast<long long>(done_),
                static_cast<long long>(total_), pct, suffix.c_str(), format_duration(el).c_str(), eta.c_str());
@@ -72,9 +79,7 @@ void ProgressBar::draw() {
   const int filled = static_cast<int>(frac * width);
   std::string bar(static_cast<size_t>(filled), '#');
   bar.append(static_cast<size_t>(width - filled), '.');
-  const double el = elapsed_seconds();
-  const double rate = el > 0 ? static_cast<double>(done_ - start_) / el : 0.0;
-  const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : -1.0;
+  const double eta = eta_seconds(start_, done_, total_, elapsed_seconds());
   std::fprintf(stderr, "\r\033[K%s [%s] %lld/%lld %s ETA %s", label_.c_str(), bar.c_str(),
                static_cast<long long>(done_), static_cast<long long>(total_), last_suffix_.c_str(),
                done_ >= total_ ? "0s" : format_duration(eta).c_str());

@@ -332,8 +332,7 @@ class SampleQuality {
     if (ev.feature_extractor.empty())
       throw UsageError(
           "fid/kid/precision/recall need eval.feature_extractor (pytorch-fid's Inception weights, a classifier "
-          "checkpoint from "
-          "scripts/make-feature-net.sh, or a TorchScript network; see docs/fid.md)");
+          "checkpoint from scripts/make-feature-net.sh, or a TorchScript network; see docs/fid.md)");
     FeatureExtractorOptions fo;
     fo.device = c_.req.device;
     extractor_ = std::make_unique<FeatureExtractor>(ev.feature_extractor, fo);
@@ -583,7 +582,8 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
   if (wants_features(c.ev.metrics)) quality.open();  // refuse a bad network or cache before sampling
   if (measures_samples) sample_metrics(c, quality);
   if (!req.sweep.empty()) {
-    if (!measures_samples) throw UsageError("--sweep needs a sample-quality metric (fid, kid or toy) in --metrics");
+    if (!measures_samples)
+      throw UsageError("--sweep needs a sample-quality metric (fid, kid, precision, recall or toy) in --metrics");
     sweep(c, quality);
   }
   if (c.lead) write_json(c);
