@@ -479,6 +479,8 @@ Table build_table() {
        "the model also outputs the variance (2x channels); needs diffusion.variance learned or learned_range")
       ("low_res_size", &M::low_res_size, at_least<int64_t>(0),
        "UNet: > 0 makes a super-resolution model, conditioned on the image at this size (0 = off)")
+      ("fourier_features", &M::fourier_features, any<bool>(),
+       "UNet: stack sin and cos of 2^n 2 pi x (n = 6, 7) on the input's channels (VDM's Fourier features)")
       ("class_cond", &M::class_cond, any<bool>(), "condition on class labels (enables classifier-free guidance)")
       ("num_classes", &M::num_classes, at_least<int64_t>(0), "class count; 0 = the dataset's")
       ("p_uncond", &M::p_uncond, between(0, 1), "class_cond: probability of training with the null label")
@@ -516,7 +518,19 @@ Table build_table() {
       ("sigma_max", &D::sigma_max, positive(), "edm schedule: the largest noise level")
       ("sigma_data", &D::sigma_data, positive(), "edm prediction: the data's standard deviation in EDM's scalings")
       ("p_mean", &D::p_mean, between(-20.0, 20.0), "lognormal sampler: the mean of ln sigma")
-      ("p_std", &D::p_std, positive(), "lognormal sampler: the standard deviation of ln sigma");
+      ("p_std", &D::p_std, positive(), "lognormal sampler: the standard deviation of ln sigma")
+      ("gamma_schedule", &D::gamma_schedule, choice(gamma_kind_names, parse_gamma_kind),
+       "vdm schedule: gamma(t) = -log SNR(t) fixed linear, linear with learned ends, or a learned monotone network")
+      ("gamma_min", &D::gamma_min, between(-30.0, 30.0), "vdm schedule: gamma(0) (initial value when learned)")
+      ("gamma_max", &D::gamma_max, between(-30.0, 30.0), "vdm schedule: gamma(1) (initial value when learned)")
+      ("gamma_hidden", &D::gamma_hidden, at_least<int64_t>(1),
+       "vdm schedule, gamma_schedule learned: width of the monotone network's hidden layer")
+      ("continuous", &D::continuous, any<bool>(),
+       "vdm schedule: the continuous-time loss (T -> infinity); false: the T-step loss, T = timesteps")
+      ("decoder", &D::decoder, choice(vdm_decoder_names, parse_vdm_decoder),
+       "vdm schedule: p(x | z_0), VDM's softmax over the 256 values or the discretised Gaussian")
+      ("variance_objective", &D::variance_objective, any<bool>(),
+       "vdm schedule, gamma_schedule learned: train the schedule's shape to lower the loss's variance");
 
   using A = DataConfig;
   SectionAdder<A>(t, "data", &Config::data, "The training / evaluation data.")
@@ -842,7 +856,37 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
     add(fmt::format("diffusion.p_mean / diffusion.p_std are used only by timestep_sampler lognormal, not {}",
                     to_string(d.timestep_sampler)));
   }
-  if (d.schedule == ScheduleKind::Cosine || custom || edm_grid) {
+  const bool vdm = d.schedule == ScheduleKind::Vdm;
+  const DiffusionConfig defaults;
+  if (vdm) {
+    if (d.gamma_min >= d.gamma_max)
+      add(fmt::format("diffusion.gamma_min ({}) must be below diffusion.gamma_max ({})", d.gamma_min, d.gamma_max));
+    if (d.timestep_sampler != TimestepSamplerKind::Uniform && d.timestep_sampler != TimestepSamplerKind::Antithetic)
+      add(
+          fmt::format("diffusion.schedule vdm draws continuous times: diffusion.timestep_sampler must be uniform or "
+                      "antithetic, got {}",
+                      to_string(d.timestep_sampler)));
+    if (d.loss != LossType::Simple || d.loss_weighting != LossWeighting::None)
+      add("diffusion.schedule vdm trains on its own bound (vdm.h): leave diffusion.loss simple and "
+          "diffusion.loss_weighting none");
+    if (d.rescale_timesteps) add("diffusion.rescale_timesteps does not apply to schedule vdm (the network sees gamma)");
+    if (d.zero_terminal_snr) add("diffusion.zero_terminal_snr does not apply to schedule vdm (gamma_max is finite)");
+    if (d.variance != VarianceType::FixedSmall)
+      add(fmt::format("diffusion.schedule vdm needs diffusion.variance fixed_small, got {}", to_string(d.variance)));
+  } else {
+    if (d.gamma_schedule != defaults.gamma_schedule || d.gamma_min != defaults.gamma_min ||
+        d.gamma_max != defaults.gamma_max || d.gamma_hidden != defaults.gamma_hidden ||
+        d.continuous != defaults.continuous || d.decoder != defaults.decoder ||
+        d.variance_objective != defaults.variance_objective)
+      add(
+          fmt::format("diffusion.gamma_schedule, gamma_min, gamma_max, gamma_hidden, continuous, decoder and "
+                      "variance_objective are used only by schedule vdm, not {}",
+                      to_string(d.schedule)));
+    if (d.timestep_sampler == TimestepSamplerKind::Antithetic)
+      add(fmt::format("diffusion.timestep_sampler antithetic draws continuous times: it needs schedule vdm, got {}",
+                      to_string(d.schedule)));
+  }
+  if (d.schedule == ScheduleKind::Cosine || custom || edm_grid || vdm) {
     if (d.beta_start >= 0 || d.beta_end >= 0)
       add(fmt::format("diffusion.beta_start / diffusion.beta_end are not used by schedule {}; leave them at -1",
                       to_string(d.schedule)));

@@ -21,7 +21,16 @@ ScheduleSpec schedule_spec(const DiffusionConfig& cfg) {
   return s;
 }
 
-NoiseSchedule make_schedule(const DiffusionConfig& cfg) { return NoiseSchedule::from_spec(schedule_spec(cfg)); }
+GammaSpec gamma_spec(const DiffusionConfig& cfg) {
+  return {cfg.gamma_schedule, cfg.gamma_min, cfg.gamma_max, cfg.gamma_hidden};
+}
+
+NoiseSchedule make_schedule(const DiffusionConfig& cfg) {
+  if (cfg.schedule != ScheduleKind::Vdm) return NoiseSchedule::from_spec(schedule_spec(cfg));
+  auto spec = gamma_spec(cfg);
+  spec.kind = GammaKind::Linear;
+  return discretize(GammaSchedule(spec), cfg.timesteps);
+}
 
 void resolve_betas_file(DiffusionConfig& cfg) {
   if (cfg.schedule != ScheduleKind::Custom || cfg.betas_file.empty() || !cfg.betas.empty()) return;
@@ -37,12 +46,23 @@ VarianceType effective_variance(const Config& cfg) {
   return cfg.diffusion.variance;
 }
 
-GaussianDiffusion make_diffusion(const Config& cfg) {
-  return GaussianDiffusion(make_schedule(cfg.diffusion), cfg.diffusion.prediction, effective_variance(cfg),
-                           cfg.diffusion.sigma_data);
+GaussianDiffusion make_diffusion(const Config& cfg, const Network* net) {
+  const auto& d = cfg.diffusion;
+  auto schedule = [&] {
+    if (d.schedule != ScheduleKind::Vdm) return make_schedule(d);
+    if (const auto gamma = net ? find_gamma_schedule(*net) : nullptr) return discretize(*gamma, d.timesteps);
+    if (d.gamma_schedule != GammaKind::Linear)
+      throw UsageError("diffusion.gamma_schedule " + to_string(d.gamma_schedule) +
+                       " is learned: its discrete view needs the trained network");
+    return make_schedule(d);
+  };
+  return GaussianDiffusion(schedule(), d.prediction, effective_variance(cfg), d.sigma_data);
 }
 
 std::unique_ptr<TimestepSampler> make_timestep_sampler(const DiffusionConfig& cfg) {
+  if (cfg.schedule == ScheduleKind::Vdm)  // continuous t; the logs' steps are the T + 1 of the discrete view
+    return std::make_unique<ContinuousTimeSampler>(cfg.timesteps + 1,
+                                                   cfg.timestep_sampler == TimestepSamplerKind::Antithetic);
   if (cfg.timestep_sampler != TimestepSamplerKind::Lognormal)
     return make_timestep_sampler(cfg.timestep_sampler, cfg.timesteps);
   return std::make_unique<LognormalSigmaSampler>(cfg.timesteps, log_sigma_grid(schedule_spec(cfg)), cfg.p_mean,
@@ -78,6 +98,14 @@ std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
     const auto g = log_sigma_grid(schedule_spec(cfg.diffusion));
     net->set_timestep_scale(kEdmNoiseScale * g.log_step);
     net->set_timestep_shift(kEdmNoiseScale * g.log_min);
+  }
+  if (cfg.diffusion.schedule == ScheduleKind::Vdm) {
+    // Conditioned on gamma, mapped affinely from [gamma_min, gamma_max] onto the embedding's
+    // 0..1000, so that any grid of noise levels can be sampled (the schedule's own or another).
+    const double scale = 1000.0 / (cfg.diffusion.gamma_max - cfg.diffusion.gamma_min);
+    net->set_timestep_scale(scale);
+    net->set_timestep_shift(-cfg.diffusion.gamma_min * scale);
+    net->register_module("gamma_schedule", std::make_shared<GammaSchedule>(gamma_spec(cfg.diffusion)));
   }
   return net;
 }

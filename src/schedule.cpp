@@ -83,7 +83,8 @@ const EnumNames<ScheduleKind>& schedule_kinds() {
                                               {ScheduleKind::Sigmoid, "sigmoid"},
                                               {ScheduleKind::ScaledLinear, "scaled_linear", {"scaled-linear"}},
                                               {ScheduleKind::Custom, "custom"},
-                                              {ScheduleKind::Edm, "edm"}});
+                                              {ScheduleKind::Edm, "edm"},
+                                              {ScheduleKind::Vdm, "vdm"}});
   return table;
 }
 }  // namespace
@@ -151,6 +152,8 @@ std::vector<double> make_betas(const ScheduleSpec& spec) {
         break;
       }
       case ScheduleKind::Custom: break;
+      case ScheduleKind::Vdm:
+        throw std::logic_error("make_betas: a vdm schedule's betas come from its gamma schedule (discretize)");
     }
   }
   for (size_t i = 0; i < betas.size(); ++i) {
@@ -262,25 +265,31 @@ std::vector<int64_t> space_timesteps(int64_t T, const std::string& spec_in) {
   return {uniq.begin(), uniq.end()};
 }
 
-NoiseSchedule::NoiseSchedule(std::vector<double> betas, std::vector<int64_t> original_t)
-    : betas_(std::move(betas)), original_t_(std::move(original_t)) {
+NoiseSchedule::NoiseSchedule(std::vector<double> betas, std::vector<int64_t> original_t, std::vector<double> model_time)
+    : betas_(std::move(betas)), original_t_(std::move(original_t)), model_time_(std::move(model_time)) {
   if (betas_.empty()) throw UsageError("a schedule needs at least one beta");
   if (original_t_.empty()) {
     original_t_.resize(betas_.size());
     std::iota(original_t_.begin(), original_t_.end(), 0);
   }
   if (original_t_.size() != betas_.size()) throw std::logic_error("original_t and betas differ in length");
+  if (model_time_.empty()) model_time_.assign(original_t_.begin(), original_t_.end());
+  if (model_time_.size() != betas_.size()) throw std::logic_error("model_time and betas differ in length");
   derive();
 }
 
 NoiseSchedule NoiseSchedule::from_spec(const ScheduleSpec& spec) { return NoiseSchedule(make_betas(spec)); }
 
-NoiseSchedule::NoiseSchedule(const NoiseSchedule& o) : betas_(o.betas_), original_t_(o.original_t_) { derive(); }
+NoiseSchedule::NoiseSchedule(const NoiseSchedule& o)
+    : betas_(o.betas_), original_t_(o.original_t_), model_time_(o.model_time_) {
+  derive();
+}
 
 NoiseSchedule& NoiseSchedule::operator=(const NoiseSchedule& o) {
   if (this != &o) {
     betas_ = o.betas_;
     original_t_ = o.original_t_;
+    model_time_ = o.model_time_;
     derive();
     std::lock_guard<std::mutex> lock(cache_mutex_);
     cache_.clear();
@@ -332,6 +341,7 @@ NoiseSchedule NoiseSchedule::respace(const std::vector<int64_t>& kept) const {
   if (kept.empty()) throw UsageError("respacing keeps no steps");
   std::vector<double> betas;
   std::vector<int64_t> orig;
+  std::vector<double> time;
   double last = 1.0;
   int64_t prev = -1;
   for (int64_t k : kept) {
@@ -343,8 +353,9 @@ NoiseSchedule NoiseSchedule::respace(const std::vector<int64_t>& kept) const {
     betas.push_back(1.0 - ab / last);
     last = ab;
     orig.push_back(original_t_[static_cast<size_t>(k)]);
+    time.push_back(model_time_[static_cast<size_t>(k)]);
   }
-  return NoiseSchedule(std::move(betas), std::move(orig));
+  return NoiseSchedule(std::move(betas), std::move(orig), std::move(time));
 }
 
 ScheduleRow NoiseSchedule::row(int64_t t) const {

@@ -15,7 +15,8 @@ const EnumNames<TimestepSamplerKind>& timestep_sampler_kinds() {
   static const EnumNames<TimestepSamplerKind> table(
       "timestep sampler", {{TimestepSamplerKind::Uniform, "uniform"},
                            {TimestepSamplerKind::Importance, "importance", {"loss-second-moment"}},
-                           {TimestepSamplerKind::Lognormal, "lognormal"}});
+                           {TimestepSamplerKind::Lognormal, "lognormal"},
+                           {TimestepSamplerKind::Antithetic, "antithetic"}});
   return table;
 }
 }  // namespace
@@ -169,9 +170,31 @@ TimestepDraw LognormalSigmaSampler::sample(int64_t batch, const torch::Device& d
   return {t.to(device), w.to(device), sigma.to(device), step32.to(device)};
 }
 
+torch::Tensor draw_times(int64_t batch, bool antithetic, torch::Generator gen) {
+  if (!antithetic) return torch::rand({batch}, gen, torch::kFloat64);
+  const auto u = torch::rand({1}, gen, torch::kFloat64);
+  return torch::fmod(u + torch::arange(batch, torch::kFloat64) / static_cast<double>(batch), 1.0);
+}
+
+torch::Tensor ContinuousTimeSampler::probabilities() const {
+  return torch::full({num_timesteps()}, 1.0 / static_cast<double>(num_timesteps()), torch::kFloat64);
+}
+
+TimestepDraw ContinuousTimeSampler::sample(int64_t batch, const torch::Device& device, torch::Generator gen) const {
+  const auto time = draw_times(batch, antithetic_, gen);
+  const double T = static_cast<double>(num_timesteps());
+  auto t = (time * T).floor().clamp(0, T - 1).to(torch::kLong);
+  TimestepDraw d;
+  d.t = t.to(device);
+  d.weights = torch::ones({batch}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  d.time = time.to(device);
+  return d;
+}
+
 std::unique_ptr<TimestepSampler> make_timestep_sampler(TimestepSamplerKind kind, int64_t T) {
   if (kind == TimestepSamplerKind::Uniform) return std::make_unique<UniformTimestepSampler>(T);
   if (kind == TimestepSamplerKind::Importance) return std::make_unique<ImportanceTimestepSampler>(T);
+  if (kind == TimestepSamplerKind::Antithetic) return std::make_unique<ContinuousTimeSampler>(T, true);
   throw UsageError("the lognormal timestep sampler needs the edm schedule's grid and p_mean / p_std");
 }
 

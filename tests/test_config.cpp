@@ -49,7 +49,7 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(model.type); CMP(model.model_channels); CMP(model.channel_mult); CMP(model.num_res_blocks);
   CMP(model.attention_resolutions); CMP(model.num_heads); CMP(model.num_head_channels); CMP(model.num_heads_upsample);
   CMP(model.use_new_attention_order); CMP(model.dropout); CMP(model.use_scale_shift_norm); CMP(model.resblock_updown);
-  CMP(model.conv_resample); CMP(model.pool); CMP(model.learn_sigma); CMP(model.low_res_size); CMP(model.class_cond);
+  CMP(model.conv_resample); CMP(model.pool); CMP(model.learn_sigma); CMP(model.low_res_size); CMP(model.fourier_features); CMP(model.class_cond);
   CMP(model.num_classes); CMP(model.p_uncond); CMP(model.hidden); CMP(model.num_blocks);
   CMP(diffusion.schedule); CMP(diffusion.timesteps); CMP(diffusion.beta_start); CMP(diffusion.beta_end);
   CMP(diffusion.cosine_s); CMP(diffusion.betas); CMP(diffusion.betas_file); CMP(diffusion.zero_terminal_snr);
@@ -57,6 +57,8 @@ std::vector<std::string> diff_fields(const Config& a, const Config& b) {
   CMP(diffusion.hybrid_lambda); CMP(diffusion.loss_weighting); CMP(diffusion.min_snr_gamma);
   CMP(diffusion.timestep_sampler); CMP(diffusion.sigma_min); CMP(diffusion.sigma_max); CMP(diffusion.sigma_data);
   CMP(diffusion.p_mean); CMP(diffusion.p_std);
+  CMP(diffusion.gamma_schedule); CMP(diffusion.gamma_min); CMP(diffusion.gamma_max); CMP(diffusion.gamma_hidden);
+  CMP(diffusion.continuous); CMP(diffusion.decoder); CMP(diffusion.variance_objective);
   CMP(data.dataset); CMP(data.path); CMP(data.split); CMP(data.image_size); CMP(data.channels); CMP(data.random_flip);
   CMP(data.class_labels); CMP(data.skip_bad_files); CMP(data.limit); CMP(data.workers); CMP(data.prefetch);
   CMP(data.toy); CMP(data.toy_size);
@@ -99,6 +101,7 @@ Config all_changed() {
   m.conv_resample = false;
   m.learn_sigma = true;
   m.low_res_size = 14;
+  m.fourier_features = true;
   m.class_cond = true;
   m.num_classes = 10;
   m.p_uncond = 0.2;
@@ -127,6 +130,13 @@ Config all_changed() {
   d.sigma_data = 0.25;
   d.p_mean = -1.1;
   d.p_std = 1.3;
+  d.gamma_schedule = GammaKind::Endpoints;
+  d.gamma_min = -10.5;
+  d.gamma_max = 6.25;
+  d.gamma_hidden = 48;
+  d.continuous = false;
+  d.decoder = VdmDecoder::Gaussian;
+  d.variance_objective = false;
   auto& a = c.data;
   a.dataset = DatasetKind::Cifar10;
   a.path = "/tmp/données/a b: #not a comment";
@@ -645,6 +655,23 @@ TEST(ConfigValidate, ScheduleAndSamplingChecks) {
   c.diffusion.beta_end = 0.01;
   EXPECT_CONTAINS(usage_error([&] { validate(c); }),
                   "diffusion.beta_start (0.02) must be below diffusion.beta_end (0.01)");
+  c = Config{};
+  c.diffusion.schedule = ScheduleKind::Vdm;
+  EXPECT_NO_THROW(validate(c));
+  c.diffusion.gamma_min = 6.0;
+  EXPECT_CONTAINS(usage_error([&] { validate(c); }), "diffusion.gamma_min (6) must be below diffusion.gamma_max (5)");
+  c.diffusion.gamma_min = -13.3;
+  c.diffusion.timestep_sampler = TimestepSamplerKind::Importance;
+  EXPECT_CONTAINS(usage_error([&] { validate(c); }), "timestep_sampler must be uniform or antithetic, got importance");
+  c.diffusion.timestep_sampler = TimestepSamplerKind::Antithetic;
+  c.diffusion.loss = LossType::Kl;
+  EXPECT_CONTAINS(usage_error([&] { validate(c); }), "leave diffusion.loss simple");
+  c = Config{};
+  c.diffusion.timestep_sampler = TimestepSamplerKind::Antithetic;
+  EXPECT_CONTAINS(usage_error([&] { validate(c); }), "antithetic draws continuous times: it needs schedule vdm");
+  c = Config{};
+  c.diffusion.continuous = false;
+  EXPECT_CONTAINS(usage_error([&] { validate(c); }), "are used only by schedule vdm, not linear");
   c = Config{};
   c.diffusion.zero_terminal_snr = true;
   EXPECT_CONTAINS(usage_error([&] { validate(c); }), "set diffusion.prediction to v or x0");

@@ -542,3 +542,41 @@ TEST(UNet, FractionalMultipliersMakeWholeChannelCounts) {
   EXPECT_EQ(net.forward(torch::randn({2, 3, 16, 16}), torch::tensor({1.0f, 2.0f})).sizes().vec(),
             (std::vector<int64_t>{2, 3, 16, 16}));
 }
+
+namespace diffuse {
+namespace {
+
+// Phases 2^n 2 pi x at hand-picked x: whole turns give sin 0 / cos 1, a quarter of 2^-6 a quarter turn.
+TEST(UNet, FourierFeaturesStackSinAndCosOfTheInputAtTwoFrequencies) {
+  const auto x = torch::tensor({0.0, 1.0 / 128.0, 1.0 / 256.0, -0.5}, torch::kFloat64).reshape({1, 1, 2, 2});
+  const auto f = with_fourier_features(x);
+  ASSERT_EQ(f.sizes().vec(), (std::vector<int64_t>{1, 5, 2, 2}));
+  EXPECT_TRUE(torch::equal(f[0][0], x[0][0]));
+  const double pi = std::acos(-1.0);
+  for (int64_t i = 0; i < 4; ++i) {
+    const double v = x.flatten()[i].item<double>();
+    const auto at = [&](int64_t c) { return f[0][c].flatten()[i].item<double>(); };
+    EXPECT_NEAR(at(1), std::sin(64 * 2 * pi * v), 1e-12);
+    EXPECT_NEAR(at(2), std::cos(64 * 2 * pi * v), 1e-12);
+    EXPECT_NEAR(at(3), std::sin(128 * 2 * pi * v), 1e-12);
+    EXPECT_NEAR(at(4), std::cos(128 * 2 * pi * v), 1e-12);
+  }
+  EXPECT_NEAR(f[0][1][1][0].item<double>(), 1.0, 1e-12);  // x = 1/256: a quarter turn at 2^6
+  EXPECT_NEAR(f[0][3][0][1].item<double>(), 0.0, 1e-12);  // x = 1/128: one whole turn at 2^7
+}
+
+// The option widens only the first convolution: 5x its input channels, the rest unchanged.
+TEST(UNet, FourierFeaturesWidenOnlyTheInputConvolution) {
+  UNetOptions o = small16();
+  torch::manual_seed(0);
+  UNet plain(o);
+  o.fourier_features = true;
+  UNet fourier(o);
+  EXPECT_EQ(count_parameters(fourier) - count_parameters(plain), 4 * 3 * 32 * 3 * 3);
+  torch::NoGradGuard g;
+  const auto out = fourier.forward(torch::randn({2, 3, 16, 16}), torch::tensor({3.0f, 500.0f}));
+  EXPECT_EQ(out.sizes().vec(), (std::vector<int64_t>{2, 6, 16, 16}));
+}
+
+}  // namespace
+}  // namespace diffuse

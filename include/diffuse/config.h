@@ -8,9 +8,11 @@
 #include <vector>
 
 #include "diffuse/diffusion.h"
+#include "diffuse/gamma_schedule.h"
 #include "diffuse/losses.h"
 #include "diffuse/schedule.h"
 #include "diffuse/timestep_sampler.h"
+#include "diffuse/vdm.h"
 
 namespace diffuse {
 
@@ -62,6 +64,9 @@ struct ModelConfig {
   // Super-resolution (the SuperResModel of improved- and guided-diffusion): > 0 conditions the
   // UNet on a low_res_size x low_res_size version of the image, upsampled and stacked on x_t.
   int64_t low_res_size = 0;
+  // UNet: VDM's Fourier features of the input, sin and cos of 2^n 2 pi x for n = 6, 7, stacked on
+  // its channels: detail at the scale of the 8-bit grid, which the likelihood at low noise needs.
+  bool fourier_features = false;
   // Class conditioning: a label embedding added to the time embedding. num_classes = 0 takes
   // the dataset's class count. Labels are replaced by the null label with probability p_uncond
   // during training, so classifier-free guidance works at sampling time.
@@ -103,6 +108,18 @@ struct DiffusionConfig {
   double sigma_data = 0.5;
   double p_mean = -1.2;
   double p_std = 1.2;
+  // schedule vdm (Kingma et al. 2021, gamma_schedule.h): gamma(t) = -log SNR(t) on t in [0, 1],
+  // its kind, its ends (initial values where learned), and the learned network's width; the
+  // network is conditioned on gamma. continuous: the loss as T -> infinity, else the T-step loss
+  // with T = timesteps (the discrete view for sampling and the exact bound has T + 1 steps).
+  GammaKind gamma_schedule = GammaKind::Linear;
+  double gamma_min = -13.3;
+  double gamma_max = 5.0;
+  int64_t gamma_hidden = 1024;
+  bool continuous = true;
+  VdmDecoder decoder = VdmDecoder::Vdm;
+  // The learned schedule's shape minimises the variance of the diffusion loss (VDM section 5.2).
+  bool variance_objective = true;
 };
 
 struct DataConfig {

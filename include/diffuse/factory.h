@@ -8,6 +8,7 @@
 
 #include "diffuse/config.h"
 #include "diffuse/diffusion.h"
+#include "diffuse/gamma_schedule.h"
 #include "diffuse/timestep_sampler.h"
 
 namespace diffuse {
@@ -16,7 +17,11 @@ class Network;
 class Dataset;
 
 ScheduleSpec schedule_spec(const DiffusionConfig& cfg);
+// For schedule vdm: the discrete view (T + 1 steps) of the configured fixed schedule, linear in
+// gamma from gamma_min to gamma_max; a learned one needs the network (make_diffusion).
 NoiseSchedule make_schedule(const DiffusionConfig& cfg);
+// The gamma schedule a config describes (schedule vdm), freshly initialised.
+GammaSpec gamma_spec(const DiffusionConfig& cfg);
 // A custom schedule's diffusion.betas_file read into diffusion.betas (diffusion.timesteps set to
 // their count, betas_file cleared), so that the config a run stores (config.yaml, checkpoints)
 // holds the schedule itself, not the name of a file that may change or vanish. Other configs
@@ -24,7 +29,9 @@ NoiseSchedule make_schedule(const DiffusionConfig& cfg);
 void resolve_betas_file(DiffusionConfig& cfg);
 // The variance type in effect: model.learn_sigma with a fixed type means learned_range.
 VarianceType effective_variance(const Config& cfg);
-GaussianDiffusion make_diffusion(const Config& cfg);
+// For schedule vdm the process is the discrete view of `net`'s gamma schedule (as learned);
+// without a network, of the configured one, which a learned kind refuses (UsageError).
+GaussianDiffusion make_diffusion(const Config& cfg, const Network* net = nullptr);
 // diffusion.timestep_sampler over cfg's schedule (lognormal: on the edm grid, p_mean / p_std).
 std::unique_ptr<TimestepSampler> make_timestep_sampler(const DiffusionConfig& cfg);
 

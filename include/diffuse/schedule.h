@@ -18,7 +18,9 @@
 
 namespace diffuse {
 
-enum class ScheduleKind { Linear, Cosine, Sigmoid, ScaledLinear, Custom, Edm };
+// Vdm: a continuous gamma(t) schedule (gamma_schedule.h), possibly learned; its betas come from
+// the network's schedule (factory.h), not from make_betas.
+enum class ScheduleKind { Linear, Cosine, Sigmoid, ScaledLinear, Custom, Edm, Vdm };
 
 ScheduleKind parse_schedule_kind(const std::string& name);  // throws, listing allowed names
 std::string to_string(ScheduleKind kind);
@@ -81,8 +83,11 @@ struct ScheduleRow {
 
 class NoiseSchedule {
  public:
-  // `original_t[i]` is the step of the base schedule that step i stands for (identity if empty).
-  explicit NoiseSchedule(std::vector<double> betas, std::vector<int64_t> original_t = {});
+  // `original_t[i]` is the step of the base schedule that step i stands for (identity if empty);
+  // `model_time[i]` is what the network is fed at step i (original_t if empty): a continuous
+  // schedule's discrete view feeds gamma (gamma_schedule.h).
+  explicit NoiseSchedule(std::vector<double> betas, std::vector<int64_t> original_t = {},
+                         std::vector<double> model_time = {});
   static NoiseSchedule from_spec(const ScheduleSpec& spec);
 
   NoiseSchedule(const NoiseSchedule& other);
@@ -113,6 +118,7 @@ class NoiseSchedule {
   const std::vector<double>& snr() const { return snr_; }
   const std::vector<double>& log_snr() const { return log_snr_; }
   const std::vector<int64_t>& original_t() const { return original_t_; }
+  const std::vector<double>& model_time() const { return model_time_; }
 
   ScheduleRow row(int64_t t) const;
 
@@ -130,6 +136,7 @@ class NoiseSchedule {
       posterior_variance_, posterior_log_variance_clipped_, posterior_mean_coef1_, posterior_mean_coef2_, snr_,
       log_snr_;
   std::vector<int64_t> original_t_;
+  std::vector<double> model_time_;
 
   // Per-(table, device) float64 copies, so gathers on CUDA never copy host memory per batch.
   mutable std::mutex cache_mutex_;

@@ -14,9 +14,10 @@
 namespace diffuse {
 
 // Lognormal: EDM's continuous noise levels, ln sigma ~ N(p_mean, p_std^2) (Karras et al. 2022,
-// section 5), on the edm schedule's grid.
-enum class TimestepSamplerKind { Uniform, Importance, Lognormal };
-TimestepSamplerKind parse_timestep_sampler(const std::string& name);  // uniform, importance, lognormal
+// section 5), on the edm schedule's grid. Antithetic: VDM's low-discrepancy continuous times
+// (schedule vdm, whose uniform draws are continuous too).
+enum class TimestepSamplerKind { Uniform, Importance, Lognormal, Antithetic };
+TimestepSamplerKind parse_timestep_sampler(const std::string& name);  // uniform, importance, lognormal, antithetic
 std::string to_string(TimestepSamplerKind k);
 std::vector<std::string> timestep_sampler_names();
 
@@ -25,7 +26,13 @@ struct TimestepDraw {
   torch::Tensor weights;  // [B] float32, 1 / (T p(t))
   torch::Tensor sigma;    // [B] float64, continuous draws only: the noise level x = x0 + sigma eps
   torch::Tensor step;     // [B] float32, continuous draws only: sigma's fractional step, the network's time
+  torch::Tensor time;     // [B] float64, continuous-time draws only (schedule vdm): t in [0, 1)
 };
+
+// t in [0, 1) for a batch: VDM's low-discrepancy draw t_i = (u + i / B) mod 1 with one
+// u ~ U(0, 1) (antithetic: the batch covers [0, 1) evenly, so the loss estimate's variance
+// drops), or B independent uniforms. float64 [B] on the CPU (gen must be a CPU generator).
+torch::Tensor draw_times(int64_t batch, bool antithetic, torch::Generator gen = {});
 
 class TimestepSampler {
  public:
@@ -86,6 +93,19 @@ class LognormalSigmaSampler final : public TimestepSampler {
  private:
   LogSigmaGrid grid_;
   double p_mean_, p_std_;
+};
+
+// Continuous times t in [0, 1) for a gamma schedule (draw_times), weights 1; t is floor(time T)
+// (clamped to T - 1), for the per-quarter logs. probabilities() is uniform.
+class ContinuousTimeSampler final : public TimestepSampler {
+ public:
+  ContinuousTimeSampler(int64_t num_timesteps, bool antithetic)
+      : TimestepSampler(num_timesteps), antithetic_(antithetic) {}
+  torch::Tensor probabilities() const override;
+  TimestepDraw sample(int64_t batch, const torch::Device& device, torch::Generator gen) const override;
+
+ private:
+  bool antithetic_;
 };
 
 // Uniform or Importance; Lognormal needs the grid and its law (LognormalSigmaSampler).

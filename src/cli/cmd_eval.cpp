@@ -77,7 +77,7 @@ int run_eval(const EvalOptions& o) {
   }
 
   auto [net, ema] = load_network(reader, cfg, o.weights == "ema", req.device);
-  auto diffusion = make_diffusion(cfg);
+  auto diffusion = make_diffusion(cfg, net.get());
   // Under a launcher the ranks split the work (see EvalRequest::group); rank 0 reports.
   auto group = join_launch_group(env, cfg.train.dist_timeout);
   req.group = group.get();

@@ -131,7 +131,7 @@ int run_sample(const SampleOptions& o) {
   }
   auto [net, ema] = load_network(reader, cfg, s.use_ema, device);
   if (s.use_ema && !ema) std::cerr << "diffuse: " << path << " has no EMA weights; using the raw weights\n";
-  auto diffusion = make_diffusion(cfg);
+  auto diffusion = make_diffusion(cfg, net.get());
   std::shared_ptr<Network> classifier;
   if (!s.classifier.empty()) classifier = load_guidance_classifier(s.classifier, shape, diffusion, device);
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -47,10 +48,13 @@ torch::Tensor call_model(const GaussianDiffusion& diffusion, const ModelFn& mode
   return out;
 }
 
-// original_t as an int64 tensor on `device`, for mapping respaced steps to the model's units.
-torch::Tensor original_t_table(const GaussianDiffusion& diffusion, const torch::Device& device) {
-  const auto& orig = diffusion.schedule().original_t();
-  return torch::tensor(orig, torch::TensorOptions().dtype(torch::kLong)).to(device);
+// The network's time per step on `device`: int64 steps where they are whole (respaced discrete
+// schedules), float64 otherwise (a continuous schedule's gamma).
+torch::Tensor model_time_table(const GaussianDiffusion& diffusion, const torch::Device& device) {
+  const auto& time = diffusion.schedule().model_time();
+  const bool whole = std::all_of(time.begin(), time.end(), [](double v) { return v == std::floor(v); });
+  const auto table = torch::tensor(time, torch::TensorOptions().dtype(torch::kFloat64));
+  return (whole ? table.to(torch::kLong) : table).to(device);
 }
 
 std::string json_number(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
@@ -84,7 +88,7 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
   const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(x0.device());
   const auto f64 = x0.options().dtype(torch::kFloat64);
   const auto x0d = x0.to(torch::kFloat64);
-  const auto& orig = diffusion.schedule().original_t();
+  const auto time = model_time_table(diffusion, x0.device());
 
   BpdResult r;
   r.terms = torch::empty({B, T}, f64);
@@ -96,7 +100,7 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
     auto tb = torch::full({B}, t, long_opts);
     auto noise = opts.noise ? opts.noise(t).to(x0.options()) : randn_from(gen, x0);
     auto x_t = diffusion.q_sample(x0, tb, noise);
-    auto model_t = orig[static_cast<size_t>(t)] == t ? tb : torch::full({B}, orig[static_cast<size_t>(t)], long_opts);
+    auto model_t = time[t].expand({B}).contiguous();
     auto out = call_model(diffusion, model, diffusion.network_input(x_t, diffusion.level(tb, x_t)), model_t);
     auto term =
         vlb_term_bpd(diffusion, out.to(torch::kFloat64), x0d, x_t.to(torch::kFloat64), tb, ro, opts.decoder_cdf);
@@ -238,7 +242,7 @@ BpdEstimate estimate_bpd_mc(const GaussianDiffusion& diffusion, const ModelFn& m
     p_draw = p.to(draw_device(gen, x0));
   }
 
-  const auto orig = original_t_table(diffusion, dev);
+  const auto time = model_time_table(diffusion, dev);
   ReverseOptions ro;
   ro.clip_x0 = opts.clip_x0;
   auto acc = torch::zeros({B}, x0d.options());
@@ -253,7 +257,7 @@ BpdEstimate estimate_bpd_mc(const GaussianDiffusion& diffusion, const ModelFn& m
     auto noise = randn_from(gen, x0);
     auto x_t = diffusion.q_sample(x0, t, noise);
     auto out =
-        call_model(diffusion, model, diffusion.network_input(x_t, diffusion.level(t, x_t)), orig.index_select(0, t));
+        call_model(diffusion, model, diffusion.network_input(x_t, diffusion.level(t, x_t)), time.index_select(0, t));
     auto term =
         vlb_term_bpd(diffusion, out.to(torch::kFloat64), x0d, x_t.to(torch::kFloat64), t, ro, opts.decoder_cdf).bpd;
     acc += weights.defined() ? weights.index_select(0, t) * term : term;

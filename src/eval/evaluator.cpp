@@ -21,6 +21,9 @@
 #include "diffuse/eval/precision_recall.h"
 #include "diffuse/eval/random.h"
 #include "diffuse/eval/toy_metrics.h"
+#include "diffuse/factory.h"
+#include "diffuse/gamma_schedule.h"
+#include "diffuse/vdm.h"
 #include "diffuse/generate.h"
 #include "diffuse/image_io.h"
 #include "diffuse/models/network.h"
@@ -294,8 +297,79 @@ void exact_bound(EvalContext& c, const BoundBatches& batches) {
   save_png(c.out("mse_terms.png"), plot_lines({line("eps MSE", ts, s.eps_mse), line("x0 MSE", ts, s.x0_mse)}, pm));
 }
 
+// A gamma-schedule model's continuous-time bound (vdm.h): eval.mc_timesteps draws of t per
+// image (antithetic across the batch), one z_0 draw, with the standard error over images.
+void continuous_bound(EvalContext& c, const BoundBatches& batches, const GammaSchedule& gamma) {
+  const auto& d = c.cfg.diffusion;
+  const VdmOptions vo{0, d.decoder, d.prediction, d.sigma_data, false};
+  std::vector<torch::Tensor> rows;
+  ProgressBar bar("bpd-mc", batches.size(), 0, c.lead && stderr_is_terminal());
+  batches.each_round([&](int64_t b, int64_t, int64_t images_after) {
+    auto mine = torch::empty({0, 5}, torch::kFloat64);
+    if (b >= 0) {
+      const auto r = vdm_bound(gamma, batches.fn(b), batches.x0(b), c.ev.mc_timesteps, vo,
+                               batch_generator(c.req.seed, b, kBpdMcStream));
+      // The spread of one batch's loss estimate over the draws, on every row of the batch.
+      const auto spread = c.ev.mc_timesteps > 1 ? r.draw_means.var() : torch::full({}, NAN, torch::kFloat64);
+      mine = torch::stack({r.per_image, r.prior, r.recon, r.diffusion, spread.expand_as(r.prior)}, 1)
+                 .to(torch::kCPU, torch::kFloat64);
+    }
+    rows.push_back(all_gather_rows(c.pg, mine, "bpd-mc estimates"));
+    bar.update(images_after);
+  });
+  bar.finish();
+  const auto all = torch::cat(rows);
+  const auto est = make_bpd_estimate(all.select(1, 0).contiguous(), c.ev.mc_timesteps);
+  c.rep.setting("bpd_mc_bound", "continuous time (T -> infinity), decoder " + to_string(d.decoder));
+  c.rep.value("bpd_mc", est.mean);
+  c.rep.value("bpd_mc_std_error", est.std_error);
+  c.rep.value("bpd_mc_timesteps_per_image", static_cast<double>(c.ev.mc_timesteps));
+  c.rep.value("bpd_mc_prior", all.select(1, 1).mean().item<double>());
+  c.rep.value("bpd_mc_recon", all.select(1, 2).mean().item<double>());
+  c.rep.value("bpd_mc_diffusion", all.select(1, 3).mean().item<double>());
+  // Over the draws of t and noise, of L_diffusion's mean over one batch of eval.batch_size images
+  // (bits/dim squared), averaged over batches (docs/vdm.md).
+  c.rep.value("bpd_mc_batch_loss_variance", all.select(1, 4).mean().item<double>());
+}
+
+// log SNR(t) = -gamma(t) of the model's schedule beside VDM's fixed line (at the model's config
+// ends) and the discrete linear and cosine schedules (step i at t = (i + 1) / T).
+void write_snr_plot(EvalContext& c, const GammaSchedule& gamma) {
+  c.rep.file("log SNR(t) (plot)", c.out("snr.png"));
+  if (!c.lead) return;
+  const int64_t n = 201;
+  const auto t = torch::linspace(0.0, 1.0, n, torch::kFloat64);
+  auto as_vector = [](const torch::Tensor& v) {
+    const auto cv = v.contiguous();
+    return std::vector<double>(cv.data_ptr<double>(), cv.data_ptr<double>() + cv.numel());
+  };
+  const auto ts = as_vector(t);
+  GammaSpec fixed = gamma.spec();
+  fixed.kind = GammaKind::Linear;
+  std::vector<Series> lines{line("fixed linear gamma", ts, as_vector(-GammaSchedule(fixed).at(t).gamma))};
+  for (const auto kind : {ScheduleKind::Linear, ScheduleKind::Cosine}) {
+    DiffusionConfig dc;
+    dc.schedule = kind;
+    const auto sched = make_schedule(dc);
+    std::vector<double> x, y;
+    for (int64_t i = 0; i < sched.num_timesteps(); ++i) {
+      x.push_back(static_cast<double>(i + 1) / static_cast<double>(sched.num_timesteps()));
+      y.push_back(sched.log_snr()[static_cast<size_t>(i)]);
+    }
+    lines.push_back(line("discrete " + to_string(kind) + " (T = 1000)", x, y));
+  }
+  // Drawn last, over the others (a linear model's line lies on the fixed one).
+  lines.push_back(line("this model (" + to_string(gamma.spec().kind) + ")", ts, as_vector(-gamma.at(t).gamma)));
+  PlotOptions po;
+  po.title = "log SNR(t)";
+  po.x_label = "t";
+  po.y_label = "log SNR";
+  save_png(c.out("snr.png"), plot_lines(lines, po));
+}
+
 // The unbiased estimate from eval.mc_timesteps random t per image, with its standard error.
 void monte_carlo_bound(EvalContext& c, const BoundBatches& batches) {
+  if (const auto gamma = find_gamma_schedule(c.net)) return continuous_bound(c, batches, *gamma);
   std::vector<torch::Tensor> per_image;
   BpdMcOptions mo;
   mo.samples_per_image = c.ev.mc_timesteps;
@@ -576,6 +650,7 @@ EvalReport evaluate(Network& net, const GaussianDiffusion& diffusion, const Eval
     const BoundBatches batches(c);
     if (c.wants("bpd")) exact_bound(c, batches);
     if (c.wants("bpd-mc")) monte_carlo_bound(c, batches);
+    if (const auto gamma = find_gamma_schedule(net)) write_snr_plot(c, *gamma);
   }
   SampleQuality quality(c);
   const bool measures_samples = wants_features(c.ev.metrics) || c.wants("toy");

@@ -35,6 +35,16 @@ bool contains(const std::vector<int64_t>& v, int64_t x) { return std::find(v.beg
 
 }  // namespace
 
+torch::Tensor with_fourier_features(const torch::Tensor& x) {
+  std::vector<Tensor> parts{x};
+  for (const int n : {6, 7}) {
+    const auto phase = x * (std::ldexp(1.0, n) * 2.0 * M_PI);
+    parts.push_back(torch::sin(phase));
+    parts.push_back(torch::cos(phase));
+  }
+  return torch::cat(parts, 1);
+}
+
 UNetOptions UNetOptions::from_config(const ModelConfig& cfg, int64_t image_size, int64_t in_channels,
                                      int64_t out_channels, int64_t num_classes) {
   UNetOptions o;
@@ -56,6 +66,7 @@ UNetOptions UNetOptions::from_config(const ModelConfig& cfg, int64_t image_size,
   o.conv_resample = cfg.conv_resample;
   o.num_classes = resolve_num_classes(cfg, num_classes);
   o.low_res_size = cfg.low_res_size;
+  o.fourier_features = cfg.fourier_features;
   return o;
 }
 
@@ -207,7 +218,7 @@ Encoder build_encoder(nn::Module& owner, const UNetOptions& opt) {
   int64_t ch = unet_level_channels(opt.model_channels, opt.channel_mult[0]);
   {
     auto block = std::make_shared<EmbedSequential>();
-    block->add(std::make_shared<InputConv>(opt.in_channels, ch));
+    block->add(std::make_shared<InputConv>(opt.in_channels * (opt.fourier_features ? kFourierChannelFactor : 1), ch));
     push_input(block, ch);
   }
   int64_t ds = 1;
@@ -300,7 +311,7 @@ torch::Tensor UNet::forward(const torch::Tensor& x, const torch::Tensor& t, cons
 
   std::vector<Tensor> skips;
   skips.reserve(input_blocks_.size());
-  Tensor h = x;
+  Tensor h = opt_.fourier_features ? with_fourier_features(x) : x;
   for (const auto& block : input_blocks_) {
     h = block->forward(h, emb_act);
     skips.push_back(h);

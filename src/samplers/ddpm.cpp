@@ -7,7 +7,7 @@ namespace diffuse {
 
 DdpmStep ddpm_step(const Denoiser& denoiser, const GaussianDiffusion& process, const torch::Tensor& x, int64_t i,
                    const torch::Tensor& noise, const ReverseOptions& opts) {
-  const double model_t = static_cast<double>(process.schedule().original_t()[static_cast<size_t>(i)]);
+  const double model_t = process.schedule().model_time()[static_cast<size_t>(i)];
   const auto mt = denoiser.time_tensor(x, model_t);
   const auto t = torch::full({x.size(0)}, i, x.options().dtype(torch::kLong));
   const auto out = denoiser.network(process.network_input(x, process.level(t, x)), mt);
@@ -46,8 +46,7 @@ torch::Tensor sample_ddpm(const Denoiser& denoiser, NoiseSource& noise, const Sa
       const auto step = ddpm_step(denoiser, gd, x, i, i > 0 ? noise.next() : torch::Tensor(), ropts);
       if (opts.on_step) {
         const double ab = sched.alpha_bar()[k];
-        opts.on_step(StepInfo{N - 1 - i, N, static_cast<double>(sched.original_t()[k]), std::sqrt((1.0 - ab) / ab), x,
-                              step.x0_pred});
+        opts.on_step(StepInfo{N - 1 - i, N, sched.model_time()[k], std::sqrt((1.0 - ab) / ab), x, step.x0_pred});
       }
       x = step.x_prev;
     }

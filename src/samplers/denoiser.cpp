@@ -37,8 +37,8 @@ Denoiser::Denoiser(ModelFn model, GaussianDiffusion diffusion, GuidanceGradient 
     sigmas_[t] = std::sqrt((1.0 - ab) / ab);  // +inf where abar = 0 (zero terminal SNR)
     // log sigma = (log(1 - abar) - log(abar)) / 2, accurate for abar near 1.
     log_sigmas_[t] = 0.5 * (std::log1p(-ab) - std::log(ab));
-    model_t_table_[t] = static_cast<double>(s.original_t()[t]);
-    identity_time_ = identity_time_ && s.original_t()[t] == static_cast<int64_t>(t);
+    model_t_table_[t] = s.model_time()[t];
+    identity_time_ = identity_time_ && s.model_time()[t] == static_cast<double>(t);
   }
 }
 

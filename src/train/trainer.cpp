@@ -253,6 +253,7 @@ struct StepDraw {
   TimestepDraw global;
   torch::Tensor t, weights, noise, drop;  // this rank's, in its batch order
   torch::Tensor sigma, step;              // continuous noise levels (lognormal) and their network time
+  torch::Tensor time, noise0;             // schedule vdm: continuous t in [0, 1) and z_0's noise
 };
 
 struct StepResult {
@@ -286,6 +287,10 @@ class TrainLoop {
   StepDraw draw_step(const std::vector<Batch>& micro_batches);
   void forward_backward(const std::vector<Batch>& micro_batches, const StepDraw& draw, StepResult& out);
   NoiseLevel noise_level(const StepDraw& d, int64_t first, int64_t B, const torch::Tensor& x0) const;
+  TrainingLoss discrete_losses(const StepDraw& d, int64_t first, const torch::Tensor& x0, const torch::Tensor& low_res,
+                               const torch::Tensor& y, const Batch& batch);
+  TrainingLoss vdm_losses(const StepDraw& d, int64_t first, const torch::Tensor& x0, const torch::Tensor& low_res,
+                          const torch::Tensor& y);
   void reduce_step(StepResult& out, const torch::Tensor& clipped);
   void optimize(const StepResult& r, double lr);
   void log_window(double lr, bool last);
@@ -320,6 +325,8 @@ class TrainLoop {
   std::unique_ptr<DataLoader> loader_;
   std::optional<GaussianDiffusion> diffusion_;
   std::shared_ptr<Network> model_, ema_model_;
+  std::shared_ptr<GammaSchedule> gamma_;  // schedule vdm: the trained model's gamma(t)
+  VdmOptions vdm_;
   bool classifier_ = false;     // model.type classifier: cross-entropy on x_t instead of a diffusion loss
   torch::Tensor grid_low_res_;  // super-resolution: what the sample grids upsample
   std::unique_ptr<Ema> ema_;
@@ -473,7 +480,6 @@ void TrainLoop::check_same_data(const std::string& then) {
 }
 
 void TrainLoop::build_model() {
-  diffusion_.emplace(make_diffusion(cfg_));
   model_ = make_model(cfg_, shape_);
   ema_model_ = make_model(cfg_, shape_);
   if (ckpt_) {
@@ -489,6 +495,10 @@ void TrainLoop::build_model() {
   ema_ = std::make_unique<Ema>(model_, ema_model_, cfg_.train.ema_decay, cfg_.train.ema_warmup);
   if (ckpt_ && ckpt_->has_ema()) ckpt_->load_weights(*ema_model_, true);
   ema_model_->eval();
+  diffusion_.emplace(make_diffusion(cfg_, model_.get()));
+  gamma_ = find_gamma_schedule(*model_);
+  const auto& dc = cfg_.diffusion;
+  vdm_ = VdmOptions{dc.continuous ? 0 : dc.timesteps, dc.decoder, dc.prediction, dc.sigma_data, dc.variance_objective};
   optimizer_ = std::make_unique<torch::optim::AdamW>(model_->parameters(),
                                                      torch::optim::AdamWOptions(cfg_.train.lr)
                                                          .betas({cfg_.train.adam_beta1, cfg_.train.adam_beta2})
@@ -597,6 +607,10 @@ StepDraw TrainLoop::draw_step(const std::vector<Batch>& micro_batches) {
     d.step = mine(d.global.step);
   }
   d.noise = mine(noise);
+  if (d.global.time.defined()) {
+    d.time = mine(d.global.time);
+    d.noise0 = mine(torch::randn(noise_shape, torch::TensorOptions().device(device_)));
+  }
   if (model_->class_conditional() && cfg_.model.p_uncond > 0)
     d.drop = mine(draw_label_drops(n, cfg_.model.p_uncond, device_));
   return d;
@@ -610,6 +624,50 @@ NoiseLevel TrainLoop::noise_level(const StepDraw& d, int64_t first, int64_t B, c
   return {n.a.to(x0.scalar_type()), n.s.to(x0.scalar_type())};
 }
 
+// The losses on the discrete schedule (or EDM's continuous sigma): x_t, the network, the loss.
+TrainingLoss TrainLoop::discrete_losses(const StepDraw& d, int64_t first, const torch::Tensor& x0,
+                                        const torch::Tensor& low_res, const torch::Tensor& y, const Batch& batch) {
+  const int64_t B = x0.size(0);
+  const auto t = d.t.narrow(0, first, B);
+  auto noise = d.noise.narrow(0, first, B).contiguous(x0.suggest_memory_format());
+  const auto level = noise_level(d, first, B, x0);
+  auto x_t = level.a * x0 + level.s * noise;  // q_sample (Luo eq. 69)
+  const auto net_t = d.step.defined() ? d.step.narrow(0, first, B) : t.to(torch::kFloat32);
+  torch::Tensor net_out;
+  {
+    AutocastGuard ac(precision_, device_);
+    net_out = model_->forward(network_input(*model_, diffusion_->network_input(x_t, level), low_res), net_t, y);
+  }
+  net_out = net_out.to(torch::kFloat32);
+  if (classifier_) {
+    auto out = classifier_losses(net_out, batch.y.to(device_));
+    // A classifier's first statistic is its accuracy on the noisy batch (logged as "accuracy").
+    out.mse = net_out.detach().argmax(1).eq(batch.y.to(device_)).to(torch::kFloat);
+    return out;
+  }
+  return d.sigma.defined() ? mse_loss(*diffusion_, loss_cfg_, net_out, x0, noise, level)
+                           : training_losses(*diffusion_, loss_cfg_, net_out, x0, x_t, t, noise);
+}
+
+// The variational bound on the gamma schedule (vdm.h), the network called as in the other losses.
+TrainingLoss TrainLoop::vdm_losses(const StepDraw& d, int64_t first, const torch::Tensor& x0,
+                                   const torch::Tensor& low_res, const torch::Tensor& y) {
+  const int64_t B = x0.size(0);
+  const auto like = [&](const torch::Tensor& n) {
+    return n.narrow(0, first, B).contiguous(x0.suggest_memory_format());
+  };
+  auto net = [&](const torch::Tensor& input, const torch::Tensor& gamma) {
+    AutocastGuard ac(precision_, device_);
+    return model_->forward(network_input(*model_, input, low_res), gamma.to(torch::kFloat32), y).to(torch::kFloat32);
+  };
+  const auto terms = vdm_loss(*gamma_, net, x0, d.time.narrow(0, first, B), like(d.noise), like(d.noise0), vdm_);
+  TrainingLoss out;
+  out.loss = terms.total.to(torch::kFloat32);
+  out.mse = terms.eps_mse.to(torch::kFloat32);
+  out.vb = terms.total.detach().to(torch::kFloat32);
+  return out;
+}
+
 void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const StepDraw& d, StepResult& out) {
   const auto opts = torch::TensorOptions().device(device_);
   torch::Tensor loss_sum = torch::zeros({}, opts), mse_sum = torch::zeros({}, opts), vb_sum = torch::zeros({}, opts);
@@ -621,11 +679,6 @@ void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const 
     auto x0 = batch.x.to(device_, /*non_blocking=*/true);
     if (cfg_.train.channels_last && x0.dim() == 4) x0 = x0.contiguous(torch::MemoryFormat::ChannelsLast);
     const int64_t B = x0.size(0);
-    const auto t = d.t.narrow(0, first, B);
-    auto noise = d.noise.narrow(0, first, B).contiguous(x0.suggest_memory_format());
-    const auto level = noise_level(d, first, B, x0);
-    auto x_t = level.a * x0 + level.s * noise;  // q_sample (Luo eq. 69)
-    const auto net_t = d.step.defined() ? d.step.narrow(0, first, B) : t.to(torch::kFloat32);
     torch::Tensor y;
     if (model_->class_conditional()) {
       y = batch.y.to(device_, /*non_blocking=*/true);  // pinned by the loader on CUDA
@@ -635,22 +688,13 @@ void TrainLoop::forward_backward(const std::vector<Batch>& micro_batches, const 
     // A super-resolution model learns p(x_0 | x_0 averaged down), as guided-diffusion's load_superres_data.
     const auto low_res = model_->low_res_size() > 0 ? downsample_area(x0, model_->low_res_size()) : torch::Tensor();
     if (low_res.defined() && !grid_low_res_.defined()) grid_low_res_ = low_res.detach().to(torch::kCPU, torch::kFloat);
-    torch::Tensor net_out;
-    {
-      AutocastGuard ac(precision_, device_);
-      net_out = model_->forward(network_input(*model_, diffusion_->network_input(x_t, level), low_res), net_t, y);
-    }
-    auto losses = classifier_ ? classifier_losses(net_out.to(torch::kFloat32), batch.y.to(device_))
-                  : d.sigma.defined()
-                      ? mse_loss(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, noise, level)
-                      : training_losses(*diffusion_, loss_cfg_, net_out.to(torch::kFloat32), x0, x_t, t, noise);
+    const auto losses =
+        gamma_ ? vdm_losses(d, first, x0, low_res, y) : discrete_losses(d, first, x0, low_res, y, batch);
     auto loss = (losses.loss * d.weights.narrow(0, first, B)).mean() / K;
     if (grad_sync_ && micro + 1 == micro_batches.size()) grad_sync_->arm();  // gradients sync once per step
     loss_scale_->apply(loss).backward();
     loss_sum += loss.detach();
     if (losses.mse.defined()) mse_sum += losses.mse.detach().mean() / K;
-    // A classifier's first statistic is its accuracy on the noisy batch (logged as "accuracy").
-    if (classifier_) mse_sum += net_out.detach().argmax(1).eq(batch.y.to(device_)).to(torch::kFloat).mean() / K;
     if (losses.vb.defined()) vb_sum += losses.vb.detach().mean() / K;
     losses_seen.push_back(losses.loss.detach());
     first += B;
@@ -809,7 +853,9 @@ void TrainLoop::sample_grid() {
   g.device = device_;
   g.low_res = grid_low_res_;  // a super-resolution model upsamples the run's first images
   if (ema_model_->low_res_size() > 0 && !g.low_res.defined()) return;
-  auto images = generate(*ema_model_, *diffusion_, shape_, g);
+  // A learned gamma schedule is sampled on the EMA weights' own discrete view.
+  const auto diffusion = gamma_ ? make_diffusion(cfg_, ema_model_.get()) : *diffusion_;
+  auto images = generate(*ema_model_, diffusion, shape_, g);
   const auto path = (fs::path(req_.run_dir) / "samples" / fmt::format("step_{:08d}.png", step_)).string();
   fs::create_directories(fs::path(path).parent_path());
   // Images: a grid; 2-D points: a density picture.

@@ -45,6 +45,7 @@ struct UNetOptions {
   bool conv_resample = true;
   int64_t num_classes = 0;   // > 0: class-conditional, label num_classes = null
   int64_t low_res_size = 0;  // > 0: super-resolution (models/super_res.h makes the input)
+  bool fourier_features = false;  // the first convolution also sees fourier_features(x)
 
   // The model.* keys of cfg plus the sizes the data (and the caller) decide.
   static UNetOptions from_config(const ModelConfig& cfg, int64_t image_size, int64_t in_channels, int64_t out_channels,
@@ -95,5 +96,11 @@ class UNet : public Network {
   torch::nn::GroupNorm out_norm_{nullptr};
   torch::nn::Conv2d out_conv_{nullptr};
 };
+
+// VDM's Fourier features (Kingma et al. 2021, appendix): x with sin(2^n 2 pi x) and cos(2^n 2 pi x)
+// for n = 6, 7 stacked on its channels, [B, C, H, W] -> [B, 5C, H, W]. At 2^6 2 pi one step of the
+// 8-bit grid (2/255) turns the phase by about pi, so the features separate neighbouring values.
+torch::Tensor with_fourier_features(const torch::Tensor& x);
+constexpr int64_t kFourierChannelFactor = 5;
 
 }  // namespace diffuse
