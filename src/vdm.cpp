@@ -103,12 +103,13 @@ torch::Tensor vdm_recon_bpd(const GammaSchedule& gamma, const torch::Tensor& x, 
   return -(x_logit - lse).mean(1).to(torch::kFloat64) / kLn2;
 }
 
-VdmTerms vdm_loss(const GammaSchedule& gamma, const GammaModelFn& model, const torch::Tensor& x,
-                  const torch::Tensor& t_in, const torch::Tensor& eps, const torch::Tensor& noise0,
-                  const VdmOptions& options) {
+namespace {
+
+// L_diffusion per example in bits/dim (and the eps MSE), with the variance objective's gradient
+// route on the shape when it applies: vdm_loss's diffusion term.
+VdmTerms diffusion_term(const GammaSchedule& gamma, const GammaModelFn& model, const torch::Tensor& x,
+                        const torch::Tensor& t_in, const torch::Tensor& eps, const VdmOptions& options) {
   const int64_t B = x.size(0);
-  if (t_in.dim() != 1 || t_in.size(0) != B || eps.sizes() != x.sizes() || noise0.sizes() != x.sizes())
-    throw std::invalid_argument("vdm_loss: t must be [B] and both noises x's shape");
   const bool continuous = options.timesteps <= 0;
   const double T = static_cast<double>(options.timesteps);
   auto t = t_in.to(torch::kFloat64);
@@ -122,27 +123,30 @@ VdmTerms vdm_loss(const GammaSchedule& gamma, const GammaModelFn& model, const t
     hook = [&weight](const torch::Tensor& s) { return ScaleGradient::apply(s, weight); };
   }
   const auto at_t = gamma.at(t, continuous, hook);
-  const auto g_t = at_t.gamma;
-  const auto g = per_example(g_t, x);
+  const auto g = per_example(at_t.gamma, x);
   const NoiseLevel level{(0.5 * log_alpha2(g)).exp().to(x.scalar_type()),
                          (0.5 * log_sigma2(g)).exp().to(x.scalar_type())};
   const auto z_t = level.a * x + level.s * eps;  // q(z_t | x) (Luo eq. 69)
-  const auto f = model(input_scale(options.prediction, level, options.sigma_data).times(z_t), g_t);
+  const auto f = model(input_scale(options.prediction, level, options.sigma_data).times(z_t), at_t.gamma);
   const auto eps_hat = preconditioning(options.prediction, level, options.sigma_data).eps(z_t, f.to(x.scalar_type()));
   const auto sq = sum_flat_squares(eps - eps_hat).to(torch::kFloat64);
-
-  torch::Tensor nats;
-  if (continuous) {
-    nats = 0.5 * at_t.derivative * sq;
-  } else {
-    const auto g_s = gamma.at(t - 1.0 / T, false, hook).gamma;
-    nats = 0.5 * T * torch::expm1(g_t - g_s) * sq;
-  }
+  const auto nats = continuous ? 0.5 * at_t.derivative * sq
+                               : 0.5 * T * torch::expm1(at_t.gamma - gamma.at(t - 1.0 / T, false, hook).gamma) * sq;
   VdmTerms out;
   const double D = dims_of(x);
   out.diffusion = nats / (D * kLn2);
   out.eps_mse = (sq / D).detach();
   if (weight.defined()) weight.copy_(2.0 * out.diffusion.detach());
+  return out;
+}
+
+}  // namespace
+
+VdmTerms vdm_loss(const GammaSchedule& gamma, const GammaModelFn& model, const torch::Tensor& x, const torch::Tensor& t,
+                  const torch::Tensor& eps, const torch::Tensor& noise0, const VdmOptions& options) {
+  if (t.dim() != 1 || t.size(0) != x.size(0) || eps.sizes() != x.sizes() || noise0.sizes() != x.sizes())
+    throw std::invalid_argument("vdm_loss: t must be [B] and both noises x's shape");
+  auto out = diffusion_term(gamma, model, x, t, eps, options);
   out.prior = vdm_prior_bpd(gamma, x);
   out.recon = vdm_recon_bpd(gamma, x, noise0, options.decoder);
   out.total = out.diffusion + out.prior + out.recon;
@@ -163,7 +167,7 @@ VdmBound vdm_bound(const GammaSchedule& gamma, const GammaModelFn& model, const 
   for (int64_t k = 0; k < draws; ++k) {
     const auto t = draw_times(B, /*antithetic=*/true, gen).to(x.device());
     const auto eps = noise_like();
-    each.push_back(vdm_loss(gamma, model, x, t, eps, eps, options).diffusion);
+    each.push_back(diffusion_term(gamma, model, x, t, eps, options).diffusion);
   }
   const auto all = torch::stack(each);  // [draws, B]
   r.diffusion = all.mean(0);
