@@ -43,7 +43,7 @@ last_logged_step() {  # the step of the last complete line of metrics.jsonl, 0 w
   local f=$1/metrics.jsonl
   [[ -f $f ]] || { echo 0; return; }
   local s
-  s=$(grep -E '^\{"step": [0-9]+,.*\}$' "$f" | tail -1 | grep -oE '^\{"step": [0-9]+' | grep -oE '[0-9]+$')
+  s=$(grep -E '^\{"step": ?[0-9]+,.*\}$' "$f" | tail -1 | grep -oE '^\{"step": ?[0-9]+' | grep -oE '[0-9]+$')
   echo "${s:-0}"
 }
 temporaries() { compgen -G "$1/checkpoints/.ckpt_*.tmp.*" | wc -l; }
@@ -121,9 +121,9 @@ for k in step weights_fingerprint ema_fingerprint optimizer_fingerprint progress
     fail "final $k differs from the uninterrupted run's: $(json_field "$final" $k) vs $(json_field "$ref_info" $k)"
 done
 expected=$(seq 1 "$STEPS" | tr '\n' ' ')
-got=$(grep -oE '^\{"step": [0-9]+' "$run/metrics.jsonl" | grep -oE '[0-9]+$' | tr '\n' ' ')
+got=$(grep -oE '^\{"step": ?[0-9]+' "$run/metrics.jsonl" | grep -oE '[0-9]+$' | tr '\n' ' ')
 [[ $got == "$expected" ]] || fail "metrics.jsonl does not hold steps 1..$STEPS once each, in order"
-bad_lines=$(grep -cvE '^\{"step": [0-9]+,.*\}$' "$run/metrics.jsonl")
+bad_lines=$(grep -cvE '^\{"step": ?[0-9]+,.*\}$' "$run/metrics.jsonl")
 ((bad_lines == 0)) || fail "metrics.jsonl has $bad_lines lines that are not whole JSON objects"
 left=$(temporaries "$run")
 ((left == 0)) || fail "$left checkpoint temporaries left in $run/checkpoints"

@@ -496,7 +496,7 @@ Table build_table() {
       ("timesteps", &D::timesteps, at_least<int64_t>(1), "T, the number of diffusion steps")
       ("beta_start", &D::beta_start, beta_or_default(), "first beta (linear, scaled_linear, sigmoid)")
       ("beta_end", &D::beta_end, beta_or_default(), "last beta (linear, scaled_linear, sigmoid)")
-      ("cosine_s", &D::cosine_s, at_least<double>(0), "cosine: the offset s of Nichol & Dhariwal eq. 17")
+      ("cosine_s", &D::cosine_s, at_least<double>(0), "cosine (and gamma_schedule cosine): the offset s of Nichol & Dhariwal eq. 17")
       ("betas", &D::betas, list(beta(), false), "custom: the T betas")
       ("betas_file", &D::betas_file, any<std::string>(), "custom: a file of betas (whitespace/comma separated)")
       ("zero_terminal_snr", &D::zero_terminal_snr, any<bool>(),
@@ -520,7 +520,8 @@ Table build_table() {
       ("p_mean", &D::p_mean, between(-20.0, 20.0), "lognormal sampler: the mean of ln sigma")
       ("p_std", &D::p_std, positive(), "lognormal sampler: the standard deviation of ln sigma")
       ("gamma_schedule", &D::gamma_schedule, choice(gamma_kind_names, parse_gamma_kind),
-       "vdm schedule: gamma(t) = -log SNR(t) fixed linear, linear with learned ends, or a learned monotone network")
+       "vdm schedule: gamma(t) = -log SNR(t) fixed linear, linear with learned ends, a learned monotone network, "
+       "or the SNR of the cosine or DDPM's linear-beta schedule between the ends")
       ("gamma_min", &D::gamma_min, between(-30.0, 30.0), "vdm schedule: gamma(0) (initial value when learned)")
       ("gamma_max", &D::gamma_max, between(-30.0, 30.0), "vdm schedule: gamma(1) (initial value when learned)")
       ("gamma_hidden", &D::gamma_hidden, at_least<int64_t>(1),
@@ -861,6 +862,9 @@ void check_cross(const Config& c, std::vector<std::string>& problems) {
   if (vdm) {
     if (d.gamma_min >= d.gamma_max)
       add(fmt::format("diffusion.gamma_min ({}) must be below diffusion.gamma_max ({})", d.gamma_min, d.gamma_max));
+    if (d.gamma_max > gamma_kind_limit(d.gamma_schedule))
+      add(fmt::format("diffusion.gamma_max ({}) is past the end of gamma_schedule {}, which reaches {:.4g} at t = 1",
+                      d.gamma_max, to_string(d.gamma_schedule), gamma_kind_limit(d.gamma_schedule)));
     if (d.timestep_sampler != TimestepSamplerKind::Uniform && d.timestep_sampler != TimestepSamplerKind::Antithetic)
       add(
           fmt::format("diffusion.schedule vdm draws continuous times: diffusion.timestep_sampler must be uniform or "

@@ -22,14 +22,19 @@ ScheduleSpec schedule_spec(const DiffusionConfig& cfg) {
 }
 
 GammaSpec gamma_spec(const DiffusionConfig& cfg) {
-  return {cfg.gamma_schedule, cfg.gamma_min, cfg.gamma_max, cfg.gamma_hidden};
+  return {cfg.gamma_schedule, cfg.gamma_min, cfg.gamma_max, cfg.gamma_hidden, cfg.cosine_s};
 }
 
 NoiseSchedule make_schedule(const DiffusionConfig& cfg) {
   if (cfg.schedule != ScheduleKind::Vdm) return NoiseSchedule::from_spec(schedule_spec(cfg));
   auto spec = gamma_spec(cfg);
-  spec.kind = GammaKind::Linear;
+  if (gamma_kind_learned(spec.kind)) spec.kind = GammaKind::Linear;  // its initial line
   return discretize(GammaSchedule(spec), cfg.timesteps);
+}
+
+VdmOptions vdm_options(const DiffusionConfig& cfg) {
+  return VdmOptions{cfg.continuous ? 0 : cfg.timesteps, cfg.decoder, cfg.prediction, cfg.sigma_data,
+                    cfg.variance_objective};
 }
 
 void resolve_betas_file(DiffusionConfig& cfg) {
@@ -51,7 +56,7 @@ GaussianDiffusion make_diffusion(const Config& cfg, const Network* net) {
   auto schedule = [&] {
     if (d.schedule != ScheduleKind::Vdm) return make_schedule(d);
     if (const auto gamma = net ? find_gamma_schedule(*net) : nullptr) return discretize(*gamma, d.timesteps);
-    if (d.gamma_schedule != GammaKind::Linear)
+    if (gamma_kind_learned(d.gamma_schedule))
       throw UsageError("diffusion.gamma_schedule " + to_string(d.gamma_schedule) +
                        " is learned: its discrete view needs the trained network");
     return make_schedule(d);

@@ -4,6 +4,7 @@
 #include <torch/nn/functional/activation.h>
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "diffuse/error.h"
@@ -16,10 +17,38 @@ namespace diffuse {
 namespace {
 
 const EnumNames<GammaKind>& gamma_kinds() {
-  static const EnumNames<GammaKind> table(
-      "gamma schedule",
-      {{GammaKind::Linear, "linear"}, {GammaKind::Endpoints, "endpoints"}, {GammaKind::Learned, "learned"}});
+  static const EnumNames<GammaKind> table("gamma schedule", {{GammaKind::Linear, "linear"},
+                                                             {GammaKind::Endpoints, "endpoints"},
+                                                             {GammaKind::Learned, "learned"},
+                                                             {GammaKind::Cosine, "cosine"},
+                                                             {GammaKind::LinearBeta, "linear-beta"}});
   return table;
+}
+
+constexpr double kPi = 3.14159265358979323846;
+
+// DDPM's linear betas as the VP SDE's beta(tau) = b0 + (b1 - b0) tau (T beta at tau = i / T).
+constexpr double kBeta0 = 0.1, kBeta1 = 20.0;
+
+// The cosine schedule's angle at tau = 0: theta_0 = s / (1 + s) pi / 2.
+double cosine_theta0(double s) { return s / (1.0 + s) * kPi / 2.0; }
+
+// tau where the cosine curve has SNR e^-g: alpha^2 = cos^2(theta) / cos^2(theta_0) = sigmoid(-g)
+// gives sin^2(theta) = sin^2(theta_0) + cos^2(theta_0) sigmoid(g); atan2 of sin and cos keeps
+// the digits at both ends.
+double cosine_tau(double g, double s) {
+  const double th0 = cosine_theta0(s);
+  const double sig = 1.0 / (1.0 + std::exp(-g)), sig_neg = 1.0 / (1.0 + std::exp(g));
+  const double sin_th = std::sqrt(std::sin(th0) * std::sin(th0) + std::cos(th0) * std::cos(th0) * sig);
+  const double cos_th = std::cos(th0) * std::sqrt(sig_neg);
+  return std::atan2(sin_th, cos_th) * (1.0 + s) * 2.0 / kPi - s;
+}
+
+// tau where the VP SDE's curve has SNR e^-g: -log alpha^2 = q = softplus(g) = b0 tau +
+// (b1 - b0) tau^2 / 2, the root written without cancellation.
+double linear_beta_tau(double g) {
+  const double q = g > 30 ? g + std::log1p(std::exp(-g)) : std::log1p(std::exp(g));
+  return 2.0 * q / (kBeta0 + std::sqrt(kBeta0 * kBeta0 + 2.0 * (kBeta1 - kBeta0) * q));
 }
 
 // softplus^-1(y): the raw parameter whose softplus is y.
@@ -33,11 +62,31 @@ std::vector<std::string> gamma_kind_names() { return gamma_kinds().names(); }
 GammaKind parse_gamma_kind(const std::string& name) { return gamma_kinds().parse(name); }
 std::string to_string(GammaKind v) { return gamma_kinds().to_string(v); }
 
+bool gamma_kind_learned(GammaKind kind) { return kind == GammaKind::Endpoints || kind == GammaKind::Learned; }
+
+double gamma_kind_limit(GammaKind kind) {
+  if (kind == GammaKind::LinearBeta) return std::log(std::expm1(kBeta0 + 0.5 * (kBeta1 - kBeta0)));
+  return std::numeric_limits<double>::infinity();
+}
+
 GammaSchedule::GammaSchedule(const GammaSpec& spec) : spec_(spec) {
   if (!(std::isfinite(spec.gamma_min) && std::isfinite(spec.gamma_max) && spec.gamma_min < spec.gamma_max))
     throw UsageError("the gamma schedule needs finite gamma_min < gamma_max, got " + std::to_string(spec.gamma_min) +
                      " and " + std::to_string(spec.gamma_max));
-  if (spec.kind == GammaKind::Linear) return;
+  if (spec.gamma_max > gamma_kind_limit(spec.kind))
+    throw UsageError("the " + to_string(spec.kind) + " gamma schedule ends at gamma " +
+                     std::to_string(gamma_kind_limit(spec.kind)) + ", below gamma_max " +
+                     std::to_string(spec.gamma_max));
+  if (spec.kind == GammaKind::Cosine) {
+    if (!(spec.cosine_s >= 0 && std::isfinite(spec.cosine_s)))
+      throw UsageError("the cosine gamma schedule needs an offset s >= 0, got " + std::to_string(spec.cosine_s));
+    tau0_ = cosine_tau(spec.gamma_min, spec.cosine_s);
+    tau1_ = cosine_tau(spec.gamma_max, spec.cosine_s);
+  } else if (spec.kind == GammaKind::LinearBeta) {
+    tau0_ = linear_beta_tau(spec.gamma_min);
+    tau1_ = linear_beta_tau(spec.gamma_max);
+  }
+  if (!learnable()) return;
   g0_ = register_parameter("gamma0", torch::full({}, spec.gamma_min));
   g1_ = register_parameter("gamma1", torch::full({}, spec.gamma_max));
   if (spec.kind != GammaKind::Learned) return;
@@ -68,6 +117,17 @@ torch::Tensor GammaSchedule::raw_shape(const torch::Tensor& t) const {
   return h + torch::matmul(phi, positive_weight(w3_.to(torch::kFloat64))) / static_cast<double>(spec_.hidden);
 }
 
+torch::Tensor GammaSchedule::curve(const torch::Tensor& tau) const {
+  if (spec_.kind == GammaKind::Cosine) {
+    // gamma = log(1 - alpha^2) - log(alpha^2) with f(0) - f(tau) = sin(theta - theta_0) sin(theta + theta_0).
+    const double s = spec_.cosine_s, th0 = cosine_theta0(s);
+    const auto th = (tau + s) / (1.0 + s) * (kPi / 2.0);
+    return torch::log(torch::sin(th - th0)) + torch::log(torch::sin(th + th0)) - 2.0 * torch::log(torch::cos(th));
+  }
+  // LinearBeta: gamma = log(1 / alpha^2 - 1) = log(expm1(q)).
+  return torch::log(torch::expm1(kBeta0 * tau + 0.5 * (kBeta1 - kBeta0) * tau * tau));
+}
+
 GammaAt GammaSchedule::at(const torch::Tensor& t_in, bool derivative,
                           const std::function<torch::Tensor(const torch::Tensor&)>& shape_hook) const {
   const bool graph = torch::GradMode::is_enabled();
@@ -79,6 +139,8 @@ GammaAt GammaSchedule::at(const torch::Tensor& t_in, bool derivative,
   if (spec_.kind == GammaKind::Learned) {
     const auto ends = raw_shape(torch::tensor({0.0, 1.0}, t.options().requires_grad(false)));
     shape = (raw_shape(t) - ends[0]) / (ends[1] - ends[0]);
+  } else if (spec_.kind == GammaKind::Cosine || spec_.kind == GammaKind::LinearBeta) {
+    shape = (curve(tau0_ + (tau1_ - tau0_) * t) - spec_.gamma_min) / (spec_.gamma_max - spec_.gamma_min);
   } else {
     shape = t;
   }

@@ -14,6 +14,7 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "json_text.h"
 
 namespace diffuse {
 
@@ -112,7 +113,7 @@ std::vector<std::string> safetensors_dtype_names() {
 
 std::string encode_safetensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                                const std::map<std::string, std::string>& metadata) {
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  Json header = Json::object();
   if (!metadata.empty()) header[kMetadataKey] = metadata;
   std::vector<torch::Tensor> data;
   std::set<std::string> names;
@@ -128,7 +129,7 @@ std::string encode_safetensors(const std::vector<std::pair<std::string, torch::T
     offset += n;
     data.push_back(std::move(c));
   }
-  std::string json = header.dump();
+  std::string json = json_line(header);
   json.append((8 - json.size() % 8) % 8, ' ');
   std::string out;
   out.reserve(8 + json.size() + offset);

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "diffuse/error.h"
+#include "diffuse/eval/random.h"
 #include "diffuse/losses.h"
 #include "diffuse/preconditioning.h"
 #include "diffuse/timestep_sampler.h"
@@ -159,14 +160,13 @@ VdmBound vdm_bound(const GammaSchedule& gamma, const GammaModelFn& model, const 
     throw UsageError("the bound's Monte Carlo estimate needs at least one draw, got " + std::to_string(draws));
   torch::NoGradGuard no_grad;
   const int64_t B = x.size(0);
-  auto noise_like = [&] { return torch::randn(x.sizes(), gen, x.options().device(torch::kCPU)).to(x.device()); };
   VdmBound r;
   r.prior = vdm_prior_bpd(gamma, x);
-  r.recon = vdm_recon_bpd(gamma, x, noise_like(), options.decoder);
+  r.recon = vdm_recon_bpd(gamma, x, normal_like(gen, x), options.decoder);
   std::vector<torch::Tensor> each;
   for (int64_t k = 0; k < draws; ++k) {
     const auto t = draw_times(B, /*antithetic=*/true, gen).to(x.device());
-    const auto eps = noise_like();
+    const auto eps = normal_like(gen, x);
     each.push_back(diffusion_term(gamma, model, x, t, eps, options).diffusion);
   }
   const auto all = torch::stack(each);  // [draws, B]

@@ -661,6 +661,17 @@ TEST(ConfigValidate, ScheduleAndSamplingChecks) {
   c.diffusion.gamma_min = 6.0;
   EXPECT_CONTAINS(usage_error([&] { validate(c); }), "diffusion.gamma_min (6) must be below diffusion.gamma_max (5)");
   c.diffusion.gamma_min = -13.3;
+  c.diffusion.gamma_schedule = GammaKind::LinearBeta;
+  c.diffusion.gamma_max = 12.0;
+  EXPECT_CONTAINS(
+      usage_error([&] { validate(c); }),
+      "diffusion.gamma_max (12) is past the end of gamma_schedule linear-beta, which reaches 10.05 at t = 1");
+  c.diffusion.gamma_max = 10.0;
+  EXPECT_NO_THROW(validate(c));
+  c.diffusion.gamma_schedule = GammaKind::Cosine;
+  c.diffusion.gamma_max = 12.0;
+  EXPECT_NO_THROW(validate(c));
+  c.diffusion.gamma_max = 5.0;
   c.diffusion.timestep_sampler = TimestepSamplerKind::Importance;
   EXPECT_CONTAINS(usage_error([&] { validate(c); }), "timestep_sampler must be uniform or antithetic, got importance");
   c.diffusion.timestep_sampler = TimestepSamplerKind::Antithetic;

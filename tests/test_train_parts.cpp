@@ -26,6 +26,7 @@
 #include "diffuse/train/label_dropout.h"
 #include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
+#include "diffuse/train/metrics_file.h"
 #include "diffuse/train/weights_export.h"
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/safetensors.h"
@@ -529,4 +530,22 @@ TEST(Checkpoint, CraftedFormatTwoFieldsAreRefusedNamingTheFile) {
   auto other_count = st.metadata;
   other_count["optimizer.params"] = "5";
   expect_refused(st.tensors, other_count, "optimizer state for 5 parameters", false);
+}
+
+// What a resume keeps of metrics.jsonl: whole objects with an integer step up to the resumed
+// step, in either spacing (the compact lines written now, the spaced ones of earlier versions).
+TEST(MetricsFile, KeepsWholeLinesThroughTheStepInEitherSpacing) {
+  const std::string text =
+      "{\"step\": 1, \"loss\": 0.5}\n"           // spaced, kept
+      "{\"step\":2,\"loss\":0.25,\"q\":null}\n"  // compact, kept
+      "{\"loss\":0.1,\"inner\":{\"step\":1}}\n"  // no step of its own
+      "{\"step\":\"2\",\"loss\":0.1}\n"          // step is not a number
+      "{\"step\":2.5,\"loss\":0.1}\n"            // nor an integer
+      "[{\"step\":1}]\n"                         // not an object
+      "{\"step\":3,\"loss\":0.125}\n"            // past the step
+      "{\"step\":2,\"lo";                        // torn by a crash
+  EXPECT_EQ(metrics_lines_through(text, 2), "{\"step\": 1, \"loss\": 0.5}\n{\"step\":2,\"loss\":0.25,\"q\":null}\n");
+  EXPECT_EQ(metrics_lines_through(text, 0), "");
+  EXPECT_EQ(metrics_lines_through(text, 3),
+            "{\"step\": 1, \"loss\": 0.5}\n{\"step\":2,\"loss\":0.25,\"q\":null}\n{\"step\":3,\"loss\":0.125}\n");
 }

@@ -90,7 +90,8 @@ TEST(GammaSchedule, LearnedIsStrictlyIncreasingWithExactEndsForRandomWeights) {
 
 TEST(GammaSchedule, AutogradDerivativeMatchesCentralDifferences) {
   torch::manual_seed(2);
-  for (const auto kind : {GammaKind::Linear, GammaKind::Endpoints, GammaKind::Learned}) {
+  for (const auto& name : gamma_kind_names()) {
+    const auto kind = parse_gamma_kind(name);
     GammaSchedule g(spec_of(kind));
     randomize(g);
     const auto t = torch::tensor({0.01, 0.2, 0.5, 0.77, 0.99}, torch::kFloat64);
@@ -118,6 +119,61 @@ TEST(GammaSchedule, DiscreteViewHoldsSigmoidOfMinusGammaAndFeedsGamma) {
   // Respacing keeps the network's time of each kept step.
   const auto kept = sched.respace(std::vector<int64_t>{0, 10, 50});
   EXPECT_DOUBLE_EQ(kept.model_time()[1], sched.model_time()[10]);
+}
+
+// The cosine and linear-beta kinds are the discrete schedules seen through their SNR: at the
+// discrete schedule's step i (time tau = (i + 1) / T), the kind's gamma at the t that maps to
+// that tau (tau linear in t between the taus of the ends) is the step's -log SNR. Exact for
+// cosine (improved-diffusion's alpha_bar is f(tau) / f(0) up to the rounding of the betas'
+// product). For DDPM's linear betas, q = -log alpha_bar of the VP SDE (the integral of beta(tau))
+// differs from the discrete sum of -log(1 - beta_j) by the Riemann sum's error, at most
+// (b1 - b0) (i + 1) / (2 T^2), plus the O(beta^2) terms of -log(1 - beta), below 1.1% of q as
+// beta <= 0.02.
+TEST(GammaSchedule, CosineAndLinearBetaKindsAreTheDiscreteSchedulesSnr) {
+  const int64_t T = 1000;
+  for (const auto& [kind, discrete] :
+       {std::pair{GammaKind::Cosine, ScheduleKind::Cosine}, std::pair{GammaKind::LinearBeta, ScheduleKind::Linear}}) {
+    GammaSchedule g(spec_of(kind));
+    EXPECT_FALSE(g.learnable());
+    EXPECT_TRUE(g.parameters().empty());
+    ScheduleSpec ds;
+    ds.kind = discrete;
+    ds.timesteps = T;
+    const auto sched = NoiseSchedule::from_spec(ds);
+    // The kind's span: its ends exact, strictly increasing between.
+    const auto grid = g.at(torch::linspace(0.0, 1.0, 4001, torch::kFloat64)).gamma;
+    EXPECT_NEAR(grid[0].item<double>(), -13.3, 1e-9) << to_string(kind);
+    EXPECT_NEAR(grid[-1].item<double>(), 5.0, 1e-9) << to_string(kind);
+    EXPECT_GT((grid.slice(0, 1) - grid.slice(0, 0, -1)).min().item<double>(), 0.0) << to_string(kind);
+    // tau at the ends by the textbook inverses (acos; the quadratic formula), then t linear in tau.
+    auto tau_of = [&](double g) {
+      const double sig_neg = 1.0 / (1.0 + std::exp(g));  // alpha^2 at gamma g
+      if (kind == GammaKind::Cosine) {
+        const double s = 0.008, f0 = std::pow(std::cos(s / (1 + s) * M_PI / 2), 2);
+        return std::acos(std::sqrt(f0 * sig_neg)) * (1 + s) * 2 / M_PI - s;
+      }
+      const double q = -std::log(sig_neg), b0 = 0.1, d = 19.9;
+      return (-b0 + std::sqrt(b0 * b0 + 2 * d * q)) / d;
+    };
+    const double tau0 = tau_of(-13.3), tau1 = tau_of(5.0);
+    const auto& log_snr = sched.log_snr();
+    const auto& abar = sched.alpha_bar();
+    int64_t checked = 0;
+    for (int64_t i = 0; i < T; ++i) {
+      const double t = (static_cast<double>(i + 1) / T - tau0) / (tau1 - tau0);
+      if (t < 0 || t > 1) continue;
+      const double gamma = g.at(torch::full({1}, t, torch::kFloat64)).gamma.item<double>();
+      if (kind == GammaKind::Cosine) {
+        EXPECT_NEAR(gamma, -log_snr[static_cast<size_t>(i)], 1e-6) << "step " << i;
+      } else {
+        const double q = std::log1p(std::exp(gamma)), q_discrete = -std::log(abar[static_cast<size_t>(i)]);
+        EXPECT_NEAR(q, q_discrete, 19.9 * static_cast<double>(i + 1) / (2.0 * T * T) + 0.011 * q_discrete)
+            << "step " << i;
+      }
+      ++checked;
+    }
+    EXPECT_GT(checked, 500) << to_string(kind);
+  }
 }
 
 TEST(GammaSchedule, RefusesEndsOutOfOrder) {
@@ -188,6 +244,11 @@ TEST(Vdm, ContinuousLossDependsOnTheScheduleOnlyThroughItsEnds) {
   for (const GammaSchedule* g : {&line, &bent}) {
     const auto [mean, se] = mc_diffusion_nats(*g, data, 100000, {});
     EXPECT_NEAR(mean, exact, 4 * se) << to_string(g->spec().kind);
+  }
+  // So do the cosine and linear-beta schedules' SNR between the same ends.
+  for (const auto kind : {GammaKind::Cosine, GammaKind::LinearBeta}) {
+    const auto [mean, se] = mc_diffusion_nats(GammaSchedule(spec_of(kind)), data, 30000, {});
+    EXPECT_NEAR(mean, exact, 4 * se) << to_string(kind);
   }
   // Other ends, another value: the bound does see the ends.
   GammaSchedule shorter({GammaKind::Linear, -8.0, 5.0, 1});

@@ -10,6 +10,7 @@
 #include "diffuse/diffusion.h"
 #include "diffuse/gamma_schedule.h"
 #include "diffuse/timestep_sampler.h"
+#include "diffuse/vdm.h"
 
 namespace diffuse {
 
@@ -17,11 +18,15 @@ class Network;
 class Dataset;
 
 ScheduleSpec schedule_spec(const DiffusionConfig& cfg);
-// For schedule vdm: the discrete view (T + 1 steps) of the configured fixed schedule, linear in
-// gamma from gamma_min to gamma_max; a learned one needs the network (make_diffusion).
+// For schedule vdm: the discrete view (T + 1 steps) of the configured fixed gamma schedule, or of
+// a learned kind's initial line from gamma_min to gamma_max (the trained one needs the network:
+// make_diffusion).
 NoiseSchedule make_schedule(const DiffusionConfig& cfg);
 // The gamma schedule a config describes (schedule vdm), freshly initialised.
 GammaSpec gamma_spec(const DiffusionConfig& cfg);
+// The VDM loss a config trains on (schedule vdm): decoder, prediction, the continuous bound or
+// the T-step one (continuous: false), and the variance objective for a learned shape.
+VdmOptions vdm_options(const DiffusionConfig& cfg);
 // A custom schedule's diffusion.betas_file read into diffusion.betas (diffusion.timesteps set to
 // their count, betas_file cleared), so that the config a run stores (config.yaml, checkpoints)
 // holds the schedule itself, not the name of a file that may change or vanish. Other configs

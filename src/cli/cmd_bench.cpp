@@ -25,6 +25,7 @@
 #include "diffuse/runtime.h"
 #include "diffuse/samplers/registry.h"
 #include "diffuse/train/trainer.h"
+#include "json_text.h"
 
 namespace fs = std::filesystem;
 
@@ -41,8 +42,6 @@ struct BenchOptions {
   std::string name;
 };
 
-std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{:.6g}", v) : "null"; }
-
 // The machine's ceilings on `device`, measured once per run (with the threads then set) and
 // printed as one JSON line.
 const std::vector<Ceiling>& ceilings_of(const torch::Device& device) {
@@ -51,12 +50,14 @@ const std::vector<Ceiling>& ceilings_of(const torch::Device& device) {
   if (!measured) {
     cached = measure_ceilings(device.is_cuda());
     measured = true;
-    std::string entries;
+    Json line;
+    line["bench"] = "ceilings";
+    line["device"] = device.str();
+    line["threads"] = torch::get_num_threads();
+    line["ceilings"] = Json::array();
     for (const auto& c : cached)
-      entries += fmt::format("{}{{\"op\": \"{}\", \"dtype\": \"{}\", \"backend\": \"{}\", \"gflops\": {}}}",
-                             entries.empty() ? "" : ", ", c.op, c.dtype, c.backend, jnum(c.gflops));
-    std::cout << fmt::format("{{\"bench\": \"ceilings\", \"device\": \"{}\", \"threads\": {}, \"ceilings\": [{}]}}\n",
-                             device.str(), torch::get_num_threads(), entries);
+      line["ceilings"].push_back({{"op", c.op}, {"dtype", c.dtype}, {"backend", c.backend}, {"gflops", c.gflops}});
+    std::cout << json_line(line) << "\n";
   }
   return cached;
 }
@@ -72,15 +73,20 @@ std::pair<std::string, double> ceiling_for(const torch::Device& device, const st
 // The `top` operators of `fn` by self time, as one JSON line.
 void print_profile(const std::string& name, int64_t top, const std::function<void()>& fn) {
   const OpProfile p = profile_ops(fn);
-  std::string rows;
+  Json line;
+  line["bench"] = "profile";
+  line["name"] = name;
+  line["wall_ms"] = p.wall_ms;
+  line["ops"] = Json::array();
   for (size_t i = 0; i < p.ops.size() && static_cast<int64_t>(i) < top; ++i) {
     const auto& op = p.ops[i];
-    rows += fmt::format("{}{{\"op\": \"{}\", \"calls\": {}, \"self_ms\": {}, \"total_ms\": {}, \"self_share\": {}}}",
-                        rows.empty() ? "" : ", ", op.name, op.calls, jnum(op.self_ms), jnum(op.total_ms),
-                        jnum(op.self_ms / p.wall_ms));
+    line["ops"].push_back({{"op", op.name},
+                           {"calls", op.calls},
+                           {"self_ms", op.self_ms},
+                           {"total_ms", op.total_ms},
+                           {"self_share", op.self_ms / p.wall_ms}});
   }
-  std::cout << fmt::format("{{\"bench\": \"profile\", \"name\": \"{}\", \"wall_ms\": {}, \"ops\": [{}]}}\n", name,
-                           jnum(p.wall_ms), rows);
+  std::cout << json_line(line) << "\n";
 }
 
 double forward_flops_per_example(Network& net, const DataShape& shape, int64_t batch, const torch::Device& device) {
@@ -132,18 +138,28 @@ int bench_train(const BenchOptions& o) {
     const double fwd = forward_flops_per_example(*net, shape, 4, device);
     const double train_flops = 3.0 * fwd;
     const double achieved = train_flops * s.steady_images_per_second / 1e9;
-    std::cout << fmt::format(
-        "{{\"bench\": \"train\", \"name\": \"{}\", \"config\": \"{}\", \"batch\": {}, \"threads\": {}, "
-        "\"device\": \"{}\", \"precision\": \"{}\", \"channels_last\": {}, \"parameters\": {}, \"steps\": {}, "
-        "\"images_per_sec\": {}, \"step_ms\": {}, \"peak_rss_mib\": {}, \"peak_device_mib\": {}, "
-        "\"fwd_gflops_per_image\": {}, "
-        "\"train_gflops_per_image\": {}, \"achieved_gflops\": {}, \"ceiling\": \"{}\", \"ceiling_gflops\": {}, "
-        "\"fraction_of_ceiling\": {}}}\n",
-        o.name.empty() ? fs::path(path).stem().string() : o.name, path, cfg.train.batch_size, s.threads, s.device,
-        s.precision, cfg.train.channels_last ? "true" : "false", s.parameters, o.steps,
-        jnum(s.steady_images_per_second), jnum(1000.0 * cfg.train.batch_size / s.steady_images_per_second),
-        jnum(peak_rss_mib()), jnum(peak_device), jnum(fwd / 1e9), jnum(train_flops / 1e9), jnum(achieved), ceiling_name,
-        jnum(ceiling), jnum(achieved / ceiling));
+    Json line;
+    line["bench"] = "train";
+    line["name"] = o.name.empty() ? fs::path(path).stem().string() : o.name;
+    line["config"] = path;
+    line["batch"] = cfg.train.batch_size;
+    line["threads"] = s.threads;
+    line["device"] = s.device;
+    line["precision"] = s.precision;
+    line["channels_last"] = cfg.train.channels_last;
+    line["parameters"] = s.parameters;
+    line["steps"] = o.steps;
+    line["images_per_sec"] = s.steady_images_per_second;
+    line["step_ms"] = 1000.0 * cfg.train.batch_size / s.steady_images_per_second;
+    line["peak_rss_mib"] = peak_rss_mib();
+    line["peak_device_mib"] = peak_device;
+    line["fwd_gflops_per_image"] = fwd / 1e9;
+    line["train_gflops_per_image"] = train_flops / 1e9;
+    line["achieved_gflops"] = achieved;
+    line["ceiling"] = ceiling_name;
+    line["ceiling_gflops"] = ceiling;
+    line["fraction_of_ceiling"] = achieved / ceiling;
+    std::cout << json_line(line) << "\n";
   }
   return 0;
 }
@@ -177,14 +193,25 @@ int bench_sample(const BenchOptions& o) {
       // Each network evaluation runs on the whole batch: nfe / batches evaluations per image.
       const int64_t nfe_per_batch = r.nfe / std::max<int64_t>(1, r.batches);
       const double achieved = fwd * static_cast<double>(nfe_per_batch) * static_cast<double>(o.num) / r.seconds / 1e9;
-      std::cout << fmt::format(
-          "{{\"bench\": \"sample\", \"config\": \"{}\", \"sampler\": \"{}\", \"steps\": {}, \"nfe_per_batch\": {}, "
-          "\"num\": {}, \"batch\": {}, \"device\": \"{}\", \"precision\": \"{}\", \"images_per_sec\": {}, "
-          "\"seconds\": {}, \"fwd_gflops_per_image\": {}, \"achieved_gflops\": {}, \"ceiling\": \"{}\", "
-          "\"ceiling_gflops\": {}, \"fraction_of_ceiling\": {}, \"peak_rss_mib\": {}}}\n",
-          path, name, o.steps, nfe_per_batch, o.num, req.sample.batch_size, device.str(), precision,
-          jnum(o.num / r.seconds), jnum(r.seconds), jnum(fwd / 1e9), jnum(achieved), ceiling_name, jnum(ceiling),
-          jnum(achieved / ceiling), jnum(peak_rss_mib()));
+      Json line;
+      line["bench"] = "sample";
+      line["config"] = path;
+      line["sampler"] = name;
+      line["steps"] = o.steps;
+      line["nfe_per_batch"] = nfe_per_batch;
+      line["num"] = o.num;
+      line["batch"] = req.sample.batch_size;
+      line["device"] = device.str();
+      line["precision"] = precision;
+      line["images_per_sec"] = o.num / r.seconds;
+      line["seconds"] = r.seconds;
+      line["fwd_gflops_per_image"] = fwd / 1e9;
+      line["achieved_gflops"] = achieved;
+      line["ceiling"] = ceiling_name;
+      line["ceiling_gflops"] = ceiling;
+      line["fraction_of_ceiling"] = achieved / ceiling;
+      line["peak_rss_mib"] = peak_rss_mib();
+      std::cout << json_line(line) << "\n";
       if (o.profile > 0) print_profile(name, o.profile, [&] { generate_samples(*net, diffusion, shape, req); });
     }
   }

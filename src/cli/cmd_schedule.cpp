@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "diffuse/error.h"
 #include "diffuse/schedule.h"
+#include "json_text.h"
 
 namespace diffuse::cli {
 
@@ -32,9 +33,6 @@ const char* kColumns[] = {"t",
                           "posterior_mean_coef1",
                           "posterior_mean_coef2",
                           "snr"};
-
-// Shortest text that reads back as the same double; JSON has no inf/nan, so those become null.
-std::string json_number(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
 int run_schedule(const ScheduleOptions& o) {
   ScheduleSpec spec;
@@ -67,17 +65,24 @@ int run_schedule(const ScheduleOptions& o) {
   std::string out;
   const auto T = sched.num_timesteps();
   if (o.format == "json") {
+    // One row per line inside the array, so the table stays readable and greppable.
     out += "[\n";
     for (int64_t t = 0; t < T; ++t) {
       const auto r = sched.row(t);
-      out += fmt::format(
-          "  {{\"t\": {}, \"original_t\": {}, \"beta\": {}, \"alpha_bar\": {}, \"alpha_bar_prev\": {}, "
-          "\"posterior_variance\": {}, \"posterior_log_variance_clipped\": {}, \"posterior_mean_coef1\": {}, "
-          "\"posterior_mean_coef2\": {}, \"snr\": {}}}{}\n",
-          r.t, r.original_t, json_number(r.beta), json_number(r.alpha_bar), json_number(r.alpha_bar_prev),
-          json_number(r.posterior_variance), json_number(r.posterior_log_variance_clipped),
-          json_number(r.posterior_mean_coef1), json_number(r.posterior_mean_coef2), json_number(r.snr),
-          t + 1 < T ? "," : "");
+      const Json values[] = {r.t,
+                             r.original_t,
+                             r.beta,
+                             r.alpha_bar,
+                             r.alpha_bar_prev,
+                             r.posterior_variance,
+                             r.posterior_log_variance_clipped,
+                             r.posterior_mean_coef1,
+                             r.posterior_mean_coef2,
+                             r.snr};
+      static_assert(std::size(values) == std::size(kColumns));
+      Json row;
+      for (size_t i = 0; i < std::size(kColumns); ++i) row[kColumns[i]] = values[i];
+      out += "  " + json_line(row) + (t + 1 < T ? ",\n" : "\n");
     }
     out += "]\n";
   } else if (o.format == "csv") {

@@ -8,7 +8,9 @@
 
 #include "diffuse/data/file_bytes.h"
 #include "diffuse/error.h"
+#include "diffuse/eval/random.h"
 #include "diffuse/losses.h"
+#include "json_text.h"
 
 namespace diffuse {
 
@@ -22,11 +24,6 @@ c10::optional<torch::Generator> maybe(const torch::Generator& gen) {
 // then move to where the data lives.
 torch::Device draw_device(const torch::Generator& gen, const torch::Tensor& like) {
   return gen.defined() ? gen.device() : like.device();
-}
-
-torch::Tensor randn_from(const torch::Generator& gen, const torch::Tensor& like) {
-  auto n = torch::randn(like.sizes(), maybe(gen), like.options().device(draw_device(gen, like)));
-  return n.to(like.device());
 }
 
 void check_data(const GaussianDiffusion& diffusion, const torch::Tensor& x0, const char* fn) {
@@ -55,17 +52,6 @@ torch::Tensor model_time_table(const GaussianDiffusion& diffusion, const torch::
   const bool whole = std::all_of(time.begin(), time.end(), [](double v) { return v == std::floor(v); });
   const auto table = torch::tensor(time, torch::TensorOptions().dtype(torch::kFloat64));
   return (whole ? table.to(torch::kLong) : table).to(device);
-}
-
-std::string json_number(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
-
-std::string json_array(const std::vector<double>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) s += ", ";
-    s += json_number(v[i]);
-  }
-  return s + "]";
 }
 
 // Whole file or nothing: an interrupted write never leaves half a table where a good one was.
@@ -98,7 +84,7 @@ BpdResult calc_bpd_loop(const GaussianDiffusion& diffusion, const ModelFn& model
   ro.clip_x0 = opts.clip_x0;
   for (int64_t t = T - 1; t >= 0; --t) {
     auto tb = torch::full({B}, t, long_opts);
-    auto noise = opts.noise ? opts.noise(t).to(x0.options()) : randn_from(gen, x0);
+    auto noise = opts.noise ? opts.noise(t).to(x0.options()) : normal_like(gen, x0);
     auto x_t = diffusion.q_sample(x0, tb, noise);
     auto model_t = time[t].expand({B}).contiguous();
     auto out = call_model(diffusion, model, diffusion.network_input(x_t, diffusion.level(tb, x_t)), model_t);
@@ -193,19 +179,19 @@ void write_bpd_terms_csv(const std::string& path, const BpdSummary& s) {
 }
 
 std::string bpd_summary_json(const BpdSummary& s) {
-  std::string j = "{\n";
-  j += fmt::format("  \"total_bpd\": {},\n", json_number(s.total_bpd));
-  j += fmt::format("  \"total_bpd_std_error\": {},\n", json_number(s.total_bpd_std_error));
-  j += fmt::format("  \"prior_bpd\": {},\n", json_number(s.prior_bpd));
-  j += fmt::format("  \"decoder_bpd\": {},\n", json_number(s.decoder_bpd));
-  j += fmt::format("  \"diffusion_bpd\": {},\n", json_number(s.diffusion_bpd));
-  j += fmt::format("  \"num_images\": {},\n", s.num_images);
-  j += fmt::format("  \"timesteps\": {},\n", s.timesteps);
-  j += fmt::format("  \"decoder_cdf\": \"{}\",\n", s.decoder_cdf);
-  j += fmt::format("  \"vb_bpd\": {},\n", json_array(s.vb_bpd));
-  j += fmt::format("  \"x0_mse\": {},\n", json_array(s.x0_mse));
-  j += fmt::format("  \"eps_mse\": {}\n", json_array(s.eps_mse));
-  return j + "}\n";
+  Json j;
+  j["total_bpd"] = s.total_bpd;
+  j["total_bpd_std_error"] = s.total_bpd_std_error;
+  j["prior_bpd"] = s.prior_bpd;
+  j["decoder_bpd"] = s.decoder_bpd;
+  j["diffusion_bpd"] = s.diffusion_bpd;
+  j["num_images"] = s.num_images;
+  j["timesteps"] = s.timesteps;
+  j["decoder_cdf"] = s.decoder_cdf;
+  j["vb_bpd"] = s.vb_bpd;
+  j["x0_mse"] = s.x0_mse;
+  j["eps_mse"] = s.eps_mse;
+  return json_pretty(j) + "\n";
 }
 
 void write_bpd_json(const std::string& path, const BpdSummary& s) {
@@ -254,7 +240,7 @@ BpdEstimate estimate_bpd_mc(const GaussianDiffusion& diffusion, const ModelFn& m
       t = torch::randint(T, {B}, maybe(gen), torch::TensorOptions().dtype(torch::kLong).device(draw_device(gen, x0)));
     }
     t = t.to(dev);
-    auto noise = randn_from(gen, x0);
+    auto noise = normal_like(gen, x0);
     auto x_t = diffusion.q_sample(x0, t, noise);
     auto out =
         call_model(diffusion, model, diffusion.network_input(x_t, diffusion.level(t, x_t)), time.index_select(0, t));

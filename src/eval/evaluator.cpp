@@ -30,6 +30,7 @@
 #include "diffuse/models/super_res.h"
 #include "diffuse/progress.h"
 #include "diffuse/samplers/noise_source.h"
+#include "json_text.h"
 
 namespace fs = std::filesystem;
 
@@ -73,8 +74,6 @@ Series line(std::string label, std::vector<double> x, std::vector<double> y) {
   s.y = std::move(y);
   return s;
 }
-
-std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
 // An image folder measured against (or as) samples is read at the model's image shape.
 int64_t folder_channels(const DataShape& shape) { return shape.shape.size() == 3 ? shape.shape[0] : 0; }
@@ -300,8 +299,8 @@ void exact_bound(EvalContext& c, const BoundBatches& batches) {
 // A gamma-schedule model's continuous-time bound (vdm.h): eval.mc_timesteps draws of t per
 // image (antithetic across the batch), one z_0 draw, with the standard error over images.
 void continuous_bound(EvalContext& c, const BoundBatches& batches, const GammaSchedule& gamma) {
-  const auto& d = c.cfg.diffusion;
-  const VdmOptions vo{0, d.decoder, d.prediction, d.sigma_data, false};
+  auto vo = vdm_options(c.cfg.diffusion);
+  vo.timesteps = 0;  // the continuous bound, whichever one the model trained on
   std::vector<torch::Tensor> rows;
   ProgressBar bar("bpd-mc", batches.size(), 0, c.lead && stderr_is_terminal());
   batches.each_round([&](int64_t b, int64_t, int64_t images_after) {
@@ -320,7 +319,7 @@ void continuous_bound(EvalContext& c, const BoundBatches& batches, const GammaSc
   bar.finish();
   const auto all = torch::cat(rows);
   const auto est = make_bpd_estimate(all.select(1, 0).contiguous(), c.ev.mc_timesteps);
-  c.rep.setting("bpd_mc_bound", "continuous time (T -> infinity), decoder " + to_string(d.decoder));
+  c.rep.setting("bpd_mc_bound", "continuous time (T -> infinity), decoder " + to_string(vo.decoder));
   c.rep.value("bpd_mc", est.mean);
   c.rep.value("bpd_mc_std_error", est.std_error);
   c.rep.value("bpd_mc_timesteps_per_image", static_cast<double>(c.ev.mc_timesteps));
@@ -332,8 +331,8 @@ void continuous_bound(EvalContext& c, const BoundBatches& batches, const GammaSc
   c.rep.value("bpd_mc_batch_loss_variance", all.select(1, 4).mean().item<double>());
 }
 
-// log SNR(t) = -gamma(t) of the model's schedule beside VDM's fixed line (at the model's config
-// ends) and the discrete linear and cosine schedules (step i at t = (i + 1) / T).
+// log SNR(t) = -gamma(t) of the model's schedule beside the fixed kinds (linear in gamma, the
+// cosine and linear-beta schedules' SNR) between the ends the model's config gives.
 void write_snr_plot(EvalContext& c, const GammaSchedule& gamma) {
   c.rep.file("log SNR(t) (plot)", c.out("snr.png"));
   if (!c.lead) return;
@@ -344,19 +343,12 @@ void write_snr_plot(EvalContext& c, const GammaSchedule& gamma) {
     return std::vector<double>(cv.data_ptr<double>(), cv.data_ptr<double>() + cv.numel());
   };
   const auto ts = as_vector(t);
-  GammaSpec fixed = gamma.spec();
-  fixed.kind = GammaKind::Linear;
-  std::vector<Series> lines{line("fixed linear gamma", ts, as_vector(-GammaSchedule(fixed).at(t).gamma))};
-  for (const auto kind : {ScheduleKind::Linear, ScheduleKind::Cosine}) {
-    DiffusionConfig dc;
-    dc.schedule = kind;
-    const auto sched = make_schedule(dc);
-    std::vector<double> x, y;
-    for (int64_t i = 0; i < sched.num_timesteps(); ++i) {
-      x.push_back(static_cast<double>(i + 1) / static_cast<double>(sched.num_timesteps()));
-      y.push_back(sched.log_snr()[static_cast<size_t>(i)]);
-    }
-    lines.push_back(line("discrete " + to_string(kind) + " (T = 1000)", x, y));
+  std::vector<Series> lines;
+  for (const auto kind : {GammaKind::Linear, GammaKind::Cosine, GammaKind::LinearBeta}) {
+    GammaSpec fixed = gamma.spec();
+    fixed.kind = kind;
+    if (fixed.gamma_max > gamma_kind_limit(kind)) continue;
+    lines.push_back(line("fixed " + to_string(kind), ts, as_vector(-GammaSchedule(fixed).at(t).gamma)));
   }
   // Drawn last, over the others (a linear model's line lies on the fixed one).
   lines.push_back(line("this model (" + to_string(gamma.spec().kind) + ")", ts, as_vector(-gamma.at(t).gamma)));
@@ -586,7 +578,7 @@ void sweep(EvalContext& c, SampleQuality& quality) {
       const auto n = static_cast<double>(c.ev.num_samples);  // r.samples: this rank's share
       const double nfe_per_sample = static_cast<double>(r.nfe) / static_cast<double>(std::max<int64_t>(1, r.batches));
       csv += fmt::format("{},{},{},{},{}", e.sampler, steps, nfe_per_sample, r.seconds, n / r.seconds);
-      for (auto& [k, v] : q) csv += "," + jnum(v);
+      for (auto& [k, v] : q) csv += fmt::format(",{}", v);
       csv += "\n";
       auto add_point = [&](std::map<std::string, Series>& plot, double x) {
         auto& s = plot[e.sampler];
@@ -624,16 +616,11 @@ void sweep(EvalContext& c, SampleQuality& quality) {
 // One JSON object with every number and setting, as eval.json (rank 0).
 void write_json(EvalContext& c) {
   auto& report = c.rep.report;
-  std::string json = "{";
-  for (size_t i = 0; i < report.values.size(); ++i) {
-    const auto& [k, v] = report.values[i];
-    json += fmt::format("{}\"{}\": {}", i ? ", " : "", k, jnum(v));
-  }
-  for (const auto& [k, v] : report.settings)
-    json += fmt::format("{}\"{}\": \"{}\"", json.size() > 1 ? ", " : "", k, v);  // names only: nothing to escape
-  json += "}";
-  report.json = json;
-  write_file_atomic(c.out("eval.json"), json + "\n");
+  Json j;
+  for (const auto& [k, v] : report.values) j[k] = json_number(v);
+  for (const auto& [k, v] : report.settings) j[k] = v;
+  report.json = json_line(j);
+  write_file_atomic(c.out("eval.json"), report.json + "\n");
   c.rep.file("all numbers (JSON)", c.out("eval.json"));
 }
 

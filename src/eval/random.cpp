@@ -1,11 +1,19 @@
 #include "diffuse/eval/random.h"
 
+#include <torch/torch.h>
+
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
 
 namespace diffuse {
+
+torch::Tensor normal_like(const torch::Generator& gen, const torch::Tensor& like) {
+  const auto device = gen.defined() ? gen.device() : like.device();
+  const auto opt = gen.defined() ? c10::optional<torch::Generator>(gen) : c10::nullopt;
+  return torch::randn(like.sizes(), opt, like.options().device(device)).to(like.device());
+}
 
 torch::Tensor random_subset(std::mt19937_64& rng, int64_t n, int64_t m, const torch::Device& device) {
   if (m < 0 || m > n) throw std::invalid_argument("random_subset: need 0 <= m <= n");

@@ -6,7 +6,6 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 
 #include "diffuse/config.h"
 #include "diffuse/error.h"
@@ -15,6 +14,7 @@
 #include "diffuse/parameterization.h"
 #include "diffuse/schedule.h"
 #include "diffuse/train/training_state.h"
+#include "json_text.h"
 
 namespace diffuse {
 
@@ -84,7 +84,7 @@ std::string info_text(const CheckpointInfo& i) {
 
 std::string info_json(const CheckpointInfo& i) {
   const auto& m = i.meta;
-  nlohmann::ordered_json j;
+  Json j;
   j["checkpoint"] = i.path;
   j["file_bytes"] = i.file_bytes;
   j["step"] = m.step;
@@ -104,7 +104,7 @@ std::string info_json(const CheckpointInfo& i) {
   j["ema_fingerprint"] = i.ema_fingerprint;
   j["optimizer_fingerprint"] = i.optimizer_fingerprint;
   j["progress_fingerprint"] = i.progress_fingerprint;
-  return j.dump() + "\n";
+  return json_line(j) + "\n";
 }
 
 }  // namespace diffuse

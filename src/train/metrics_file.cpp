@@ -1,25 +1,22 @@
 #include "diffuse/train/metrics_file.h"
 
-#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
 #include "diffuse/data/file_bytes.h"
+#include "json_text.h"
 
 namespace diffuse {
 
 std::string metrics_lines_through(const std::string& text, int64_t step) {
   std::istringstream in(text);
   std::string line, kept;
-  static const std::string key = "\"step\": ";
   while (std::getline(in, line)) {
-    const auto pos = line.find(key);
-    if (pos == std::string::npos || line.back() != '}') continue;
-    const char* digits = line.c_str() + pos + key.size();
-    char* end = nullptr;
-    const long long s = std::strtoll(digits, &end, 10);
-    if (end == digits) continue;
-    if (s <= step) kept += line + "\n";
+    const auto j = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) continue;  // a line torn by a crash, or not ours
+    const auto s = j.find("step");
+    if (s == j.end() || !s->is_number_integer()) continue;
+    if (s->get<int64_t>() <= step) kept += line + "\n";
   }
   return kept;
 }

@@ -45,6 +45,7 @@
 #include "diffuse/train/loss_scale.h"
 #include "diffuse/train/lr_schedule.h"
 #include "diffuse/train/training_state.h"
+#include "json_text.h"
 
 namespace fs = std::filesystem;
 
@@ -186,8 +187,6 @@ void set_aside_later_steps(const std::string& run_dir, int64_t step, spdlog::log
       "replaces, to {}",
       step, num_ckpts, later.size() - num_ckpts, aside.string());
 }
-
-std::string json_double(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
 // Running sums over one logging window. Per-step values stay on the device (no host sync per
 // step beyond the loss and gradient norm); they are read once per logging window.
@@ -497,8 +496,7 @@ void TrainLoop::build_model() {
   ema_model_->eval();
   diffusion_.emplace(make_diffusion(cfg_, model_.get()));
   gamma_ = find_gamma_schedule(*model_);
-  const auto& dc = cfg_.diffusion;
-  vdm_ = VdmOptions{dc.continuous ? 0 : dc.timesteps, dc.decoder, dc.prediction, dc.sigma_data, dc.variance_objective};
+  vdm_ = vdm_options(cfg_.diffusion);
   optimizer_ = std::make_unique<torch::optim::AdamW>(model_->parameters(),
                                                      torch::optim::AdamWOptions(cfg_.train.lr)
                                                          .betas({cfg_.train.adam_beta1, cfg_.train.adam_beta2})
@@ -787,26 +785,29 @@ void TrainLoop::log_window(double lr, bool last) {
   const auto parts = win.parts.cpu();
   const auto qs = win.quarters.cpu();
   const double mse = parts[0].item<double>() / win.steps, vb = parts[1].item<double>() / win.steps;
-  std::string quarters;
-  for (int k = 0; k < 4; ++k) {
-    const double n = qs[1][k].item<double>();
-    quarters += fmt::format(", \"loss_q{}\": {}", k, n > 0 ? json_double(qs[0][k].item<double>() / n) : "null");
-  }
   const double rate = win.images / std::max(wsec, 1e-9);
-  std::string dist;
-  if (W_ > 1)
-    dist =
-        fmt::format(", \"allreduce_wait_sec\": {}", json_double(comm_wait_seconds_ / std::max<int64_t>(win.steps, 1)));
   if (main_rank_) {
-    const std::string parts_json = classifier_
-                                       ? fmt::format("\"accuracy\": {}", json_double(mse))
-                                       : fmt::format("\"mse\": {}, \"vb\": {}", json_double(mse), json_double(vb));
-    metrics_ << fmt::format(
-        "{{\"step\": {}, \"loss\": {}, {}{}, \"grad_norm\": {}, \"lr\": {}, "
-        "\"images_per_sec\": {}, \"elapsed\": {}, \"world_size\": {}, \"global_batch\": {}{}}}\n",
-        step_, json_double(last_loss_), parts_json, quarters, json_double(win.grad_norm / win.steps), json_double(lr),
-        json_double(rate), json_double(prior_elapsed_ + el), W_, W_ * cfg_.train.batch_size * cfg_.train.grad_accum,
-        dist);
+    Json line;
+    line["step"] = step_;
+    line["loss"] = last_loss_;
+    if (classifier_) {
+      line["accuracy"] = mse;
+    } else {
+      line["mse"] = mse;
+      line["vb"] = vb;
+    }
+    for (int k = 0; k < 4; ++k) {
+      const double n = qs[1][k].item<double>();
+      line[fmt::format("loss_q{}", k)] = n > 0 ? Json(qs[0][k].item<double>() / n) : Json(nullptr);
+    }
+    line["grad_norm"] = win.grad_norm / win.steps;
+    line["lr"] = lr;
+    line["images_per_sec"] = rate;
+    line["elapsed"] = prior_elapsed_ + el;
+    line["world_size"] = W_;
+    line["global_batch"] = W_ * cfg_.train.batch_size * cfg_.train.grad_accum;
+    if (W_ > 1) line["allreduce_wait_sec"] = comm_wait_seconds_ / std::max<int64_t>(win.steps, 1);
+    metrics_ << json_line(line) << "\n";
     metrics_.flush();
   }
   log_->info("step {}/{} loss {:.5f}{} grad_norm {:.3f} lr {:.3g} {:.1f} img/s elapsed {}", step_, cfg_.train.steps,

@@ -1,5 +1,6 @@
-// Reproducible random draws for the evaluation metrics (KID subsets, sliced-Wasserstein
-// projections): a seeded std::mt19937_64 with our own bounded-integer and normal transforms, so
+// Reproducible random draws for evaluation. Noise for the bounds comes from a torch generator
+// drawn on its own device. The metrics' draws (KID subsets, sliced-Wasserstein projections) come
+// from a seeded std::mt19937_64 with our own bounded-integer and normal transforms, so
 // a seed gives the same numbers on every platform and LibTorch version (std's distributions and
 // torch's generators both leave that unspecified).
 #pragma once
@@ -12,6 +13,11 @@
 #include "diffuse/rng.h"
 
 namespace diffuse {
+
+// Standard normal noise shaped like `like`, in its dtype, drawn by `gen` on the generator's device
+// (the default generator on like's device when gen is undefined) and moved to like's device, so
+// one seed gives the same noise whatever device the data is on.
+torch::Tensor normal_like(const torch::Generator& gen, const torch::Tensor& like);
 
 // m distinct indices drawn uniformly from [0, n) (a partial Fisher-Yates shuffle), int64 [m] on
 // `device`. Requires 0 <= m <= n.

@@ -7,8 +7,9 @@
 
 namespace diffuse {
 
-// The lines of `text` whose "step" is at most `step`, each ending in a newline. A line torn by
-// a crash or a full disk (no closing brace, or no step number) is dropped wherever it is.
+// The lines of `text` whose "step" is at most `step`, each ending in a newline. A line that is
+// not one whole JSON object with an integer "step" (torn by a crash or a full disk) is dropped
+// wherever it is.
 std::string metrics_lines_through(const std::string& text, int64_t step);
 
 // Rewrites the file at `path` (atomically) to metrics_lines_through(step); no file, no change.
