@@ -16,16 +16,6 @@ namespace diffuse {
 
 namespace {
 
-c10::optional<torch::Generator> maybe(const torch::Generator& gen) {
-  return gen.defined() ? c10::optional<torch::Generator>(gen) : c10::nullopt;
-}
-
-// Random draws happen on the generator's device (a CPU generator cannot feed CUDA kernels),
-// then move to where the data lives.
-torch::Device draw_device(const torch::Generator& gen, const torch::Tensor& like) {
-  return gen.defined() ? gen.device() : like.device();
-}
-
 void check_data(const GaussianDiffusion& diffusion, const torch::Tensor& x0, const char* fn) {
   if (!x0.defined() || x0.dim() < 2 || x0.size(0) < 1)
     throw std::invalid_argument(std::string(fn) + ": x0 must be a non-empty batch [B, ...]");
@@ -235,9 +225,10 @@ BpdEstimate estimate_bpd_mc(const GaussianDiffusion& diffusion, const ModelFn& m
   for (int64_t k = 0; k < K; ++k) {
     torch::Tensor t;
     if (p_draw.defined()) {
-      t = torch::multinomial(p_draw, B, /*replacement=*/true, maybe(gen));
+      t = torch::multinomial(p_draw, B, /*replacement=*/true, optional_generator(gen));
     } else {
-      t = torch::randint(T, {B}, maybe(gen), torch::TensorOptions().dtype(torch::kLong).device(draw_device(gen, x0)));
+      t = torch::randint(T, {B}, optional_generator(gen),
+                         torch::TensorOptions().dtype(torch::kLong).device(draw_device(gen, x0)));
     }
     t = t.to(dev);
     auto noise = normal_like(gen, x0);

@@ -9,10 +9,17 @@
 
 namespace diffuse {
 
+torch::Device draw_device(const torch::Generator& gen, const torch::Tensor& like) {
+  return gen.defined() ? gen.device() : like.device();
+}
+
+c10::optional<torch::Generator> optional_generator(const torch::Generator& gen) {
+  return gen.defined() ? c10::optional<torch::Generator>(gen) : c10::nullopt;
+}
+
 torch::Tensor normal_like(const torch::Generator& gen, const torch::Tensor& like) {
-  const auto device = gen.defined() ? gen.device() : like.device();
-  const auto opt = gen.defined() ? c10::optional<torch::Generator>(gen) : c10::nullopt;
-  return torch::randn(like.sizes(), opt, like.options().device(device)).to(like.device());
+  return torch::randn(like.sizes(), optional_generator(gen), like.options().device(draw_device(gen, like)))
+      .to(like.device());
 }
 
 torch::Tensor random_subset(std::mt19937_64& rng, int64_t n, int64_t m, const torch::Device& device) {

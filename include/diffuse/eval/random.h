@@ -14,6 +14,12 @@
 
 namespace diffuse {
 
+// Torch draws happen on the generator's device (a CPU generator cannot feed CUDA kernels), or on
+// like's device with the default generator when gen is undefined; then they move to like's.
+torch::Device draw_device(const torch::Generator& gen, const torch::Tensor& like);
+// gen as the optional generator torch's random functions take (none when undefined).
+c10::optional<torch::Generator> optional_generator(const torch::Generator& gen);
+
 // Standard normal noise shaped like `like`, in its dtype, drawn by `gen` on the generator's device
 // (the default generator on like's device when gen is undefined) and moved to like's device, so
 // one seed gives the same noise whatever device the data is on.
