@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quality per CPU-minute on Fashion-MNIST (issue 13; docs/recipes.md). Each recipe trains for the
-# wall time of STEPS steps of the quickstart's UNet: its step count is STEPS x (its images/s /
-# the quickstart's), both measured side by side with `diffuse bench train` first. Then 1000
+# wall time of STEPS steps of the quickstart's recipe: its step count is STEPS x (its images/s /
+# the quickstart's) x (the quickstart's batch / its batch), both throughputs measured side by side
+# with `diffuse bench train` first. Then 1000
 # samples of each, with the recipe's own sampler and with DPM-Solver++(2M) at 20 steps, are scored
 # in the shipped feature network's space (scripts/make-feature-net.sh): FID, KID, and improved
 # precision / recall (1 - precision = the share of samples off the data's manifold, the broken
@@ -9,6 +10,7 @@
 # 1000-step ancestral sampling. Run on an otherwise idle machine (about 2 hours on 2 cores).
 #   scripts/recipe-study.sh [OUT] [STEPS]        (defaults runs/study, 1500: the quickstart's budget)
 #   RECIPES="eps edm" SWEEP=0 scripts/recipe-study.sh    (a subset; no sampler sweep)
+#   RECIPES=edm SWEEP=0 scripts/recipe-study.sh runs/study-6000 6000   (the quickstart, 4x longer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${DIFFUSE:-build/diffuse}
@@ -31,24 +33,31 @@ declare -A config=(
   [edm-lr5e-4]="$quick --set train.lr=5.0e-4"
   [edm-ema9995]="$quick --set train.ema_decay=0.9995"
   [edm-ema99]="$quick --set train.ema_decay=0.99"
+  [edm-batch32]="$quick --set train.batch_size=32"
+  [edm-batch128]="$quick --set train.batch_size=128"
 )
 recipes=${RECIPES:-eps v-minsnr edm edm-depth2 edm-width64 edm-lr2e-3 edm-lr5e-4 edm-ema9995 edm-ema99}
 
-images_per_sec() {  # CONFIG [--set ...]: training throughput, 20 timed steps
+bench() {  # CONFIG [--set ...]: "IMAGES_PER_SEC BATCH" of the recipe's training, 20 timed steps
   # shellcheck disable=SC2086  # the config holds several words on purpose
   "$BIN" bench train -c $1 --steps 20 --warmup 3 2>/dev/null | tail -1 |
-    python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["images_per_sec"])'
+    python3 -c 'import json, sys; b = json.loads(sys.stdin.read()); print(b["images_per_sec"], b["batch"])'
 }
 score() {  # RUN SAMPLES_DIR: fid, kid, precision, recall of a sample folder as one JSON line
   "$BIN" eval --checkpoint "$1" --samples "$2" --metrics fid,kid,precision,recall --feature-extractor "$fx" \
     --reference-stats "$out/reference.stats" --format json --out "$2.eval" 2>/dev/null | tail -1 >"$2.json"
 }
 
-base_ips=$(images_per_sec "$quick")
+read -r base_ips base_batch < <(bench "$quick")
 for recipe in $recipes; do
-  ips=$(images_per_sec "${config[$recipe]}")
-  n=$(python3 -c "print(max(1, round($steps * $ips / $base_ips)))")
-  echo "recipe-study: $recipe: $ips img/s against $base_ips, $n steps" >&2
+  if [[ ${config[$recipe]} == "$quick" ]]; then  # the base recipe itself: its steps, not a noisy ratio
+    ips=$base_ips batch=$base_batch n=$steps
+  else
+    read -r ips batch < <(bench "${config[$recipe]}")
+    # Equal wall time: steps x batch / images-per-second is the same for every recipe.
+    n=$(python3 -c "print(max(1, round($steps * ($ips / $base_ips) * ($base_batch / $batch))))")
+  fi
+  echo "recipe-study: $recipe: $ips img/s at batch $batch against $base_ips at $base_batch, $n steps" >&2
   # shellcheck disable=SC2086
   "$BIN" train --config ${config[$recipe]} --run-dir "$out/$recipe" --overwrite --set train.steps="$n" \
     --set train.sample_every=0 >"$out/$recipe.train.txt" 2>&1

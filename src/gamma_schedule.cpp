@@ -64,6 +64,17 @@ std::string to_string(GammaKind v) { return gamma_kinds().to_string(v); }
 
 bool gamma_kind_learned(GammaKind kind) { return kind == GammaKind::Endpoints || kind == GammaKind::Learned; }
 
+GammaShape gamma_kind_shape(GammaKind kind) {
+  switch (kind) {
+    case GammaKind::Linear:
+    case GammaKind::Endpoints: return GammaShape::Line;
+    case GammaKind::Cosine:
+    case GammaKind::LinearBeta: return GammaShape::Curve;
+    case GammaKind::Learned: return GammaShape::Network;
+  }
+  throw std::logic_error("gamma_kind_shape: unknown kind");
+}
+
 double gamma_kind_limit(GammaKind kind) {
   if (kind == GammaKind::LinearBeta) return std::log(std::expm1(kBeta0 + 0.5 * (kBeta1 - kBeta0)));
   return std::numeric_limits<double>::infinity();
@@ -89,7 +100,7 @@ GammaSchedule::GammaSchedule(const GammaSpec& spec) : spec_(spec) {
   if (!learnable()) return;
   g0_ = register_parameter("gamma0", torch::full({}, spec.gamma_min));
   g1_ = register_parameter("gamma1", torch::full({}, spec.gamma_max));
-  if (spec.kind != GammaKind::Learned) return;
+  if (gamma_kind_shape(spec.kind) != GammaShape::Network) return;
   if (spec.hidden < 1)
     throw UsageError("the learned gamma schedule needs hidden >= 1, got " + std::to_string(spec.hidden));
   // l1 the identity on [0, 1]; the hidden units switch at h = -b2 / softplus(w2), spread around
@@ -136,10 +147,11 @@ GammaAt GammaSchedule::at(const torch::Tensor& t_in, bool derivative,
   if (derivative) t.requires_grad_(true);
   GammaAt out;
   torch::Tensor shape;  // s(t) in [0, 1], s(0) = 0, s(1) = 1
-  if (spec_.kind == GammaKind::Learned) {
+  const auto kind_shape = gamma_kind_shape(spec_.kind);
+  if (kind_shape == GammaShape::Network) {
     const auto ends = raw_shape(torch::tensor({0.0, 1.0}, t.options().requires_grad(false)));
     shape = (raw_shape(t) - ends[0]) / (ends[1] - ends[0]);
-  } else if (spec_.kind == GammaKind::Cosine || spec_.kind == GammaKind::LinearBeta) {
+  } else if (kind_shape == GammaShape::Curve) {
     shape = (curve(tau0_ + (tau1_ - tau0_) * t) - spec_.gamma_min) / (spec_.gamma_max - spec_.gamma_min);
   } else {
     shape = t;
@@ -149,7 +161,7 @@ GammaAt GammaSchedule::at(const torch::Tensor& t_in, bool derivative,
     dshape = torch::autograd::grad({shape.sum()}, {t}, {}, /*retain_graph=*/true, /*create_graph=*/graph)[0];
     if (!graph) dshape = dshape.detach();
   }
-  if (shape_hook && spec_.kind == GammaKind::Learned) {
+  if (shape_hook && kind_shape == GammaShape::Network) {
     shape = shape_hook(shape);
     if (dshape.defined()) dshape = shape_hook(dshape);
   }

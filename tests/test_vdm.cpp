@@ -102,6 +102,36 @@ TEST(GammaSchedule, AutogradDerivativeMatchesCentralDifferences) {
   }
 }
 
+// gamma_kind_shape against what each kind computes: a line is g0 + (g1 - g0) t exactly, a curve
+// leaves that line by more than a unit of gamma and trains nothing, a network trains more than
+// its two ends.
+TEST(GammaSchedule, ShapeSaysHowGammaGoesBetweenItsEnds) {
+  torch::manual_seed(3);
+  const auto t = torch::linspace(0.0, 1.0, 101, torch::kFloat64);
+  for (const auto& name : gamma_kind_names()) {
+    const auto kind = parse_gamma_kind(name);
+    GammaSchedule g(spec_of(kind));
+    randomize(g);
+    const double g0 = g.gamma0().item<double>(), g1 = g.gamma1().item<double>();
+    const double off_line = (g.at(t).gamma - (g0 + (g1 - g0) * t)).abs().max().item<double>();
+    const auto trained = g.parameters().size();
+    switch (gamma_kind_shape(kind)) {
+      case GammaShape::Line:
+        EXPECT_LT(off_line, 1e-9) << name;
+        EXPECT_EQ(g.has_shape(), false) << name;
+        break;
+      case GammaShape::Curve:
+        EXPECT_GT(off_line, 1.0) << name;
+        EXPECT_EQ(trained, 0u) << name;
+        break;
+      case GammaShape::Network:
+        EXPECT_GT(trained, 2u) << name;
+        EXPECT_TRUE(g.has_shape()) << name;
+        break;
+    }
+  }
+}
+
 TEST(GammaSchedule, DiscreteViewHoldsSigmoidOfMinusGammaAndFeedsGamma) {
   torch::manual_seed(3);
   GammaSchedule g(spec_of(GammaKind::Learned));

@@ -53,6 +53,11 @@ struct GammaSpec {
 // Whether a kind has parameters that training moves (Endpoints, Learned).
 bool gamma_kind_learned(GammaKind kind);
 
+// How a kind goes from gamma_min to gamma_max in t: a line (Linear, Endpoints), a fixed curve
+// (Cosine, LinearBeta), or a trained network (Learned).
+enum class GammaShape { Line, Curve, Network };
+GammaShape gamma_kind_shape(GammaKind kind);
+
 // The largest gamma_max a kind reaches (its curve's value at tau = 1): infinite except for
 // LinearBeta, whose VP SDE ends at log(expm1(10.05)) = 10.05.
 double gamma_kind_limit(GammaKind kind);
@@ -70,7 +75,7 @@ class GammaSchedule : public torch::nn::Module {
   bool learnable() const { return gamma_kind_learned(spec_.kind); }
   // Whether part of the schedule is its shape (the Learned kind's network), trained to lower the
   // variance of the diffusion loss rather than the bound itself (vdm.h).
-  bool has_shape() const { return spec_.kind == GammaKind::Learned; }
+  bool has_shape() const { return gamma_kind_shape(spec_.kind) == GammaShape::Network; }
 
   // gamma(t) for t in [0, 1] (any float dtype and shape), float64. With `derivative`, also
   // gamma'(t) by automatic differentiation of the schedule, kept in the graph (create_graph) so

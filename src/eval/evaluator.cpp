@@ -317,7 +317,7 @@ void continuous_bound(EvalContext& c, const BoundBatches& batches, const GammaSc
   auto vo = vdm_options(c.cfg.diffusion);
   vo.timesteps = 0;  // the continuous bound, whichever one the model trained on
   const auto even = even_in_gamma(gamma);
-  const bool own_is_even = gamma.spec().kind == GammaKind::Linear || gamma.spec().kind == GammaKind::Endpoints;
+  const bool own_is_even = gamma_kind_shape(gamma.spec().kind) == GammaShape::Line;
   std::vector<torch::Tensor> rows;
   ProgressBar bar("bpd-mc", batches.size(), 0, c.lead && stderr_is_terminal());
   batches.each_round([&](int64_t b, int64_t, int64_t images_after) {
@@ -365,7 +365,9 @@ void write_snr_plot(EvalContext& c, const GammaSchedule& gamma) {
   };
   const auto ts = as_vector(t);
   std::vector<Series> lines;
-  for (const auto kind : {GammaKind::Linear, GammaKind::Cosine, GammaKind::LinearBeta}) {
+  for (const auto& name : gamma_kind_names()) {
+    const auto kind = parse_gamma_kind(name);
+    if (gamma_kind_learned(kind)) continue;  // the fixed kinds: linear, cosine, linear-beta
     GammaSpec fixed = gamma.spec();
     fixed.kind = kind;
     if (fixed.gamma_max > gamma_kind_limit(kind)) continue;
