@@ -11,6 +11,7 @@
 #   scripts/recipe-study.sh [OUT] [STEPS]        (defaults runs/study, 1500: the quickstart's budget)
 #   RECIPES="eps edm" SWEEP=0 scripts/recipe-study.sh    (a subset; no sampler sweep)
 #   RECIPES=edm SWEEP=0 scripts/recipe-study.sh runs/study-6000 6000   (the quickstart, 4x longer)
+#   RECIPES="edm edm-seed1 edm-seed2" SWEEP=0 scripts/recipe-study.sh runs/seeds   (seed-to-seed spread)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${DIFFUSE:-build/diffuse}
@@ -35,6 +36,11 @@ declare -A config=(
   [edm-ema99]="$quick --set train.ema_decay=0.99"
   [edm-batch32]="$quick --set train.batch_size=32"
   [edm-batch128]="$quick --set train.batch_size=128"
+  # More training seeds (the samples keep seed 0): how much of a difference is one seed's noise.
+  [edm-seed1]="$quick --set train.seed=1"
+  [edm-seed2]="$quick --set train.seed=2"
+  [edm-batch128-seed1]="$quick --set train.batch_size=128 --set train.seed=1"
+  [edm-batch128-seed2]="$quick --set train.batch_size=128 --set train.seed=2"
 )
 recipes=${RECIPES:-eps v-minsnr edm edm-depth2 edm-width64 edm-lr2e-3 edm-lr5e-4 edm-ema9995 edm-ema99}
 
@@ -49,13 +55,18 @@ score() {  # RUN SAMPLES_DIR: fid, kid, precision, recall of a sample folder as 
 }
 
 read -r base_ips base_batch < <(bench "$quick")
+declare -A steps_of  # per config without its seed: the seeds of one recipe train equally long
 for recipe in $recipes; do
-  if [[ ${config[$recipe]} == "$quick" ]]; then  # the base recipe itself: its steps, not a noisy ratio
+  unseeded=$(sed -E 's/ --set train\.seed=[0-9]+//' <<<"${config[$recipe]}")
+  if [[ $unseeded == "$quick" ]]; then  # the base recipe itself: its steps, not a noisy ratio
     ips=$base_ips batch=$base_batch n=$steps
+  elif [[ -n ${steps_of[$unseeded]:-} ]]; then
+    read -r ips batch n <<<"${steps_of[$unseeded]}"
   else
-    read -r ips batch < <(bench "${config[$recipe]}")
+    read -r ips batch < <(bench "$unseeded")
     # Equal wall time: steps x batch / images-per-second is the same for every recipe.
     n=$(python3 -c "print(max(1, round($steps * ($ips / $base_ips) * ($base_batch / $batch))))")
+    steps_of[$unseeded]="$ips $batch $n"
   fi
   echo "recipe-study: $recipe: $ips img/s at batch $batch against $base_ips at $base_batch, $n steps" >&2
   # shellcheck disable=SC2086
