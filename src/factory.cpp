@@ -115,6 +115,10 @@ std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data) {
   return net;
 }
 
+void apply_memory_format(Network& net, const Config& cfg, const DataShape& data) {
+  if (cfg.train.channels_last && data.shape.size() == 3) convert_to_channels_last(net);
+}
+
 void require_denoiser(const Config& cfg, const std::string& origin) {
   if (cfg.model.type == ModelType::Classifier)
     throw UsageError(origin +

@@ -18,6 +18,7 @@
 #include "diffuse/config.h"
 #include "diffuse/error.h"
 #include "diffuse/factory.h"
+#include "diffuse/generate.h"
 #include "diffuse/models/network.h"
 #include "diffuse/train/checkpoint.h"
 #include "diffuse/train/trainer.h"
@@ -209,6 +210,51 @@ TEST_P(TrainResume, ResumeEqualsUninterrupted) {
     for (const auto& kv : pa)
       EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << (ema ? "ema " : "raw ") << kv.key();
   }
+}
+
+// train.channels_last belongs to the network: a checkpoint trained with it loads with its 4-D
+// weights channels-last (so sampling runs in the layout it trained in), one trained without loads
+// plain, and both layouts of the same weights draw the same samples (same seed) up to fp32 rounding.
+TEST(Train, AChannelsLastRunLoadsAndSamplesInItsLayout) {
+  REQUIRE_FASHION_MNIST();
+  test::TempDir dir;
+  Config c = tiny_config();
+  c.train.steps = 2;
+  c.train.channels_last = true;
+  c.train.precision = "fp32";
+  c.sample.precision = "fp32";
+  const auto run = train(request(c, dir.str()));
+  CheckpointReader reader(run.checkpoint);
+  const Config stored = parse_config(reader.meta().config_yaml, reader.path());
+  ASSERT_TRUE(stored.train.channels_last);
+  Config plain = stored;
+  plain.train.channels_last = false;
+  const auto cl_net = load_network(reader, stored, true, torch::kCPU).net;
+  const auto plain_net = load_network(reader, plain, true, torch::kCPU).net;
+  int64_t four_d = 0;
+  for (const auto& p : cl_net->parameters()) {
+    if (p.dim() != 4 || p.size(1) == 1 || p.size(2) * p.size(3) == 1) continue;  // 1 x 1 or one channel: both layouts
+    ++four_d;
+    EXPECT_TRUE(p.is_contiguous(at::MemoryFormat::ChannelsLast)) << p.sizes();
+    EXPECT_FALSE(p.is_contiguous()) << p.sizes();
+  }
+  EXPECT_GT(four_d, 4);
+  for (const auto& p : plain_net->parameters()) EXPECT_TRUE(p.is_contiguous()) << p.sizes();
+
+  GenerateRequest req;
+  req.sample = stored.sample;
+  req.sample.sampler = "ddim";
+  req.sample.steps = 5;
+  req.sample.num = 4;
+  req.sample.batch_size = 4;
+  req.sample.seed = 3;
+  const DataShape shape = reader.meta().data;
+  const auto diffusion = make_diffusion(stored);
+  const auto a = generate_samples(*cl_net, diffusion, shape, req).samples;
+  const auto b = generate_samples(*plain_net, diffusion, shape, req).samples;
+  ASSERT_EQ(a.sizes(), b.sizes());
+  EXPECT_LT((a - b).abs().max().item<double>(), 1e-4);
+  EXPECT_GT(a.std().item<double>(), 0.05);  // real images, not a constant
 }
 
 INSTANTIATE_TEST_SUITE_P(Train, TrainResume, ::testing::Values(false, true),

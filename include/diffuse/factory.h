@@ -51,6 +51,11 @@ struct DataShape {
 DataShape data_shape(const Dataset& dataset, const DataConfig& cfg);
 
 std::shared_ptr<Network> make_model(const Config& cfg, const DataShape& data);
+// train.channels_last for image data: the network's 4-D weights in channels-last layout, so that
+// oneDNN's convolutions keep every activation in it, in training and in sampling alike (with
+// weights in the plain layout, a CPU that prefers NHWC converts each convolution's input and
+// output; docs/performance.md). A no-op otherwise.
+void apply_memory_format(Network& net, const Config& cfg, const DataShape& data);
 
 // UsageError naming `origin` when cfg's model is not a denoising network (model.type classifier:
 // it guides sampling, through sample.classifier), where sample or eval expects one.

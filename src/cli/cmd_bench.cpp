@@ -173,6 +173,7 @@ int bench_sample(const BenchOptions& o) {
     torch::manual_seed(0);
     auto net = make_model(cfg, shape);
     net->to(device);
+    apply_memory_format(*net, cfg, shape);
     auto diffusion = make_diffusion(cfg, net.get());
     const std::string precision = resolve_precision(cfg.sample.precision, device);
     const double fwd = forward_flops_per_example(*net, shape, 4, device);

@@ -312,6 +312,7 @@ LoadedNetwork load_network(const CheckpointReader& reader, const Config& cfg, bo
   LoadedNetwork out{make_model(cfg, reader.meta().data), prefer_ema && reader.has_ema()};
   reader.load_weights(*out.net, out.ema);
   out.net->to(device);
+  apply_memory_format(*out.net, cfg, reader.meta().data);
   out.net->eval();
   return out;
 }

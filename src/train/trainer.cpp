@@ -487,10 +487,8 @@ void TrainLoop::build_model() {
   }
   model_->to(device_);
   ema_model_->to(device_);
-  if (cfg_.train.channels_last && shape_.shape.size() == 3) {
-    convert_to_channels_last(*model_);
-    convert_to_channels_last(*ema_model_);
-  }
+  apply_memory_format(*model_, cfg_, shape_);
+  apply_memory_format(*ema_model_, cfg_, shape_);
   ema_ = std::make_unique<Ema>(model_, ema_model_, cfg_.train.ema_decay, cfg_.train.ema_warmup);
   if (ckpt_ && ckpt_->has_ema()) ckpt_->load_weights(*ema_model_, true);
   ema_model_->eval();
