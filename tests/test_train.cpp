@@ -37,8 +37,6 @@ TrainRequest request(const Config& c, const std::string& run_dir, const std::str
   return r;
 }
 
-const char* kFashion = diffuse::test::kFashionMnistImages;
-
 std::vector<YAML::Node> read_metrics(const std::string& path) {
   std::vector<YAML::Node> rows;
   std::ifstream in(path);

@@ -176,9 +176,10 @@ TEST(GammaSchedule, CosineAndLinearBetaKindsAreTheDiscreteSchedulesSnr) {
     EXPECT_NEAR(grid[-1].item<double>(), 5.0, 1e-9) << to_string(kind);
     EXPECT_GT((grid.slice(0, 1) - grid.slice(0, 0, -1)).min().item<double>(), 0.0) << to_string(kind);
     // tau at the ends by the textbook inverses (acos; the quadratic formula), then t linear in tau.
-    auto tau_of = [&](double g) {
+    const bool cosine = kind == GammaKind::Cosine;  // a structured binding is not capturable in C++17
+    auto tau_of = [cosine](double g) {
       const double sig_neg = 1.0 / (1.0 + std::exp(g));  // alpha^2 at gamma g
-      if (kind == GammaKind::Cosine) {
+      if (cosine) {
         const double s = 0.008, f0 = std::pow(std::cos(s / (1 + s) * M_PI / 2), 2);
         return std::acos(std::sqrt(f0 * sig_neg)) * (1 + s) * 2 / M_PI - s;
       }
