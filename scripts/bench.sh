@@ -21,11 +21,13 @@ LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 # diffuse's own log lines go to a file; on a failure its end is shown, then the script stops.
 quiet() { "$@" 2>"$LOG" || { echo "bench: failed: $*" >&2; tail -n 20 "$LOG" >&2; exit 1; }; }
+# The quickstart UNet without its label embedding and guidance: the network PyTorch's twin builds.
+QUICK=(-c configs/fashion-mnist-quick.yaml --set model.class_cond=false --set sample.guidance_scale=1)
 
 echo "# diffuse training" >&2
-quiet $D bench train -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --warmup 3 --name fmnist-small-fp32 \
+quiet $D bench train "${QUICK[@]}" --steps "$STEPS" --warmup 3 --name fmnist-small-fp32 \
   --set train.threads="$THREADS" --set train.precision=fp32
-quiet $D bench train -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --warmup 3 --name fmnist-small-auto \
+quiet $D bench train "${QUICK[@]}" --steps "$STEPS" --warmup 3 --name fmnist-small-auto \
   --set train.threads="$THREADS" --set train.precision=auto
 quiet $D bench train -c configs/bench-cifar64.yaml --steps "$(( (STEPS + 1) / 2 ))" --warmup 2 --name cifar-64ch-fp32 \
   --set train.threads="$THREADS" --set train.precision=fp32
@@ -48,10 +50,10 @@ else
 fi
 
 echo "# sampling" >&2
-quiet $D bench sample -c configs/fashion-mnist-quick.yaml --steps "$STEPS" --num 64 --set train.threads="$THREADS"
+quiet $D bench sample "${QUICK[@]}" --steps "$STEPS" --num 64 --set train.threads="$THREADS"
 # Equal network evaluations against PyTorch: DDIM, batch 64, both UNets, fp32 and bf16.
 for prec in fp32 auto; do
-  quiet $D bench sample -c configs/fashion-mnist-quick.yaml --sampler ddim --steps "$STEPS" --num 64 \
+  quiet $D bench sample "${QUICK[@]}" --sampler ddim --steps "$STEPS" --num 64 \
     --set train.threads="$THREADS" --set sample.precision=$prec
   quiet $D bench sample -c configs/bench-cifar64.yaml --sampler ddim --steps "$(( (STEPS + 3) / 4 ))" --num 64 \
     --set train.threads="$THREADS" --set sample.precision=$prec

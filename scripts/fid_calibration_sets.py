@@ -10,8 +10,14 @@ Writes N images each (PNG, 8-bit grey, 28x28) into OUT/<name>/ for:
   noise20     std 0.20
   shuffled    the same images with their pixels permuted by one fixed permutation (structure gone,
               the pixel histogram kept)
+  stratified  N training images, N/10 of each class (the first of each in file order): the real-data
+              floor for class-conditional samples drawn with labels i mod 10
 Only the Python standard library is used (gzip, zlib, random), so it runs anywhere.
   python3 scripts/fid_calibration_sets.py OUT [N] [IDX_DIR]
+  python3 scripts/fid_calibration_sets.py --labels N [IDX_DIR]
+      prints the class labels of the `real` set (the first N training images), space-separated:
+      class-conditional samples drawn with them (`diffuse sample --label ...`) have the real set's
+      class mix, so their FID compares with its score
 """
 import gzip
 import os
@@ -29,6 +35,30 @@ def read_idx_images(path, n):
         n = min(n, count)
         data = f.read(n * rows * cols)
     return [list(data[i * 784:(i + 1) * 784]) for i in range(n)]
+
+
+def read_idx_labels(path):
+    with gzip.open(path, "rb") as f:
+        magic, count = struct.unpack(">II", f.read(8))
+        if magic != 2049:
+            raise SystemExit(f"{path}: not an IDX label file")
+        labels = f.read(count)
+    if len(labels) != count:
+        raise SystemExit(f"{path}: {count} labels announced, {len(labels)} present")
+    return list(labels)
+
+
+def stratified(idx, n, classes=10):
+    """n training images, n / classes of each class, the first of each class in file order."""
+    labels = read_idx_labels(os.path.join(idx, "train-labels-idx1-ubyte.gz"))
+    per = n // classes
+    chosen, taken = [], [0] * classes
+    for i, y in enumerate(labels):
+        if y < classes and taken[y] < per:
+            taken[y] += 1
+            chosen.append(i)
+    images = read_idx_images(os.path.join(idx, "train-images-idx3-ubyte.gz"), max(chosen) + 1)
+    return [images[i] for i in chosen]
 
 
 def write_png(path, pixels, w=28, h=28):
@@ -62,6 +92,11 @@ def noised(p, std, rng):
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
+    if sys.argv[1] == "--labels":
+        idx = sys.argv[3] if len(sys.argv) > 3 else "/usr/share/datasets/fashion-mnist"
+        labels = read_idx_labels(os.path.join(idx, "train-labels-idx1-ubyte.gz"))
+        print(" ".join(str(y) for y in labels[:int(sys.argv[2])]))
+        return
     out = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     idx = sys.argv[3] if len(sys.argv) > 3 else "/usr/share/datasets/fashion-mnist"
@@ -84,6 +119,12 @@ def main():
         for i, p in enumerate(images):
             write_png(os.path.join(d, f"{i:06d}.png"), fn(p))
         print(f"{d}: {len(images)} images")
+    d = os.path.join(out, "stratified")
+    os.makedirs(d, exist_ok=True)
+    picked = stratified(idx, n)
+    for i, p in enumerate(picked):
+        write_png(os.path.join(d, f"{i:06d}.png"), p)
+    print(f"{d}: {len(picked)} images")
 
 
 if __name__ == "__main__":

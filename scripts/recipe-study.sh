@@ -6,12 +6,15 @@
 # samples of each, with the recipe's own sampler and with DPM-Solver++(2M) at 20 steps, are scored
 # in the shipped feature network's space (scripts/make-feature-net.sh): FID, KID, and improved
 # precision / recall (1 - precision = the share of samples off the data's manifold, the broken
-# ones). Last, the samplers and their step counts on the quickstart recipe, at n = 500, including
-# 1000-step ancestral sampling. Run on an otherwise idle machine (about 2 hours on 2 cores).
+# ones). A class-conditional recipe is also sampled without guidance, and with the class labels of
+# the calibration's real set at guidance 1, 1.25, 1.5 and 2 (GUIDANCE). Last, the samplers and
+# their step counts on the unconditional EDM recipe, at n = 500, including 1000-step ancestral
+# sampling. Run on an otherwise idle machine (about 2 hours on 2 cores).
 #   scripts/recipe-study.sh [OUT] [STEPS]        (defaults runs/study, 1500: the quickstart's budget)
 #   RECIPES="eps edm" SWEEP=0 scripts/recipe-study.sh    (a subset; no sampler sweep)
 #   RECIPES=edm SWEEP=0 scripts/recipe-study.sh runs/study-6000 6000   (the quickstart, 4x longer)
 #   RECIPES="edm edm-seed1 edm-seed2" SWEEP=0 scripts/recipe-study.sh runs/seeds   (seed-to-seed spread)
+#   RECIPES="edm-cond edm-cond-seed1 edm-cond-seed2" SWEEP=0 scripts/recipe-study.sh runs/cond   (the quickstart)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${DIFFUSE:-build/diffuse}
@@ -24,23 +27,31 @@ fx="$net/checkpoints/latest.pt"
 mkdir -p "$out"
 quick=configs/fashion-mnist-quick.yaml
 eps=configs/fashion-mnist-eps.yaml
+# The quickstart is class-conditional with guidance; the earlier recipes (docs/recipes.md sections
+# 1 to 5) were measured unconditional, and keep being so.
+uncond="$quick --set model.class_cond=false --set sample.guidance_scale=1"
 declare -A config=(
   [eps]="$eps"
   [v-minsnr]="$eps --set diffusion.prediction=v --set diffusion.loss_weighting=min_snr"
-  [edm]="$quick"
-  [edm-depth2]="$quick --set model.num_res_blocks=2"
-  [edm-width64]="$quick --set model.model_channels=64"
-  [edm-lr2e-3]="$quick --set train.lr=2.0e-3"
-  [edm-lr5e-4]="$quick --set train.lr=5.0e-4"
-  [edm-ema9995]="$quick --set train.ema_decay=0.9995"
-  [edm-ema99]="$quick --set train.ema_decay=0.99"
-  [edm-batch32]="$quick --set train.batch_size=32"
-  [edm-batch128]="$quick --set train.batch_size=128"
+  [edm]="$uncond"
+  [edm-depth2]="$uncond --set model.num_res_blocks=2"
+  [edm-width64]="$uncond --set model.model_channels=64"
+  [edm-lr2e-3]="$uncond --set train.lr=2.0e-3"
+  [edm-lr5e-4]="$uncond --set train.lr=5.0e-4"
+  [edm-ema9995]="$uncond --set train.ema_decay=0.9995"
+  [edm-ema99]="$uncond --set train.ema_decay=0.99"
+  [edm-batch32]="$uncond --set train.batch_size=32"
+  [edm-batch128]="$uncond --set train.batch_size=128"
   # More training seeds (the samples keep seed 0): how much of a difference is one seed's noise.
-  [edm-seed1]="$quick --set train.seed=1"
-  [edm-seed2]="$quick --set train.seed=2"
-  [edm-batch128-seed1]="$quick --set train.batch_size=128 --set train.seed=1"
-  [edm-batch128-seed2]="$quick --set train.batch_size=128 --set train.seed=2"
+  [edm-seed1]="$uncond --set train.seed=1"
+  [edm-seed2]="$uncond --set train.seed=2"
+  [edm-batch128-seed1]="$uncond --set train.batch_size=128 --set train.seed=1"
+  [edm-batch128-seed2]="$uncond --set train.batch_size=128 --set train.seed=2"
+  # The quickstart: class-conditional (a label embedding added to the time embedding; 10% of the
+  # labels dropped to the null label so that classifier-free guidance works), guidance 1.25.
+  [edm-cond]="$quick"
+  [edm-cond-seed1]="$quick --set train.seed=1"
+  [edm-cond-seed2]="$quick --set train.seed=2"
 )
 recipes=${RECIPES:-eps v-minsnr edm edm-depth2 edm-width64 edm-lr2e-3 edm-lr5e-4 edm-ema9995 edm-ema99}
 
@@ -58,7 +69,9 @@ read -r base_ips base_batch < <(bench "$quick")
 declare -A steps_of  # per config without its seed: the seeds of one recipe train equally long
 for recipe in $recipes; do
   unseeded=$(sed -E 's/ --set train\.seed=[0-9]+//' <<<"${config[$recipe]}")
-  if [[ $unseeded == "$quick" ]]; then  # the base recipe itself: its steps, not a noisy ratio
+  # Keys that leave a step's work unchanged (a label embedding is one row added per image).
+  same_work=$(sed -E 's/ --set (train\.(lr|ema_decay)|model\.(class_cond|p_uncond)|sample\.[a-z_]+)=[^ ]+//g' <<<"$unseeded")
+  if [[ $same_work == "$quick" ]]; then  # the base recipe's work per step: its steps, not a noisy ratio
     ips=$base_ips batch=$base_batch n=$steps
   elif [[ -n ${steps_of[$unseeded]:-} ]]; then
     read -r ips batch n <<<"${steps_of[$unseeded]}"
@@ -78,6 +91,22 @@ for recipe in $recipes; do
   "$BIN" sample --checkpoint "$out/$recipe" --num 64 --seed 0 --no-images --out "$out/$recipe/grid" >/dev/null 2>&1
   score "$out/$recipe" "$out/$recipe/own"
   score "$out/$recipe" "$out/$recipe/dpmpp20"
+  if grep -q 'class_cond: true' "$out/$recipe/config.yaml"; then
+    # `own` drew labels i mod 10 (100 per class; its real-data floor is fid-calibration.sh's
+    # `stratified`); `own-g1` the same without guidance. `mix-gS` draws the labels of the `real`
+    # calibration set (the first 1,000 training images), so its floor is that set's score, at
+    # guidance scale S.
+    "$BIN" sample --checkpoint "$out/$recipe" --num 1000 --seed 0 --guidance-scale 1 --out "$out/$recipe/own-g1" \
+      >/dev/null 2>&1
+    score "$out/$recipe" "$out/$recipe/own-g1"
+    labels=$(python3 scripts/fid_calibration_sets.py --labels 1000)
+    for g in ${GUIDANCE:-1 1.25 1.5 2}; do
+      # shellcheck disable=SC2086  # the labels are separate words
+      "$BIN" sample --checkpoint "$out/$recipe" --num 1000 --seed 0 --guidance-scale "$g" --label $labels \
+        --out "$out/$recipe/mix-g$g" >/dev/null 2>&1
+      score "$out/$recipe" "$out/$recipe/mix-g$g"
+    done
+  fi
   echo "recipe-study: $recipe done ($out/$recipe/own.json, $out/$recipe/grid/grid.png)" >&2
 done
 
@@ -97,6 +126,24 @@ print(f"| {recipe} | {key(section('train'), 'steps')} | {sampler} | {own['fid']:
       f"{own['precision']:.3f} | {own['recall']:.3f} | {dpm['fid']:.2f} | {1000 * dpm['kid']:.2f} | {dpm['precision']:.3f} |")
 PY
 done
+
+cond=$(for recipe in $recipes; do [[ -f $out/$recipe/own-g1.json ]] && echo "$recipe"; done)
+if [[ -n $cond ]]; then
+  echo
+  echo "class-conditional recipes (own: labels i mod 10; mix: the real set's labels; -gS: guidance scale S)"
+  echo "| recipe | samples | FID | KID x 1000 | precision | recall |"
+  echo "|---|---|---|---|---|---|"
+  for recipe in $cond; do
+    for f in "$out/$recipe"/own.json "$out/$recipe"/own-g1.json "$out/$recipe"/mix-g*.json; do
+      python3 - "$recipe" "$f" <<'PY'
+import json, os, sys
+r = json.load(open(sys.argv[2]))
+print(f"| {sys.argv[1]} | {os.path.basename(sys.argv[2])[:-5]} | {r['fid']:.3f} | {1000 * r['kid']:.2f} | "
+      f"{r['precision']:.3f} | {r['recall']:.3f} |")
+PY
+    done
+  done
+fi
 
 [[ ${SWEEP:-1} == 0 ]] && exit 0
 # Samplers and step counts on the quickstart recipe (network evaluations: heun 2n - 1, others n).

@@ -87,16 +87,21 @@ TEST(CliTrain, PrintModelShowsParameterCount) {
   auto r = run_diffuse("train --config " + tiny() + " --print-model");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("Total parameters: "), std::string::npos) << r.out;
-  // The quickstart UNet has the settings of issue 3's reference point, where improved-diffusion's
-  // UNetModel counts 1,191,233 parameters (1,112,801 without use_scale_shift_norm).
-  r = run_diffuse("train --config " + std::string(DIFFUSE_SOURCE_DIR) +
-                  "/configs/fashion-mnist-quick.yaml --print-model");
+  // The quickstart UNet, unconditional, has the settings of issue 3's reference point, where
+  // improved-diffusion's UNetModel counts 1,191,233 parameters (1,112,801 without
+  // use_scale_shift_norm). Class-conditional it adds a label embedding of 10 classes x 128 (the
+  // time embedding's width) there, and here one more row for guidance's null label.
+  const std::string quick = "train --config " + std::string(DIFFUSE_SOURCE_DIR) + "/configs/fashion-mnist-quick.yaml";
+  const std::string uncond = " --set model.class_cond=false --set sample.guidance_scale=1";
+  r = run_diffuse(quick + " --print-model" + uncond);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("Total parameters: 1,191,233"), std::string::npos) << r.out;
-  r = run_diffuse("train --config " + std::string(DIFFUSE_SOURCE_DIR) +
-                  "/configs/fashion-mnist-quick.yaml --print-model --set model.use_scale_shift_norm=false");
+  r = run_diffuse(quick + " --print-model --set model.use_scale_shift_norm=false" + uncond);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("Total parameters: 1,112,801"), std::string::npos) << r.out;
+  r = run_diffuse(quick + " --print-model");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Total parameters: 1,192,641"), std::string::npos) << r.out;
 }
 
 // A super-resolution model (model.low_res_size) trains on its images averaged down, draws its
