@@ -127,7 +127,7 @@ print(f"| {recipe} | {key(section('train'), 'steps')} | {sampler} | {own['fid']:
 PY
 done
 
-cond=$(for recipe in $recipes; do [[ -f $out/$recipe/own-g1.json ]] && echo "$recipe"; done)
+cond=$(for recipe in $recipes; do if [[ -f $out/$recipe/own-g1.json ]]; then echo "$recipe"; fi; done)
 if [[ -n $cond ]]; then
   echo
   echo "class-conditional recipes (own: labels i mod 10; mix: the real set's labels; -gS: guidance scale S)"
