@@ -6,7 +6,7 @@
 #    64-channel UNet, with FLOPs per image and the fraction of the best ceiling of the run's dtype;
 #  - the same UNets trained by PyTorch from Python on the same LibTorch and thread count
 #    (Debian's python3-torch wraps the same libtorch 1.13), the floor to beat;
-#  - sampling images/s per sampler at STEPS sampler steps (nfe_per_batch says what each step costs),
+#  - sampling images/s per sampler at STEPS sampler steps (nfe_per_batch says what each step costs, rows_per_evaluation whether guidance doubles it),
 #    with the achieved rate against the same ceilings; DDIM in fp32 and bf16 on both UNets beside
 #    PyTorch's DDIM on the same networks (equal network evaluations, batch 64).
 #   STEPS=20 THREADS=2 scripts/bench.sh > bench.jsonl

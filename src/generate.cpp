@@ -103,6 +103,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   check_request(net, s, req.classifier);
   check_low_res(net, shape, req.low_res);
   const bool cond = net.class_conditional();
+  const bool guided = cond && s.guidance_scale != 1.0;
 
   SamplerOptions opts;
   opts.steps = s.steps;
@@ -140,6 +141,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
   }
   GenerateResult result;
   result.labels = labels_for(s, req.first_index, s.num, label_classes(net, req.classifier));
+  result.rows_per_evaluation = guided ? 2 : 1;
   std::vector<torch::Tensor> parts;
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t done = 0; done < s.num; done += s.batch_size) {
@@ -151,8 +153,7 @@ GenerateResult generate_samples(Network& net, const GaussianDiffusion& diffusion
     ModelFn fn;
     if (cond) {
       auto y = result.labels.slice(0, done, done + n).to(req.device);
-      fn = s.guidance_scale == 1.0 ? with_labels(raw, y)
-                                   : classifier_free_guidance(raw, y, net.null_label(), s.guidance_scale, learned);
+      fn = guided ? classifier_free_guidance(raw, y, net.null_label(), s.guidance_scale, learned) : with_labels(raw, y);
     } else {
       fn = [&raw](const torch::Tensor& x, const torch::Tensor& t) { return raw(x, t, torch::Tensor()); };
     }

@@ -387,9 +387,11 @@ TEST(CliEndToEnd, ClassConditionalSamplingWithGuidance) {
                   "--save-tensor --out " +
                   guided);
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("network evaluations of a doubled batch, guidance 3)"), std::string::npos) << r.out;
   r = run_diffuse("sample --checkpoint " + run +
                   " --num 4 --steps 3 --seed 2 --label 3 --label 7 --save-tensor --out " + plain);
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.find("doubled batch"), std::string::npos) << r.out;
   for (int i = 0; i < 4; ++i) {
     const auto text = diffuse::read_png_text((fs::path(guided) / ("00000" + std::to_string(i) + ".png")).string());
     EXPECT_EQ(text.at("label"), i % 2 ? "7" : "3") << i;
@@ -533,5 +535,27 @@ TEST(CliBench, ReportsEachFigureAgainstTheBestCeilingOfItsDtype) {
     EXPECT_EQ(s["precision"].as<std::string>(), "fp32");
     EXPECT_NEAR(s["ceiling_gflops"].as<double>(), best_fp32, 1e-5 * best_fp32);
     EXPECT_NEAR(s["fraction_of_ceiling"].as<double>(), s["achieved_gflops"].as<double>() / best_fp32, 1e-4);
+  }
+}
+
+// Classifier-free guidance evaluates each sample twice per call (labels and null label), so a
+// guided bench counts twice the forward work per evaluation, and an unguided one does not.
+TEST(CliBench, CountsTheDoubledBatchOfGuidanceInTheAchievedRate) {
+  REQUIRE_FASHION_MNIST();
+  for (const char* scale : {"1", "2"}) {
+    const auto r = run_diffuse("bench sample -c " + tiny() + " --steps 2 --num 2 --sampler ddim" +
+                               " --set model.class_cond=true --set sample.guidance_scale=" + scale);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::istringstream in(r.out);
+    std::string line, last;
+    while (std::getline(in, line))
+      if (!line.empty()) last = line;
+    const auto s = YAML::Load(last);
+    const int64_t rows = s["rows_per_evaluation"].as<int64_t>();
+    EXPECT_EQ(rows, std::string(scale) == "1" ? 1 : 2) << last;
+    const double work = s["fwd_gflops_per_image"].as<double>() * s["nfe_per_batch"].as<double>() * rows * 2;
+    EXPECT_NEAR(s["achieved_gflops"].as<double>(), work / s["seconds"].as<double>(),
+                1e-6 * s["achieved_gflops"].as<double>())
+        << last;
   }
 }

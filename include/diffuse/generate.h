@@ -40,6 +40,9 @@ struct GenerateResult {
   torch::Tensor labels;   // [num] int64 (-1 = unconditional)
   int64_t nfe = 0;        // network evaluations in all (a guided call counts once per batch)
   int64_t batches = 0;    // batches run (nfe / batches: evaluations per sample)
+  // Network rows per sample in each evaluation: 2 under classifier-free guidance, which evaluates
+  // [x; x] with the labels and the null label in one call; else 1.
+  int64_t rows_per_evaluation = 1;
   double seconds = 0.0;
 };
 

@@ -191,15 +191,18 @@ int bench_sample(const BenchOptions& o) {
       warm.sample.steps = std::min<int64_t>(2, o.steps);
       generate_samples(*net, diffusion, shape, warm);  // one-time kernel/primitive set-up
       auto r = generate_samples(*net, diffusion, shape, req);
-      // Each network evaluation runs on the whole batch: nfe / batches evaluations per image.
+      // Each network evaluation runs on the whole batch (twice over under guidance): nfe / batches
+      // evaluations per image, each of rows_per_evaluation forward passes.
       const int64_t nfe_per_batch = r.nfe / std::max<int64_t>(1, r.batches);
-      const double achieved = fwd * static_cast<double>(nfe_per_batch) * static_cast<double>(o.num) / r.seconds / 1e9;
+      const double achieved = fwd * static_cast<double>(nfe_per_batch * r.rows_per_evaluation) *
+                              static_cast<double>(o.num) / r.seconds / 1e9;
       Json line;
       line["bench"] = "sample";
       line["config"] = path;
       line["sampler"] = name;
       line["steps"] = o.steps;
       line["nfe_per_batch"] = nfe_per_batch;
+      line["rows_per_evaluation"] = r.rows_per_evaluation;
       line["num"] = o.num;
       line["batch"] = req.sample.batch_size;
       line["device"] = device.str();

@@ -263,9 +263,8 @@ int run_sample(const SampleOptions& o) {
     written.push_back("tensor " + tpath + " (torch::save of [N, ...] float32)");
   }
   const std::string ranks = group->distributed() ? fmt::format(" x {} ranks", group->world_size()) : "";
-  // Guidance runs each evaluation on the batch twice over (labelled and null), in one call.
   const std::string guided =
-      s.guidance_scale != 1.0 ? " of a doubled batch, guidance " + fmt::format("{}", s.guidance_scale) : "";
+      r.rows_per_evaluation > 1 ? fmt::format(" of a doubled batch, guidance {}", s.guidance_scale) : "";
   std::cout << fmt::format(
       "sampled {} with {} ({} steps, {} network evaluations{}) in {:.1f}s ({:.2f} samples/s, {} threads{}, {})\n",
       s.num, s.sampler, s.steps, r.nfe, guided, r.seconds, s.num / std::max(r.seconds, 1e-9), threads, ranks,
