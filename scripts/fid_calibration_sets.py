@@ -57,6 +57,8 @@ def stratified(idx, n, classes=10):
         if y < classes and taken[y] < per:
             taken[y] += 1
             chosen.append(i)
+    if min(taken) < per:
+        raise SystemExit(f"{idx}: fewer than {per} training images in some class ({taken})")
     images = read_idx_images(os.path.join(idx, "train-images-idx3-ubyte.gz"), max(chosen) + 1)
     return [images[i] for i in chosen]
 
@@ -83,6 +85,14 @@ def box_blur(p, k):
                     s += p[yy * 28 + min(max(x + dx, 0), 27)]
             out.append(int(s / (k * k) + 0.5))
     return out
+
+
+def write_set(out, name, images):
+    d = os.path.join(out, name)
+    os.makedirs(d, exist_ok=True)
+    for i, p in enumerate(images):
+        write_png(os.path.join(d, f"{i:06d}.png"), p)
+    print(f"{d}: {len(images)} images")
 
 
 def noised(p, std, rng):
@@ -114,17 +124,8 @@ def main():
         "shuffled": lambda p: [p[j] for j in perm],
     }
     for name, fn in sets.items():
-        d = os.path.join(out, name)
-        os.makedirs(d, exist_ok=True)
-        for i, p in enumerate(images):
-            write_png(os.path.join(d, f"{i:06d}.png"), fn(p))
-        print(f"{d}: {len(images)} images")
-    d = os.path.join(out, "stratified")
-    os.makedirs(d, exist_ok=True)
-    picked = stratified(idx, n)
-    for i, p in enumerate(picked):
-        write_png(os.path.join(d, f"{i:06d}.png"), p)
-    print(f"{d}: {len(picked)} images")
+        write_set(out, name, [fn(p) for p in images])
+    write_set(out, "stratified", stratified(idx, n))
 
 
 if __name__ == "__main__":

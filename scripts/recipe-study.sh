@@ -60,12 +60,14 @@ bench() {  # CONFIG [--set ...]: "IMAGES_PER_SEC BATCH" of the recipe's training
   "$BIN" bench train -c $1 --steps 20 --warmup 3 2>/dev/null | tail -1 |
     python3 -c 'import json, sys; b = json.loads(sys.stdin.read()); print(b["images_per_sec"], b["batch"])'
 }
+is_cond() { grep -q 'class_cond: true' "$out/$1/config.yaml"; }  # RECIPE: trained class-conditional?
 score() {  # RUN SAMPLES_DIR: fid, kid, precision, recall of a sample folder as one JSON line
   "$BIN" eval --checkpoint "$1" --samples "$2" --metrics fid,kid,precision,recall --feature-extractor "$fx" \
     --reference-stats "$out/reference.stats" --format json --out "$2.eval" 2>/dev/null | tail -1 >"$2.json"
 }
 
 read -r base_ips base_batch < <(bench "$quick")
+real_labels=$(python3 scripts/fid_calibration_sets.py --labels 1000)  # the calibration's `real` set's classes
 declare -A steps_of  # per config without its seed: the seeds of one recipe train equally long
 for recipe in $recipes; do
   unseeded=$(sed -E 's/ --set train\.seed=[0-9]+//' <<<"${config[$recipe]}")
@@ -91,7 +93,7 @@ for recipe in $recipes; do
   "$BIN" sample --checkpoint "$out/$recipe" --num 64 --seed 0 --no-images --out "$out/$recipe/grid" >/dev/null 2>&1
   score "$out/$recipe" "$out/$recipe/own"
   score "$out/$recipe" "$out/$recipe/dpmpp20"
-  if grep -q 'class_cond: true' "$out/$recipe/config.yaml"; then
+  if is_cond "$recipe"; then
     # `own` drew labels i mod 10 (100 per class; its real-data floor is fid-calibration.sh's
     # `stratified`); `own-g1` the same without guidance. `mix-gS` draws the labels of the `real`
     # calibration set (the first 1,000 training images), so its floor is that set's score, at
@@ -99,10 +101,9 @@ for recipe in $recipes; do
     "$BIN" sample --checkpoint "$out/$recipe" --num 1000 --seed 0 --guidance-scale 1 --out "$out/$recipe/own-g1" \
       >/dev/null 2>&1
     score "$out/$recipe" "$out/$recipe/own-g1"
-    labels=$(python3 scripts/fid_calibration_sets.py --labels 1000)
     for g in ${GUIDANCE:-1 1.25 1.5 2}; do
       # shellcheck disable=SC2086  # the labels are separate words
-      "$BIN" sample --checkpoint "$out/$recipe" --num 1000 --seed 0 --guidance-scale "$g" --label $labels \
+      "$BIN" sample --checkpoint "$out/$recipe" --num 1000 --seed 0 --guidance-scale "$g" --label $real_labels \
         --out "$out/$recipe/mix-g$g" >/dev/null 2>&1
       score "$out/$recipe" "$out/$recipe/mix-g$g"
     done
@@ -127,7 +128,7 @@ print(f"| {recipe} | {key(section('train'), 'steps')} | {sampler} | {own['fid']:
 PY
 done
 
-cond=$(for recipe in $recipes; do if [[ -f $out/$recipe/own-g1.json ]]; then echo "$recipe"; fi; done)
+cond=$(for recipe in $recipes; do if is_cond "$recipe"; then echo "$recipe"; fi; done)
 if [[ -n $cond ]]; then
   echo
   echo "class-conditional recipes (own: labels i mod 10; mix: the real set's labels; -gS: guidance scale S)"
