@@ -23,7 +23,6 @@ namespace fs = std::filesystem;
 using diffuse::test::run_diffuse;
 
 namespace {
-const char* kFashion = diffuse::test::kFashionMnistImages;
 std::string tiny() { return std::string(DIFFUSE_SOURCE_DIR) + "/configs/tiny.yaml"; }
 
 // `diffuse ARGS` must be refused as a usage error: exit 2, with each needle in stderr.
